@@ -1,0 +1,27 @@
+"""`slimlab ppl MODEL`: perplexity with the paper protocol."""
+from __future__ import annotations
+
+from ..evaluate import perplexity
+from .common import add_model_args, emit, load, progress
+
+
+def register(sub) -> None:
+    p = sub.add_parser("ppl", help="perplexity (paper protocol: non-overlapping windows of the raw test split)")
+    add_model_args(p)
+    p.add_argument("--dataset", default="wikitext2", help="text source, e.g. wikitext2, wikitext2:test, file:PATH")
+    p.add_argument("--seqlen", type=int, default=2048)
+    p.add_argument("--max-windows", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=1)
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    lm = load(args)
+    bar = progress(args)
+    result = perplexity(lm.model, lm.tokenizer, args.dataset, args.seqlen, args.max_windows,
+                        args.batch_size, args.data_dir, progress=bar)
+    bar.close()
+    r = result.to_dict()
+    lines = [f"ppl {r['ppl']:.3f} on {r['dataset']} ({r['windows']} windows x {r['seqlen']} tokens, "
+             f"{r['tokens']} predicted tokens, {r['tokens_per_s']:.0f} tokens/s)"]
+    return emit(args, lines, r)

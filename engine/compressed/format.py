@@ -1,0 +1,133 @@
+"""Saved format: ``model.safetensors`` + ``config.json`` (the base architecture) + ``slimlab.json``
+(method, recipe, per-layer widths and the structure the method's ``rebuild`` recreates).
+
+Loading builds the base model with empty weights, lets the method reshape it, then assigns
+the saved tensors strictly, so a shape the method did not recreate is an error, not a guess.
+Safetensors only: nothing is unpickled.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Iterator, Optional
+
+import torch
+
+from ..errors import ConfigError, CorruptWeightsError
+from ..models.adapters import adapter_for_config
+from ..models.loading import SLIMLAB_META, LoadedModel, resolve_device, resolve_dtype
+
+FORMAT_VERSION = 1
+
+
+@contextlib.contextmanager
+def atomic_dir(out: "str | Path", force: bool = False) -> Iterator[Path]:
+    """Yield a temp folder beside ``out``; on success it replaces ``out`` in one rename."""
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not force:
+        raise ConfigError(f"'{out}' already exists and is not empty; pass --force to overwrite it.")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        yield tmp
+        backup = out.with_name(f".{out.name}.old-{int(time.time())}")
+        if out.exists():
+            out.rename(backup)
+        tmp.rename(out)
+        shutil.rmtree(backup, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _versions() -> dict:
+    import transformers
+
+    return {"slimlab": _slimlab_version(), "torch": torch.__version__, "transformers": transformers.__version__}
+
+
+def _slimlab_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("slimlab")
+    except Exception:  # noqa: BLE001
+        return "dev"
+
+
+def save_compressed(result, out: "str | Path", force: bool = False) -> Path:
+    """Write a CompressionResult to ``out`` atomically; refuses to overwrite without ``force``."""
+    from safetensors.torch import save_model
+
+    model = result.model
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "method": result.method,
+        "recipe": result.recipe(),
+        "widths": result.widths,
+        "structure": result.structure,
+        "params_added_detail": result.accounting.added_detail,
+        "accounting": result.accounting.to_dict(),
+        "original_accounting": result.original.to_dict(),
+        "seconds": result.seconds,
+        "tied_embeddings": result.accounting.tied_embeddings,
+        "versions": _versions(),
+    }
+    with atomic_dir(out, force) as tmp:
+        model.config.save_pretrained(tmp)
+        save_model(model, str(tmp / "model.safetensors"))
+        if result.tokenizer is not None:
+            result.tokenizer.save_pretrained(tmp)
+        (tmp / SLIMLAB_META).write_text(json.dumps(meta, indent=2, default=str))
+    return Path(out)
+
+
+def load_compressed(path: "str | Path", device: str = "auto", dtype="auto", spec: Optional[str] = None) -> LoadedModel:
+    """Reload a saved compressed model into one that ``generate()`` and lm-eval accept."""
+    from accelerate import init_empty_weights
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from ..methods import get_method
+
+    path = Path(path)
+    meta = json.loads((path / SLIMLAB_META).read_text())
+    if meta.get("format_version", 0) > FORMAT_VERSION:
+        raise ConfigError(f"'{path}' was saved by a newer SlimLab (format {meta['format_version']}); upgrade.")
+    config = AutoConfig.from_pretrained(path)
+    adapter = adapter_for_config(config)
+    dev = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, dev, config)
+    try:
+        state = load_file(str(path / "model.safetensors"))
+    except (SafetensorError, OSError) as exc:
+        raise CorruptWeightsError(f"The weights in '{path}' are corrupt or truncated ({exc}). Save them again.") from exc
+    with init_empty_weights(include_buffers=False):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch_dtype)
+        get_method(meta["method"]).rebuild(model, adapter, meta["structure"])
+    if meta.get("tied_embeddings"):
+        _fill_tied(state, model)
+    try:
+        model.load_state_dict({k: v.to(torch_dtype) for k, v in state.items()}, strict=True, assign=True)
+    except RuntimeError as exc:
+        raise CorruptWeightsError(f"'{path}' does not match its slimlab.json ({str(exc)[:300]}).") from exc
+    if meta.get("tied_embeddings"):
+        model.get_output_embeddings().weight = model.get_input_embeddings().weight
+    model.to(dev).eval()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return LoadedModel(model=model, tokenizer=tokenizer, spec=spec or str(path), adapter=adapter, path=path, meta=meta)
+
+
+def _fill_tied(state: dict, model) -> None:
+    """safetensors stores a shared tensor once, under either name; give both names the tensor."""
+    names = {name for name, p in model.named_parameters(remove_duplicate=False)
+             if p is model.get_input_embeddings().weight or name.endswith("lm_head.weight")}
+    present = next(n for n in names if n in state)
+    for n in names:
+        state.setdefault(n, state[present])

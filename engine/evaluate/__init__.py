@@ -1,0 +1,4 @@
+"""Measuring models: perplexity (paper protocol), zero-shot tasks, speed and memory."""
+from .perplexity import PerplexityResult, perplexity
+
+__all__ = ["PerplexityResult", "perplexity"]

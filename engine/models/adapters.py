@@ -1,0 +1,190 @@
+"""Architecture adapters: where each part of a decoder-only model lives.
+
+Methods talk to adapters, never to ``model.model.layers[i].self_attn.q_proj`` by name,
+so adding an architecture means one new adapter and no change in any method.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+from ..errors import UnsupportedArchitectureError
+
+
+@dataclass(frozen=True)
+class LayerParts:
+    """The linears and norms of one decoder layer, in data-flow order."""
+
+    attn_norm: nn.Module
+    attn_in: list[nn.Linear]  # q, k, v: read the normed residual
+    attn_out: nn.Linear  # o: writes the residual
+    mlp_norm: nn.Module
+    mlp_in: list[nn.Linear]  # gate, up | fc1: read the normed residual
+    mlp_out: nn.Linear  # down | fc2: writes the residual
+    value: nn.Linear  # the attention input whose rows pair with attn_out's columns
+
+
+@dataclass(frozen=True)
+class Adapter:
+    """What methods need to know about one architecture family."""
+
+    name: str
+    model_types: tuple[str, ...]
+    norm_kind: str  # "rms" or "layer"
+    base: Callable[[nn.Module], nn.Module]  # the decoder stack (model.model / model.model.decoder)
+    layers_attr: str
+    token_embedding_attr: str
+    position_embedding_attr: str | None
+    final_norm_attr: str
+    parts_of: Callable[[nn.Module], LayerParts]
+    norm_names: tuple[str, str]  # attribute names of the attention and MLP norms in a layer
+    mlp_activation: Callable[[nn.Module], Callable[[torch.Tensor], torch.Tensor]]
+    gated_mlp: bool
+
+    # --- where things are -------------------------------------------------
+    def layers(self, model: nn.Module) -> nn.ModuleList:
+        return getattr(self.base(model), self.layers_attr)
+
+    def parts(self, model: nn.Module, index: int) -> LayerParts:
+        return self.parts_of(self.layers(model)[index])
+
+    def token_embedding(self, model: nn.Module) -> nn.Embedding:
+        return getattr(self.base(model), self.token_embedding_attr)
+
+    def position_embedding(self, model: nn.Module) -> nn.Embedding | None:
+        if self.position_embedding_attr is None:
+            return None
+        return getattr(self.base(model), self.position_embedding_attr)
+
+    def final_norm(self, model: nn.Module) -> nn.Module:
+        return getattr(self.base(model), self.final_norm_attr)
+
+    def set_final_norm(self, model: nn.Module, module: nn.Module) -> None:
+        setattr(self.base(model), self.final_norm_attr, module)
+
+    def head(self, model: nn.Module) -> nn.Linear:
+        return model.lm_head
+
+    def set_layer_norms(self, layer: nn.Module, attn_norm: nn.Module, mlp_norm: nn.Module) -> None:
+        setattr(layer, self.norm_names[0], attn_norm)
+        setattr(layer, self.norm_names[1], mlp_norm)
+
+    # --- running the two halves of a layer separately ---------------------
+    @staticmethod
+    def run_attention(layer: nn.Module, normed: torch.Tensor, kwargs: dict) -> torch.Tensor:
+        """Self-attention output (before the residual add) for already-normed input."""
+        return layer.self_attn(hidden_states=normed, **kwargs)[0]
+
+    def run_mlp(self, layer: nn.Module, normed: torch.Tensor) -> torch.Tensor:
+        """MLP output (before the residual add) for already-normed input."""
+        parts = self.parts_of(layer)
+        if self.gated_mlp:
+            gate, up = parts.mlp_in
+            return parts.mlp_out(self.mlp_activation(layer)(gate(normed)) * up(normed))
+        return parts.mlp_out(self.mlp_activation(layer)(parts.mlp_in[0](normed)))
+
+    # --- shapes -----------------------------------------------------------
+    @staticmethod
+    def heads(config) -> tuple[int, int, int]:
+        """(query heads, key/value heads, head dim)."""
+        n_heads = config.num_attention_heads
+        n_kv = getattr(config, "num_key_value_heads", None) or n_heads
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // n_heads
+        return n_heads, n_kv, head_dim
+
+    @staticmethod
+    def is_tied(model: nn.Module) -> bool:
+        head = model.get_output_embeddings()
+        emb = model.get_input_embeddings()
+        return head is not None and head.weight is emb.weight
+
+
+def _llama_parts(layer: nn.Module) -> LayerParts:
+    a, m = layer.self_attn, layer.mlp
+    return LayerParts(
+        attn_norm=layer.input_layernorm,
+        attn_in=[a.q_proj, a.k_proj, a.v_proj],
+        attn_out=a.o_proj,
+        mlp_norm=layer.post_attention_layernorm,
+        mlp_in=[m.gate_proj, m.up_proj],
+        mlp_out=m.down_proj,
+        value=a.v_proj,
+    )
+
+
+def _opt_parts(layer: nn.Module) -> LayerParts:
+    a = layer.self_attn
+    return LayerParts(
+        attn_norm=layer.self_attn_layer_norm,
+        attn_in=[a.q_proj, a.k_proj, a.v_proj],
+        attn_out=a.out_proj,
+        mlp_norm=layer.final_layer_norm,
+        mlp_in=[layer.fc1],
+        mlp_out=layer.fc2,
+        value=a.v_proj,
+    )
+
+
+LLAMA = Adapter(
+    name="llama",
+    model_types=("llama", "mistral", "qwen2", "qwen3"),
+    norm_kind="rms",
+    base=lambda model: model.model,
+    layers_attr="layers",
+    token_embedding_attr="embed_tokens",
+    position_embedding_attr=None,
+    final_norm_attr="norm",
+    parts_of=_llama_parts,
+    norm_names=("input_layernorm", "post_attention_layernorm"),
+    mlp_activation=lambda layer: layer.mlp.act_fn,
+    gated_mlp=True,
+)
+
+OPT = Adapter(
+    name="opt",
+    model_types=("opt",),
+    norm_kind="layer",
+    base=lambda model: model.model.decoder,
+    layers_attr="layers",
+    token_embedding_attr="embed_tokens",
+    position_embedding_attr="embed_positions",
+    final_norm_attr="final_layer_norm",
+    parts_of=_opt_parts,
+    norm_names=("self_attn_layer_norm", "final_layer_norm"),
+    mlp_activation=lambda layer: layer.activation_fn,
+    gated_mlp=False,
+)
+
+ADAPTERS: tuple[Adapter, ...] = (LLAMA, OPT)
+SUPPORTED_MODEL_TYPES: tuple[str, ...] = tuple(t for a in ADAPTERS for t in a.model_types)
+
+
+def adapter_for_config(config) -> Adapter:
+    """The adapter for a config, or a clear error naming what is supported."""
+    model_type = getattr(config, "model_type", None)
+    for adapter in ADAPTERS:
+        if model_type in adapter.model_types:
+            _check_supported_variant(adapter, config)
+            return adapter
+    raise UnsupportedArchitectureError(
+        f"Architecture '{model_type}' is not supported. Supported: {', '.join(SUPPORTED_MODEL_TYPES)}."
+    )
+
+
+def adapter_for(model: nn.Module) -> Adapter:
+    return adapter_for_config(model.config)
+
+
+def _check_supported_variant(adapter: Adapter, config) -> None:
+    if adapter is OPT:
+        if not getattr(config, "do_layer_norm_before", True):
+            raise UnsupportedArchitectureError(
+                "OPT with post-layer-norm (opt-350m) is not supported; every other OPT size is."
+            )
+        if getattr(config, "word_embed_proj_dim", config.hidden_size) != config.hidden_size:
+            raise UnsupportedArchitectureError(
+                "OPT with project_in/project_out (word_embed_proj_dim != hidden_size) is not supported."
+            )

@@ -1,0 +1,248 @@
+"""Model specs -> a loaded model and tokenizer.
+
+A spec is ``demo``, a Hugging Face id (``org/name``), a local folder (a transformers
+checkpoint or a SlimLab compressed folder), or a ``.gguf`` file.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+from ..errors import CorruptWeightsError, ModelNotFoundError, SlimLabError
+from .adapters import Adapter, adapter_for_config
+from .demo import ensure_demo
+from .hub import hub_reachable
+
+SLIMLAB_META = "slimlab.json"
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for inference, with what the rest of the engine needs to know about it."""
+
+    model: nn.Module
+    tokenizer: Any
+    spec: str
+    adapter: Adapter
+    path: Optional[Path] = None  # local folder or file the weights came from
+    meta: dict = field(default_factory=dict)  # slimlab.json of a compressed model
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise SlimLabError("--device cuda was asked for, but no CUDA GPU is visible. Use --device auto or cpu.")
+    if device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise SlimLabError("--device mps was asked for, but MPS is not available. Use --device auto or cpu.")
+    return torch.device(device)
+
+
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
+           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+
+
+def resolve_dtype(dtype: "str | torch.dtype", device: torch.device, config=None) -> torch.dtype:
+    """``auto``: float32 on CPU (fast and exact there), the checkpoint's half dtype on a GPU."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype == "auto":
+        if device.type == "cpu":
+            return torch.float32
+        stored = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+        stored = _DTYPES.get(str(stored).replace("torch.", ""), None) if stored is not None else None
+        if stored in (torch.float16, torch.bfloat16):
+            return stored
+        return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float16
+    if dtype not in _DTYPES:
+        raise SlimLabError(f"Unknown dtype '{dtype}'. Use auto, float32, float16 or bfloat16.")
+    return _DTYPES[dtype]
+
+
+def _looks_like_path(spec: str) -> bool:
+    return spec.startswith((".", "/", "~")) or spec.endswith(".gguf") or Path(spec).exists() or spec.count("/") > 1
+
+
+def load_model(
+    spec: str,
+    device: str = "auto",
+    dtype: "str | torch.dtype" = "auto",
+    trust_remote_code: bool = False,
+    log=print,
+) -> LoadedModel:
+    """Load any supported spec; errors name the problem and the fix."""
+    spec = str(spec).strip()
+    if not spec:
+        raise ModelNotFoundError("No model given. Use 'demo', a Hugging Face id, a local folder or a .gguf file.")
+    dev = resolve_device(device)
+    if spec == "demo":
+        path = ensure_demo(log)
+        return _load_folder(path, spec, dev, dtype, trust_remote_code)
+    if _looks_like_path(spec):
+        path = Path(spec).expanduser()
+        if not path.exists():
+            raise ModelNotFoundError(
+                f"No such file or folder: '{spec}'. Give a local folder with config.json, a .gguf file, "
+                "a Hugging Face id like 'org/name', or 'demo'."
+            )
+        if path.is_file():
+            if path.suffix != ".gguf":
+                raise ModelNotFoundError(f"'{spec}' is a file but not a .gguf; give its folder instead.")
+            return _load_gguf(path, spec, dev, dtype)
+        if not (path / "config.json").exists():
+            raise ModelNotFoundError(f"Folder '{spec}' has no config.json, so it is not a model checkpoint.")
+        return _load_folder(path, spec, dev, dtype, trust_remote_code)
+    return _load_hub(spec, dev, dtype, trust_remote_code)
+
+
+def _load_config(source, trust_remote_code: bool, **kwargs):
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code, **kwargs)
+    except ValueError as exc:
+        if "trust_remote_code" in str(exc):
+            raise SlimLabError(
+                f"'{source}' needs custom code from its repository. Pass --trust-remote-code if you trust it."
+            ) from exc
+        raise
+
+
+def _from_pretrained(source, config, dev: torch.device, dtype: torch.dtype, trust_remote_code: bool, **kwargs):
+    from transformers import AutoModelForCausalLM
+
+    kwargs.update(config=config, dtype=dtype, trust_remote_code=trust_remote_code)
+    if dev.type == "cuda" and _too_big_for_gpu(config, dtype):
+        kwargs.update(device_map="auto", offload_folder=str(Path.home() / ".cache" / "slimlab" / "offload"))
+        return AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    except (OSError, RuntimeError, ValueError) as exc:
+        text = str(exc)
+        markers = ("safetensors", "header", "deserializ", "incomplete", "truncat", "corrupt", "size mismatch",
+                   "unexpected end", "MetadataIncompleteBuffer", "invalid load key", "Error while")
+        if any(m.lower() in text.lower() for m in markers):
+            raise CorruptWeightsError(
+                f"The weights of '{source}' are corrupt or truncated ({text[:200]}). "
+                "Download or save the model again."
+            ) from exc
+        raise
+    return model.to(dev)
+
+
+def _too_big_for_gpu(config, dtype: torch.dtype) -> bool:
+    """Rough size from the config; device_map offloading beats an out-of-memory crash."""
+    try:
+        free, _ = torch.cuda.mem_get_info()
+    except Exception:  # noqa: BLE001
+        return False
+    h = config.hidden_size
+    n = config.num_hidden_layers
+    inter = getattr(config, "intermediate_size", None) or getattr(config, "ffn_dim", 4 * h)
+    params = n * (4 * h * h + 3 * h * inter) + 2 * config.vocab_size * h
+    return params * torch.finfo(dtype).bits // 8 > 0.85 * free
+
+
+def _finish(model: nn.Module, tokenizer, spec: str, path: Optional[Path], meta: dict | None = None) -> LoadedModel:
+    model.eval()
+    adapter = adapter_for_config(model.config)
+    if tokenizer is not None and tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return LoadedModel(model=model, tokenizer=tokenizer, spec=spec, adapter=adapter, path=path, meta=meta or {})
+
+
+def _load_folder(path: Path, spec: str, dev, dtype, trust_remote_code: bool) -> LoadedModel:
+    from transformers import AutoTokenizer
+
+    if (path / SLIMLAB_META).exists():
+        from ..compressed import load_compressed
+
+        return load_compressed(path, device=str(dev), dtype=dtype, spec=spec)
+    config = _load_config(path, trust_remote_code)
+    adapter_for_config(config)  # refuse unsupported architectures before reading weights
+    torch_dtype = resolve_dtype(dtype, dev, config)
+    model = _from_pretrained(path, config, dev, torch_dtype, trust_remote_code)
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    return _finish(model, tokenizer, spec, path)
+
+
+def _load_gguf(path: Path, spec: str, dev, dtype) -> LoadedModel:
+    from transformers import AutoTokenizer
+
+    try:
+        config = _load_config(path.parent, False, gguf_file=path.name)
+    except Exception as exc:  # noqa: BLE001 - gguf parse errors come in many types
+        raise CorruptWeightsError(
+            f"Could not read GGUF file '{path}' ({type(exc).__name__}: {str(exc)[:200]}). "
+            "It may be truncated or not a GGUF model; download it again."
+        ) from exc
+    adapter_for_config(config)
+    torch_dtype = resolve_dtype(dtype, dev, config)
+    try:
+        model = _from_pretrained(path.parent, config, dev, torch_dtype, False, gguf_file=path.name)
+        tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    except CorruptWeightsError:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        raise CorruptWeightsError(f"Could not load GGUF weights from '{path}': {str(exc)[:300]}") from exc
+    model.config.quantization_config = None
+    return _finish(model, tokenizer, spec, path)
+
+
+def _load_hub(repo_id: str, dev, dtype, trust_remote_code: bool) -> LoadedModel:
+    from transformers import AutoTokenizer
+
+    if "/" not in repo_id and not hub_reachable():
+        raise ModelNotFoundError(
+            f"'{repo_id}' is not a local path, 'demo', or a Hugging Face id of the form 'org/name'."
+        )
+    try:
+        # Local Hub cache first: works offline for models downloaded before.
+        config = _load_config(repo_id, trust_remote_code, local_files_only=True)
+        local_only = True
+    except SlimLabError:
+        raise
+    except Exception:  # noqa: BLE001 - not in the local cache
+        if not hub_reachable():
+            raise ModelNotFoundError(
+                f"Cannot reach the Hugging Face Hub to download '{repo_id}' (you seem to be offline) and it is "
+                "not in the local Hub cache. Download it on a connected machine and pass the local folder, "
+                "or use 'demo'."
+            ) from None
+        try:
+            config = _load_config(repo_id, trust_remote_code)
+        except SlimLabError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            raise ModelNotFoundError(
+                f"No model '{repo_id}' on the Hugging Face Hub, or it is gated ({type(exc).__name__}). "
+                "Check the id, or log in with `hf auth login` for gated models."
+            ) from exc
+        local_only = False
+    adapter_for_config(config)
+    torch_dtype = resolve_dtype(dtype, dev, config)
+    model = _from_pretrained(repo_id, config, dev, torch_dtype, trust_remote_code, local_files_only=local_only)
+    tokenizer = AutoTokenizer.from_pretrained(repo_id, trust_remote_code=trust_remote_code,
+                                              local_files_only=local_only)
+    return _finish(model, tokenizer, repo_id, None)
+
+
+def read_meta(path: Path) -> dict:
+    return json.loads((path / SLIMLAB_META).read_text())

@@ -1,0 +1,1 @@
+"""Weight transformations shared by methods: norm fusion, PCA bases, shortcut layers."""

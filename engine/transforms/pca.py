@@ -1,0 +1,38 @@
+"""PCA bases of the residual stream: uncentred second moment in float64, eigh, descending."""
+from __future__ import annotations
+
+import torch
+
+
+class Gram:
+    """Accumulates ``Σ xᵀx`` over token batches in float64."""
+
+    def __init__(self, dim: int, device: "torch.device | str" = "cpu"):
+        self.h = torch.zeros(dim, dim, dtype=torch.float64, device=device)
+        self.count = 0
+
+    def add(self, x: torch.Tensor) -> None:
+        x = x.reshape(-1, x.shape[-1]).to(torch.float64)
+        self.h.addmm_(x.T, x)
+        self.count += x.shape[0]
+
+    def basis(self, damp: float = 0.01) -> tuple[torch.Tensor, torch.Tensor]:
+        return pca_basis(self.h, damp)
+
+
+def pca_basis(h: torch.Tensor, damp: float = 0.01) -> tuple[torch.Tensor, torch.Tensor]:
+    """(eigenvalues descending, eigenvectors as columns) of ``h + damp*mean(diag)*I``.
+
+    Damping keeps eigh stable on rank-deficient statistics without moving eigenvectors."""
+    h = h.to(torch.float64)
+    h = h + damp * torch.diag(h).mean() * torch.eye(h.shape[0], dtype=h.dtype, device=h.device)
+    values, vectors = torch.linalg.eigh(h)
+    order = torch.argsort(values, descending=True)
+    return values[order], vectors[:, order]
+
+
+def gram_of(tensors: list[torch.Tensor]) -> Gram:
+    g = Gram(tensors[0].shape[-1], tensors[0].device)
+    for t in tensors:
+        g.add(t)
+    return g

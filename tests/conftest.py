@@ -1,0 +1,42 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from tiny import make_model, save_model_dir  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """The offline data dir: $SLIMLAB_DATA_DIR, else ../shared/data beside the repo."""
+    path = Path(os.environ.get("SLIMLAB_DATA_DIR", DEFAULT_DATA))
+    if not path.exists():
+        pytest.skip(f"data dir {path} not found; set SLIMLAB_DATA_DIR")
+    os.environ["SLIMLAB_DATA_DIR"] = str(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_dirs(tmp_path_factory):
+    """A saved checkpoint folder per architecture: {arch: path}."""
+    root = tmp_path_factory.mktemp("tiny")
+    return {arch: save_model_dir(root / arch, arch) for arch in ("llama", "mistral", "qwen2", "qwen3", "opt")}
+
+
+@pytest.fixture
+def tiny():
+    return make_model
+
+
+@pytest.fixture(scope="session")
+def demo_lm():
+    """The real demo model (SmolLM2-135M-Instruct), loaded once per session."""
+    from engine.models import load_model
+
+    return load_model("demo", device="cpu")
