@@ -25,15 +25,20 @@ def block_influence(model: nn.Module, adapter: Adapter, tokens: torch.Tensor, ba
     scores = []
     for i, layer in enumerate(layers):
         outs = run_layer(layer, inputs)
-        total, count = 0.0, 0
-        for h_in, h_out in zip(inputs.hidden, outs):
-            cos = F.cosine_similarity(h_in.double(), h_out.double(), dim=-1)
-            total += (1 - cos).sum().item()
-            count += cos.numel()
-        scores.append(total / count)
+        scores.append(influence(inputs.hidden, outs))
         inputs.hidden = outs
         reporter("layer scores", i + 1, len(layers))
     return scores
+
+
+def influence(inputs: list[torch.Tensor], outputs: list[torch.Tensor]) -> float:
+    """``1 - cos(input, output)`` averaged over every token of every batch (float64)."""
+    total, count = 0.0, 0
+    for h_in, h_out in zip(inputs, outputs):
+        cos = F.cosine_similarity(h_in.double(), h_out.double(), dim=-1)
+        total += (1 - cos).sum().item()
+        count += cos.numel()
+    return total / count
 
 
 def layer_redundancy(bi: list[float]) -> list[float]:

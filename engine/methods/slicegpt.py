@@ -37,31 +37,31 @@ class MixedNorm(nn.Module):
     """Weightless RMSNorm followed by a d×d matrix: the final norm's scale in a rotated basis,
     kept out of the head so the head can stay tied to the embedding."""
 
-    def __init__(self, mean_dim: int, eps: float, mix: torch.Tensor, shift: "torch.Tensor | None" = None):
+    def __init__(self, mean_dim: int, eps: float, mix: torch.Tensor):
         super().__init__()
         self.norm = RMSN(mean_dim, eps)
         self.mix = nn.Parameter(mix, requires_grad=False)
-        self.shift = nn.Parameter(shift, requires_grad=False) if shift is not None else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.norm(x) @ self.mix
-        return y + self.shift if self.shift is not None else y
+        return self.norm(x) @ self.mix
 
 
 @torch.no_grad()
 def _rotate_in(linears: list[nn.Linear], q: torch.Tensor) -> None:
     """Readers of the residual: ``W <- W Q`` (columns follow the basis, sliced to Q's width)."""
+    q = q.float()
     for lin in linears:
-        lin.weight.data = (lin.weight.data.double() @ q).to(lin.weight.dtype)
+        lin.weight.data = (lin.weight.data.float() @ q).to(lin.weight.dtype)
         lin.in_features = q.shape[1]
 
 
 @torch.no_grad()
 def _rotate_out(lin: nn.Linear, q: torch.Tensor) -> None:
     """Writers of the residual: ``W <- Qᵀ W`` and ``b <- Qᵀ b``."""
-    lin.weight.data = (q.T @ lin.weight.data.double()).to(lin.weight.dtype)
+    q = q.float()
+    lin.weight.data = (q.T @ lin.weight.data.float()).to(lin.weight.dtype)
     if lin.bias is not None:
-        lin.bias.data = (q.T @ lin.bias.data.double()).to(lin.bias.dtype)
+        lin.bias.data = (q.T @ lin.bias.data.float()).to(lin.bias.dtype)
     lin.out_features = q.shape[1]
 
 
@@ -69,7 +69,7 @@ def _rotate_out(lin: nn.Linear, q: torch.Tensor) -> None:
 def _rotate_embeddings(model: nn.Module, adapter: Adapter, q: torch.Tensor) -> None:
     for emb in (adapter.token_embedding(model), adapter.position_embedding(model)):
         if emb is not None:
-            emb.weight.data = (emb.weight.data.double() @ q).to(emb.weight.dtype)
+            emb.weight.data = (emb.weight.data.float() @ q.float()).to(emb.weight.dtype)
             emb.embedding_dim = q.shape[1]
 
 
@@ -92,6 +92,8 @@ class SliceGPT(Method):
         Param("variant", "choice", "per-layer", "per-layer: a basis at every layer (paper); shared: one basis, "
               "no shortcuts, tied head kept", choices=("per-layer", "shared")),
         Param("round_to", "int", 8, "round every width down to a multiple of this", minimum=1, maximum=256),
+        Param("slice_head", "bool", False, "per-layer: also slice the last layer's output and the head "
+              "(the paper keeps them full width)"),
         Param("damp", "float", 0.01, "PCA damping, as a fraction of the mean eigenvalue", minimum=0.0, maximum=1.0),
     )
 
@@ -109,7 +111,7 @@ class SliceGPT(Method):
     def _compress_per_layer(self, model, adapter, calibration, widths, params, progress) -> MethodOutput:
         stages: dict[str, float] = {}
         t = time.perf_counter()
-        added: dict[str, int] = {"untied head": adapter.head(model).weight.numel()} if adapter.is_tied(model) else {}
+        was_tied = adapter.is_tied(model)
         hidden = model.config.hidden_size
         untie_head(model, adapter)
         fuse_norms(model, adapter)
@@ -130,7 +132,7 @@ class SliceGPT(Method):
             progress("slicegpt", i, len(layers), f"layer {i}")
             parts = adapter.parts_of(layer)
             attn_norm, mlp_norm = (getattr(layer, n) for n in adapter.norm_names)
-            d_out = widths[i + 1] if i + 1 < len(layers) else widths[i]
+            d_out = _output_width(widths, i, hidden, params["slice_head"])
             _rotate_in(parts.attn_in, q_in)
             # attention half: the residual goes back to the full basis to find the next one
             gram, mids = Gram(hidden, q.device), []
@@ -164,12 +166,15 @@ class SliceGPT(Method):
             progress.check()
         head = adapter.head(model)
         _rotate_in([head], q_in)
+        added = {"untied head": head.weight.numel()} if was_tied else {}
         added["shortcut matrices"] = shortcut_params
         stages["rotate and slice"] = time.perf_counter() - t
         progress("slicegpt", len(layers), len(layers), "done")
         return MethodOutput(
-            widths={"attention": widths, "mlp_out": widths[1:] + widths[-1:], "head": [d_in]},
+            widths={"attention": widths, "mlp_out": [_output_width(widths, i, hidden, params["slice_head"])
+                                                     for i in range(len(widths))], "head": [d_in]},
             structure={"variant": "per-layer", "hidden": hidden, "widths": widths, "head_width": d_in,
+                       "slice_head": params["slice_head"],
                        "head_bias": head.bias is not None},
             params_added=added, stage_seconds=stages, plots={"spectra": spectra},
         )
@@ -178,10 +183,9 @@ class SliceGPT(Method):
         stages: dict[str, float] = {}
         t = time.perf_counter()
         added: dict[str, int] = {}
-        tied = adapter.is_tied(model)
+        tied = was_tied = adapter.is_tied(model)
         if tied and adapter.norm_kind == "layer":
             # centring the embedding would change a tied head: LayerNorm models untie it
-            added["untied head"] = adapter.head(model).weight.numel()
             untie_head(model, adapter)
             tied = False
         final_affine = fuse_norms(model, adapter, fold_final=not tied)
@@ -220,23 +224,22 @@ class SliceGPT(Method):
         head = adapter.head(model)
         if tied:
             # logits = n(x') Qᵀ diag(s) Q (E Q)ᵀ: the scale becomes a d×d mix, the head stays tied to E Q
-            scale, shift = final_affine
-            dtype = head.weight.dtype
+            scale, _ = final_affine  # RMSNorm: no shift (LayerNorm models were untied above)
             mix = q.T @ torch.diag(scale.double().to(q.device)) @ q
-            shift_rot = None if shift is None else (shift.double().to(q.device) @ q).to(dtype)
             final = adapter.final_norm(model)
-            adapter.set_final_norm(model, MixedNorm(hidden, final.eps, mix.to(dtype), shift_rot))
+            adapter.set_final_norm(model, MixedNorm(hidden, final.eps, mix.to(head.weight.dtype)))
             head.in_features = d
-            added["final norm mix"] = mix.numel() + (d if shift is not None else 0)
+            added["final norm mix"] = mix.numel()
         else:
             _rotate_in([head], q)
+            if was_tied:
+                added["untied head"] = head.weight.numel()
         stages["rotate and slice"] = time.perf_counter() - t
         progress("slicegpt shared basis", len(layers), len(layers), "done")
         return MethodOutput(
             widths={"attention": [d] * len(layers), "mlp_out": [d] * len(layers), "head": [d]},
             structure={"variant": "shared", "hidden": hidden, "widths": [d] * len(layers), "head_width": d,
-                       "tied": tied, "final_shift": tied and final_affine[1] is not None,
-                       "head_bias": head.bias is not None},
+                       "tied": tied, "head_bias": head.bias is not None},
             params_added=added, stage_seconds=stages, plots={"spectra": spectra},
         )
 
@@ -254,27 +257,31 @@ class SliceGPT(Method):
         for i, layer in enumerate(layers):
             parts = adapter.parts_of(layer)
             d_in = widths[i]
-            d_out = widths[i + 1] if i + 1 < len(layers) else widths[i]
+            d_out = d_in if shared else _output_width(widths, i, hidden, structure["slice_head"])
             for lin in parts.attn_in + parts.mlp_in:
                 _resize(lin, lin.out_features, d_in)
             _resize(parts.attn_out, d_in, parts.attn_out.in_features)
-            _resize(parts.mlp_out, d_in if shared else d_out, parts.mlp_out.in_features)
+            _resize(parts.mlp_out, d_out, parts.mlp_out.in_features)
             adapter.set_layer_norms(layer, RMSN(hidden, norm_eps(parts.attn_norm)), RMSN(hidden, norm_eps(parts.mlp_norm)))
             if not shared:
                 add_shortcuts(layer, adapter.name, torch.empty(d_in, d_in), torch.empty(d_in, d_out))
         head = adapter.head(model)
         d_head = structure["head_width"]
-        if shared:
-            shift = torch.empty(d_head) if structure.get("final_shift") else None
-            adapter.set_final_norm(model, MixedNorm(hidden, eps, torch.empty(d_head, d_head), shift))
+        if shared and structure["tied"]:
+            adapter.set_final_norm(model, MixedNorm(hidden, eps, torch.empty(d_head, d_head)))
             head.in_features = d_head
-            if structure.get("tied", True):
-                head.weight = adapter.token_embedding(model).weight
-                return
-        else:
-            adapter.set_final_norm(model, RMSN(hidden, eps))
-            model.config.tie_word_embeddings = False
+            head.weight = adapter.token_embedding(model).weight
+            return
+        adapter.set_final_norm(model, RMSN(hidden, eps))
+        model.config.tie_word_embeddings = False
         _resize(head, head.out_features, d_head, bias=structure["head_bias"])
+
+
+def _output_width(widths: list[int], i: int, hidden: int, slice_head: bool) -> int:
+    """Layer i writes the next layer's width; the last layer writes the head's."""
+    if i + 1 < len(widths):
+        return widths[i + 1]
+    return widths[i] if slice_head else hidden
 
 
 def _resize(lin: nn.Linear, out_features: int, in_features: int, bias: bool | None = None) -> None:

@@ -1,0 +1,87 @@
+"""PCA eigenvalue spectra of the residual stream, layer by layer, on calibration data.
+
+This is what SliceGPT-style methods exploit: if a few principal directions carry most of the
+residual signal, the rest can be sliced away. The same single pass also yields block
+influence per layer (how much each layer turns the residual), so the UI's Analyze view costs
+one calibration pass, not two.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from ..models.adapters import Adapter
+from ..progress import Reporter, as_reporter
+from ..stats import capture_layer_inputs, run_layer
+from ..transforms.pca import gram_of
+from .layer_scores import influence, layer_redundancy
+
+
+@dataclass
+class ResidualAnalysis:
+    """Spectra at every residual point (embeddings, then after each layer) and per-layer scores."""
+
+    points: list[str]  # "embeddings", "after layer 0", ...
+    eigenvalues: list[list[float]]  # per point, descending, second moment per token (uncentred)
+    block_influence: list[float]  # per layer, mean 1 - cos(input, output)
+    hidden_size: int
+    tokens: int  # calibration tokens the statistics were computed on
+
+    @property
+    def layer_redundancy(self) -> list[float]:
+        return layer_redundancy(self.block_influence)
+
+    def explained(self) -> list[list[float]]:
+        """Cumulative fraction of the signal's energy kept by the first k directions, per point."""
+        out = []
+        for values in self.eigenvalues:
+            total = sum(values) or 1.0
+            acc, row = 0.0, []
+            for v in values:
+                acc += v
+                row.append(acc / total)
+            out.append(row)
+        return out
+
+    def kept_at(self, width: int) -> list[float]:
+        """Fraction of energy the first ``width`` directions keep, per residual point."""
+        k = max(0, min(width, self.hidden_size))
+        return [row[k - 1] if k else 0.0 for row in self.explained()]
+
+    def to_dict(self) -> dict:
+        return asdict(self) | {"layer_redundancy": self.layer_redundancy}
+
+
+def eigenvalues_of(tensors: list[torch.Tensor]) -> list[float]:
+    """Eigenvalues (descending, clamped at 0) of the per-token uncentred second moment, float64."""
+    g = gram_of(tensors)
+    values = torch.linalg.eigvalsh(g.h / max(g.count, 1)).flip(0).clamp_min(0)
+    return values.tolist()
+
+
+@torch.inference_mode()
+def residual_analysis(model: nn.Module, adapter: Adapter, tokens: torch.Tensor, batch_size: int = 8,
+                      progress: "Reporter | None" = None) -> ResidualAnalysis:
+    """One read-only pass, layer by layer: spectrum of every residual point and block influence."""
+    reporter = as_reporter(progress)
+    inputs = capture_layer_inputs(model, adapter, tokens, batch_size)
+    layers = adapter.layers(model)
+    points, spectra, bi = ["embeddings"], [eigenvalues_of(inputs.hidden)], []
+    for i, layer in enumerate(layers):
+        outs = run_layer(layer, inputs)
+        bi.append(influence(inputs.hidden, outs))
+        spectra.append(eigenvalues_of(outs))
+        points.append(f"after layer {i}")
+        inputs.hidden = outs
+        reporter("residual spectra", i + 1, len(layers), f"layer {i}")
+    return ResidualAnalysis(points=points, eigenvalues=spectra, block_influence=bi,
+                            hidden_size=len(spectra[0]), tokens=inputs.num_tokens)
+
+
+def cut_width(hidden: int, ratio: float, multiple: int = 8) -> int:
+    """The residual width a slicing ratio keeps (SliceGPT's rounding), to mark on spectra."""
+    from ..methods.slicegpt import sliced_width
+
+    return sliced_width(hidden, ratio, multiple)

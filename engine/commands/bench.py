@@ -1,0 +1,66 @@
+"""`slimlab bench MODEL [--compare OTHER]`: speed and memory, both models in the same run."""
+from __future__ import annotations
+
+import gc
+
+from ..errors import ConfigError
+from ..evaluate.report import build_report, model_entry, render_text
+from ..evaluate.speed import measure_speed
+from .common import add_model_args, emit, load, progress
+
+
+def add_bench_args(p) -> None:
+    p.add_argument("--prefill-len", type=int, default=512, help="prompt tokens for prefill tokens/s and TTFT")
+    p.add_argument("--decode-tokens", type=int, default=32, help="greedy decode steps per timed run")
+    p.add_argument("--decode-context", type=int, default=64, help="prompt tokens before the timed decode")
+    p.add_argument("--batch-sizes", default="1,16", help="decode batch sizes, comma-separated")
+    p.add_argument("--repeats", type=int, default=3, help="timed runs per figure (the median is reported)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed runs before the timed ones")
+
+
+def register(sub) -> None:
+    p = sub.add_parser("bench", help="prefill/decode tokens/s, time to first token, peak memory")
+    add_model_args(p)
+    p.add_argument("--compare", default=None, metavar="OTHER", help="a second model measured in the same run")
+    add_bench_args(p)
+    p.set_defaults(func=run)
+
+
+def batch_sizes(text: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(int(b) for b in text.split(",") if b.strip())
+    except ValueError:
+        sizes = ()
+    if not sizes or min(sizes) < 1:
+        raise ConfigError(f"--batch-sizes takes positive integers separated by commas, e.g. 1,16 (got '{text}').")
+    return sizes
+
+
+def bench_model(args, lm, bar) -> dict:
+    return measure_speed(lm.model, lm.tokenizer, args.prefill_len, args.decode_tokens, batch_sizes(args.batch_sizes),
+                         args.repeats, args.warmup, progress=bar, decode_context=args.decode_context)
+
+
+def specs(args) -> list[str]:
+    return [args.model] + ([args.compare] if args.compare else [])
+
+
+def run(args) -> int:
+    batch_sizes(args.batch_sizes)  # fail before loading anything
+    bar = progress(args)
+    entries = []
+    for spec in specs(args):
+        lm = load(args, spec)
+        entries.append(model_entry(spec, speed=bench_model(args, lm, bar)))
+        del lm  # one model in memory at a time, so the second one's RSS is its own
+        gc.collect()
+    bar.close()
+    report = build_report(*entries)
+    lines = []
+    for name in ("speed", "memory"):
+        lines += render_text(report["plots"][name]) + [""]
+    lines.append(report["protocols"]["speed"])
+    payload = {"models": [{"spec": e["spec"], **e["speed"]} for e in entries]}
+    if len(entries) == 2:
+        payload["ratios"] = {row[0]: row[-1] for name in ("speed", "memory") for row in report["plots"][name]["rows"]}
+    return emit(args, lines, payload)

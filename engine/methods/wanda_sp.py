@@ -1,0 +1,22 @@
+"""Wanda-SP: FASP's channel score and selection without the least-squares restoration.
+
+The baseline that shows what FASP's restoration is worth: same channels removed, same
+shapes, the kept weights left as they were.
+"""
+from __future__ import annotations
+
+from .base import register
+from .fasp import FASP
+
+
+@register
+class WandaSP(FASP):
+    name = "wanda-sp"
+    label = "Wanda-SP (prune, no restore)"
+    summary = (
+        "Removes the same kind of MLP channels and attention value dimensions as FASP, ranked by the same "
+        "score (weight size times activation strength), but keeps the remaining weights unchanged. Cheaper "
+        "statistics, no least-squares step: the baseline that shows what restoration buys."
+    )
+    params = tuple(p for p in FASP.params if p.name != "damp")
+    restore = False

@@ -1,0 +1,108 @@
+"""Publishing a saved compressed model: a generated model card and a push to the Hugging Face Hub.
+
+The card is written from the folder's own ``slimlab.json`` (what was actually saved), so it
+carries the recipe, the calibration and the honest parameter accounting, including a plain
+warning when the compressed model is bigger than the original.
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Optional
+
+from .errors import ConfigError, SlimLabError
+from .models.loading import SLIMLAB_META
+
+REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def read_meta(folder: "str | Path") -> dict:
+    path = Path(folder) / SLIMLAB_META
+    if not path.exists():
+        raise ConfigError(f"'{folder}' has no {SLIMLAB_META}; save a compressed model there first.")
+    return json.loads(path.read_text())
+
+
+def _base_model(spec: str) -> Optional[str]:
+    """The Hub id of the base model when there is one (the card's ``base_model`` field)."""
+    if spec == "demo":
+        from .models.demo import DEMO_HUB_ID
+
+        return DEMO_HUB_ID
+    return spec if REPO_ID.match(spec or "") and not Path(spec).exists() else None
+
+
+def _millions(n: int) -> str:
+    return f"{n / 1e6:,.2f} M"
+
+
+def model_card(meta: dict, repo_id: str) -> str:
+    """README.md for the Hub: front matter, what was done, honest accounting, recipe, how to load."""
+    recipe = meta["recipe"]
+    acc, orig = meta["accounting"], meta["original_accounting"]
+    base = _base_model(recipe.get("model", ""))
+    front = ["---", "library_name: transformers", "tags:", "- slimlab", "- structured-compression",
+             f"- {meta['method']}"] + ([f"base_model: {base}"] if base else []) + ["---"]
+    new, old = acc["params_total"], orig["params_total"]
+    if new > old:
+        verdict = (f"**Warning: this model is bigger than the original** ({_millions(new)} vs {_millions(old)} "
+                   f"parameters): the method added {', '.join(f'{k} {_millions(v)}' for k, v in acc['added_detail'].items())}.")
+    else:
+        verdict = f"**{100 * (1 - new / old):.1f}% fewer parameters** than the original ({_millions(new)} vs {_millions(old)})."
+    rows = [("parameters, total", "params_total"), ("non-embedding", "params_non_embedding"),
+            ("embeddings", "params_embedding"), ("untied head", "params_head"), ("added by the method", "params_added"),
+            ("FLOPs per token", "flops_per_token")]
+    table = ["| | original | compressed |", "|---|---:|---:|"] + [
+        f"| {label} | {orig[key]:,} | {acc[key]:,} |" for label, key in rows]
+    calib = recipe.get("calibration") or {}
+    calib_line = (f"{calib.get('source')}, {calib.get('nsamples')} samples × {calib.get('seqlen')} tokens, "
+                  f"seed {calib.get('seed')}" if calib else "none")
+    versions = ", ".join(f"{k} {v}" for k, v in (meta.get("versions") or {}).items())
+    body = [
+        f"# {repo_id.split('/')[-1]}", "",
+        f"Structured compression of `{recipe.get('model')}` with **{meta['method']}** at ratio "
+        f"{recipe['ratio']:.3f} ({recipe['schedule']} schedule), made with SlimLab.", "",
+        verdict, "", *table, "",
+        f"The ratio is the mean fraction of each layer's width removed, not of the file. Calibration: {calib_line}.",
+        "", "## Load it", "",
+        "The per-layer widths differ from the base architecture, so load it with SlimLab:", "",
+        "```python", "from engine import load_compressed", "", "lm = load_compressed(\"path/to/this/folder\")",
+        "lm.model.generate(...)", "```", "",
+        "## Recipe (replay with `slimlab compress --recipe recipe.json`)", "",
+        "```json", json.dumps(recipe, indent=2, default=str), "```", "",
+        f"Software: {versions}." if versions else "",
+    ]
+    return "\n".join(front + [""] + body).rstrip() + "\n"
+
+
+def check_repo_id(repo_id: str) -> str:
+    repo_id = (repo_id or "").strip()
+    if not REPO_ID.match(repo_id):
+        raise ConfigError(f"'{repo_id}' is not a Hub repository id; use the form 'your-name/model-name'.")
+    return repo_id
+
+
+def push_folder(folder: "str | Path", repo_id: str, token: str, private: bool = True, api=None) -> str:
+    """Create (or reuse) the model repo and upload the folder plus a generated card; returns its URL.
+
+    ``api`` is a ``huggingface_hub.HfApi``-like object (one is made from ``token`` by default).
+    """
+    repo_id = check_repo_id(repo_id)
+    if not (token or "").strip():
+        raise ConfigError("A Hugging Face access token with write permission is needed to push.")
+    card = model_card(read_meta(folder), repo_id)
+    if api is None:
+        from huggingface_hub import HfApi
+
+        from .models.hub import hub_reachable
+
+        if not hub_reachable():
+            raise SlimLabError("The Hugging Face Hub is unreachable from here; save the folder and push it later.")
+        api = HfApi(token=token.strip())
+    api.create_repo(repo_id=repo_id, repo_type="model", private=private, exist_ok=True)
+    api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="model",
+                      commit_message="Upload SlimLab compressed model", ignore_patterns=["README.md"])
+    api.upload_file(path_or_fileobj=card.encode(), path_in_repo="README.md", repo_id=repo_id, repo_type="model",
+                    commit_message="Add model card")
+    return f"https://huggingface.co/{repo_id}"

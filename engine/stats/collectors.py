@@ -1,0 +1,132 @@
+"""Calibration statistics of the inputs of chosen linears, shared by methods and analysis.
+
+Two ways to get a linear's inputs during a pass:
+
+- ``record_inputs``: the linear runs as usual and a recorder sees its input on the way
+  (for passes that need the full output, e.g. an analysis forward).
+- ``bypassed``: the linear is replaced by the identity, so the pass *returns* its input and
+  skips its matmul (pruning methods need the input of ``down_proj``/``o_proj``, not their
+  output, before deciding what to keep).
+
+``InputStats`` accumulates in float64: per-channel sums and squared norms always, the Gram
+matrix ``XᵀX`` on request, and the raw batches on request (so a method can compute only the
+Gram columns it needs once it has chosen them).
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator, Mapping, Optional
+
+import torch
+from torch import nn
+
+from ..transforms.pca import Gram
+
+
+class InputStats:
+    """What one linear saw over the calibration tokens (rows = tokens)."""
+
+    def __init__(self, dim: int, device: "torch.device | str" = "cpu", gram: bool = False, keep: bool = False):
+        self.dim = dim
+        self.count = 0
+        self.sum = torch.zeros(dim, dtype=torch.float64, device=device)
+        self.sq_sum = torch.zeros(dim, dtype=torch.float64, device=device)
+        self.gram: Optional[Gram] = Gram(dim, device) if gram else None
+        self.inputs: Optional[list[torch.Tensor]] = [] if keep else None
+
+    @classmethod
+    def of(cls, batches: list[torch.Tensor], gram: bool = False, keep: bool = True) -> "InputStats":
+        stats = cls(batches[0].shape[-1], batches[0].device, gram=gram, keep=keep)
+        for x in batches:
+            stats.add(x)
+        return stats
+
+    def add(self, x: torch.Tensor) -> None:
+        x = x.detach().reshape(-1, x.shape[-1])
+        x64 = x.to(torch.float64)
+        self.sum += x64.sum(0)
+        self.sq_sum += x64.square().sum(0)
+        self.count += x.shape[0]
+        if self.gram is not None:
+            self.gram.add(x64)
+        if self.inputs is not None:
+            self.inputs.append(x)
+
+    @property
+    def norms(self) -> torch.Tensor:
+        """``‖X_j‖₂`` per input channel (Wanda's activation norm)."""
+        return self.sq_sum.sqrt()
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return self.sum / max(self.count, 1)
+
+    def cross_gram(self, columns: Optional[torch.Tensor] = None, ones: bool = False) -> torch.Tensor:
+        """``X̃ᵀ X̃[:, columns]`` in float64, with ``X̃ = [X, 1]`` when ``ones`` (for a bias).
+
+        Needs the Gram or the kept batches; from the batches only the asked columns are
+        computed, which is what a restoration needs after selection (and cheaper)."""
+        cols = torch.arange(self.dim, device=self.sum.device) if columns is None else columns.to(self.sum.device)
+        if self.gram is not None:
+            h = self.gram.h[:, cols]
+        elif self.inputs is not None:
+            h = torch.zeros(self.dim, cols.numel(), dtype=torch.float64, device=self.sum.device)
+            for x in self.inputs:
+                x64 = x.to(torch.float64)
+                h.addmm_(x64.T, x64[:, cols])
+        else:
+            raise ValueError("InputStats needs gram=True or keep=True to give a Gram matrix.")
+        if not ones:
+            return h
+        top = torch.cat([h, self.sum[:, None]], 1)
+        bottom = torch.cat([self.sum[cols], torch.tensor([float(self.count)], dtype=torch.float64,
+                                                          device=self.sum.device)])
+        return torch.cat([top, bottom[None]], 0)
+
+
+def _parent_of(root: nn.Module, module: nn.Module) -> tuple[nn.Module, str]:
+    for sub in root.modules():
+        for attr, child in sub.named_children():
+            if child is module:
+                return sub, attr
+    raise ValueError(f"{type(module).__name__} is not a submodule of {type(root).__name__}.")
+
+
+@contextlib.contextmanager
+def _swapped(root: nn.Module, replacements: Mapping[nn.Module, nn.Module]) -> Iterator[None]:
+    places = [(_parent_of(root, old), old, new) for old, new in replacements.items()]
+    for (parent, attr), _old, new in places:
+        setattr(parent, attr, new)
+    try:
+        yield
+    finally:
+        for (parent, attr), old, _new in places:
+            setattr(parent, attr, old)
+
+
+class _Recorder(nn.Module):
+    def __init__(self, linear: nn.Module, stats: InputStats):
+        super().__init__()
+        self.linear, self.stats = linear, stats
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.stats.add(x)
+        return self.linear(x)
+
+
+@contextlib.contextmanager
+def record_inputs(root: nn.Module, linears: Mapping[str, nn.Linear], gram: bool = False,
+                  keep: bool = False) -> Iterator[dict[str, InputStats]]:
+    """Collect ``InputStats`` of each named linear under ``root`` while the block runs as usual."""
+    stats = {name: InputStats(lin.in_features, lin.weight.device, gram, keep) for name, lin in linears.items()}
+    recorders = {lin: _Recorder(lin, stats[name]) for name, lin in linears.items()}
+    with _swapped(root, recorders):
+        yield stats
+
+
+@contextlib.contextmanager
+def bypassed(root: nn.Module, *modules: nn.Module) -> Iterator[None]:
+    """Replace ``modules`` under ``root`` by the identity for the duration: a pass then returns
+    the input of its last linear instead of its output, without computing that matmul."""
+    with _swapped(root, {m: nn.Identity() for m in modules}):
+        yield

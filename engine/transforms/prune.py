@@ -1,0 +1,87 @@
+"""Structured pruning of a linear pair ``y = W2·f(W1·x)`` (METHODS.md, building block 1).
+
+Score the intermediate channels, keep the best, drop ``W1``'s rows and ``W2``'s columns, and
+optionally refit the kept columns of ``W2`` by damped least squares so ``W2'·x_M`` matches
+the unpruned ``W2·x`` on calibration data. FASP and Wanda-SP share every step here and
+differ only in that refit.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+
+
+def channel_scores(weight: torch.Tensor, norms: torch.Tensor) -> torch.Tensor:
+    """Wanda summed over a column: ``s_j = ‖W_{:,j}‖₁ · ‖X_j‖₂`` (float64, one per input channel)."""
+    return weight.detach().double().abs().sum(0) * norms.to(weight.device, torch.float64)
+
+
+def keep_top(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices of the ``k`` highest scores in ascending index order (ties broken by index)."""
+    return torch.sort(torch.topk(scores, k, sorted=False).indices).values
+
+
+def keep_top_per_group(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """``scores`` is [groups, size]: keep ``k`` per group; flat indices ``g*size + j``, ascending."""
+    groups, size = scores.shape
+    local = torch.sort(torch.topk(scores, k, dim=1, sorted=False).indices, dim=1).values
+    return (local + size * torch.arange(groups, device=scores.device)[:, None]).reshape(-1)
+
+
+def restore_columns(weight: torch.Tensor, bias: Optional[torch.Tensor], h_cols: torch.Tensor, kept: torch.Tensor,
+                    damp: float) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """Least-squares refit ``W' = W H[:,M] (H[M,M] + λI)⁻¹`` with ``λ = damp·mean diag H[M,M]``.
+
+    ``h_cols`` is ``X̃ᵀX̃[:, M̃]`` from ``InputStats.cross_gram(kept, ones=bias is not None)``:
+    with a bias, ``X̃ = [X, 1]`` and the bias is refitted as one more column (not damped).
+    Returns (weight, bias) in float64; the caller casts."""
+    m = kept.numel()
+    w = weight.detach().double()
+    rows = kept.to(h_cols.device)
+    if bias is not None:
+        w = torch.cat([w, bias.detach().double()[:, None]], 1)
+        rows = torch.cat([rows, torch.tensor([h_cols.shape[0] - 1], device=h_cols.device)])
+    a = h_cols[rows].clone()
+    idx = torch.arange(m, device=a.device)
+    a[idx, idx] += damp * a[idx, idx].mean()
+    rhs = w.to(h_cols.device) @ h_cols  # [out, m(+1)]
+    solution = torch.linalg.solve(a, rhs.T).T  # a is symmetric
+    return solution[:, :m], (solution[:, m] if bias is not None else None)
+
+
+@torch.no_grad()
+def keep_rows(linear: nn.Linear, kept: torch.Tensor) -> None:
+    """Keep only the output rows ``kept`` of a linear (and of its bias)."""
+    kept = kept.to(linear.weight.device)
+    linear.weight = nn.Parameter(linear.weight[kept], requires_grad=linear.weight.requires_grad)
+    if linear.bias is not None:
+        linear.bias = nn.Parameter(linear.bias[kept], requires_grad=linear.bias.requires_grad)
+    linear.out_features = kept.numel()
+
+
+@torch.no_grad()
+def set_columns(linear: nn.Linear, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> None:
+    """Replace a linear's weight by a narrower one (and its bias, if given), in the linear's dtype."""
+    dtype, device = linear.weight.dtype, linear.weight.device
+    linear.weight = nn.Parameter(weight.to(device, dtype), requires_grad=linear.weight.requires_grad)
+    if bias is not None:
+        linear.bias = nn.Parameter(bias.to(device, dtype), requires_grad=linear.bias.requires_grad)
+    linear.in_features = weight.shape[1]
+
+
+def prune_pair(readers: list[nn.Linear], writer: nn.Linear, kept_rows: torch.Tensor, kept_cols: torch.Tensor,
+               h_cols: Optional[torch.Tensor] = None, damp: float = 0.01) -> None:
+    """Drop the readers' rows outside ``kept_rows`` and the writer's columns outside ``kept_cols``.
+
+    With ``h_cols`` (see ``restore_columns``) the writer's kept columns are refitted; without,
+    they are copied unchanged (Wanda-SP)."""
+    kept_cols = kept_cols.to(writer.weight.device)
+    if h_cols is None:
+        weight, bias = writer.weight[:, kept_cols], None
+    else:
+        weight, bias = restore_columns(writer.weight, writer.bias, h_cols, kept_cols, damp)
+    set_columns(writer, weight, bias)
+    for lin in readers:
+        keep_rows(lin, kept_rows)

@@ -1,0 +1,253 @@
+"""Structured pruning family (FASP, Wanda-SP, ShortGPT) and the shared statistics, on tiny random models."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from engine import compress, load_compressed, save_compressed
+from engine.methods import Calibration, Plan
+from engine.models.adapters import adapter_for
+from engine.models.loading import LoadedModel
+from engine.stats import InputStats, bypassed, capture_layer_inputs, record_inputs, run_layer
+from engine.transforms.prune import channel_scores, keep_top, keep_top_per_group, restore_columns
+from engine.transforms.value_heads import GatherLinear, ScatterLinear, output_columns
+
+
+def _lm(tiny, arch: str, **overrides) -> LoadedModel:
+    model, tok = tiny(arch, **overrides)
+    return LoadedModel(model=model, tokenizer=tok, spec=f"tiny-{arch}", adapter=adapter_for(model))
+
+
+def _calibration(lm: LoadedModel, n: int = 8, seqlen: int = 32) -> Calibration:
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.randint(3, lm.model.config.vocab_size, (n, seqlen), generator=g)
+    return Calibration("random", n, seqlen, 0, tokens, batch_size=4)
+
+
+def _logits(model, ids: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model(input_ids=ids, use_cache=False).logits
+
+
+# --- shared statistics -----------------------------------------------------
+
+def test_input_stats_match_direct_computation():
+    g = torch.Generator().manual_seed(1)
+    batches = [torch.randn(2, 5, 6, generator=g) for _ in range(3)]
+    x = torch.cat([b.reshape(-1, 6) for b in batches]).double()
+    stats = InputStats.of(batches, gram=True, keep=True)
+    assert stats.count == 30
+    torch.testing.assert_close(stats.norms, x.norm(dim=0))
+    torch.testing.assert_close(stats.mean, x.mean(0))
+    torch.testing.assert_close(stats.gram.h, x.T @ x)
+    cols = torch.tensor([1, 4])
+    xt = torch.cat([x, torch.ones(30, 1, dtype=torch.float64)], 1)
+    expected = xt.T @ xt[:, [1, 4, 6]]
+    torch.testing.assert_close(stats.cross_gram(cols, ones=True), expected)  # from the Gram
+    kept_only = InputStats.of(batches, keep=True)
+    torch.testing.assert_close(kept_only.cross_gram(cols, ones=True), expected)  # from the batches
+    with pytest.raises(ValueError):
+        InputStats.of(batches, keep=False).cross_gram(cols)
+
+
+def test_record_inputs_and_bypass_see_the_linear_input(tiny):
+    lm = _lm(tiny, "llama")
+    layer = lm.adapter.layers(lm.model)[0]
+    parts = lm.adapter.parts_of(layer)
+    normed = parts.mlp_norm(torch.randn(2, 7, lm.model.config.hidden_size))
+    with torch.no_grad():
+        expected_out = lm.adapter.run_mlp(layer, normed)
+        gate, up = parts.mlp_in
+        expected_in = F.silu(gate(normed)) * up(normed)
+        with record_inputs(layer, {"down": parts.mlp_out}, gram=True) as stats:
+            out = lm.adapter.run_mlp(layer, normed)
+        with bypassed(layer, parts.mlp_out):
+            seen = lm.adapter.run_mlp(layer, normed)
+    torch.testing.assert_close(out, expected_out)  # recording changes nothing
+    torch.testing.assert_close(seen, expected_in)  # bypass returns the linear's input
+    x = expected_in.reshape(-1, expected_in.shape[-1]).double()
+    torch.testing.assert_close(stats["down"].gram.h, x.T @ x)
+    assert layer.mlp.down_proj is parts.mlp_out  # both restore the module
+
+
+# --- pruning mechanics -----------------------------------------------------
+
+def test_restoration_lowers_the_output_error_and_is_exact_when_nothing_is_pruned():
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(400, 12, generator=g) @ torch.randn(12, 12, generator=g)  # correlated channels
+    w, b = torch.randn(5, 12, generator=g), torch.randn(5, generator=g)
+    stats = InputStats.of([x], keep=True)
+    kept = keep_top(channel_scores(w, stats.norms), 8)
+    y = x.double() @ w.double().T + b.double()
+    plain = x[:, kept].double() @ w[:, kept].double().T + b.double()
+    w2, b2 = restore_columns(w, b, stats.cross_gram(kept, ones=True), kept, damp=0.0)
+    restored = x[:, kept].double() @ w2.T + b2
+    assert (y - restored).norm() < 0.9 * (y - plain).norm()
+    design = torch.cat([x[:, kept].double(), torch.ones(400, 1, dtype=torch.float64)], 1)
+    best = torch.linalg.lstsq(design, y).solution.T  # the least-squares optimum, computed directly
+    torch.testing.assert_close(torch.cat([w2, b2[:, None]], 1), best)
+    everything = torch.arange(12)
+    w3, b3 = restore_columns(w, b, stats.cross_gram(everything, ones=True), everything, damp=0.0)
+    torch.testing.assert_close(w3, w.double())
+    torch.testing.assert_close(b3, b.double())
+
+
+def test_selection_keeps_the_highest_scores():
+    scores = torch.tensor([0.5, 3.0, 1.0, 2.0])
+    assert keep_top(scores, 2).tolist() == [1, 3]
+    grouped = torch.tensor([[0.1, 0.9, 0.5], [0.7, 0.2, 0.3]])
+    assert keep_top_per_group(grouped, 2).tolist() == [1, 2, 3, 5]
+
+
+def test_gqa_value_rows_map_to_every_query_head_of_their_group():
+    # 4 query heads, 2 KV heads of dim 3: value row (group 1, dim 2) = row 5 feeds heads 2 and 3
+    assert output_columns(torch.tensor([5]), (4, 2, 3)).tolist() == [2 * 3 + 2, 3 * 3 + 2]
+    assert output_columns(torch.tensor([0, 4]), (4, 2, 3)).tolist() == [0, 3, 7, 10]
+
+
+# --- methods ---------------------------------------------------------------
+
+@pytest.mark.parametrize("arch", ["llama", "opt", "qwen2", "qwen3"])
+def test_wanda_sp_equals_the_original_with_pruned_channels_zeroed(tiny, arch):
+    """Without restoration, pruning = masking: checks the surgery and the narrowed attention."""
+    lm = _lm(tiny, arch)
+    result = compress(lm, "wanda-sp", 0.4, calibration=_calibration(lm))
+    masked = copy.deepcopy(lm.model)
+    n_heads, n_kv, head_dim = lm.adapter.heads(lm.model.config)
+    for i, kept_v in enumerate(result.structure["value_kept"]):
+        orig, pruned = lm.adapter.parts(masked, i), lm.adapter.parts(result.model, i)
+        assert isinstance(pruned.value, ScatterLinear) and isinstance(pruned.attn_out, GatherLinear)
+        assert pruned.value.out_features == len(kept_v) == n_kv * round(0.6 * head_dim)
+        assert pruned.attn_out.in_features == len(kept_v) * n_heads // n_kv
+        kept_mlp = _kept_mlp_rows(orig, pruned)
+        assert pruned.mlp_out.in_features == result.widths["mlp"][i] == 80  # 0.6 * 128 -> multiple of 8
+        with torch.no_grad():
+            for lin, keep in [(orig.value, torch.tensor(kept_v))] + [(m, kept_mlp) for m in orig.mlp_in]:
+                mask = torch.ones(lin.out_features, dtype=torch.bool)
+                mask[keep] = False
+                lin.weight[mask] = 0
+                if lin.bias is not None:
+                    lin.bias[mask] = 0
+    ids = _calibration(lm).tokens[:2]
+    torch.testing.assert_close(_logits(result.model, ids), _logits(masked, ids), atol=1e-4, rtol=1e-4)
+    assert result.accounting.params_total < result.original.params_total
+    assert result.accounting.params_added == 0
+
+
+def _kept_mlp_rows(orig, pruned) -> torch.Tensor:
+    """Which rows of the original first MLP matrix survived (matched by content)."""
+    first, kept_first = orig.mlp_in[0].weight, pruned.mlp_in[0].weight
+    matches = (kept_first[:, None, :] == first[None, :, :]).all(-1)
+    assert (matches.sum(1) == 1).all()
+    return matches.float().argmax(1)
+
+
+def test_fasp_keeps_the_top_scored_channels_of_the_first_layer(tiny):
+    lm = _lm(tiny, "llama")
+    calib = _calibration(lm)
+    layer = lm.adapter.layers(lm.model)[0]
+    parts = lm.adapter.parts_of(layer)
+    inputs = capture_layer_inputs(lm.model, lm.adapter, calib.tokens, calib.batch_size)
+    with torch.no_grad(), record_inputs(layer, {"o": parts.attn_out}) as stats:
+        run_layer(layer, inputs)
+    scores = channel_scores(parts.attn_out.weight, stats["o"].norms).view(2, 2, 16).sum(1)
+    expected = keep_top_per_group(scores, round(0.75 * 16))
+    result = compress(lm, "fasp", 0.25, calibration=calib)
+    assert result.structure["value_kept"][0] == expected.tolist()
+    assert lm.adapter.parts(lm.model, 0).value.out_features == 32  # the original is untouched
+
+
+@pytest.mark.parametrize("arch", ["llama", "opt"])
+def test_fasp_restoration_lowers_the_layer_output_error(tiny, arch):
+    lm = _lm(tiny, arch)
+    calib = _calibration(lm)
+    inputs = capture_layer_inputs(lm.model, lm.adapter, calib.tokens, calib.batch_size)
+    target = run_layer(lm.adapter.layers(lm.model)[0], inputs)
+    errors = {}
+    for method in ("fasp", "wanda-sp"):
+        result = compress(lm, method, 0.5, calibration=calib)
+        out = run_layer(lm.adapter.layers(result.model)[0], inputs)
+        errors[method] = sum((o - t).double().square().sum() for o, t in zip(out, target)).item()
+    assert errors["fasp"] < 0.8 * errors["wanda-sp"], errors
+
+
+def _prunable_params(lm: LoadedModel, model) -> list[int]:
+    """Per layer: parameters of the MLP and of the value/output projections (what a FASP ratio counts)."""
+    counts = []
+    for i in range(len(lm.adapter.layers(model))):
+        parts = lm.adapter.parts(model, i)
+        linears = parts.mlp_in + [parts.mlp_out, parts.value, parts.attn_out]
+        counts.append(sum(p.numel() for lin in linears for p in lin.parameters()))
+    return counts
+
+
+def test_fasp_follows_a_block_influence_plan(tiny):
+    lm = _lm(tiny, "llama", num_hidden_layers=4)
+    result = compress(lm, "fasp", 0.3, schedule="block-influence", calibration=_calibration(lm),
+                      method_params={"round_to": 1})
+    before, after = _prunable_params(lm, lm.model), _prunable_params(lm, result.model)
+    removed = [1 - a / b for a, b in zip(after, before)]
+    assert len(set(result.widths["mlp"])) > 1  # the plan's per-layer ratios were applied ...
+    for got, planned in zip(removed, result.plan.ratios):  # ... as fractions of MLP + value/output params
+        assert got == pytest.approx(planned, abs=0.04)
+    assert 1 - sum(after) / sum(before) == pytest.approx(0.3, abs=0.02)
+
+
+@pytest.mark.parametrize("arch", ["llama", "opt"])
+@pytest.mark.parametrize("method", ["fasp", "wanda-sp"])
+def test_heterogeneous_pruning_saves_and_reloads(tiny, tmp_path, arch, method):
+    lm = _lm(tiny, arch)
+    plan = Plan("manual", 0.3, [0.1, 0.5, 0.3])
+    result = compress(lm, method, plan=plan, calibration=_calibration(lm))
+    assert len(set(result.widths["mlp"])) == 3 and not result.structure["transformers_checkpoint"]
+    save_compressed(result, tmp_path / "out")
+    loaded = load_compressed(tmp_path / "out", device="cpu", dtype="float32")
+    ids = _calibration(lm).tokens[:2]
+    torch.testing.assert_close(_logits(loaded.model, ids), _logits(result.model, ids), atol=0, rtol=0)
+    gen = dict(max_new_tokens=5, do_sample=False, pad_token_id=2)
+    assert torch.equal(loaded.model.generate(ids[:1, :8], **gen), result.model.generate(ids[:1, :8], **gen))
+
+
+@pytest.mark.parametrize("arch", ["llama", "opt"])
+def test_uniform_mlp_pruning_is_a_plain_transformers_checkpoint(tiny, tmp_path, arch):
+    from transformers import AutoModelForCausalLM
+
+    lm = _lm(tiny, arch)
+    result = compress(lm, "fasp", 0.25, calibration=_calibration(lm), method_params={"parts": "mlp"})
+    assert result.structure["transformers_checkpoint"]
+    save_compressed(result, tmp_path / "out")
+    plain = AutoModelForCausalLM.from_pretrained(tmp_path / "out", dtype=torch.float32).eval()
+    ids = _calibration(lm).tokens[:2]
+    torch.testing.assert_close(_logits(plain, ids), _logits(result.model, ids), atol=0, rtol=0)
+    reloaded = load_compressed(tmp_path / "out", device="cpu", dtype="float32")
+    torch.testing.assert_close(_logits(reloaded.model, ids), _logits(result.model, ids), atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "opt"])
+def test_shortgpt_removes_the_least_influential_layers_as_a_plain_checkpoint(tiny, tmp_path, arch):
+    from transformers import AutoModelForCausalLM
+
+    from engine.analysis.layer_scores import block_influence
+
+    lm = _lm(tiny, arch, num_hidden_layers=4)
+    calib = _calibration(lm)
+    bi = block_influence(lm.model, lm.adapter, calib.tokens, calib.batch_size)
+    result = compress(lm, "shortgpt", 0.5, calibration=calib)
+    assert result.structure["removed"] == sorted(sorted(range(4), key=bi.__getitem__)[:2])
+    layers = lm.adapter.layers(result.model)
+    assert len(layers) == result.model.config.num_hidden_layers == 2
+    assert [layer.self_attn.layer_idx for layer in layers] == [0, 1]
+    kept = [i for i in range(4) if i not in result.structure["removed"]]
+    for new, old in zip(layers, kept):  # the kept layers are the original ones, unchanged
+        assert torch.equal(lm.adapter.parts_of(new).mlp_out.weight, lm.adapter.parts(lm.model, old).mlp_out.weight)
+    save_compressed(result, tmp_path / "out")
+    plain = AutoModelForCausalLM.from_pretrained(tmp_path / "out", dtype=torch.float32).eval()
+    ids = calib.tokens[:2]
+    torch.testing.assert_close(_logits(plain, ids), _logits(result.model, ids), atol=0, rtol=0)
+    gen = dict(max_new_tokens=6, do_sample=False, pad_token_id=2)  # KV cache slots follow the renumbering
+    assert torch.equal(plain.generate(ids[:1, :8], **gen), result.model.generate(ids[:1, :8], **gen))
+    reloaded = load_compressed(tmp_path / "out", device="cpu", dtype="float32")
+    torch.testing.assert_close(_logits(reloaded.model, ids), _logits(result.model, ids), atol=0, rtol=0)

@@ -1,0 +1,184 @@
+"""SliceGPT: invariance, slicing, honest size, schedules, save/reload, cancel, bad input."""
+import json
+
+import pytest
+import torch
+
+from engine import CancelToken, compress, load_compressed, save_compressed
+from engine.errors import Cancelled, ConfigError
+from engine.methods import Calibration
+from engine.models import adapter_for
+from engine.models.loading import LoadedModel
+
+ARCHS = ("llama", "mistral", "qwen2", "qwen3", "opt")
+
+
+def _lm(tiny, arch):
+    model, tok = tiny(arch)
+    return LoadedModel(model, tok, arch, adapter_for(model))
+
+
+def _calibration(vocab: int, n: int = 8, seqlen: int = 32) -> Calibration:
+    g = torch.Generator().manual_seed(0)
+    return Calibration("random", n, seqlen, 0, torch.randint(3, vocab, (n, seqlen), generator=g), batch_size=4)
+
+
+def _logits(model, tokens):
+    with torch.no_grad():
+        return model(tokens).logits
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("variant", ["per-layer", "shared"])
+def test_rotation_without_slicing_is_invariant(tiny, arch, variant):
+    lm = _lm(tiny, arch)
+    cal = _calibration(lm.model.config.vocab_size)
+    result = compress(lm, "slicegpt", 0.0, calibration=cal, method_params={"variant": variant, "round_to": 1})
+    diff = (_logits(lm.model, cal.tokens[:2]) - _logits(result.model, cal.tokens[:2])).abs().max().item()
+    assert diff < 1e-4
+
+
+def test_original_is_never_mutated(tiny):
+    lm = _lm(tiny, "llama")
+    before = {k: v.clone() for k, v in lm.model.state_dict().items()}
+    compress(lm, "slicegpt", 0.25, calibration=_calibration(lm.model.config.vocab_size))
+    after = lm.model.state_dict()
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert lm.adapter.is_tied(lm.model)
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "opt"])
+def test_slicing_shrinks_the_residual_stream(tiny, arch):
+    lm = _lm(tiny, arch)
+    result = compress(lm, "slicegpt", 0.25, calibration=_calibration(lm.model.config.vocab_size),
+                      method_params={"slice_head": True})
+    d = 48  # 0.75 * 64, already a multiple of 8
+    adapter = lm.adapter
+    assert adapter.token_embedding(result.model).weight.shape[1] == d
+    for i in range(3):
+        parts = adapter.parts(result.model, i)
+        assert all(lin.weight.shape[1] == d for lin in parts.attn_in + parts.mlp_in)
+        assert parts.attn_out.weight.shape[0] == d and parts.mlp_out.weight.shape[0] == d
+    assert adapter.head(result.model).weight.shape[1] == d
+    assert result.widths["attention"] == [d, d, d]
+    out = _logits(result.model, _calibration(lm.model.config.vocab_size).tokens[:1])
+    assert torch.isfinite(out).all()
+
+
+def test_head_stays_full_width_by_default(tiny):
+    lm = _lm(tiny, "llama")
+    result = compress(lm, "slicegpt", 0.25, calibration=_calibration(lm.model.config.vocab_size))
+    assert lm.adapter.head(result.model).weight.shape[1] == 64
+    assert result.widths["mlp_out"] == [48, 48, 64]
+
+
+def test_accounting_is_honest_about_added_parameters(tiny):
+    lm = _lm(tiny, "llama")  # tied embeddings, 64 hidden, vocab 320
+    result = compress(lm, "slicegpt", 0.25, calibration=_calibration(lm.model.config.vocab_size),
+                      method_params={"slice_head": True})
+    a = result.accounting
+    vocab = lm.model.config.vocab_size
+    assert a.added_detail["untied head"] == vocab * 48
+    assert a.added_detail["shortcut matrices"] == 3 * 2 * 48 * 48
+    counted = sum(p.numel() for p in result.model.parameters())
+    assert a.params_total == counted
+    assert not a.tied_embeddings
+
+
+def test_shared_variant_keeps_the_head_tied_and_shrinks(tiny):
+    lm = _lm(tiny, "llama")
+    result = compress(lm, "slicegpt", 0.25, calibration=_calibration(lm.model.config.vocab_size),
+                      method_params={"variant": "shared"})
+    assert lm.adapter.is_tied(result.model)
+    assert result.accounting.params_total < 0.8 * result.original.params_total
+    assert result.accounting.added_detail == {"final norm mix": 48 * 48}
+
+
+def test_shared_variant_refuses_uneven_plans(tiny):
+    lm = _lm(tiny, "llama")
+    with pytest.raises(ConfigError, match="uniform"):
+        compress(lm, "slicegpt", 0.3, "layer-redundancy", _calibration(lm.model.config.vocab_size),
+                 method_params={"variant": "shared"}, slicing_base=0.0)
+
+
+@pytest.mark.parametrize("arch,variant", [("llama", "per-layer"), ("qwen2", "per-layer"), ("opt", "per-layer"),
+                                          ("llama", "shared"), ("opt", "shared")])
+def test_save_reload_gives_identical_logits(tiny, tmp_path, arch, variant):
+    lm = _lm(tiny, arch)
+    cal = _calibration(lm.model.config.vocab_size)
+    result = compress(lm, "slicegpt", 0.3, "layer-redundancy" if variant == "per-layer" else "uniform", cal,
+                      method_params={"variant": variant}, slicing_base=0.1)
+    out = save_compressed(result, tmp_path / "out")
+    meta = json.loads((out / "slimlab.json").read_text())
+    assert meta["method"] == "slicegpt" and meta["recipe"]["calibration"]["seed"] == 0
+    reloaded = load_compressed(out, device="cpu")
+    torch.testing.assert_close(_logits(reloaded.model, cal.tokens[:2]), _logits(result.model, cal.tokens[:2]),
+                               rtol=0, atol=0)
+    generated = reloaded.model.generate(cal.tokens[:1, :4], max_new_tokens=3, do_sample=False)
+    assert generated.shape[1] == 7
+
+
+def test_save_refuses_to_overwrite_without_force(tiny, tmp_path):
+    lm = _lm(tiny, "llama")
+    result = compress(lm, "slicegpt", 0.25, calibration=_calibration(lm.model.config.vocab_size))
+    save_compressed(result, tmp_path / "out")
+    with pytest.raises(ConfigError, match="--force"):
+        save_compressed(result, tmp_path / "out")
+    save_compressed(result, tmp_path / "out", force=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no temp folders left behind
+
+
+def test_cancel_leaves_the_original_untouched(tiny):
+    lm = _lm(tiny, "llama")
+    before = {k: v.clone() for k, v in lm.model.state_dict().items()}
+    token = CancelToken()
+    seen = []
+
+    def on_progress(event):
+        seen.append(event)
+        if event.stage == "slicegpt" and event.step == 1:
+            token.cancel()
+
+    with pytest.raises(Cancelled):
+        compress(lm, "slicegpt", 0.25, calibration=_calibration(lm.model.config.vocab_size),
+                 progress=on_progress, cancel=token)
+    assert any(e.stage == "slicegpt" for e in seen)
+    assert all(torch.equal(before[k], v) for k, v in lm.model.state_dict().items())
+
+
+@pytest.mark.parametrize("ratio", [-0.1, 1.0, 1.5])
+def test_bad_ratio_is_refused(tiny, ratio):
+    lm = _lm(tiny, "llama")
+    with pytest.raises(ConfigError, match=r"\[0, 1\)"):
+        compress(lm, "slicegpt", ratio, calibration=_calibration(lm.model.config.vocab_size))
+
+
+def test_unknown_method_lists_the_known_ones(tiny):
+    lm = _lm(tiny, "llama")
+    with pytest.raises(ConfigError, match="Unknown method 'nope'. Available: .*slicegpt"):
+        compress(lm, "nope", 0.25)
+
+
+def test_bad_schedule_files(tiny, tmp_path):
+    lm = _lm(tiny, "llama")
+    cal = _calibration(lm.model.config.vocab_size)
+    (tmp_path / "short.json").write_text("[0.1, 0.2]")
+    (tmp_path / "broken.yaml").write_text("ratios: [0.1, : ]")
+    with pytest.raises(ConfigError, match="2 ratios but the model has 3 layers"):
+        compress(lm, "slicegpt", 0.25, f"manual:{tmp_path / 'short.json'}", cal)
+    with pytest.raises(ConfigError, match="not valid yaml"):
+        compress(lm, "slicegpt", 0.25, f"manual:{tmp_path / 'broken.yaml'}", cal)
+    with pytest.raises(ConfigError, match="not found"):
+        compress(lm, "slicegpt", 0.25, f"manual:{tmp_path / 'missing.json'}", cal)
+    with pytest.raises(ConfigError, match="Unknown schedule"):
+        compress(lm, "slicegpt", 0.25, "zigzag", cal)
+
+
+def test_manual_schedule_applies_per_layer_widths(tiny, tmp_path):
+    lm = _lm(tiny, "llama")
+    (tmp_path / "plan.yaml").write_text("ratios: [0.0, 0.25, 0.5]\n")
+    result = compress(lm, "slicegpt", 0.25, f"manual:{tmp_path / 'plan.yaml'}",
+                      _calibration(lm.model.config.vocab_size))
+    assert result.widths["attention"] == [64, 48, 32]
+    assert result.plan.ratios == [0.0, 0.25, 0.5]

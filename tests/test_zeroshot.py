@@ -1,0 +1,183 @@
+"""Zero-shot: local task definitions checked item by item, seeded subsets, lm-eval on tiny models."""
+import torch
+import torch.nn.functional as F
+import pytest
+
+from engine.errors import Cancelled, ConfigError, DataError
+from engine.evaluate.tasks import build_task, load_docs
+from engine.evaluate.zeroshot import TASKS, make_lm, run_zeroshot, subsample_indices
+from engine.progress import CancelToken
+
+# Item counts stated in shared/data/SOURCES.md
+SOURCES_COUNTS = {"piqa": 1838, "winogrande": 1267, "arc_easy": 2376, "arc_challenge": 1172,
+                  "hellaswag": 10042, "boolq": 3270, "openbookqa": 500}
+
+
+def first_requests(name, data_dir):
+    """The (context, continuation) pairs lm-eval builds for a task's first item, and its gold index."""
+    task = build_task(name, data_dir)
+    task.set_config(key="num_fewshot", value=0)
+    task.build_all_requests(limit=1, rank=0, world_size=1)
+    doc = task.eval_docs[0]
+    return [inst.args for inst in task.instances], task.doc_to_text(doc), task.doc_to_target(doc)
+
+
+def test_task_list_and_item_counts_match_sources(data_dir):
+    assert set(TASKS) == set(SOURCES_COUNTS)
+    for name, count in SOURCES_COUNTS.items():
+        assert len(load_docs(name, data_dir)) == count, name
+
+
+def test_piqa_first_item(data_dir):
+    pairs, _, gold = first_requests("piqa", data_dir)
+    ctx = "Question: How do I ready a guinea pig cage for it's new occupants?\nAnswer:"
+    sol1 = (" Provide the guinea pig with a cage full of a few inches of bedding made of ripped paper strips, "
+            "you will also need to supply it with a water bottle and a food dish.")
+    sol2 = (" Provide the guinea pig with a cage full of a few inches of bedding made of ripped jeans material, "
+            "you will also need to supply it with a water bottle and a food dish.")
+    assert pairs == [(ctx, sol1), (ctx, sol2)]
+    assert gold == 0  # valid-labels.lst line 1
+
+
+def test_arc_first_items(data_dir):
+    pairs, _, gold = first_requests("arc_easy", data_dir)
+    ctx = "Question: Which statement best explains why photosynthesis is the foundation of most food webs?\nAnswer:"
+    assert [p[0] for p in pairs] == [ctx] * 4
+    assert pairs[gold] == (ctx, " Sunlight is the source of energy for nearly all ecosystems.")
+    pairs, _, gold = first_requests("arc_challenge", data_dir)  # Mercury_7175875, answer C
+    assert pairs[0][0].startswith("Question: An astronomer observes that a planet rotates faster")
+    assert pairs[gold][1] == " Planetary days will become shorter." and gold == 2
+
+
+def test_hellaswag_first_item(data_dir):
+    pairs, _, gold = first_requests("hellaswag", data_dir)
+    ctx = "Roof shingle removal: A man is sitting on a roof. he"
+    assert pairs == [(ctx, " is using wrap to wrap a pair of skis."), (ctx, " is ripping level tiles off."),
+                     (ctx, " is holding a rubik's cube."), (ctx, " starts pulling up roofing on a roof.")]
+    assert gold == 3
+
+
+def test_winogrande_first_item_puts_options_in_the_context(data_dir):
+    pairs, gold_as_text, target = first_requests("winogrande", data_dir)
+    # "Sarah was a much better surgeon than Maria so _ always got the easier cases." answer 2
+    assert pairs == [("Sarah was a much better surgeon than Maria so Sarah", " always got the easier cases."),
+                     ("Sarah was a much better surgeon than Maria so Maria", " always got the easier cases.")]
+    assert gold_as_text == 1 and target == "always got the easier cases."
+
+
+def test_boolq_and_openbookqa_first_items(data_dir):
+    pairs, _, gold = first_requests("boolq", data_dir)
+    assert pairs[0][0].startswith("All biomass goes through at least some of these steps")
+    assert pairs[0][0].endswith("\nQuestion: does ethanol take more energy make that produces?\nAnswer:")
+    assert [p[1] for p in pairs] == [" no", " yes"] and gold == 0  # answer: false
+    pairs, _, gold = first_requests("openbookqa", data_dir)
+    assert pairs[0][0].endswith("they decide the best way to save money is to")
+    assert [p[1] for p in pairs] == [" make more phone calls", " quit eating lunch out",
+                                     " buy less with monopoly money", " have lunch with friends"]
+    assert gold == 1  # answerKey B
+
+
+def test_wrong_item_count_or_missing_file_is_a_data_error(data_dir, tmp_path):
+    (tmp_path / "piqa").mkdir()
+    lines = (data_dir / "piqa" / "valid.jsonl").read_text().splitlines()[:10]
+    (tmp_path / "piqa" / "valid.jsonl").write_text("\n".join(lines) + "\n")
+    (tmp_path / "piqa" / "valid-labels.lst").write_text("0\n" * 10)
+    with pytest.raises(DataError, match="SOURCES.md says 1838"):
+        load_docs("piqa", tmp_path)
+    with pytest.raises(DataError, match="Missing zero-shot data file"):
+        load_docs("boolq", tmp_path)
+
+
+def test_seeded_subsample():
+    a = subsample_indices(1838, 50, 1234, "piqa")
+    assert a == subsample_indices(1838, 50, 1234, "piqa")
+    assert len(set(a)) == 50 and a == sorted(a) and max(a) < 1838
+    assert a != subsample_indices(1838, 50, 1235, "piqa")
+    assert a != subsample_indices(1838, 50, 1234, "arc_easy")
+    assert a != list(range(50))
+    assert subsample_indices(500, 500, 1, "openbookqa") is None
+
+
+def test_bad_arguments():
+    with pytest.raises(ConfigError, match="Unknown zero-shot task"):
+        run_zeroshot(None, None, ["piqa", "lambada"])
+    with pytest.raises(ConfigError, match="positive"):
+        run_zeroshot(None, None, ["piqa"], limit=0)
+
+
+def _choice_loglik(model, tok, context, continuation):
+    ctx = tok(context)["input_ids"]
+    whole = tok(context + continuation)["input_ids"]
+    ids = torch.tensor([whole])
+    logp = F.log_softmax(model(ids).logits[0, :-1].double(), -1)
+    return sum(logp[i - 1, whole[i]].item() for i in range(len(ctx), len(whole)))
+
+
+def test_run_zeroshot_matches_hand_scoring(tiny, data_dir):
+    """lm-eval's PIQA acc/acc_norm on a seeded subset equals scoring the same items by hand."""
+    model, tok = tiny("llama", max_position_embeddings=4096)
+    events = []
+    out = run_zeroshot(model, tok, ["piqa", "winogrande"], limit=6, batch_size=4, data_dir=str(data_dir),
+                       seed=7, progress=events.append, source="local")
+    piqa, wino = out["tasks"]["piqa"], out["tasks"]["winogrande"]
+    assert out["offline"] and piqa["n"] == wino["n"] == 6
+    assert piqa["metric"] == "acc_norm" and wino["metric"] == "acc" and wino["acc_norm"] is None
+    assert out["mean"] == pytest.approx((piqa["acc_norm"] + wino["acc"]) / 2)
+    assert events[-1].step == events[-1].total > 0
+
+    docs = load_docs("piqa", data_dir)
+    acc = acc_norm = 0
+    with torch.no_grad():
+        for i in subsample_indices(len(docs), 6, 7, "piqa"):
+            d = docs[i]
+            conts = [" " + d["sol1"], " " + d["sol2"]]
+            ll = [_choice_loglik(model, tok, f"Question: {d['goal']}\nAnswer:", c) for c in conts]
+            acc += int(max(range(2), key=lambda k: ll[k]) == d["label"])
+            acc_norm += int(max(range(2), key=lambda k: ll[k] / len(conts[k])) == d["label"])
+    assert piqa["acc"] == pytest.approx(acc / 6) and piqa["acc_norm"] == pytest.approx(acc_norm / 6)
+
+
+def test_cancel_stops_the_run_and_leaves_the_model_alone(tiny, data_dir):
+    model, tok = tiny("llama", max_position_embeddings=4096)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    token = CancelToken()
+
+    def cancel_on_first_batch(event):
+        if event.step > 0:
+            token.cancel()
+
+    with pytest.raises(Cancelled):
+        run_zeroshot(model, tok, ["arc_easy"], limit=8, batch_size=2, data_dir=str(data_dir),
+                     progress=cancel_on_first_batch, cancel=token, source="local")
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_lm_eval_does_not_retie_an_untied_head(tiny):
+    """A head untied by hand while the config still says 'tied' is what HFLM's tie_weights() would re-tie."""
+    model, tok = tiny("llama")
+    head = model.get_output_embeddings()
+    head.weight = torch.nn.Parameter(head.weight.detach() * 2)
+    assert model.config.tie_word_embeddings
+    make_lm(model, tok, batch_size=2)
+    assert model.get_output_embeddings().weight is not model.get_input_embeddings().weight
+    assert torch.equal(model.get_output_embeddings().weight, model.get_input_embeddings().weight * 2)
+    assert "tie_weights" not in model.__dict__  # the guard is gone afterwards
+
+
+def test_slicegpt_result_keeps_its_untied_head_under_lm_eval(tiny):
+    from engine.compress import compress
+    from engine.methods import Calibration
+    from engine.models.adapters import adapter_for
+    from engine.models.loading import LoadedModel
+
+    model, tok = tiny("llama")
+    tokens = torch.randint(3, len(tok), (8, 32), generator=torch.Generator().manual_seed(0))
+    result = compress(LoadedModel(model, tok, "tiny", adapter_for(model)), "slicegpt", 0.3,
+                      calibration=Calibration("random", 8, 32, 0, tokens, 4))
+    sliced = result.model
+    head_before = sliced.get_output_embeddings().weight.detach().clone()
+    assert not sliced.config.tie_word_embeddings
+    lm = make_lm(sliced, tok, batch_size=2)
+    assert lm.model is sliced
+    assert sliced.get_output_embeddings().weight is not sliced.get_input_embeddings().weight
+    assert torch.equal(sliced.get_output_embeddings().weight, head_before)

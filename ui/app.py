@@ -1,0 +1,105 @@
+"""The SlimLab explorer: Model, Analyze, Compress, Evaluate, Chat, Export and Learn tabs.
+
+Layout lives in ``ui/tabs``; the work in ``ui/handlers`` (plain functions over the engine
+API, unit-tested without a browser). Each browser session gets its own ``Session``; loaded
+originals are shared through the model cache; heavy events share one queue.
+"""
+from __future__ import annotations
+
+import threading
+from types import SimpleNamespace
+
+import gradio as gr
+
+from . import presets
+from .handlers import chat as chat_handlers
+from .handlers import evaluate as evaluate_handlers
+from .handlers import export as export_handlers
+from .handlers import model as model_handlers
+from .handlers import compress as compress_handlers
+from .state import MODELS, Session, new_session
+from .tabs import analyze, chat, compress, evaluate, export, learn, model
+from .wiring import HEAVY, LIGHT, guarded
+
+TITLE = "SlimLab: structured compression workbench"
+HEADER = ("# ✂️ SlimLab\nLoad a model, look inside it, compress it with the method and per-layer plan you choose, "
+          "then measure it and chat with it next to the original. Every number is honest: the parameter count "
+          "includes what a method adds.")
+
+
+def preload(spec: str = "demo") -> threading.Thread:
+    """Start loading the demo model in the background so the first visitor does not wait for it."""
+    thread = threading.Thread(target=lambda: _quiet_load(spec), name="slimlab-preload", daemon=True)
+    thread.start()
+    return thread
+
+
+def _quiet_load(spec: str) -> None:
+    try:
+        MODELS.get(spec)
+    except Exception:  # noqa: BLE001 - the first Load shows the error to the user
+        pass
+
+
+def launch_kwargs() -> dict:
+    """Options gradio 6 takes at launch() rather than in Blocks()."""
+    return {"css_paths": [presets.css_path()], "theme": gr.themes.Soft(font=["ui-sans-serif", "system-ui",
+                                                                            "sans-serif"],
+                                                                      font_mono=["ui-monospace", "monospace"])}
+
+
+def _after_model(session: Session) -> list:
+    """Other tabs after a new base model: nothing derived from the previous one survives."""
+    return ([compress.NO_RESULT] + compress.adapt_plan(compress_handlers.initial_plan(session))
+            + _after_run(session))
+
+
+def _after_run(session: Session) -> list:
+    """Other tabs after a compression run: history, the compressed chat panel, the export folder."""
+    return (evaluate.adapt(evaluate_handlers.view(session)) + chat.adapt(chat_handlers.current(session))
+            + [export_handlers.default_folder(session)])
+
+
+def build_app(preload_demo: bool = True) -> gr.Blocks:
+    """The whole UI as a ``gr.Blocks``; launch it with ``.queue().launch(**launch_kwargs())``."""
+    if preload_demo:
+        preload()
+    with gr.Blocks(title=TITLE) as app:
+        session = gr.State(new_session, delete_callback=Session.close)
+        gr.Markdown(HEADER, elem_id="slimlab-header")
+        status = gr.Markdown("**Model:** loading the demo model …", elem_id="slimlab-status")
+        with gr.Tabs():
+            with gr.Tab("Model", id="model"):
+                model_tab = model.build()
+            with gr.Tab("Analyze", id="analyze"):
+                analyze_tab = analyze.build()
+            with gr.Tab("Compress", id="compress"):
+                compress_tab = compress.build()
+            with gr.Tab("Evaluate", id="evaluate"):
+                evaluate_tab = evaluate.build()
+            with gr.Tab("Chat", id="chat"):
+                chat_tab = chat.build()
+            with gr.Tab("Export", id="export"):
+                export_tab = export.build()
+            with gr.Tab("Learn", id="learn"):
+                learn.build()
+        ui = SimpleNamespace(session=session, status=status, model=model_tab, analyze=analyze_tab,
+                             compress=compress_tab, evaluate=evaluate_tab, chat=chat_tab, export=export_tab)
+        loaded = model.wire(ui)
+        analyze.wire(ui)
+        ran = compress.wire(ui)
+        evaluate.wire(ui)
+        chat.wire(ui)
+        export.wire(ui)
+
+        c = ui.compress
+        after_model_outputs = ([c.card, c.plan_table, c.plan_plot, c.plan_note] + evaluate.outputs(ui)
+                               + chat.outputs(ui) + [ui.export.folder])
+        after_run_outputs = evaluate.outputs(ui) + chat.outputs(ui) + [ui.export.folder]
+        loaded.success(guarded(_after_model), [session], after_model_outputs, api_visibility="private", **LIGHT)
+        ran.success(guarded(_after_run), [session], after_run_outputs, api_visibility="private", **LIGHT)
+        # The demo model is ready without any choice from the user.
+        app.load(guarded(model_handlers.load, model.adapt), [session, model_tab.spec], model.load_outputs(ui),
+                 api_visibility="private", **HEAVY).success(
+            guarded(_after_model), [session], after_model_outputs, api_visibility="private", **LIGHT)
+    return app

@@ -1,0 +1,238 @@
+"""Plotly figures. Every title says what is measured, on what, and in which unit.
+
+Figures take plain numbers (lists, dicts, engine dataclasses) and never touch a model.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence
+
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+ORIGINAL, COMPRESSED = "#64748b", "#4f46e5"
+PALETTE = ("#4f46e5", "#0891b2", "#16a34a", "#d97706", "#dc2626", "#9333ea", "#db2777", "#65a30d")
+
+
+def millions(n: float) -> float:
+    return n / 1e6
+
+
+def _style(fig: go.Figure, title: str, subtitle: str = "", height: int = 380) -> go.Figure:
+    text = f"{title}<br><sup>{subtitle}</sup>" if subtitle else title
+    fig.update_layout(title=dict(text=text, x=0.01, xanchor="left", font=dict(size=15)), template="plotly_white",
+                      height=height, margin=dict(l=60, r=20, t=70 if subtitle else 50, b=50),
+                      legend=dict(orientation="h", yanchor="bottom", y=-0.35, x=0), hovermode="closest")
+    return fig
+
+
+def placeholder(message: str, height: int = 300) -> go.Figure:
+    """An empty chart that says what to do to fill it."""
+    fig = go.Figure()
+    fig.add_annotation(text=message, x=0.5, y=0.5, xref="paper", yref="paper", showarrow=False,
+                       font=dict(size=14, color="#64748b"))
+    fig.update_xaxes(visible=False)
+    fig.update_yaxes(visible=False)
+    fig.update_layout(template="plotly_white", height=height, margin=dict(l=20, r=20, t=20, b=20))
+    return fig
+
+
+# --- Analyze ---------------------------------------------------------------
+
+def spectra_heatmap(points: list[str], eigenvalues: list[list[float]], tokens: int,
+                    max_components: Optional[int] = None) -> go.Figure:
+    """log10 share of energy per principal direction, one row per residual point."""
+    k = max_components or max(len(v) for v in eigenvalues)
+    z = []
+    for values in eigenvalues:
+        total = sum(values) or 1.0
+        z.append([math.log10(max(v / total, 1e-12)) for v in values[:k]])
+    fig = go.Figure(go.Heatmap(
+        z=z, x=list(range(1, k + 1)), y=points, colorscale="Viridis", zmin=-8, zmax=0,
+        colorbar=dict(title="log10 share"),
+        hovertemplate="%{y}<br>direction %{x}<br>log10 share of energy %{z:.2f}<extra></extra>"))
+    fig.update_xaxes(title="principal direction k (sorted by eigenvalue)")
+    fig.update_yaxes(title="residual stream point", autorange="reversed")
+    return _style(fig, "PCA eigenvalue spectrum of the residual stream, per layer",
+                  f"share of the signal's energy (uncentred second moment) in each direction, log10; "
+                  f"{tokens:,} calibration tokens", height=max(420, 14 * len(points) + 140))
+
+
+def spectra_lines(points: list[str], explained: list[list[float]], chosen: Sequence[str], cut: Optional[int],
+                  ratio: Optional[float]) -> go.Figure:
+    """Energy left out by keeping the first k directions (1 - cumulative explained variance), log y."""
+    fig = go.Figure()
+    for i, name in enumerate(chosen):
+        if name not in points:
+            continue
+        row = explained[points.index(name)]
+        lost = [max(1 - c, 1e-12) for c in row]
+        label = name if cut is None else f"{name}: keeps {100 * row[min(cut, len(row)) - 1]:.3f}% at the cut"
+        fig.add_trace(go.Scatter(
+            x=list(range(1, len(row) + 1)), y=lost, mode="lines", name=label, customdata=row,
+            line=dict(color=PALETTE[i % len(PALETTE)], width=2),
+            hovertemplate=f"{name}<br>first %{{x}} directions keep %{{customdata:.5f}}<br>"
+                          "energy left out %{y:.2e}<extra></extra>"))
+    if cut is not None:
+        fig.add_vline(x=cut, line_dash="dash", line_color="#dc2626",
+                      annotation_text=f"cut for ratio {ratio:.2f}: keep {cut}", annotation_position="top right")
+    fig.update_xaxes(title="k = number of principal directions kept")
+    fig.update_yaxes(title="energy left out = 1 − cumulative explained", type="log", exponentformat="power")
+    return _style(fig, "Cumulative explained variance of the residual stream",
+                  "shown as the energy the first k directions leave out (log scale; lower is better); "
+                  "the red line is the width a ratio keeps")
+
+
+def layer_scores(block_influence: list[float], redundancy: list[float]) -> go.Figure:
+    layers = list(range(len(block_influence)))
+    fig = make_subplots(specs=[[{"secondary_y": True}]])
+    fig.add_trace(go.Bar(x=layers, y=block_influence, name="block influence = 1 − cos(input, output)",
+                         marker_color=COMPRESSED, hovertemplate="layer %{x}<br>BI %{y:.4f}<extra></extra>"))
+    fig.add_trace(go.Scatter(x=layers, y=redundancy, name="layer redundancy (1 = most redundant)",
+                             mode="lines+markers", line=dict(color="#d97706"),
+                             hovertemplate="layer %{x}<br>LR %{y:.3f}<extra></extra>"), secondary_y=True)
+    fig.update_xaxes(title="layer", dtick=1 if len(layers) <= 40 else None)
+    fig.update_yaxes(title="block influence", type="log", secondary_y=False)
+    fig.update_yaxes(title="layer redundancy", range=[0, 1.05], secondary_y=True, showgrid=False)
+    return _style(fig, "How much each layer changes the residual stream",
+                  "block influence (log scale; high = the layer matters) and layer redundancy (its min-max "
+                  "inverse; high = candidate for more slicing), on the calibration tokens")
+
+
+def params_by_type(by_type: dict[str, int], total: int) -> go.Figure:
+    items = sorted(by_type.items(), key=lambda kv: kv[1])
+    fig = go.Figure(go.Bar(
+        x=[millions(v) for _, v in items], y=[k for k, _ in items], orientation="h", marker_color=COMPRESSED,
+        text=[f"{100 * v / total:.1f}%" for _, v in items], textposition="outside",
+        hovertemplate="%{y}<br>%{x:.3f} M parameters<extra></extra>"))
+    fig.update_xaxes(title="parameters (millions)")
+    return _style(fig, "Parameters per module type",
+                  f"summed over layers; total {millions(total):.2f} M (tied tensors counted once)",
+                  height=max(320, 24 * len(items) + 120))
+
+
+def params_per_layer(per_layer: list[dict[str, int]]) -> go.Figure:
+    fig = go.Figure()
+    layers = list(range(len(per_layer)))
+    for i, group in enumerate(("attention", "mlp", "norms", "other")):
+        values = [millions(row.get(group, 0)) for row in per_layer]
+        if any(values):
+            fig.add_trace(go.Bar(x=layers, y=values, name=group, marker_color=PALETTE[i],
+                                 hovertemplate=f"layer %{{x}}<br>{group} %{{y:.3f}} M<extra></extra>"))
+    fig.update_layout(barmode="stack")
+    fig.update_xaxes(title="layer", dtick=1 if len(layers) <= 40 else None)
+    fig.update_yaxes(title="parameters (millions)")
+    return _style(fig, "Parameters per layer, by block part",
+                  "'other' holds what a method added inside a layer (e.g. shortcut matrices)")
+
+
+# --- Compress --------------------------------------------------------------
+
+def plan_chart(ratios: list[float], scores: Optional[list[float]] = None, score_label: str = "score",
+               widths: Optional[list[int]] = None) -> go.Figure:
+    layers = list(range(len(ratios)))
+    mean = sum(ratios) / len(ratios) if ratios else 0.0
+    fig = make_subplots(specs=[[{"secondary_y": True}]])
+    custom = widths if widths else [None] * len(ratios)
+    fig.add_trace(go.Bar(x=layers, y=ratios, name="fraction removed", marker_color=COMPRESSED, customdata=custom,
+                         hovertemplate="layer %{x}<br>remove %{y:.3f}"
+                                       + ("<br>kept width %{customdata}" if widths else "") + "<extra></extra>"))
+    if scores:
+        fig.add_trace(go.Scatter(x=layers, y=scores, name=score_label, mode="lines+markers",
+                                 line=dict(color="#d97706")), secondary_y=True)
+        fig.update_yaxes(title=score_label, secondary_y=True, showgrid=False)
+    fig.add_hline(y=mean, line_dash="dash", line_color="#dc2626", annotation_text=f"mean {mean:.3f}")
+    fig.update_xaxes(title="layer", dtick=1 if len(layers) <= 40 else None)
+    fig.update_yaxes(title="fraction removed", range=[0, max(0.05, max(ratios, default=0) * 1.15)],
+                     secondary_y=False)
+    return _style(fig, "Per-layer plan: fraction of each layer to remove",
+                  "edit the table to change it; the red line is the mean the plan achieves")
+
+
+def accounting_chart(original: dict, compressed: dict) -> go.Figure:
+    """Stacked parameters (embedding, head, body) of both models, with the original's total marked."""
+    names = ["original", "compressed"]
+    parts = (("embedding", "params_embedding", "#94a3b8"), ("head (untied copy)", "params_head", "#d97706"),
+             ("transformer body", "params_non_embedding", COMPRESSED))
+    fig = go.Figure()
+    for label, key, color in parts:
+        values = [millions(original[key]), millions(compressed[key])]
+        fig.add_trace(go.Bar(x=names, y=values, name=label, marker_color=color,
+                             hovertemplate=f"%{{x}}<br>{label} %{{y:.2f}} M<extra></extra>"))
+    fig.add_hline(y=millions(original["params_total"]), line_dash="dash", line_color="#dc2626",
+                  annotation_text=f"original total {millions(original['params_total']):.2f} M")
+    for name, acc in zip(names, (original, compressed)):
+        fig.add_annotation(x=name, y=millions(acc["params_total"]), text=f"{millions(acc['params_total']):.2f} M",
+                           showarrow=False, yshift=12)
+    fig.update_layout(barmode="stack")
+    fig.update_yaxes(title="parameters (millions)")
+    return _style(fig, "Parameters: original vs compressed",
+                  "a bar above the red line means the 'compressed' model is bigger", height=400)
+
+
+# --- Evaluate --------------------------------------------------------------
+
+def perplexity_chart(rows: list[tuple[str, float]], protocol: str) -> go.Figure:
+    fig = go.Figure(go.Bar(x=[r[0] for r in rows], y=[r[1] for r in rows],
+                           marker_color=[ORIGINAL if r[0] == "original" else COMPRESSED for r in rows],
+                           text=[f"{r[1]:.2f}" for r in rows], textposition="outside",
+                           hovertemplate="%{x}<br>perplexity %{y:.3f}<extra></extra>"))
+    fig.update_yaxes(title="perplexity (lower is better)")
+    return _style(fig, "Perplexity", protocol)
+
+
+def zeroshot_chart(models: dict[str, dict]) -> go.Figure:
+    """``models``: name -> run_zeroshot() output; the bars use each task's reported metric."""
+    fig = go.Figure()
+    for name, res in models.items():
+        tasks = res.get("tasks", {})
+        names = list(tasks)
+        metrics = [tasks[t].get("metric", "acc") for t in names]
+        values = [tasks[t][metric] for t, metric in zip(names, metrics)]
+        errs = [tasks[t].get(f"{metric}_stderr") or 0 for t, metric in zip(names, metrics)]
+        labels = [f"{t} ({metric}, n={tasks[t].get('n', '?')})" for t, metric in zip(names, metrics)]
+        fig.add_trace(go.Bar(x=labels, y=values, name=name, error_y=dict(type="data", array=errs),
+                             marker_color=ORIGINAL if name == "original" else COMPRESSED,
+                             hovertemplate=f"{name}<br>%{{x}}<br>%{{y:.3f}}<extra></extra>"))
+    fig.update_layout(barmode="group")
+    fig.update_yaxes(title="accuracy (higher is better)", range=[0, 1])
+    return _style(fig, "Zero-shot accuracy per task",
+                  "acc or acc_norm as labelled, ± standard error; few examples (limit) make wide error bars")
+
+
+SPEED_METRICS = (("prefill_tokens_per_s", "prefill tokens/s"), ("decode_tokens_per_s_b1", "decode tokens/s, batch 1"),
+                 ("decode_tokens_per_s_b16", "decode tokens/s, batch 16"), ("ttft_ms", "time to first token (ms)"),
+                 ("peak_memory_mb", "peak memory (MB)"))
+
+
+def speed_chart(models: dict[str, dict]) -> go.Figure:
+    present = [(k, label) for k, label in SPEED_METRICS if any(m.get(k) is not None for m in models.values())]
+    fig = make_subplots(rows=1, cols=max(1, len(present)), subplot_titles=[label for _, label in present])
+    for col, (key, _label) in enumerate(present, start=1):
+        for name, res in models.items():
+            if res.get(key) is not None:
+                fig.add_trace(go.Bar(x=[name], y=[res[key]], name=name, showlegend=False,
+                                     marker_color=ORIGINAL if name == "original" else COMPRESSED,
+                                     hovertemplate=f"{name}<br>%{{y:.1f}}<extra></extra>"), row=1, col=col)
+    fig.update_annotations(font_size=11)
+    device = next((m.get("device") for m in models.values() if m.get("device")), "")
+    return _style(fig, "Speed and memory", f"measured on {device}; higher tokens/s and lower ms/MB are better")
+
+
+def history_scatter(points: list[dict]) -> go.Figure:
+    """``points``: {label, params, ppl, protocol, original: bool}; one trace per protocol."""
+    fig = go.Figure()
+    protocols = sorted({p["protocol"] for p in points})
+    for i, proto in enumerate(protocols):
+        group = [p for p in points if p["protocol"] == proto]
+        fig.add_trace(go.Scatter(
+            x=[millions(p["params"]) for p in group], y=[p["ppl"] for p in group], mode="markers+text",
+            text=[p["label"] for p in group], textposition="top center", name=proto,
+            marker=dict(size=[16 if p.get("original") else 11 for p in group],
+                        symbol=["star" if p.get("original") else "circle" for p in group],
+                        color=PALETTE[i % len(PALETTE)]),
+            hovertemplate="%{text}<br>%{x:.2f} M parameters<br>perplexity %{y:.3f}<extra></extra>"))
+    fig.update_xaxes(title="total parameters (millions)")
+    fig.update_yaxes(title="perplexity (lower is better)")
+    return _style(fig, "This session's runs: perplexity vs parameters",
+                  "bottom-left is better; the star is the original; only points with the same protocol compare")

@@ -1,0 +1,87 @@
+"""Analyze tab: one calibration pass -> residual spectra and layer scores, plus their charts."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import plotly.graph_objects as go
+
+from engine import CalibrationSpec, make_calibration
+from engine.analysis.spectra import ResidualAnalysis, cut_width, residual_analysis
+from engine.errors import ConfigError
+
+from .. import figures
+from ..state import Session
+from .common import Progress, data_dir, job, need_model
+
+CALIBRATION_SOURCES = ["wikitext2:validation", "wikitext2:test", "c4", "alpaca", "generated"]
+
+
+@dataclass
+class AnalysisView:
+    summary: str
+    heatmap: go.Figure
+    lines: go.Figure
+    scores: go.Figure
+    points: list[str]
+    chosen: list[str]
+
+
+def calibration_spec(source: str, nsamples, seqlen, seed) -> CalibrationSpec:
+    """Validated calibration settings; the numbers arrive from UI widgets as floats or strings."""
+    try:
+        n, length, s = int(nsamples), int(seqlen), int(seed)
+    except (TypeError, ValueError):
+        raise ConfigError(f"Calibration samples, length and seed must be whole numbers (got {nsamples!r}, "
+                          f"{seqlen!r}, {seed!r}).") from None
+    if n < 1 or length < 8:
+        raise ConfigError(f"Use at least 1 calibration sample of at least 8 tokens (got {n} × {length}).")
+    source = (source or "").strip()
+    if not source:
+        raise ConfigError("Pick a calibration source, e.g. wikitext2:validation.")
+    return CalibrationSpec(source, n, length, s)
+
+
+def calibration_key(spec: CalibrationSpec) -> tuple:
+    return (spec.source, spec.nsamples, spec.seqlen, spec.seed)
+
+
+def default_points(points: list[str]) -> list[str]:
+    """Embeddings, the first layer, the middle and the last: where spectra differ most."""
+    picks = {0, 1, len(points) // 2, len(points) - 1}
+    return [points[i] for i in sorted(picks) if 0 <= i < len(points)]
+
+
+def analyze(session: Session, source: str, nsamples, seqlen, seed, ratio, progress: Progress = None) -> AnalysisView:
+    lm = need_model(session)
+    spec = calibration_spec(source, nsamples, seqlen, seed)
+    reporter = job(session, progress)
+    reporter("calibration data", 0, 1, spec.source)
+    calib = make_calibration(lm, spec, data_dir())
+    result = residual_analysis(lm.model, lm.adapter, calib.tokens, calib.batch_size, reporter)
+    session.analysis = result
+    session.analysis_calibration = calib.describe()
+    session.scores[calibration_key(spec)] = result.block_influence
+    return view(session, default_points(result.points), ratio)
+
+
+def view(session: Session, chosen: list[str], ratio) -> AnalysisView:
+    a = session.analysis
+    if a is None:
+        raise ConfigError("Run the analysis first.")
+    c = session.analysis_calibration or {}
+    summary = (f"Calibration: **{c.get('source')}**, {c.get('nsamples')} × {c.get('seqlen')} tokens, seed "
+               f"{c.get('seed')} ({a.tokens:,} tokens) · {len(a.points) - 1} layers · hidden size {a.hidden_size}")
+    return AnalysisView(summary=summary, heatmap=figures.spectra_heatmap(a.points, a.eigenvalues, a.tokens),
+                        lines=lines(session, chosen, ratio),
+                        scores=figures.layer_scores(a.block_influence, a.layer_redundancy),
+                        points=list(a.points), chosen=list(chosen))
+
+
+def lines(session: Session, chosen: list[str], ratio) -> go.Figure:
+    """Re-drawn when the user picks other layers or another ratio (no recomputation)."""
+    a: ResidualAnalysis | None = session.analysis
+    if a is None:
+        return figures.placeholder("Run the analysis to see cumulative explained variance.")
+    ratio = float(ratio or 0.0)
+    return figures.spectra_lines(a.points, a.explained(), chosen or default_points(a.points),
+                                 cut_width(a.hidden_size, ratio), ratio)

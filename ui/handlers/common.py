@@ -1,0 +1,52 @@
+"""What every handler shares: requirements on the session, progress plumbing, the data dir."""
+from __future__ import annotations
+
+import os
+from typing import Callable, Optional
+
+from engine import CompressionResult, LoadedModel, ProgressEvent
+from engine.errors import SlimLabError
+from engine.progress import Reporter
+
+from ..state import Session
+
+Progress = Optional[Callable[[ProgressEvent], None]]
+
+
+class NotReady(SlimLabError):
+    """A step was asked for before the step it depends on (e.g. Compress before Load)."""
+
+
+def need_model(session: Session) -> LoadedModel:
+    if session.lm is None:
+        raise NotReady("No model is loaded yet. Open the Model tab and press Load (the demo model loads by itself).")
+    return session.lm
+
+
+def need_result(session: Session) -> CompressionResult:
+    if session.result is None:
+        raise NotReady("There is no compressed model in this session yet. Run a compression in the Compress tab.")
+    return session.result
+
+
+def job(session: Session, progress: Progress) -> Reporter:
+    """A reporter for a new job: progress goes to the UI, the session's Stop button cancels it."""
+    return Reporter(callback=progress, cancel=session.new_job())
+
+
+def data_dir() -> Optional[str]:
+    return os.environ.get("SLIMLAB_DATA_DIR") or None
+
+
+def status_line(session: Session) -> str:
+    """The one-line header: which model is loaded and which compressed model this session holds."""
+    from ..text import m
+
+    if session.lm is None:
+        return "**Model:** loading the demo model …"
+    base = f"**Model:** `{session.lm.spec}` on {session.lm.device.type}"
+    if session.run is None:
+        return f"{base} · **compressed:** none yet"
+    s = session.run.summary
+    grew = " (bigger than the original!)" if s["bigger_than_original"] else ""
+    return f"{base} · **compressed:** run {session.run.run_id}, {session.run.label}, {m(s['params_total'])}{grew}"

@@ -1,0 +1,224 @@
+"""Evaluate tab: perplexity, zero-shot and speed for the original and the compressed model, the
+comparison table, and the session's history of runs."""
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import plotly.graph_objects as go
+
+from engine import perplexity as engine_perplexity
+from engine.errors import ConfigError
+from engine.progress import Reporter
+
+from .. import figures, text
+from ..state import Session
+from .common import Progress, data_dir, job, need_model, need_result
+
+TARGETS = ["original", "compressed"]
+PPL_DATASETS = ["wikitext2", "wikitext2:test"]
+
+
+def zeroshot_tasks() -> list[str]:
+    from engine.evaluate import TASKS
+
+    return list(TASKS)
+
+
+@dataclass
+class EvalView:
+    table: list[list]
+    perplexity: go.Figure
+    zeroshot: go.Figure
+    speed: go.Figure
+    history: go.Figure
+    history_rows: list[list]
+
+
+def _targets(session: Session, which: Sequence[str]) -> list[tuple[str, object, object, dict]]:
+    """(name, model, tokenizer, where its results go) for each ticked model."""
+    which = [w for w in TARGETS if w in (which or [])]
+    if not which:
+        raise ConfigError("Tick at least one model to evaluate (original, compressed).")
+    lm = need_model(session)
+    out = []
+    for name in which:
+        if name == "original":
+            out.append((name, lm.model, lm.tokenizer, session.original_evals))
+        else:
+            result = need_result(session)
+            out.append((name, result.model, result.tokenizer, session.run.evals))
+    return out
+
+
+def _whole(value, what: str, minimum: int = 1) -> int:
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{what} must be a whole number (got {value!r}).") from None
+    if n < minimum:
+        raise ConfigError(f"{what} must be at least {minimum} (got {n}).")
+    return n
+
+
+def run_perplexity(session: Session, which: Sequence[str], dataset: str, seqlen, windows,
+                   progress: Progress = None) -> EvalView:
+    seqlen, windows = _whole(seqlen, "seqlen", 8), _whole(windows, "windows")
+    reporter = job(session, progress)
+    for name, model, tokenizer, store in _targets(session, which):
+        reporter("perplexity", 0, windows, name)
+        store["perplexity"] = engine_perplexity(model, tokenizer, dataset, seqlen, windows, data_dir=data_dir(),
+                                                progress=_named(reporter, name)).to_dict()
+    return view(session)
+
+
+def run_zeroshot(session: Session, which: Sequence[str], tasks: Sequence[str], limit,
+                 progress: Progress = None) -> EvalView:
+    from engine.evaluate import run_zeroshot as engine_zeroshot
+
+    limit = _whole(limit, "limit (items per task)")
+    reporter = job(session, progress)
+    for name, model, tokenizer, store in _targets(session, which):
+        store["zeroshot"] = engine_zeroshot(model, tokenizer, list(tasks or []), limit, data_dir=data_dir(),
+                                            progress=_named(reporter, name).callback, cancel=reporter.cancel)
+    return view(session)
+
+
+def run_speed(session: Session, which: Sequence[str], prefill_len, decode_tokens,
+              progress: Progress = None) -> EvalView:
+    from engine.evaluate import measure_speed
+
+    prefill_len, decode_tokens = _whole(prefill_len, "prefill length"), _whole(decode_tokens, "decode tokens")
+    reporter = job(session, progress)
+    for name, model, tokenizer, store in _targets(session, which):
+        store["speed"] = measure_speed(model, tokenizer, prefill_len, decode_tokens,
+                                       progress=_named(reporter, name).callback, cancel=reporter.cancel)
+    return view(session)
+
+
+def _named(reporter: Reporter, name: str) -> Reporter:
+    """The same job, with the model's name in front of each progress message."""
+    callback = reporter.callback
+    if callback is None:
+        return reporter
+    from engine import ProgressEvent
+
+    return Reporter(callback=lambda e: callback(ProgressEvent(f"{name}: {e.stage}", e.step, e.total, e.message)),
+                    cancel=reporter.cancel)
+
+
+# --- views -------------------------------------------------------------------
+
+def ppl_protocol(p: dict) -> str:
+    return f"{p['dataset']}, seqlen {p['seqlen']}, {p['windows']} windows"
+
+
+def _fmt(value, digits: int = 3) -> str:
+    return "–" if value is None else f"{value:,.{digits}f}"
+
+
+def _change(new, old, lower_is_better: bool = False) -> str:
+    if new is None or old is None or not old:
+        return "–"
+    change = 100 * (new - old) / old
+    if abs(change) < 0.05:
+        return "±0.0%"
+    return f"{change:+.1f}%" + (" (better)" if (change < 0) == lower_is_better else " (worse)")
+
+
+def comparison_rows(original: dict, compressed: dict) -> list[list]:
+    """[metric, original, compressed, change] for every measurement either model has."""
+    rows = []
+    po, pc = original.get("perplexity"), compressed.get("perplexity")
+    if po or pc:
+        ref = po or pc
+        same = po and pc and ppl_protocol(po) == ppl_protocol(pc)
+        rows.append([f"perplexity ({ppl_protocol(ref)})", _fmt(po and po["ppl"]), _fmt(pc and pc["ppl"]),
+                     _change(pc["ppl"], po["ppl"], lower_is_better=True) if same else "different protocols"])
+    zo, zc = original.get("zeroshot") or {}, compressed.get("zeroshot") or {}
+    for task in dict.fromkeys(list(zo.get("tasks", {})) + list(zc.get("tasks", {}))):
+        to, tc = zo.get("tasks", {}).get(task), zc.get("tasks", {}).get(task)
+        metric = (to or tc)["metric"]
+        rows.append([f"{task} ({metric}, n={(to or tc)['n']})", _fmt(to and to[metric]), _fmt(tc and tc[metric]),
+                     _change(tc and tc[metric], to and to[metric])])
+    if zo or zc:
+        rows.append(["zero-shot mean", _fmt(zo.get("mean")), _fmt(zc.get("mean")),
+                     _change(zc.get("mean"), zo.get("mean"))])
+    so, sc = original.get("speed") or {}, compressed.get("speed") or {}
+    for key, label in figures.SPEED_METRICS:
+        if so.get(key) is not None or sc.get(key) is not None:
+            lower = key in ("ttft_ms", "peak_memory_mb")
+            rows.append([label, _fmt(so.get(key), 1), _fmt(sc.get(key), 1), _change(sc.get(key), so.get(key), lower)])
+    return rows
+
+
+def history_points(session: Session) -> list[dict]:
+    points = []
+    ppl = session.original_evals.get("perplexity")
+    if ppl and session.lm is not None:
+        params = session.history[0].summary["params_original"] if session.history else None
+        if params is None:
+            from engine.commands.info import model_summary
+
+            params = model_summary(session.lm)["params_total"]
+        points.append({"label": "original", "params": params, "ppl": ppl["ppl"], "protocol": ppl_protocol(ppl),
+                       "original": True})
+    for run in session.history:
+        p = run.evals.get("perplexity")
+        if p:
+            points.append({"label": f"run {run.run_id}", "params": run.summary["params_total"], "ppl": p["ppl"],
+                           "protocol": ppl_protocol(p)})
+    return points
+
+
+def history_rows(session: Session) -> list[list]:
+    rows = []
+    for run in session.history:
+        s, e = run.summary, run.evals
+        ppl = e.get("perplexity")
+        rows.append([run.run_id, run.label, text.m(s["params_total"]),
+                     f"{100 * s['params_fraction']:.1f}%" + (" (bigger!)" if s["bigger_than_original"] else ""),
+                     _fmt(ppl and ppl["ppl"]) + (f" ({ppl_protocol(ppl)})" if ppl else ""),
+                     _fmt((e.get("zeroshot") or {}).get("mean")),
+                     _fmt((e.get("speed") or {}).get("decode_tokens_per_s_b1"), 1)])
+    return rows
+
+
+def view(session: Session) -> EvalView:
+    original = session.original_evals
+    compressed = session.run.evals if session.run is not None else {}
+    models = {"original": original, "compressed": compressed}
+    ppl_rows = [(n, m["perplexity"]["ppl"]) for n, m in models.items() if m.get("perplexity")]
+    protocols = {ppl_protocol(m["perplexity"]) for m in models.values() if m.get("perplexity")}
+    zs = {n: m["zeroshot"] for n, m in models.items() if m.get("zeroshot")}
+    sp = {n: m["speed"] for n, m in models.items() if m.get("speed")}
+    points = history_points(session)
+    return EvalView(
+        table=comparison_rows(original, compressed),
+        perplexity=figures.perplexity_chart(ppl_rows, " | ".join(sorted(protocols)))
+        if ppl_rows else figures.placeholder("Press 'Perplexity' to measure."),
+        zeroshot=figures.zeroshot_chart(zs) if zs else figures.placeholder("Press 'Zero-shot' to measure."),
+        speed=figures.speed_chart(sp) if sp else figures.placeholder("Press 'Speed' to measure."),
+        history=figures.history_scatter(points) if points else figures.placeholder(
+            "Measure perplexity of the original and of each compression run to compare them here."),
+        history_rows=history_rows(session),
+    )
+
+
+def report_files(session: Session) -> list[str]:
+    """report.md + report.json (engine's report format) for the original vs the current compressed model."""
+    from engine.commands.info import model_summary
+    from engine.evaluate import build_report, model_entry, write_report
+
+    lm = need_model(session)
+    base = model_entry(lm.spec, model_summary(lm), None, session.original_evals.get("perplexity"),
+                       session.original_evals.get("zeroshot"), session.original_evals.get("speed"), "original")
+    compare: Optional[dict] = None
+    if session.result is not None:
+        e = session.run.evals
+        compare = model_entry(f"{lm.spec} + {session.run.label}", session.result.accounting.to_dict(),
+                              session.run.recipe, e.get("perplexity"), e.get("zeroshot"), e.get("speed"),
+                              f"run {session.run.run_id}: {session.run.label}")
+    json_path, md_path = write_report(build_report(base, compare), tempfile.mkdtemp(prefix="slimlab-report-"))
+    return [str(md_path), str(json_path)]

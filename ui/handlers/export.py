@@ -1,0 +1,96 @@
+"""Export tab: save the compressed model, download its recipe, push it to the Hub with a card."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+
+from engine import save_compressed
+from engine.errors import ConfigError
+from engine.publish import check_repo_id, model_card, push_folder, read_meta
+
+from ..state import Session
+from .common import Progress, job, need_result
+
+OUTPUT_ROOT = Path(os.environ.get("SLIMLAB_OUTPUT_DIR", "outputs"))
+DEFAULT_FOLDER = str(OUTPUT_ROOT / "compressed")
+
+
+def _restricted() -> bool:
+    """On a public Space, only the outputs folder may be written."""
+    return bool(os.environ.get("SPACE_ID")) or os.environ.get("SLIMLAB_RESTRICT_PATHS") == "1"
+
+
+def default_folder(session: Session) -> str:
+    if session.run is None:
+        return DEFAULT_FOLDER
+    s = session.run.summary
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(session.lm.spec).name if session.lm else "model").strip("-")
+    return str(OUTPUT_ROOT / f"{name}-{s['method']}-{round(100 * s['ratio'])}-run{session.run.run_id}")
+
+
+def _target(folder: str) -> Path:
+    folder = (folder or "").strip()
+    if not folder:
+        raise ConfigError("Give a folder to save into.")
+    path = Path(folder).expanduser()
+    if _restricted():
+        root = OUTPUT_ROOT.resolve()
+        resolved = (path if path.is_absolute() else Path.cwd() / path).resolve()
+        if root != resolved and root not in resolved.parents:
+            raise ConfigError(f"On this server models can only be saved under '{OUTPUT_ROOT}/'.")
+    return path
+
+
+def save(session: Session, folder: str, overwrite: bool, progress: Progress = None) -> str:
+    result = need_result(session)
+    path = _target(folder)
+    reporter = job(session, progress)
+    reporter("save", 0, 1, str(path))
+    out = save_compressed(result, path, force=bool(overwrite))
+    session.saved = out
+    size = sum(f.stat().st_size for f in out.iterdir() if f.is_file())
+    reporter("save", 1, 1, "saved")
+    return (f"Saved run {session.run.run_id} ({session.run.label}) to `{out}` ({size / 2**20:,.1f} MB). "
+            f"Reload it with `slimlab info {out}` or `engine.load_compressed('{out}')`, or pick it in the Model tab.")
+
+
+def recipe(session: Session) -> tuple[str, str]:
+    """(path of a JSON file to download, the JSON text)."""
+    result = need_result(session)
+    body = json.dumps(result.recipe(), indent=2, default=str)
+    folder = Path(tempfile.mkdtemp(prefix="slimlab-recipe-"))
+    path = folder / f"recipe-run{session.run.run_id}.json"
+    path.write_text(body)
+    return str(path), body
+
+
+def _saved_folder(session: Session) -> Path:
+    """The folder of the current result, saving it to a temporary place when it was not saved yet."""
+    need_result(session)
+    if session.saved is not None and session.saved.exists():
+        return session.saved
+    out = save_compressed(session.result, Path(tempfile.mkdtemp(prefix="slimlab-push-")) / "model")
+    session.saved = out
+    return out
+
+
+def card(session: Session, repo_id: str) -> str:
+    """The model card as it would be pushed (from the saved slimlab.json)."""
+    repo_id = check_repo_id(repo_id or "your-name/model-name")
+    return model_card(read_meta(_saved_folder(session)), repo_id)
+
+
+def push(session: Session, repo_id: str, token: str, private: bool, progress: Progress = None, *, api=None) -> str:
+    repo_id = check_repo_id(repo_id)
+    if not (token or "").strip():
+        raise ConfigError("Paste a Hugging Face access token with write permission to push.")
+    reporter = job(session, progress)
+    reporter("push", 0, 2, "saving")
+    folder = _saved_folder(session)
+    reporter("push", 1, 2, f"uploading to {repo_id}")
+    url = push_folder(folder, repo_id, token, private=bool(private), api=api)
+    reporter("push", 2, 2, "done")
+    return f"Pushed to [{url}]({url}) with a generated model card."

@@ -1,0 +1,120 @@
+"""Plain-language explanations: what each plot shows and what to look for, so a teacher can
+present from the app. Method explanations come from each method's own ``summary``."""
+from __future__ import annotations
+
+PLOTS: dict[str, str] = {
+    "spectra_heatmap": (
+        "**What it shows.** For every point of the residual stream (the vector each layer reads and adds to), "
+        "we collect its values on the calibration tokens and compute PCA: how the signal's energy splits over "
+        "orthogonal directions, largest first. Each row is one point; colour is the share of energy in that "
+        "direction (log scale, yellow = a lot). **Look for** how fast each row goes dark: the darker the right "
+        "side, the more directions can be sliced away (SliceGPT) with little loss. A few very bright "
+        "directions are the well-known 'massive activations' of LLMs."
+    ),
+    "spectra_lines": (
+        "**What it shows.** For the residual points you pick: how much energy is *left out* if only the first k "
+        "principal directions are kept (1 − cumulative explained variance, log scale). The red line is the "
+        "width the chosen ratio keeps (SliceGPT rounds it down to a multiple of 8). **Look for** the value at "
+        "the red line: 1e-4 means 99.99% of the energy survives the cut. Energy is not the same as accuracy: "
+        "small directions can still matter, which is why we also measure perplexity."
+    ),
+    "layer_scores": (
+        "**What it shows.** Block influence (ShortGPT): 1 − the cosine similarity between what a layer receives "
+        "and what it outputs, averaged over calibration tokens. A layer that barely turns the residual stream "
+        "has low influence. Layer redundancy rescales it to [0, 1], 1 = most redundant. **Look for** the first "
+        "layer (usually very influential) and flat stretches in the middle: the layer-redundancy schedule slices "
+        "redundant layers more and influential ones less, keeping the same mean ratio."
+    ),
+    "params_by_type": (
+        "**What it shows.** Where the parameters live, by module type, summed over all layers. **Look for** the "
+        "embedding: on small models with a large vocabulary it is a big share, and structured methods that only "
+        "shrink the layers cannot touch it, so '25% compression' removes much less than 25% of the file."
+    ),
+    "params_per_layer": (
+        "**What it shows.** Parameters in each layer, split into attention, MLP, norms and 'other'. After "
+        "compression, 'other' shows what a method added (SliceGPT's shortcut matrices) and uneven bars show a "
+        "non-uniform plan."
+    ),
+    "plan": (
+        "**What it shows.** The fraction of each layer's width to remove. Uniform removes the same everywhere; "
+        "layer redundancy removes more where the layer-redundancy score is high (never below the slicing base); "
+        "block influence allocates by a softmax of the scores. Edit the table to make a manual plan; the mean is "
+        "what the headline ratio means."
+    ),
+    "accounting": (
+        "**What it shows.** Total parameters of the original and the compressed model, split into embedding, an "
+        "untied head copy, and the transformer body. **Look for** a compressed bar above the red line: the method "
+        "added more (untied head, shortcut matrices) than slicing removed. This happens with per-layer SliceGPT "
+        "on small tied-embedding models such as the demo; the shared-basis variant avoids it."
+    ),
+    "perplexity": (
+        "**What it shows.** Perplexity on WikiText-2 raw test, paper protocol: the text joined by blank lines, "
+        "tokenized once, cut into non-overlapping windows of `seqlen` tokens, mean loss over every predicted "
+        "token, exponentiated. Lower is better. Figures are comparable only with the same seqlen and number of "
+        "windows (shown with every number); lm-eval's 'wikitext' task is a different metric."
+    ),
+    "zeroshot": (
+        "**What it shows.** Accuracy on multiple-choice tasks (the model picks the answer it finds most likely), "
+        "without examples. acc_norm normalises by answer length. With a small limit the error bars are wide: "
+        "differences inside them are noise."
+    ),
+    "speed": (
+        "**What it shows.** Prefill throughput (reading the prompt), decode throughput (writing new tokens) at "
+        "batch 1 and 16, time to first token and peak memory, measured on this machine. Slicing only speeds "
+        "things up if the saved matrix multiplications outweigh what the method added."
+    ),
+    "history": (
+        "**What it shows.** Every compression run of this session with a measured perplexity, against its total "
+        "parameters; the star is the original. Good runs sit bottom-left. Only runs measured with the same "
+        "protocol (same seqlen and windows) are comparable, so each protocol gets its own colour."
+    ),
+    "chat": (
+        "**What it shows.** The same prompt, rendered with the model's chat template, answered by the original and "
+        "the compressed model with the same sampling settings and the same seed. With temperature 0 both decode "
+        "greedily. tokens/s is each model's own decode speed (prefill excluded)."
+    ),
+}
+
+SCHEDULES = (
+    "**Schedules** decide how much of each layer to remove while keeping the mean at the target ratio: "
+    "*uniform* (the same everywhere), *layer-redundancy* (Dumitru et al.: more where layers are redundant, at "
+    "least the slicing base), *block-influence* (MoDeGPT-style softmax allocation) and *manual* (your table)."
+)
+
+HONESTY = (
+    "**Honest accounting.** Every result shows total parameters next to the nominal ratio, including what the "
+    "method added. A ratio is the fraction of each layer's width removed, not of the file."
+)
+
+PROTOCOLS = (
+    "**Protocols.** Calibration: source, samples, length and seed are recorded in every recipe and saved model. "
+    "Perplexity: WikiText-2 raw test, non-overlapping windows (the paper protocol). Zero-shot: local copies of "
+    "the standard tasks when offline; acc and acc_norm both kept."
+)
+
+PLOT_TITLES = {
+    "spectra_heatmap": "PCA spectrum heatmap (Analyze)", "spectra_lines": "Cumulative explained variance (Analyze)",
+    "layer_scores": "Block influence and layer redundancy (Analyze)", "params_by_type": "Parameters per module type",
+    "params_per_layer": "Parameters per layer", "plan": "Per-layer plan (Compress)",
+    "accounting": "Original vs compressed parameters (Compress)", "perplexity": "Perplexity (Evaluate)",
+    "zeroshot": "Zero-shot accuracy (Evaluate)", "speed": "Speed and memory (Evaluate)",
+    "history": "History of runs (Evaluate)", "chat": "Chat side by side",
+}
+
+
+def learn_page() -> str:
+    """The Learn tab: every method (from the registry, so new methods appear by themselves) and every plot."""
+    from engine import available_methods
+
+    parts = ["## Methods", ""]
+    for name, method in available_methods().items():
+        parts += [f"### {method.label} (`{name}`)", "", method.summary, ""]
+        schema = method.schema()
+        if schema:
+            parts += ["| parameter | default | what it does |", "|---|---|---|"]
+            parts += [f"| `{p['name']}` | `{p['default']}` | {p['help']} |" for p in schema]
+            parts.append("")
+    parts += ["## Schedules", "", SCHEDULES, "", HONESTY, "", PROTOCOLS, "", "## Plots", ""]
+    for key, title in PLOT_TITLES.items():
+        parts += [f"### {title}", "", PLOTS[key], ""]
+    return "\n".join(parts)

@@ -1,0 +1,121 @@
+"""Per-session state and the process-wide model cache.
+
+Original models are read-only (the engine compresses copies), so one loaded copy per spec is
+shared by every session; everything a user produces (analysis, plans, compressed models,
+evaluations, chats) lives in that user's ``Session`` and nowhere else.
+"""
+from __future__ import annotations
+
+import os
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+from engine import CancelToken, CompressionResult, LoadedModel, Plan, load_model
+from engine.analysis.spectra import ResidualAnalysis
+
+DEVICE = os.environ.get("SLIMLAB_DEVICE", "auto")
+
+
+class ModelCache:
+    """Loaded originals by spec, least recently used evicted first; one load per spec at a time."""
+
+    def __init__(self, capacity: int = 2, loader: Callable[..., LoadedModel] = load_model):
+        self.capacity = capacity
+        self.loader = loader
+        self._models: OrderedDict[str, LoadedModel] = OrderedDict()
+        self._lock = threading.Lock()
+        self._spec_locks: dict[str, threading.Lock] = {}
+
+    def get(self, spec: str, log: Callable[[str], None] = lambda _msg: None) -> LoadedModel:
+        spec = spec.strip()
+        with self._lock:
+            spec_lock = self._spec_locks.setdefault(spec, threading.Lock())
+        with spec_lock:
+            with self._lock:
+                if spec in self._models:
+                    self._models.move_to_end(spec)
+                    return self._models[spec]
+            lm = self.loader(spec, device=DEVICE, log=log)
+            with self._lock:
+                self._models[spec] = lm
+                while len(self._models) > self.capacity:
+                    self._models.popitem(last=False)  # sessions still holding it keep it alive
+            return lm
+
+    def __contains__(self, spec: str) -> bool:
+        return spec.strip() in self._models
+
+
+MODELS = ModelCache(capacity=int(os.environ.get("SLIMLAB_MODEL_CACHE", "2")))
+
+
+@dataclass
+class RunRecord:
+    """One compression run of this session: what was asked, what came out, what was measured."""
+
+    run_id: int
+    label: str
+    summary: dict
+    recipe: dict
+    evals: dict = field(default_factory=dict)  # "perplexity" | "zeroshot" | "speed" -> results
+
+
+@dataclass
+class Session:
+    """Everything one browser session owns. Fresh sessions hold no tensors, so gradio can copy them."""
+
+    lm: Optional[LoadedModel] = None
+    result: Optional[CompressionResult] = None
+    run: Optional[RunRecord] = None  # the record of ``result``
+    history: list[RunRecord] = field(default_factory=list)
+    original_evals: dict = field(default_factory=dict)
+    analysis: Optional[ResidualAnalysis] = None
+    analysis_calibration: Optional[dict] = None
+    plan: Optional[Plan] = None
+    plan_key: Optional[tuple] = None  # settings the plan was built with (reused by Run when unchanged)
+    scores: dict = field(default_factory=dict)  # calibration key -> block influence per layer
+    chats: dict = field(default_factory=lambda: {"original": [], "compressed": []})
+    saved: Optional[Path] = None
+    cancel: Optional[CancelToken] = None
+
+    def set_model(self, lm: LoadedModel) -> None:
+        """A new base model invalidates everything derived from the old one."""
+        fresh = Session()
+        self.__dict__.update(fresh.__dict__)
+        self.lm = lm
+
+    def set_result(self, result: CompressionResult, label: str) -> RunRecord:
+        record = RunRecord(len(self.history) + 1, label, _light_summary(result.summary()), result.recipe())
+        self.result, self.run, self.saved = result, record, None
+        self.history.append(record)
+        self.chats["compressed"] = []
+        return record
+
+    def new_job(self) -> CancelToken:
+        """A fresh cancel token for the job about to start (the Stop button sets it)."""
+        self.cancel = CancelToken()
+        return self.cancel
+
+    def stop(self) -> bool:
+        if self.cancel is None or self.cancel.cancelled:
+            return False
+        self.cancel.cancel()
+        return True
+
+    def close(self) -> None:
+        """Called by gradio when the browser session ends: drop the big objects."""
+        self.stop()
+        self.__dict__.update(Session().__dict__)
+
+
+def _light_summary(summary: dict) -> dict:
+    """The summary without per-layer lists, small enough to keep for every run of the session."""
+    return {k: v for k, v in summary.items() if k not in ("widths", "plan")}
+
+
+def new_session() -> Session:
+    """gr.State calls this once per browser session."""
+    return Session()

@@ -1,0 +1,54 @@
+"""Export tab: save the compressed model, download its recipe, push it to the Hub with a model card."""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import gradio as gr
+
+from ..handlers import export as handlers
+from ..wiring import HEAVY, LIGHT, guarded
+
+
+def build() -> SimpleNamespace:
+    gr.Markdown("Everything here acts on this session's **current** compressed model (the latest run).")
+    with gr.Column(variant="panel"):
+        gr.Markdown("**Save** in SlimLab's format (`model.safetensors` + `config.json` + `slimlab.json`); it reloads "
+                    "with `engine.load_compressed`, `slimlab info FOLDER`, or the Model tab.")
+        with gr.Row(equal_height=True):
+            folder = gr.Textbox(handlers.DEFAULT_FOLDER, label="Folder", scale=4)
+            overwrite = gr.Checkbox(False, label="Overwrite", scale=1)
+            save = gr.Button("Save", variant="primary", scale=1)
+        save_status = gr.Markdown("")
+    with gr.Column(variant="panel"):
+        gr.Markdown("**Recipe**: method, parameters, plan and calibration; replay it with "
+                    "`slimlab compress MODEL --recipe recipe.json` or in the Compress tab.")
+        with gr.Row():
+            recipe = gr.Button("Get recipe")
+            recipe_file = gr.File(label="recipe.json", interactive=False)
+        recipe_text = gr.Code(language="json", label="Recipe", interactive=False)
+    with gr.Column(variant="panel"):
+        gr.Markdown("**Push to the Hugging Face Hub** with a generated model card (the token is used for this "
+                    "push only and never stored).")
+        with gr.Row(equal_height=True):
+            repo_id = gr.Textbox(label="Repository", placeholder="your-name/model-name", scale=3)
+            token = gr.Textbox(label="Access token (write)", type="password", scale=3)
+            private = gr.Checkbox(True, label="Private", scale=1)
+        with gr.Row():
+            card_btn = gr.Button("Preview model card")
+            push = gr.Button("Push", variant="primary")
+        push_status = gr.Markdown("")
+        card = gr.Code(language="markdown", label="Model card (README.md)", interactive=False)
+    return SimpleNamespace(folder=folder, overwrite=overwrite, save=save, save_status=save_status, recipe=recipe,
+                           recipe_file=recipe_file, recipe_text=recipe_text, repo_id=repo_id, token=token,
+                           private=private, card_btn=card_btn, push=push, push_status=push_status, card=card)
+
+
+def wire(ui) -> None:
+    t = ui.export
+    t.save.click(guarded(handlers.save), [ui.session, t.folder, t.overwrite], [t.save_status], api_name="save",
+                 **HEAVY)
+    t.recipe.click(guarded(handlers.recipe, list), [ui.session], [t.recipe_file, t.recipe_text], api_name="recipe",
+                   **LIGHT)
+    t.card_btn.click(guarded(handlers.card), [ui.session, t.repo_id], [t.card], api_name="model_card", **HEAVY)
+    t.push.click(guarded(handlers.push), [ui.session, t.repo_id, t.token, t.private], [t.push_status],
+                 api_name="push", **HEAVY)

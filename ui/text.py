@@ -1,0 +1,82 @@
+"""Markdown and table text shown in the UI: model summaries, result cards, number formats."""
+from __future__ import annotations
+
+from typing import Optional
+
+
+def m(n: Optional[float]) -> str:
+    """Parameters in millions, e.g. '134.52 M'."""
+    return "–" if n is None else f"{n / 1e6:,.2f} M"
+
+
+def g(n: Optional[float]) -> str:
+    return "–" if n is None else f"{n / 1e9:,.3f} G"
+
+
+def mb(n: Optional[float]) -> str:
+    return "–" if n is None else f"{n / 2**20:,.1f} MB"
+
+
+def pct_change(new: float, old: float) -> str:
+    if not old:
+        return "–"
+    return f"{100 * (new - old) / old:+.1f}%"
+
+
+def model_summary(info: dict) -> str:
+    tied = "tied embeddings" if info["tied_embeddings"] else "untied head"
+    return (f"**{info['spec']}** · {info['architecture']} · {info['num_layers']} layers · hidden "
+            f"{info['hidden_size']} · heads {info['num_heads']}/{info['num_kv_heads']} (query/kv) · head dim "
+            f"{info['head_dim']} · MLP {info['intermediate_size']} · vocab {info['vocab_size']:,} · {tied} · "
+            f"{info['dtype']} on {info['device']}")
+
+
+def accounting_rows(info: dict) -> list[list[str]]:
+    return [
+        ["parameters, total (each tensor once)", m(info["params_total"])],
+        ["transformer body (non-embedding)", m(info["params_non_embedding"])],
+        ["token + position embeddings", m(info["params_embedding"])],
+        ["head", "tied to the embedding" if info["tied_embeddings"] else m(info["params_head"])],
+        ["added by a compression method", m(info["params_added"])],
+        ["FLOPs per token (linear layers incl. head)", g(info["flops_per_token"])],
+        ["size on disk", mb(info["bytes_on_disk"]) if info.get("bytes_on_disk") else "–"],
+    ]
+
+
+def verdict(summary: dict) -> str:
+    """The headline of a result card; says plainly when the model grew."""
+    new, old = summary["params_total"], summary["params_original"]
+    added = summary.get("params_added_detail") or {}
+    if summary["bigger_than_original"]:
+        detail = ", ".join(f"{k} {m(v)}" for k, v in added.items()) or "extra matrices"
+        return (f"### ⚠️ The compressed model is BIGGER than the original\n"
+                f"**{m(new)} parameters vs {m(old)} original ({pct_change(new, old)}).** The method added {detail}, "
+                f"more than slicing removed. Try a variant that adds less (for SliceGPT: variant = shared, which "
+                f"keeps the head tied and needs no shortcut matrices) or a larger ratio.")
+    return (f"### ✅ {100 * (1 - new / old):.1f}% fewer parameters than the original\n"
+            f"**{m(new)} parameters vs {m(old)} original ({pct_change(new, old)}).**"
+            + (f" Added by the method: {', '.join(f'{k} {m(v)}' for k, v in added.items())}." if added else ""))
+
+
+def result_card(summary: dict, original: dict, compressed: dict) -> str:
+    """Verdict, an original-vs-compressed table, and how the run went."""
+    rows = [
+        ("parameters, total", original["params_total"], compressed["params_total"], m),
+        ("transformer body (non-embedding)", original["params_non_embedding"], compressed["params_non_embedding"], m),
+        ("embeddings", original["params_embedding"], compressed["params_embedding"], m),
+        ("untied head", original["params_head"], compressed["params_head"], m),
+        ("added by the method", original["params_added"], compressed["params_added"], m),
+        ("FLOPs per token", original["flops_per_token"], compressed["flops_per_token"], g),
+    ]
+    table = ["| | original | compressed | change |", "|---|---:|---:|---:|"]
+    for label, old, new, fmt in rows:
+        table.append(f"| {label} | {fmt(old)} | {fmt(new)} | {pct_change(new, old) if old else '–'} |")
+    ratios = (summary.get("plan") or {}).get("ratios") or []
+    plan = (f"per-layer ratio min {min(ratios):.3f} / mean {sum(ratios) / len(ratios):.3f} / max {max(ratios):.3f}"
+            if ratios else "")
+    calib = summary.get("calibration") or {}
+    calib_text = (f"{calib['source']}, {calib['nsamples']} × {calib['seqlen']} tokens, seed {calib['seed']}"
+                  if calib else "none")
+    run = (f"**Run:** {summary['method']} · ratio {summary['ratio']:.3f} ({summary['schedule']}; {plan}) · "
+           f"calibration {calib_text} · {summary['seconds']:.1f} s · peak memory {summary['peak_rss_mb']:.0f} MB")
+    return "\n".join([verdict(summary), "", *table, "", run])

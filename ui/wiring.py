@@ -1,0 +1,93 @@
+"""Glue between plain handlers and gradio: progress bars, friendly errors, the shared queue.
+
+Handlers take ``progress`` as an engine callback and raise engine errors; here those become a
+``gr.Progress`` bar and a ``gr.Error`` toast, so a bad input never breaks the session.
+"""
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+from typing import Callable
+
+import gradio as gr
+
+from engine import ProgressEvent
+from engine.errors import SlimLabError
+
+log = logging.getLogger("slimlab.ui")
+
+# Heavy work (loading, calibration, compression, evaluation, generation) shares one queue:
+# on a CPU box two jobs at once only make both slower and double the memory.
+HEAVY = dict(concurrency_id="heavy", concurrency_limit=int(os.environ.get("SLIMLAB_UI_CONCURRENCY", "1")))
+LIGHT = dict(concurrency_limit=None, show_progress="hidden")
+
+
+def progress_callback(bar: "gr.Progress") -> Callable[[ProgressEvent], None]:
+    def report(event: ProgressEvent) -> None:
+        desc = f"{event.stage}: {event.message}" if event.message else event.stage
+        bar((event.step, event.total) if event.total else None, desc=desc)
+
+    return report
+
+
+def _friendly(exc: Exception) -> gr.Error:
+    if isinstance(exc, SlimLabError):
+        return gr.Error(str(exc))
+    log.exception("unexpected error in a UI handler")
+    return gr.Error(f"Unexpected error ({type(exc).__name__}: {str(exc)[:300]}). Your session is intact; "
+                    "change the inputs and try again.")
+
+
+def _signature(fn: Callable) -> tuple[inspect.Signature, bool]:
+    """The handler's positional parameters, with a ``gr.Progress()`` default where it takes progress."""
+    params = [p for p in inspect.signature(fn).parameters.values()
+              if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    has_progress = bool(params) and params[-1].name == "progress"
+    if has_progress:
+        params[-1] = params[-1].replace(default=gr.Progress())
+    return inspect.Signature(params), has_progress
+
+
+def guarded(fn: Callable, adapt: Callable = lambda out: out) -> Callable:
+    """Wrap a handler for gradio: progress bar in, friendly errors out, ``adapt`` maps its view to outputs."""
+    sig, has_progress = _signature(fn)
+
+    def call(*args):
+        args = list(args)
+        if has_progress:
+            args[-1] = progress_callback(args[-1])
+        try:
+            return adapt(fn(*args))
+        except gr.Error:
+            raise
+        except Exception as exc:  # noqa: BLE001 - every failure becomes a message, not a dead session
+            raise _friendly(exc) from exc
+
+    call.__signature__ = sig
+    call.__name__ = fn.__name__
+    return call
+
+
+def guarded_stream(fn: Callable, adapt: Callable = lambda out: out) -> Callable:
+    """Like ``guarded`` for generator handlers (streaming chat)."""
+    sig, _ = _signature(fn)
+
+    def call(*args):
+        try:
+            for out in fn(*args):
+                yield adapt(out)
+        except gr.Error:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            raise _friendly(exc) from exc
+
+    call.__signature__ = sig
+    call.__name__ = fn.__name__
+    return call
+
+
+def stop(session) -> None:
+    """The Stop buttons: cancel this session's running job between two engine steps."""
+    if session.stop():
+        gr.Info("Stopping after the current step; the original model stays unchanged.")
