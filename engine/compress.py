@@ -15,7 +15,7 @@ import torch
 from .analysis import Accounting, account
 from .analysis.layer_scores import block_influence
 from .data import calibration_windows, load_text
-from .errors import ConfigError
+from .errors import ConfigError, SlimLabError
 from .memory import peak_mb, reset_peak
 from .methods import Calibration, Plan, get_method
 from .models import LoadedModel
@@ -120,9 +120,15 @@ def compress(
     reporter.check()
 
     t = time.perf_counter()
-    work = copy.deepcopy(lm.model)
-    stages["copy"] = time.perf_counter() - t
-    out = impl.compress(work, lm.adapter, calib, plan, params, reporter)
+    try:
+        work = copy.deepcopy(lm.model)
+        stages["copy"] = time.perf_counter() - t
+        out = impl.compress(work, lm.adapter, calib, plan, params, reporter)
+    except torch.OutOfMemoryError as exc:
+        raise SlimLabError(
+            f"Out of memory while compressing with {method} ({str(exc).splitlines()[0][:160]}). Use fewer "
+            "calibration samples (--nsamples), a smaller --batch-size, or the CPU; the original model is unchanged."
+        ) from None
     stages.update(out.stage_seconds)
     seconds = time.perf_counter() - t0
     work.eval()

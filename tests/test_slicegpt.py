@@ -182,3 +182,19 @@ def test_manual_schedule_applies_per_layer_widths(tiny, tmp_path):
                       _calibration(lm.model.config.vocab_size))
     assert result.widths["attention"] == [64, 48, 32]
     assert result.plan.ratios == [0.0, 0.25, 0.5]
+
+
+@pytest.mark.demo
+def test_demo_model_rotation_is_invariant_and_shared_variant_shrinks(demo_lm):
+    from engine import CalibrationSpec, make_calibration
+
+    cal = make_calibration(demo_lm, CalibrationSpec("generated", nsamples=4, seqlen=64, seed=0, batch_size=4))
+    probe = cal.tokens[:1]
+    rotated = compress(demo_lm, "slicegpt", 0.0, calibration=cal, method_params={"round_to": 1})
+    diff = (_logits(demo_lm.model, probe) - _logits(rotated.model, probe)).abs().max().item()
+    assert diff < 1e-4
+    del rotated
+    shared = compress(demo_lm, "slicegpt", 0.25, calibration=cal, method_params={"variant": "shared"})
+    assert shared.accounting.params_total <= 0.80 * 134_515_008
+    per_layer = compress(demo_lm, "slicegpt", 0.25, calibration=cal)
+    assert per_layer.bigger_than_original  # the honest surprise: untied head + shortcuts

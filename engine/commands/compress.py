@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 
+from ..analysis.accounting import bytes_on_disk
 from ..compress import CalibrationSpec, compress
 from ..compressed import save_compressed
 from ..errors import ConfigError
@@ -64,6 +65,7 @@ def run(args) -> int:
     if args.out:
         save_compressed(result, args.out, force=args.force)
         summary["out"] = args.out
+        summary["bytes_on_disk"] = bytes_on_disk(args.out)
     o = result.original.params_total
     a = result.accounting
     verdict = ("BIGGER than the original" if result.bigger_than_original
@@ -74,5 +76,5 @@ def run(args) -> int:
         f"params {a.params_total:,} vs {o:,} original: {verdict}",
         f"non-embedding {a.params_non_embedding:,}; added {a.params_added:,} {a.added_detail or ''}",
         f"FLOPs/token {a.flops_per_token:,} vs {result.original.flops_per_token:,}",
-    ] + ([f"saved to {args.out}"] if args.out else [])
+    ] + ([f"saved to {args.out} ({summary['bytes_on_disk']:,} bytes)"] if args.out else [])
     return emit(args, lines, summary)

@@ -12,8 +12,12 @@ def register(sub) -> None:
 
 
 def model_summary(lm) -> dict:
-    added = lm.meta.get("params_added_detail") if lm.meta else None
-    return account(lm.model, lm.adapter, lm.path, added).to_dict() | {"spec": lm.spec}
+    """Accounting plus, for a SlimLab output folder, the method and per-layer widths it applied."""
+    meta = lm.meta or {}
+    summary = account(lm.model, lm.adapter, lm.path, meta.get("params_added_detail")).to_dict() | {"spec": lm.spec}
+    if meta:
+        summary |= {"method": meta["method"], "widths": meta["widths"], "recipe": meta["recipe"]}
+    return summary
 
 
 def run(args) -> int:
@@ -30,4 +34,6 @@ def run(args) -> int:
         f"FLOPs/token     {info['flops_per_token']:,} (linear layers incl. head)",
         f"bytes on disk   {info['bytes_on_disk']:,}" if info["bytes_on_disk"] else "bytes on disk   -",
     ]
+    if "method" in info:
+        lines.append(f"compressed with {info['method']}; per-layer widths {info['widths']}")
     return emit(args, lines, info)

@@ -108,7 +108,13 @@ def load_compressed(path: "str | Path", device: str = "auto", dtype="auto", spec
         raise CorruptWeightsError(f"The weights in '{path}' are corrupt or truncated ({exc}). Save them again.") from exc
     with init_empty_weights(include_buffers=False):
         model = AutoModelForCausalLM.from_config(config, dtype=torch_dtype)
-        get_method(meta["method"]).rebuild(model, adapter, meta["structure"])
+        try:
+            get_method(meta["method"]).rebuild(model, adapter, meta["structure"])
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            raise CorruptWeightsError(
+                f"'{path}/{SLIMLAB_META}' is malformed or from an incompatible SlimLab version "
+                f"({type(exc).__name__}: {exc}). Compress the model again."
+            ) from exc
     if meta.get("tied_embeddings"):
         _fill_tied(state, model)
     try:

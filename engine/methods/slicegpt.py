@@ -49,19 +49,17 @@ class MixedNorm(nn.Module):
 @torch.no_grad()
 def _rotate_in(linears: list[nn.Linear], q: torch.Tensor) -> None:
     """Readers of the residual: ``W <- W Q`` (columns follow the basis, sliced to Q's width)."""
-    q = q.float()
     for lin in linears:
-        lin.weight.data = (lin.weight.data.float() @ q).to(lin.weight.dtype)
+        lin.weight.data = (lin.weight.data.double() @ q).to(lin.weight.dtype)
         lin.in_features = q.shape[1]
 
 
 @torch.no_grad()
 def _rotate_out(lin: nn.Linear, q: torch.Tensor) -> None:
     """Writers of the residual: ``W <- Qᵀ W`` and ``b <- Qᵀ b``."""
-    q = q.float()
-    lin.weight.data = (q.T @ lin.weight.data.float()).to(lin.weight.dtype)
+    lin.weight.data = (q.T @ lin.weight.data.double()).to(lin.weight.dtype)
     if lin.bias is not None:
-        lin.bias.data = (q.T @ lin.bias.data.float()).to(lin.bias.dtype)
+        lin.bias.data = (q.T @ lin.bias.data.double()).to(lin.bias.dtype)
     lin.out_features = q.shape[1]
 
 
@@ -69,8 +67,23 @@ def _rotate_out(lin: nn.Linear, q: torch.Tensor) -> None:
 def _rotate_embeddings(model: nn.Module, adapter: Adapter, q: torch.Tensor) -> None:
     for emb in (adapter.token_embedding(model), adapter.position_embedding(model)):
         if emb is not None:
-            emb.weight.data = (emb.weight.data.float() @ q.float()).to(emb.weight.dtype)
+            emb.weight.data = (emb.weight.data.double() @ q).to(emb.weight.dtype)
             emb.embedding_dim = q.shape[1]
+
+
+@torch.inference_mode()
+def _block_signals(xs: list[torch.Tensor], back: torch.Tensor, block, damp: float):
+    """The residual after one block in the full basis, ``x·backᵀ + block(x)``, and its PCA.
+
+    Returns (eigenvalues, eigenvectors, signals); ``block(j, x)`` runs the block on batch j."""
+    gram, outs = Gram(back.shape[0], back.device), []
+    back_t = back.T.to(xs[0].dtype)
+    for j, x in enumerate(xs):
+        out = x @ back_t + block(j, x)
+        gram.add(out)
+        outs.append(out)
+    values, vectors = gram.basis(damp)
+    return values, vectors, outs
 
 
 def _apply(tensors: list[torch.Tensor], fn) -> list[torch.Tensor]:
@@ -134,27 +147,15 @@ class SliceGPT(Method):
             attn_norm, mlp_norm = (getattr(layer, n) for n in adapter.norm_names)
             d_out = _output_width(widths, i, hidden, params["slice_head"])
             _rotate_in(parts.attn_in, q_in)
-            # attention half: the residual goes back to the full basis to find the next one
-            gram, mids = Gram(hidden, q.device), []
-            with torch.inference_mode():
-                for h, kw in zip(x, inputs.kwargs):
-                    mid = h @ q_in.T.to(dtype) + adapter.run_attention(layer, attn_norm(h), kw)
-                    gram.add(mid)
-                    mids.append(mid)
-            values, q_mid_full = gram.basis(damp)
+            # each half: the residual goes back to the full basis to find the next one
+            values, q_mid_full, mids = _block_signals(
+                x, q_in, lambda j, h: adapter.run_attention(layer, attn_norm(h), inputs.kwargs[j]), damp)
             spectra.append(values.tolist())
             q_mid = q_mid_full[:, :d_in]
             _rotate_out(parts.attn_out, q_mid)
             _rotate_in(parts.mlp_in, q_mid)
             mids = _apply(mids, lambda m: m @ q_mid.to(dtype))
-            # MLP half
-            gram, outs = Gram(hidden, q.device), []
-            with torch.inference_mode():
-                for m in mids:
-                    out = m @ q_mid.T.to(dtype) + adapter.run_mlp(layer, mlp_norm(m))
-                    gram.add(out)
-                    outs.append(out)
-            values, q_out_full = gram.basis(damp)
+            values, q_out_full, outs = _block_signals(mids, q_mid, lambda j, m: adapter.run_mlp(layer, mlp_norm(m)), damp)
             spectra.append(values.tolist())
             q_out = q_out_full[:, :d_out]
             _rotate_out(parts.mlp_out, q_out)
@@ -193,7 +194,7 @@ class SliceGPT(Method):
         t = time.perf_counter()
         hidden = model.config.hidden_size
         inputs = capture_layer_inputs(model, adapter, calibration.tokens, calibration.batch_size)
-        total = Gram(hidden, calibration.tokens.device)
+        total = Gram(hidden, inputs.hidden[0].device)
         spectra = []
         layers = adapter.layers(model)
 

@@ -48,13 +48,13 @@ def untie_head(model: nn.Module, adapter: Adapter) -> None:
 def _fold_into(linears: list[nn.Linear], scale: torch.Tensor, shift: torch.Tensor | None) -> None:
     """``W x' + b`` with ``x' = scale*x + shift``  ->  ``(W diag(scale)) x + (b + W shift)``."""
     for lin in linears:
-        w = lin.weight.data.float()
+        w = lin.weight.data.double()
         if shift is not None:
-            extra = w.double() @ shift.double()
+            extra = w @ shift.double()
             if lin.bias is None:
                 lin.bias = nn.Parameter(torch.zeros(lin.out_features, dtype=lin.weight.dtype, device=lin.weight.device))
             lin.bias.data = (lin.bias.data.double() + extra).to(lin.bias.dtype)
-        lin.weight.data = (w * scale.float()).to(lin.weight.dtype)
+        lin.weight.data = (w * scale.double()).to(lin.weight.dtype)
 
 
 @torch.no_grad()
