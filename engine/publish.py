@@ -45,11 +45,12 @@ def model_card(meta: dict, repo_id: str) -> str:
     front = ["---", "library_name: transformers", "tags:", "- slimlab", "- structured-compression",
              f"- {meta['method']}"] + ([f"base_model: {base}"] if base else []) + ["---"]
     new, old = acc["params_total"], orig["params_total"]
+    sizes = f"{_millions(new)} vs {_millions(old)} parameters"
     if new > old:
-        verdict = (f"**Warning: this model is bigger than the original** ({_millions(new)} vs {_millions(old)} "
-                   f"parameters): the method added {', '.join(f'{k} {_millions(v)}' for k, v in acc['added_detail'].items())}.")
+        added = ", ".join(f"{k} {_millions(v)}" for k, v in acc["added_detail"].items())
+        verdict = f"**Warning: this model is bigger than the original** ({sizes}): the method added {added}."
     else:
-        verdict = f"**{100 * (1 - new / old):.1f}% fewer parameters** than the original ({_millions(new)} vs {_millions(old)})."
+        verdict = f"**{100 * (1 - new / old):.1f}% fewer parameters** than the original ({sizes})."
     rows = [("parameters, total", "params_total"), ("non-embedding", "params_non_embedding"),
             ("embeddings", "params_embedding"), ("untied head", "params_head"), ("added by the method", "params_added"),
             ("FLOPs per token", "flops_per_token")]
@@ -58,11 +59,12 @@ def model_card(meta: dict, repo_id: str) -> str:
     calib = recipe.get("calibration") or {}
     calib_line = (f"{calib.get('source')}, {calib.get('nsamples')} samples × {calib.get('seqlen')} tokens, "
                   f"seed {calib.get('seed')}" if calib else "none")
+    source = f"`{recipe.get('model')}`" + (f" ({base})" if base and base != recipe.get("model") else "")
     versions = ", ".join(f"{k} {v}" for k, v in (meta.get("versions") or {}).items())
     body = [
         f"# {repo_id.split('/')[-1]}", "",
-        f"Structured compression of `{recipe.get('model')}` with **{meta['method']}** at ratio "
-        f"{recipe['ratio']:.3f} ({recipe['schedule']} schedule), made with SlimLab.", "",
+        f"Structured compression of {source} with **{meta['method']}** at ratio {recipe['ratio']:.3f} "
+        f"({recipe['schedule']} schedule), made with SlimLab.", "",
         verdict, "", *table, "",
         f"The ratio is the mean fraction of each layer's width removed, not of the file. Calibration: {calib_line}.",
         "", "## Load it", "",

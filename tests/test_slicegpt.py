@@ -185,16 +185,29 @@ def test_manual_schedule_applies_per_layer_widths(tiny, tmp_path):
 
 
 @pytest.mark.demo
-def test_demo_model_rotation_is_invariant_and_shared_variant_shrinks(demo_lm):
+def test_demo_model_rotation_is_invariant(data_dir):
+    """In float64: the demo's massive activations (|x| ~ 2e4) put fp32's own rounding at ~1e-4
+    (fp32 vs fp64 logits of the unmodified model), so fp32 cannot resolve a 1e-4 criterion."""
+    from engine import CalibrationSpec, load_model, make_calibration
+
+    lm = load_model("demo", device="cpu", dtype="float64")
+    cal = make_calibration(lm, CalibrationSpec("wikitext2:validation", nsamples=4, seqlen=64, seed=0, batch_size=4))
+    for variant in ("per-layer", "shared"):
+        rotated = compress(lm, "slicegpt", 0.0, calibration=cal, method_params={"round_to": 1, "variant": variant})
+        diff = (_logits(lm.model, cal.tokens[:1]) - _logits(rotated.model, cal.tokens[:1])).abs().max().item()
+        assert diff < 1e-4
+        del rotated
+
+
+@pytest.mark.demo
+def test_demo_model_sizes_per_variant(demo_lm, data_dir):
     from engine import CalibrationSpec, make_calibration
 
-    cal = make_calibration(demo_lm, CalibrationSpec("generated", nsamples=4, seqlen=64, seed=0, batch_size=4))
-    probe = cal.tokens[:1]
-    rotated = compress(demo_lm, "slicegpt", 0.0, calibration=cal, method_params={"round_to": 1})
-    diff = (_logits(demo_lm.model, probe) - _logits(rotated.model, probe)).abs().max().item()
-    assert diff < 1e-4
-    del rotated
+    cal = make_calibration(demo_lm, CalibrationSpec("wikitext2:validation", nsamples=4, seqlen=64, seed=0))
     shared = compress(demo_lm, "slicegpt", 0.25, calibration=cal, method_params={"variant": "shared"})
     assert shared.accounting.params_total <= 0.80 * 134_515_008
+    assert shared.accounting.tied_embeddings
+    del shared
     per_layer = compress(demo_lm, "slicegpt", 0.25, calibration=cal)
-    assert per_layer.bigger_than_original  # the honest surprise: untied head + shortcuts
+    assert per_layer.bigger_than_original  # the honest surprise: untied head + shortcut matrices
+    assert per_layer.widths["attention"] == [432] * 30

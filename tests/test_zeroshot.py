@@ -77,6 +77,45 @@ def test_boolq_and_openbookqa_first_items(data_dir):
     assert gold == 1  # answerKey B
 
 
+STOCK_YAML = {"piqa": "piqa/piqa.yaml", "hellaswag": "hellaswag/hellaswag.yaml", "arc_easy": "arc/arc_easy.yaml",
+              "arc_challenge": "arc/arc_challenge.yaml", "winogrande": "winogrande/default.yaml",
+              "boolq": "super_glue/boolq/default.yaml", "openbookqa": "openbookqa/openbookqa.yaml"}
+
+
+def test_local_tasks_mirror_the_stock_lm_eval_tasks(data_dir):
+    """Same task names online and offline, same metrics, and the same prompt where the fields agree."""
+    from pathlib import Path
+
+    import lm_eval
+    from lm_eval.utils import apply_template
+
+    from engine.evaluate.tasks import get_local_task
+
+    root = Path(lm_eval.__file__).parent / "tasks"
+    for name, rel in STOCK_YAML.items():
+        text = (root / rel).read_text()
+        assert f"task: {name}\n" in text, name
+        if name != "arc_challenge":  # includes arc_easy.yaml for its metrics
+            assert ("metric: acc_norm" in text) == get_local_task(name).has_acc_norm, name
+    for name in ("piqa", "boolq"):
+        template = next(line.split(": ", 1)[1] for line in (root / STOCK_YAML[name]).read_text().splitlines()
+                        if line.startswith("doc_to_text:"))
+        doc = load_docs(name, data_dir)[0]
+        assert apply_template(template.strip('"').encode().decode("unicode_escape"), doc) == \
+            get_local_task(name).doc_to_text(doc)
+
+
+def test_task_source_routing(monkeypatch):
+    from engine.evaluate import zeroshot
+
+    monkeypatch.setattr(zeroshot, "hub_reachable", lambda: True)
+    assert not zeroshot._resolve_offline("auto") and zeroshot._resolve_offline("local")
+    monkeypatch.setattr(zeroshot, "hub_reachable", lambda: False)
+    assert zeroshot._resolve_offline("auto") and not zeroshot._resolve_offline("hub")
+    with pytest.raises(ConfigError, match="task source"):
+        zeroshot._resolve_offline("web")
+
+
 def test_wrong_item_count_or_missing_file_is_a_data_error(data_dir, tmp_path):
     (tmp_path / "piqa").mkdir()
     lines = (data_dir / "piqa" / "valid.jsonl").read_text().splitlines()[:10]
@@ -164,20 +203,31 @@ def test_lm_eval_does_not_retie_an_untied_head(tiny):
     assert "tie_weights" not in model.__dict__  # the guard is gone afterwards
 
 
-def test_slicegpt_result_keeps_its_untied_head_under_lm_eval(tiny):
+def sliced_model(model, tok):
+    """A SliceGPT-30% copy of a tiny model (untied head, shortcut matrices); also used by test_speed_report."""
     from engine.compress import compress
     from engine.methods import Calibration
     from engine.models.adapters import adapter_for
     from engine.models.loading import LoadedModel
 
-    model, tok = tiny("llama")
     tokens = torch.randint(3, len(tok), (8, 32), generator=torch.Generator().manual_seed(0))
-    result = compress(LoadedModel(model, tok, "tiny", adapter_for(model)), "slicegpt", 0.3,
-                      calibration=Calibration("random", 8, 32, 0, tokens, 4))
-    sliced = result.model
+    return compress(LoadedModel(model, tok, "tiny", adapter_for(model)), "slicegpt", 0.3,
+                    calibration=Calibration("random", 8, 32, 0, tokens, 4)).model
+
+
+def test_slicegpt_result_keeps_its_untied_head_under_lm_eval(tiny):
+    model, tok = tiny("llama")
+    sliced = sliced_model(model, tok)
     head_before = sliced.get_output_embeddings().weight.detach().clone()
     assert not sliced.config.tie_word_embeddings
     lm = make_lm(sliced, tok, batch_size=2)
     assert lm.model is sliced
     assert sliced.get_output_embeddings().weight is not sliced.get_input_embeddings().weight
     assert torch.equal(sliced.get_output_embeddings().weight, head_before)
+
+
+@pytest.mark.demo
+def test_demo_model_is_well_above_chance_on_piqa(demo_lm, data_dir):
+    out = run_zeroshot(demo_lm.model, demo_lm.tokenizer, ["piqa"], limit=50, data_dir=str(data_dir), source="local")
+    assert out["tasks"]["piqa"]["n"] == 50
+    assert out["tasks"]["piqa"]["acc"] > 0.6  # chance is 0.5; SmolLM2-135M-Instruct scores about 0.7

@@ -13,15 +13,16 @@ import gradio as gr
 
 from . import presets
 from .handlers import chat as chat_handlers
+from .handlers import compress as compress_handlers
 from .handlers import evaluate as evaluate_handlers
 from .handlers import export as export_handlers
 from .handlers import model as model_handlers
-from .handlers import compress as compress_handlers
-from .state import MODELS, Session, new_session
+from .state import MODELS, Session
 from .tabs import analyze, chat, compress, evaluate, export, learn, model
 from .wiring import HEAVY, LIGHT, guarded
 
 TITLE = "SlimLab: structured compression workbench"
+LOAD_FAILED = "**Model:** none loaded (the demo model could not be loaded; see the message). Pick one in the Model tab."
 HEADER = ("# ✂️ SlimLab\nLoad a model, look inside it, compress it with the method and per-layer plan you choose, "
           "then measure it and chat with it next to the original. Every number is honest: the parameter count "
           "includes what a method adds.")
@@ -29,7 +30,7 @@ HEADER = ("# ✂️ SlimLab\nLoad a model, look inside it, compress it with the 
 
 def preload(spec: str = "demo") -> threading.Thread:
     """Start loading the demo model in the background so the first visitor does not wait for it."""
-    thread = threading.Thread(target=lambda: _quiet_load(spec), name="slimlab-preload", daemon=True)
+    thread = threading.Thread(target=_quiet_load, args=(spec,), name="slimlab-preload", daemon=True)
     thread.start()
     return thread
 
@@ -42,10 +43,11 @@ def _quiet_load(spec: str) -> None:
 
 
 def launch_kwargs() -> dict:
-    """Options gradio 6 takes at launch() rather than in Blocks()."""
-    return {"css_paths": [presets.css_path()], "theme": gr.themes.Soft(font=["ui-sans-serif", "system-ui",
-                                                                            "sans-serif"],
-                                                                      font_mono=["ui-monospace", "monospace"])}
+    """Options gradio 6 takes at launch() rather than in Blocks(). System fonts only: nothing is fetched
+    from font CDNs, so the app works offline and the browser console stays clean."""
+    theme = gr.themes.Soft(font=["ui-sans-serif", "system-ui", "sans-serif"],
+                           font_mono=["ui-monospace", "monospace"])
+    return {"css_paths": [presets.css_path()], "theme": theme}
 
 
 def _after_model(session: Session) -> list:
@@ -65,23 +67,23 @@ def build_app(preload_demo: bool = True) -> gr.Blocks:
     if preload_demo:
         preload()
     with gr.Blocks(title=TITLE) as app:
-        session = gr.State(new_session, delete_callback=Session.close)
+        session = gr.State(Session(), delete_callback=Session.close)  # deep-copied per browser session
         gr.Markdown(HEADER, elem_id="slimlab-header")
         status = gr.Markdown("**Model:** loading the demo model …", elem_id="slimlab-status")
         with gr.Tabs():
-            with gr.Tab("Model", id="model"):
+            with gr.Tab("Model", id="model", elem_id="tab-model"):
                 model_tab = model.build()
-            with gr.Tab("Analyze", id="analyze"):
+            with gr.Tab("Analyze", id="analyze", elem_id="tab-analyze"):
                 analyze_tab = analyze.build()
-            with gr.Tab("Compress", id="compress"):
+            with gr.Tab("Compress", id="compress", elem_id="tab-compress"):
                 compress_tab = compress.build()
-            with gr.Tab("Evaluate", id="evaluate"):
+            with gr.Tab("Evaluate", id="evaluate", elem_id="tab-evaluate"):
                 evaluate_tab = evaluate.build()
-            with gr.Tab("Chat", id="chat"):
+            with gr.Tab("Chat", id="chat", elem_id="tab-chat"):
                 chat_tab = chat.build()
-            with gr.Tab("Export", id="export"):
+            with gr.Tab("Export", id="export", elem_id="tab-export"):
                 export_tab = export.build()
-            with gr.Tab("Learn", id="learn"):
+            with gr.Tab("Learn", id="learn", elem_id="tab-learn"):
                 learn.build()
         ui = SimpleNamespace(session=session, status=status, model=model_tab, analyze=analyze_tab,
                              compress=compress_tab, evaluate=evaluate_tab, chat=chat_tab, export=export_tab)
@@ -99,7 +101,8 @@ def build_app(preload_demo: bool = True) -> gr.Blocks:
         loaded.success(guarded(_after_model), [session], after_model_outputs, api_visibility="private", **LIGHT)
         ran.success(guarded(_after_run), [session], after_run_outputs, api_visibility="private", **LIGHT)
         # The demo model is ready without any choice from the user.
-        app.load(guarded(model_handlers.load, model.adapt), [session, model_tab.spec], model.load_outputs(ui),
-                 api_visibility="private", **HEAVY).success(
-            guarded(_after_model), [session], after_model_outputs, api_visibility="private", **LIGHT)
+        first = app.load(guarded(model_handlers.load, model.adapt), [session, model_tab.spec],
+                         model.load_outputs(ui), api_visibility="private", **HEAVY)
+        first.success(guarded(_after_model), [session], after_model_outputs, api_visibility="private", **LIGHT)
+        first.failure(lambda: LOAD_FAILED, None, [status], api_visibility="private", **LIGHT)
     return app

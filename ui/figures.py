@@ -11,6 +11,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 ORIGINAL, COMPRESSED = "#64748b", "#4f46e5"
+LOG_TICKS = [float(f"{m}e{e}") for e in range(-6, 1) for m in (1, 2, 5) if e < 0 or m == 1]
 PALETTE = ("#4f46e5", "#0891b2", "#16a34a", "#d97706", "#dc2626", "#9333ea", "#db2777", "#65a30d")
 
 
@@ -77,7 +78,7 @@ def spectra_lines(points: list[str], explained: list[list[float]], chosen: Seque
         fig.add_vline(x=cut, line_dash="dash", line_color="#dc2626",
                       annotation_text=f"cut for ratio {ratio:.2f}: keep {cut}", annotation_position="top right")
     fig.update_xaxes(title="k = number of principal directions kept")
-    fig.update_yaxes(title="energy left out = 1 − cumulative explained", type="log", exponentformat="power")
+    fig.update_yaxes(title="energy left out (log)", type="log", exponentformat="power")
     return _style(fig, "Cumulative explained variance of the residual stream",
                   "shown as the energy the first k directions leave out (log scale; lower is better); "
                   "the red line is the width a ratio keeps")
@@ -91,8 +92,8 @@ def layer_scores(block_influence: list[float], redundancy: list[float]) -> go.Fi
     fig.add_trace(go.Scatter(x=layers, y=redundancy, name="layer redundancy (1 = most redundant)",
                              mode="lines+markers", line=dict(color="#d97706"),
                              hovertemplate="layer %{x}<br>LR %{y:.3f}<extra></extra>"), secondary_y=True)
-    fig.update_xaxes(title="layer", dtick=1 if len(layers) <= 40 else None)
-    fig.update_yaxes(title="block influence", type="log", secondary_y=False)
+    fig.update_xaxes(title="layer", dtick=1 if len(layers) <= 40 else None, range=[-0.6, len(layers) - 0.4])
+    fig.update_yaxes(title="block influence", type="log", tickvals=LOG_TICKS, tickformat=".1g", secondary_y=False)
     fig.update_yaxes(title="layer redundancy", range=[0, 1.05], secondary_y=True, showgrid=False)
     return _style(fig, "How much each layer changes the residual stream",
                   "block influence (log scale; high = the layer matters) and layer redundancy (its min-max "
@@ -103,9 +104,9 @@ def params_by_type(by_type: dict[str, int], total: int) -> go.Figure:
     items = sorted(by_type.items(), key=lambda kv: kv[1])
     fig = go.Figure(go.Bar(
         x=[millions(v) for _, v in items], y=[k for k, _ in items], orientation="h", marker_color=COMPRESSED,
-        text=[f"{100 * v / total:.1f}%" for _, v in items], textposition="outside",
+        text=[f"{100 * v / total:.1f}%" for _, v in items], textposition="outside", cliponaxis=False,
         hovertemplate="%{y}<br>%{x:.3f} M parameters<extra></extra>"))
-    fig.update_xaxes(title="parameters (millions)")
+    fig.update_xaxes(title="parameters (millions)", range=[0, millions(max(by_type.values(), default=1)) * 1.18])
     return _style(fig, "Parameters per module type",
                   f"summed over layers; total {millions(total):.2f} M (tied tensors counted once)",
                   height=max(320, 24 * len(items) + 120))
@@ -119,7 +120,7 @@ def params_per_layer(per_layer: list[dict[str, int]]) -> go.Figure:
         if any(values):
             fig.add_trace(go.Bar(x=layers, y=values, name=group, marker_color=PALETTE[i],
                                  hovertemplate=f"layer %{{x}}<br>{group} %{{y:.3f}} M<extra></extra>"))
-    fig.update_layout(barmode="stack")
+    fig.update_layout(barmode="stack", legend_traceorder="normal")
     fig.update_xaxes(title="layer", dtick=1 if len(layers) <= 40 else None)
     fig.update_yaxes(title="parameters (millions)")
     return _style(fig, "Parameters per layer, by block part",
@@ -129,14 +130,16 @@ def params_per_layer(per_layer: list[dict[str, int]]) -> go.Figure:
 # --- Compress --------------------------------------------------------------
 
 def plan_chart(ratios: list[float], scores: Optional[list[float]] = None, score_label: str = "score",
-               widths: Optional[list[int]] = None) -> go.Figure:
+               applied: Optional[dict[str, list]] = None) -> go.Figure:
+    """``applied``: what the method really did per layer (e.g. {"attention": widths}), shown on hover."""
     layers = list(range(len(ratios)))
     mean = sum(ratios) / len(ratios) if ratios else 0.0
     fig = make_subplots(specs=[[{"secondary_y": True}]])
-    custom = widths if widths else [None] * len(ratios)
+    applied = {k: v for k, v in (applied or {}).items() if len(v) == len(ratios)}
+    custom = [[v[i] for v in applied.values()] for i in range(len(ratios))] if applied else None
+    extra = "".join(f"<br>{k} %{{customdata[{j}]}}" for j, k in enumerate(applied))
     fig.add_trace(go.Bar(x=layers, y=ratios, name="fraction removed", marker_color=COMPRESSED, customdata=custom,
-                         hovertemplate="layer %{x}<br>remove %{y:.3f}"
-                                       + ("<br>kept width %{customdata}" if widths else "") + "<extra></extra>"))
+                         hovertemplate="layer %{x}<br>remove %{y:.3f}" + extra + "<extra></extra>"))
     if scores:
         fig.add_trace(go.Scatter(x=layers, y=scores, name=score_label, mode="lines+markers",
                                  line=dict(color="#d97706")), secondary_y=True)
@@ -175,9 +178,9 @@ def accounting_chart(original: dict, compressed: dict) -> go.Figure:
 def perplexity_chart(rows: list[tuple[str, float]], protocol: str) -> go.Figure:
     fig = go.Figure(go.Bar(x=[r[0] for r in rows], y=[r[1] for r in rows],
                            marker_color=[ORIGINAL if r[0] == "original" else COMPRESSED for r in rows],
-                           text=[f"{r[1]:.2f}" for r in rows], textposition="outside",
+                           text=[f"{r[1]:.2f}" for r in rows], textposition="outside", cliponaxis=False,
                            hovertemplate="%{x}<br>perplexity %{y:.3f}<extra></extra>"))
-    fig.update_yaxes(title="perplexity (lower is better)")
+    fig.update_yaxes(title="perplexity (lower is better)", range=[0, max(r[1] for r in rows) * 1.15])
     return _style(fig, "Perplexity", protocol)
 
 

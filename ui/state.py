@@ -114,8 +114,3 @@ class Session:
 def _light_summary(summary: dict) -> dict:
     """The summary without per-layer lists, small enough to keep for every run of the session."""
     return {k: v for k, v in summary.items() if k not in ("widths", "plan")}
-
-
-def new_session() -> Session:
-    """gr.State calls this once per browser session."""
-    return Session()

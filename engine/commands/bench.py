@@ -7,6 +7,7 @@ from ..errors import ConfigError
 from ..evaluate.report import build_report, model_entry, render_text
 from ..evaluate.speed import measure_speed
 from .common import add_model_args, emit, load, progress
+from .info import model_summary
 
 
 def add_bench_args(p) -> None:
@@ -51,16 +52,20 @@ def run(args) -> int:
     entries = []
     for spec in specs(args):
         lm = load(args, spec)
-        entries.append(model_entry(spec, speed=bench_model(args, lm, bar)))
-        del lm  # one model in memory at a time, so the second one's RSS is its own
+        entries.append(model_entry(spec, accounting=model_summary(lm), speed=bench_model(args, lm, bar)))
+        del lm  # one model in memory at a time: the second one's peak RSS does not hold the first
         gc.collect()
     bar.close()
     report = build_report(*entries)
     lines = []
-    for name in ("speed", "memory"):
+    for name in ("speed", "memory", "accounting"):
         lines += render_text(report["plots"][name]) + [""]
     lines.append(report["protocols"]["speed"])
-    payload = {"models": [{"spec": e["spec"], **e["speed"]} for e in entries]}
     if len(entries) == 2:
-        payload["ratios"] = {row[0]: row[-1] for name in ("speed", "memory") for row in report["plots"][name]["rows"]}
+        lines.append("ratio = compare / base")
+    payload = {"models": [{"spec": e["spec"], **e["speed"], "params_total": e["accounting"]["params_total"]}
+                          for e in entries]}
+    if len(entries) == 2:
+        payload["ratios"] = {row[0]: row[-1] for name in ("speed", "memory", "accounting")
+                             for row in report["plots"][name]["rows"]}
     return emit(args, lines, payload)

@@ -126,11 +126,13 @@ def _protocols(models: list[dict]) -> dict:
             continue
         first = found[0]
         if section == "perplexity":
-            out[section] = f"{first['protocol']}; {first['dataset']}, seqlen {first['seqlen']}, {first['windows']} windows"
+            out[section] = (f"{first['protocol']}; {first['dataset']}, seqlen {first['seqlen']}, "
+                            f"{first['windows']} windows")
         elif section == "zeroshot":
             subset = ("all items" if first["limit"] is None
                       else f"seeded subset of {first['limit']} items per task (seed {first['seed']})")
-            out[section] = f"{first['protocol']}; {first['task_source']}; {subset}; summary: {first['summary_metric_rule']}"
+            out[section] = (f"{first['protocol']}; {first['task_source']}; {subset}; "
+                            f"summary: {first['summary_metric_rule']}")
         else:
             out[section] = (f"{first['protocol']}; {first['repeats']} repeats after {first['warmup']} warm-up; "
                             f"prefill {first['prefill_len']} tokens at batch 1; decode {first['decode_tokens']} "
@@ -189,27 +191,40 @@ def render_text(table: dict) -> list[str]:
                                          for i, (c, w) in enumerate(zip(row, widths))) for row in cells]
 
 
+MEMORY_NOTE = ("model_memory_mb = weights + peak growth during the speed runs (compare this one); "
+               "peak_memory_mb = peak RSS of the whole process on CPU, max allocated on CUDA")
+
+
+def _model_line(m: dict) -> str:
+    a, recipe = m.get("accounting") or {}, m.get("recipe")
+    line = f"- **{m['label']}**: `{m['spec']}`"
+    if a:
+        line += (f", {a.get('architecture')} {a.get('dtype')} on {a.get('device')}, "
+                 f"{_fmt(a.get('params_total'))} parameters")
+    if recipe:
+        line += (f"; recipe: method `{recipe.get('method')}`, ratio {recipe.get('ratio')}, "
+                 f"schedule `{recipe.get('schedule')}`, calibration `{json.dumps(recipe.get('calibration'))}`")
+    return line
+
+
 def render_markdown(report: dict) -> str:
+    models = report["models"]
     lines = [f"# {report['title']}", "", f"Created {report['created']} with "
-             + ", ".join(f"{k} {v}" for k, v in report["versions"].items() if v) + ".", ""]
-    for m in report["models"]:
-        recipe = m.get("recipe")
-        if recipe:
-            lines += [f"**{m['label']}** recipe: method `{recipe.get('method')}`, ratio {recipe.get('ratio')}, "
-                      f"schedule `{recipe.get('schedule')}`, calibration `{json.dumps(recipe.get('calibration'))}`", ""]
+             + ", ".join(f"{k} {v}" for k, v in report["versions"].items() if v) + ".", "", "## Models", ""]
+    lines += [_model_line(m) for m in models] + [""]
+    if len(models) == 2:
+        lines += ["Ratios are compare / base; zero-shot deltas are compare - base.", ""]
+        base, other = (m.get("accounting") or {} for m in models)
+        if base.get("params_total") and other.get("params_total", 0) > base["params_total"]:
+            lines += [f"**{models[1]['label']} has MORE parameters than {models[0]['label']}** "
+                      f"({other['params_total']:,} vs {base['params_total']:,}).", ""]
     for name, table in report["plots"].items():
         lines += [f"## {table['title']}", ""]
         if name in report["protocols"]:
             lines += [f"Protocol: {report['protocols'][name]}.", ""]
-        elif name == "memory" and "speed" in report["protocols"]:
-            lines += ["Memory: see the speed protocol above.", ""]
+        elif name == "memory":
+            lines += [f"{MEMORY_NOTE}.", ""]
         lines += _md_table(table) + [""]
-    if len(report["models"]) == 2 and report["plots"]:
-        lines += ["Ratios are compare / base; zero-shot deltas are compare - base.", ""]
-        base, other = (m.get("accounting") or {} for m in report["models"])
-        if base.get("params_total") and other.get("params_total", 0) > base["params_total"]:
-            lines += [f"**{report['models'][1]['label']} has MORE parameters than {report['models'][0]['label']}** "
-                      f"({other['params_total']:,} vs {base['params_total']:,}).", ""]
     return "\n".join(lines)
 
 

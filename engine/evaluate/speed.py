@@ -10,6 +10,8 @@ because other processes share the machine. Peak memory is the process's peak RSS
 (engine/memory.py). Because the first of those counts whatever else the process holds, the
 figure to compare between models is ``model_memory_mb``: the model's weights plus the peak
 growth during the runs (activations, KV cache) over the level right after the peak reset.
+On CPU that growth is approximate (the allocator may reuse memory freed by earlier work).
+Time to first token is the batch-1 prefill of ``prefill_len`` tokens plus picking the token.
 """
 from __future__ import annotations
 

@@ -19,7 +19,7 @@ from typing import Iterator, Optional
 from ..errors import ConfigError, DataError
 from ..models.hub import hub_reachable
 from ..progress import CancelToken, Reporter, as_reporter
-from .tasks import LOCAL_TASKS, build_task, load_docs
+from .tasks import LOCAL_TASKS, build_task
 from .tasks.local import data_root
 
 TASKS: tuple[str, ...] = tuple(LOCAL_TASKS)
@@ -141,7 +141,7 @@ def _resolve_offline(source: str) -> bool:
 
 def _load_tasks(names: list[str], offline: bool, data_dir) -> dict:
     if offline:
-        return {name: build_task(name, data_dir, load_docs(name, data_dir)) for name in names}
+        return {name: build_task(name, data_dir) for name in names}
     from lm_eval.tasks import TaskManager
 
     try:
@@ -209,8 +209,10 @@ def run_zeroshot(
         reporter.check()
         lm = make_lm(model, tokenizer, batch_size, reporter)
         out = evaluate(lm=lm, task_dict={"tasks": loaded, "groups": {}, "group_map": {}},
+                       # > 0 turns stderr on; acc/acc_norm are means, so their stderr is closed-form, not resampled
                        samples=samples or None, bootstrap_iters=1000, log_samples=False)
     scores = {name: _score(out["results"][name], int(out["n-samples"][name]["effective"])) for name in names}
-    where = f"local task definitions over {data_root(data_dir)}" if offline else "stock lm-eval tasks (Hugging Face Hub)"
+    where = (f"local task definitions over {data_root(data_dir)}" if offline
+             else "stock lm-eval tasks (Hugging Face Hub)")
     return ZeroShotResult(tasks=scores, offline=offline, task_source=where, limit=limit, seed=seed,
                           batch_size=batch_size, seconds=time.perf_counter() - t0).to_dict()

@@ -79,9 +79,8 @@ class FASP(Method):
             # attention half: the input of the output projection decides which value dims stay
             with bypassed(layer, parts.attn_out):
                 attn_in = [adapter.run_attention(layer, attn_norm(h), kw) for h, kw in zip(x, inputs.kwargs)]
-            kept_v = None
-            if prune_value and kept_value_dims(heads[2], ratio) < heads[2]:
-                kept_v = self._prune_values(parts, attn_in, kept_value_dims(heads[2], ratio), heads, params)
+            dv = kept_value_dims(heads[2], ratio) if prune_value else heads[2]
+            kept_v = self._prune_values(parts, attn_in, dv, heads, params) if dv < heads[2] else None
             mid = [h + parts.attn_out(a) for h, a in zip(x, attn_in)]
             del attn_in
             # MLP half, on the output of the already pruned attention

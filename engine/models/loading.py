@@ -55,7 +55,7 @@ def resolve_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
-_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
+_DTYPES = {"float64": torch.float64, "float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
            "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
 
 
@@ -72,7 +72,7 @@ def resolve_dtype(dtype: "str | torch.dtype", device: torch.device, config=None)
             return stored
         return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float16
     if dtype not in _DTYPES:
-        raise SlimLabError(f"Unknown dtype '{dtype}'. Use auto, float32, float16 or bfloat16.")
+        raise SlimLabError(f"Unknown dtype '{dtype}'. Use auto, float32, float16, bfloat16 (or float64 for checks).")
     return _DTYPES[dtype]
 
 

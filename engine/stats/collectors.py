@@ -10,7 +10,8 @@ Two ways to get a linear's inputs during a pass:
 
 ``InputStats`` accumulates in float64: per-channel sums and squared norms always, the Gram
 matrix ``XᵀX`` on request, and the raw batches on request (so a method can compute only the
-Gram columns it needs once it has chosen them).
+Gram columns it needs once it has chosen them). Gram products follow ``transforms.pca.Gram``:
+one float32 product per batch, added into a float64 accumulator.
 """
 from __future__ import annotations
 
@@ -72,8 +73,8 @@ class InputStats:
         elif self.inputs is not None:
             h = torch.zeros(self.dim, cols.numel(), dtype=torch.float64, device=self.sum.device)
             for x in self.inputs:
-                x64 = x.to(torch.float64)
-                h.addmm_(x64.T, x64[:, cols])
+                x = x.float()
+                h += (x.T @ x[:, cols]).double()
         else:
             raise ValueError("InputStats needs gram=True or keep=True to give a Gram matrix.")
         if not ones:

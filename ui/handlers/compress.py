@@ -46,14 +46,14 @@ class PlanView:
     note: str
 
 
-def plan_view(plan: Plan, widths: Optional[list[int]] = None) -> PlanView:
+def plan_view(plan: Plan, applied: Optional[dict[str, list]] = None) -> PlanView:
     scores = plan.scores if plan.scores and len(plan.scores) == len(plan.ratios) else None
     rows = [[i, round(r, 4), None if scores is None else round(scores[i], 4)] for i, r in enumerate(plan.ratios)]
     label = SCORE_LABELS.get(plan.schedule, "score")
     mean = sum(plan.ratios) / len(plan.ratios)
     note = (f"Plan **{plan.schedule}**: {len(plan.ratios)} layers, mean ratio {mean:.3f} "
             f"(min {min(plan.ratios):.3f}, max {max(plan.ratios):.3f}).")
-    return PlanView(rows, figures.plan_chart(plan.ratios, scores, label, widths), note)
+    return PlanView(rows, figures.plan_chart(plan.ratios, scores, label, applied), note)
 
 
 def plan_from_rows(rows: Sequence[Sequence], num_layers: int) -> Plan:
@@ -155,11 +155,9 @@ def run(session: Session, method: str, params: dict, ratio, schedule: str, slici
     session.set_result(result, run_label(method, resolved, result.plan.target, result.plan.schedule))
     summary = result.summary()
     original, compressed = result.original.to_dict(), result.accounting.to_dict()
-    widths = next(iter(result.widths.values()), None)
     return CompressView(card=text.result_card(summary, original, compressed),
                         accounting=figures.accounting_chart(original, compressed),
-                        plan=plan_view(result.plan, widths if widths and len(widths) == len(result.plan.ratios) else None),
-                        status=status_line(session))
+                        plan=plan_view(result.plan, result.widths), status=status_line(session))
 
 
 @dataclass

@@ -8,6 +8,7 @@ from typing import Optional, Sequence
 
 import plotly.graph_objects as go
 
+from engine import account
 from engine import perplexity as engine_perplexity
 from engine.errors import ConfigError
 from engine.progress import Reporter
@@ -157,11 +158,7 @@ def history_points(session: Session) -> list[dict]:
     points = []
     ppl = session.original_evals.get("perplexity")
     if ppl and session.lm is not None:
-        params = session.history[0].summary["params_original"] if session.history else None
-        if params is None:
-            from engine.commands.info import model_summary
-
-            params = model_summary(session.lm)["params_total"]
+        params = account(session.lm.model, session.lm.adapter).params_total
         points.append({"label": "original", "params": params, "ppl": ppl["ppl"], "protocol": ppl_protocol(ppl),
                        "original": True})
     for run in session.history:

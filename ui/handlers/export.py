@@ -14,8 +14,10 @@ from engine.publish import check_repo_id, model_card, push_folder, read_meta
 from ..state import Session
 from .common import Progress, job, need_result
 
-OUTPUT_ROOT = Path(os.environ.get("SLIMLAB_OUTPUT_DIR", "outputs"))
-DEFAULT_FOLDER = str(OUTPUT_ROOT / "compressed")
+
+def output_root() -> Path:
+    """Where saved models go by default ($SLIMLAB_OUTPUT_DIR, else ./outputs), read when needed."""
+    return Path(os.environ.get("SLIMLAB_OUTPUT_DIR", "outputs"))
 
 
 def _restricted() -> bool:
@@ -25,28 +27,30 @@ def _restricted() -> bool:
 
 def default_folder(session: Session) -> str:
     if session.run is None:
-        return DEFAULT_FOLDER
+        return str(output_root() / "compressed")
     s = session.run.summary
     name = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(session.lm.spec).name if session.lm else "model").strip("-")
-    return str(OUTPUT_ROOT / f"{name}-{s['method']}-{round(100 * s['ratio'])}-run{session.run.run_id}")
+    return str(output_root() / f"{name}-{s['method']}-{round(100 * s['ratio'])}-run{session.run.run_id}")
 
 
-def _target(folder: str) -> Path:
+def _target(folder: str, overwrite: bool) -> Path:
     folder = (folder or "").strip()
     if not folder:
         raise ConfigError("Give a folder to save into.")
     path = Path(folder).expanduser()
+    if not overwrite and path.exists() and (path.is_file() or any(path.iterdir())):
+        raise ConfigError(f"'{path}' already exists and is not empty; tick Overwrite or choose another folder.")
     if _restricted():
-        root = OUTPUT_ROOT.resolve()
+        root = output_root().resolve()
         resolved = (path if path.is_absolute() else Path.cwd() / path).resolve()
         if root != resolved and root not in resolved.parents:
-            raise ConfigError(f"On this server models can only be saved under '{OUTPUT_ROOT}/'.")
+            raise ConfigError(f"On this server models can only be saved under '{output_root()}/'.")
     return path
 
 
 def save(session: Session, folder: str, overwrite: bool, progress: Progress = None) -> str:
     result = need_result(session)
-    path = _target(folder)
+    path = _target(folder, bool(overwrite))
     reporter = job(session, progress)
     reporter("save", 0, 1, str(path))
     out = save_compressed(result, path, force=bool(overwrite))

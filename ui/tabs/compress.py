@@ -35,10 +35,10 @@ def control(param: dict) -> gr.components.Component:
 def build() -> SimpleNamespace:
     methods = available_methods()
     default = DEFAULT_METHOD if DEFAULT_METHOD in methods else next(iter(methods))
-    with gr.Row(equal_height=True):
+    with gr.Row():
         preset = gr.Dropdown(list(presets.recipe_presets()), value=None, label="Preset", scale=3,
                              info="fills the controls below; you can change anything afterwards")
-        recipe_file = gr.File(label="or replay a recipe (.json)", file_types=[".json"], scale=2, height=90)
+        recipe_file = gr.UploadButton("Replay a recipe (.json)", file_types=[".json"], scale=1)
     with gr.Row():
         with gr.Column(scale=2):
             method = gr.Dropdown(handlers.method_choices(), value=default, label="Method")
@@ -154,4 +154,5 @@ def wire(ui) -> gr.events.Dependency:
     return t.run.click(guarded(_run_from_controls(t.keys), adapt),
                        [ui.session, t.method, t.ratio, t.schedule, t.slicing_base] + calib + [t.plan_table]
                        + t.controls,
-                       [t.card, t.accounting] + plan_outputs(t) + [ui.status], api_name="compress", **HEAVY)
+                       [t.card, t.accounting] + plan_outputs(t) + [ui.status], api_name="compress",
+                       scroll_to_output=True, **HEAVY)

@@ -17,7 +17,7 @@ def build() -> SimpleNamespace:
     with gr.Row(equal_height=True):
         which = gr.CheckboxGroup(handlers.TARGETS, value=handlers.TARGETS, label="Models to evaluate", scale=3)
         stop_btn = stop_button()
-    with gr.Row(equal_height=True):
+    with gr.Row():
         with gr.Column(variant="panel"):
             gr.Markdown("**Perplexity** (paper protocol)")
             ppl_dataset = gr.Dropdown(handlers.PPL_DATASETS, value="wikitext2", label="Text")
@@ -54,7 +54,7 @@ def build() -> SimpleNamespace:
                                     "decode tokens/s"], type="array", interactive=False, label="Runs")
     with gr.Row():
         report = gr.Button("Build report (Markdown + JSON)")
-        report_files = gr.File(label="Report", file_count="multiple", interactive=False)
+        report_files = gr.File(label="Report", file_count="multiple", interactive=False, height=120)
     return SimpleNamespace(which=which, stop=stop_btn, ppl_dataset=ppl_dataset, ppl_seqlen=ppl_seqlen,
                            ppl_windows=ppl_windows, ppl_run=ppl_run, zs_tasks=zs_tasks, zs_limit=zs_limit,
                            zs_run=zs_run, prefill=prefill, decode=decode, speed_run=speed_run, table=table,

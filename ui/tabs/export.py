@@ -14,8 +14,8 @@ def build() -> SimpleNamespace:
     with gr.Column(variant="panel"):
         gr.Markdown("**Save** in SlimLab's format (`model.safetensors` + `config.json` + `slimlab.json`); it reloads "
                     "with `engine.load_compressed`, `slimlab info FOLDER`, or the Model tab.")
-        with gr.Row(equal_height=True):
-            folder = gr.Textbox(handlers.DEFAULT_FOLDER, label="Folder", scale=4)
+        with gr.Row():
+            folder = gr.Textbox(str(handlers.output_root() / "compressed"), label="Folder", scale=4)
             overwrite = gr.Checkbox(False, label="Overwrite", scale=1)
             save = gr.Button("Save", variant="primary", scale=1)
         save_status = gr.Markdown("")
@@ -25,11 +25,11 @@ def build() -> SimpleNamespace:
         with gr.Row():
             recipe = gr.Button("Get recipe")
             recipe_file = gr.File(label="recipe.json", interactive=False)
-        recipe_text = gr.Code(language="json", label="Recipe", interactive=False)
+        recipe_text = gr.Code(language="json", label="Recipe", interactive=False, max_lines=18)
     with gr.Column(variant="panel"):
         gr.Markdown("**Push to the Hugging Face Hub** with a generated model card (the token is used for this "
                     "push only and never stored).")
-        with gr.Row(equal_height=True):
+        with gr.Row():
             repo_id = gr.Textbox(label="Repository", placeholder="your-name/model-name", scale=3)
             token = gr.Textbox(label="Access token (write)", type="password", scale=3)
             private = gr.Checkbox(True, label="Private", scale=1)
@@ -37,7 +37,7 @@ def build() -> SimpleNamespace:
             card_btn = gr.Button("Preview model card")
             push = gr.Button("Push", variant="primary")
         push_status = gr.Markdown("")
-        card = gr.Code(language="markdown", label="Model card (README.md)", interactive=False)
+        card = gr.Code(language="markdown", label="Model card (README.md)", interactive=False, max_lines=30)
     return SimpleNamespace(folder=folder, overwrite=overwrite, save=save, save_status=save_status, recipe=recipe,
                            recipe_file=recipe_file, recipe_text=recipe_text, repo_id=repo_id, token=token,
                            private=private, card_btn=card_btn, push=push, push_status=push_status, card=card)

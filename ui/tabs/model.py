@@ -20,7 +20,7 @@ def build() -> SimpleNamespace:
     with gr.Row(equal_height=True):
         spec = gr.Dropdown(["demo"], value="demo", allow_custom_value=True, label="Model", scale=4,
                            info="demo · org/name · /path/to/folder · /path/to/model.gguf")
-        upload = gr.File(label="or upload a .gguf", file_types=[".gguf"], scale=2, height=90)
+        upload = gr.UploadButton("Upload a .gguf", file_types=[".gguf"], scale=1)
         load = gr.Button("Load", variant="primary", scale=1)
     summary = gr.Markdown("Loading the demo model …")
     accounting = gr.Dataframe(headers=["quantity", "value"], type="array", interactive=False,

@@ -1,0 +1,463 @@
+"""UI handlers as plain functions on tiny random models, plus the engine additions they use
+(residual spectra, parameters per module, streaming chat, model card and push)."""
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+
+from engine import SlimLabError, load_compressed, load_model
+from engine.analysis import account
+from engine.analysis.layer_scores import block_influence
+from engine.analysis.modules import module_params
+from engine.analysis.spectra import cut_width, residual_analysis
+from engine.errors import Cancelled, ConfigError
+from engine.generate import SamplingSettings, stream_chat
+from engine.publish import model_card, push_folder, read_meta
+from tiny import save_model_dir
+from ui import figures, learn, text
+from ui.handlers import analyze as ha
+from ui.handlers import chat as hch
+from ui.handlers import compress as hc
+from ui.handlers import evaluate as he
+from ui.handlers import export as hx
+from ui.handlers import model as hm
+from ui.handlers.common import NotReady
+from ui.state import ModelCache, Session
+
+CALIB = ("wikitext2:validation", 8, 64, 42)  # source, samples, tokens per sample, seed
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(tmp_path_factory):
+    """A tied-embedding llama with room for zero-shot contexts."""
+    return str(save_model_dir(tmp_path_factory.mktemp("ui") / "llama", "llama", max_position_embeddings=2048))
+
+
+@pytest.fixture(scope="module")
+def cache():
+    return ModelCache(capacity=2)
+
+
+@pytest.fixture
+def session(tiny_llama, cache, data_dir):
+    s = Session()
+    hm.load(s, tiny_llama, cache=cache)
+    return s
+
+
+@pytest.fixture(scope="module")
+def compressed(tiny_llama, cache, data_dir):
+    """A session holding a per-layer SliceGPT result (shared by the read-only tests below)."""
+    s = Session()
+    hm.load(s, tiny_llama, cache=cache)
+    hc.run(s, "slicegpt", {}, 0.25, "uniform", None, *CALIB, [])
+    return s
+
+
+def _state(model) -> dict:
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+# --- state ---------------------------------------------------------------------
+
+def test_fresh_sessions_are_independent_and_copyable():
+    default = Session()
+    a, b = copy.deepcopy(default), copy.deepcopy(default)  # what gradio does for each browser session
+    a.chats["original"].append({"role": "user", "content": "hi"})
+    assert b.chats["original"] == [] and default.chats["original"] == []
+    assert a.stop() is False  # no job yet
+    token = a.new_job()
+    assert a.stop() is True and token.cancelled
+
+
+def test_model_cache_loads_each_spec_once_and_evicts(tiny_dirs):
+    calls = []
+
+    def loader(spec, **kw):
+        calls.append(spec)
+        return load_model(spec, device="cpu")
+
+    cache = ModelCache(capacity=1, loader=loader)
+    first = cache.get(str(tiny_dirs["llama"]))
+    assert cache.get(str(tiny_dirs["llama"])) is first
+    cache.get(str(tiny_dirs["opt"]))
+    assert str(tiny_dirs["llama"]) not in cache
+    assert calls == [str(tiny_dirs["llama"]), str(tiny_dirs["opt"])]
+
+
+# --- model tab -----------------------------------------------------------------
+
+def test_load_describes_architecture_and_accounting(session, tiny_llama):
+    view = hm.describe(session)
+    assert "llama" in view.summary and "3 layers" in view.summary and "tied embeddings" in view.summary
+    rows = dict(view.accounting)
+    total = account(session.lm.model, session.lm.adapter).params_total
+    assert rows["parameters, total (each tensor once)"] == text.m(total)
+    assert view.num_layers == 3 and tiny_llama in view.status
+    assert len(view.by_type.data) == 1 and len(view.per_layer.data) >= 2
+
+
+def test_load_error_is_clear_and_keeps_the_session(session, cache):
+    before = session.lm
+    with pytest.raises(SlimLabError, match="No such file or folder"):
+        hm.load(session, "/no/such/model", cache=cache)
+    assert session.lm is before
+
+
+def test_steps_before_their_prerequisites_say_what_to_do(data_dir):
+    s = Session()
+    with pytest.raises(NotReady, match="Model tab"):
+        ha.analyze(s, *CALIB, 0.25)
+    with pytest.raises(NotReady, match="Compress tab"):
+        hx.save(s, "/tmp/x", False)
+
+
+# --- analyze -------------------------------------------------------------------
+
+def test_residual_analysis_matches_block_influence_and_energy(session):
+    lm = session.lm
+    tokens = torch.randint(0, 300, (4, 32), generator=torch.Generator().manual_seed(0))
+    result = residual_analysis(lm.model, lm.adapter, tokens, batch_size=2)
+    assert result.points[0] == "embeddings" and len(result.points) == 4
+    assert result.block_influence == pytest.approx(block_influence(lm.model, lm.adapter, tokens, 2), rel=1e-9)
+    # eigenvalues of the per-token second moment sum to the mean squared norm of the embeddings
+    emb = lm.model.get_input_embeddings()(tokens).double()
+    assert sum(result.eigenvalues[0]) == pytest.approx(emb.pow(2).sum(-1).mean().item(), rel=1e-6)
+    explained = result.explained()
+    assert all(row[-1] == pytest.approx(1.0) and row == sorted(row) for row in explained)
+    assert result.kept_at(64) == pytest.approx([1.0] * 4) and result.kept_at(0) == [0.0] * 4
+    assert cut_width(576, 0.25) == 432
+
+
+def test_analyze_handler_builds_every_chart(session):
+    view = ha.analyze(session, *CALIB, 0.25)
+    assert view.points == ["embeddings", "after layer 0", "after layer 1", "after layer 2"]
+    assert "8 × 64 tokens" in view.summary
+    assert len(view.heatmap.data[0].z) == 4
+    assert len(view.lines.data) == len(view.chosen)
+    assert ha.calibration_key(ha.calibration_spec(*CALIB)) in session.scores
+    one = ha.lines(session, ["after layer 1"], 0.5)
+    assert len(one.data) == 1 and any("cut for ratio 0.50: keep 32" in a.text for a in one.layout.annotations)
+
+
+@pytest.mark.parametrize("bad, match", [(("wikitext2:validation", "x", 64, 42), "whole numbers"),
+                                        (("wikitext2:validation", 0, 64, 42), "at least 1"),
+                                        (("", 8, 64, 42), "calibration source"),
+                                        (("nosuchsource", 8, 64, 42), "Unknown text source")])
+def test_analyze_rejects_bad_calibration(session, bad, match):
+    with pytest.raises(SlimLabError, match=match):
+        ha.analyze(session, *bad, 0.25)
+
+
+# --- compress ------------------------------------------------------------------
+
+def test_methods_and_their_schemas_drive_the_controls():
+    from ui.tabs.compress import control
+
+    choices = dict((name, label) for label, name in hc.method_choices())
+    assert "slicegpt" in choices
+    from engine import get_method
+
+    for param in get_method("slicegpt").schema():
+        assert control(param).label == param["name"]
+    keys = [("slicegpt", "variant"), ("other", "variant"), ("slicegpt", "damp")]
+    assert hc.params_from_controls("slicegpt", keys, ["shared", "x", 0.1]) == {"variant": "shared", "damp": 0.1}
+
+
+def test_plan_preview_edit_and_validation(session):
+    lr = hc.preview_plan(session, "layer-redundancy", 0.3, 0.1, *CALIB)
+    ratios = [row[1] for row in lr.rows]
+    assert sum(ratios) / 3 == pytest.approx(0.3, abs=1e-3) and min(ratios) >= 0.1 - 1e-9
+    assert all(row[2] is not None for row in lr.rows)  # the scores the schedule ranked by
+    edited = hc.edit_plan(session, [[0, 0.1, None], [1, "0.2", None], [2, 0.6, None]])
+    assert session.plan.schedule == "manual" and session.plan.ratios == [0.1, 0.2, 0.6]
+    assert "mean ratio 0.300" in edited.note
+    with pytest.raises(ConfigError, match="3 layers"):
+        hc.edit_plan(session, [[0, 0.1, None]])
+    with pytest.raises(ConfigError, match=r"\[0, 1\)"):
+        hc.edit_plan(session, [[0, 0.1, None], [1, 1.5, None], [2, 0.1, None]])
+    with pytest.raises(ConfigError, match="number"):
+        hc.edit_plan(session, [[0, "abc", None], [1, 0.1, None], [2, 0.1, None]])
+
+
+def test_compress_reports_plainly_when_the_model_grows(session):
+    # a small ratio on a tied model: the untied head and shortcuts outweigh what slicing removes
+    view = hc.run(session, "slicegpt", {"variant": "per-layer"}, 0.05, "uniform", None, *CALIB, [])
+    assert session.result.bigger_than_original
+    assert "BIGGER than the original" in view.card and "shared" in view.card
+    assert "bigger than the original" in view.status
+    shared = hc.run(session, "slicegpt", {"variant": "shared"}, 0.25, "uniform", None, *CALIB, [])
+    assert not session.result.bigger_than_original and "fewer parameters" in shared.card
+    assert [r.run_id for r in session.history] == [1, 2] and "variant=shared" in session.run.label
+
+
+def test_compress_applies_the_edited_plan_and_leaves_the_original(session):
+    before = _state(session.lm.model)
+    hc.preview_plan(session, "uniform", 0.25, None, *CALIB)
+    rows = [[0, 0.5, None], [1, 0.25, None], [2, 0.0, None]]
+    view = hc.run(session, "slicegpt", {}, 0.25, "manual", None, *CALIB, rows)
+    assert session.result.plan.ratios == [0.5, 0.25, 0.0]
+    assert session.result.widths["attention"] == [32, 48, 64]
+    assert [row[1] for row in view.plan.rows] == [0.5, 0.25, 0.0]
+    bars = view.plan.figure.data[0]
+    assert "attention %{customdata[0]}" in bars.hovertemplate and bars.customdata[0][0] == 32
+    after = session.lm.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_stop_cancels_a_running_compression(session):
+    before = _state(session.lm.model)
+
+    def press_stop(event):  # the Stop button, pressed while the engine reports progress
+        if event.stage == "slicegpt" and event.step == 1:
+            session.stop()
+
+    with pytest.raises(Cancelled, match="unchanged"):
+        hc.run(session, "slicegpt", {}, 0.25, "uniform", None, *CALIB, [], press_stop)
+    assert session.result is None and session.history == []
+    assert all(torch.equal(before[k], v) for k, v in session.lm.model.state_dict().items())
+
+
+def test_presets_and_recipes_fill_the_controls():
+    from ui import presets
+
+    names = list(presets.recipe_presets())
+    assert any("shared" in n for n in names)
+    keys = [("slicegpt", "variant"), ("fasp", "parts")]
+    for recipe in presets.recipe_presets().values():
+        c = hc.recipe_controls(recipe, keys)
+        assert c.method == "slicegpt" and c.param_values[1] is None and c.plan is None
+    replay = hc.recipe_controls({"method": "slicegpt", "ratio": 0.3, "schedule": "uniform",
+                                 "plan": {"schedule": "uniform", "target": 0.3, "ratios": [0.3, 0.2, 0.4]}}, keys)
+    assert replay.schedule == "manual" and [r[1] for r in replay.plan.rows] == [0.3, 0.2, 0.4]
+
+
+# --- evaluate ------------------------------------------------------------------
+
+def test_evaluate_asks_for_what_is_missing(session):
+    with pytest.raises(ConfigError, match="Tick at least one"):
+        he.run_perplexity(session, [], "wikitext2", 64, 2)
+    with pytest.raises(NotReady, match="Compress tab"):
+        he.run_perplexity(session, ["compressed"], "wikitext2", 64, 2)
+
+
+def test_perplexity_comparison_and_history(compressed):
+    view = he.run_perplexity(compressed, ["original", "compressed"], "wikitext2", 64, 2)
+    row = view.table[0]
+    assert row[0] == "perplexity (wikitext2, seqlen 64, 2 windows)" and row[1] != "–" and row[2] != "–"
+    assert compressed.original_evals["perplexity"]["windows"] == 2
+    points = he.history_points(compressed)
+    assert [p["label"] for p in points] == ["original", "run 1"]
+    assert len(view.history.data) == 1  # one protocol, one trace
+    assert view.history_rows[0][0] == 1 and "wikitext2" in view.history_rows[0][4]
+
+
+def test_speed_and_zeroshot_land_in_the_table(compressed):
+    view = he.run_speed(compressed, ["original"], 16, 4)
+    labels = [r[0] for r in view.table]
+    assert "prefill tokens/s" in labels and "decode tokens/s, batch 1" in labels
+    view = he.run_zeroshot(compressed, ["original", "compressed"], ["piqa"], 4)
+    row = next(r for r in view.table if r[0].startswith("piqa"))
+    assert "n=4" in row[0] and row[1] != "–" and row[2] != "–"
+    md, js = he.report_files(compressed)
+    assert md.endswith("report.md") and json.loads(open(js).read())["models"][1]["zeroshot"]
+
+
+# --- chat ----------------------------------------------------------------------
+
+def test_stream_chat_same_seed_same_answer(tiny):
+    model, tok = tiny("llama")
+    msgs = [{"role": "user", "content": "the quick brown fox"}]
+    settings = SamplingSettings(max_new_tokens=6, temperature=1.0, seed=7)
+    rounds = list(stream_chat([(model, tok), (copy.deepcopy(model), tok)], [msgs, msgs], settings))
+    a, b = rounds[-1]
+    assert a.text == b.text and a.tokens == 6 and a.stop_reason == "length"
+    assert len(rounds) == 6  # one update per generated token
+    other = list(stream_chat([(model, tok)], [msgs], SamplingSettings(max_new_tokens=6, temperature=1.0, seed=8)))
+    assert other[-1][0].text != a.text
+    with pytest.raises(ConfigError, match="top_p"):
+        list(stream_chat([(model, tok)], [msgs], SamplingSettings(top_p=0)))
+
+
+def test_chat_both_models_side_by_side(compressed):
+    views = list(hch.chat(compressed, "hello fox", 4, 0.0, 0.9, 50, 1.0, 0))
+    last = views[-1]
+    assert [m["role"] for m in last.original] == ["user", "assistant"] and last.compressed[0]["content"] == "hello fox"
+    assert "tokens/s" in last.original_stats and "tokens/s" in last.compressed_stats
+    assert compressed.chats["compressed"][-1]["content"] == last.compressed[-1]["content"]
+    with pytest.raises(ConfigError, match="prompt"):
+        list(hch.chat(compressed, "  ", 4, 0.0, 0.9, 50, 1.0, 0))
+    assert hch.clear(compressed).original == []
+
+
+def test_stop_ends_the_chat_and_keeps_what_was_said(session):
+    stream = hch.chat(session, "hello", 50, 0.0, 0.9, 50, 1.0, 0)
+    first = next(stream)
+    session.stop()
+    views = [first, *stream]
+    assert len(views) == 2 and views[-1].original_stats.endswith("stopped")
+    assert session.chats["original"] == [{"role": "user", "content": "hello"},
+                                         {"role": "assistant", "content": views[-1].original[-1]["content"]}]
+
+
+def test_chat_with_only_the_original(session):
+    last = list(hch.chat(session, "hi", 2, 0.0, 0.9, 50, 1.0, 0))[-1]
+    assert last.compressed == [] and last.compressed_stats == hch.NO_COMPRESSED
+
+
+# --- export --------------------------------------------------------------------
+
+def test_save_reloads_and_refuses_to_overwrite(compressed, tmp_path):
+    out = tmp_path / "saved"
+    assert "Saved run 1" in hx.save(compressed, str(out), False)
+    lm = load_compressed(out, device="cpu")
+    ids = torch.tensor([[1, 5, 9, 12]])
+    with torch.no_grad():
+        assert torch.allclose(lm.model(ids).logits, compressed.result.model(ids).logits, atol=1e-5)
+    with pytest.raises(ConfigError, match="tick Overwrite"):
+        hx.save(compressed, str(out), False)
+    assert "Saved run 1" in hx.save(compressed, str(out), True)
+    path, body = hx.recipe(compressed)
+    assert json.loads(open(path).read()) == json.loads(body) == json.loads(json.dumps(compressed.result.recipe()))
+
+
+def test_save_is_confined_to_outputs_on_a_space(compressed, monkeypatch, tmp_path):
+    monkeypatch.setenv("SPACE_ID", "someone/slimlab")
+    with pytest.raises(ConfigError, match="only be saved under"):
+        hx.save(compressed, str(tmp_path / "elsewhere"), False)
+
+
+class RecordingHub:
+    """Stands in for huggingface_hub.HfApi: records each call instead of going to the network."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __getattr__(self, name):
+        return lambda **kwargs: self.calls.append((name, kwargs))
+
+
+def test_model_card_says_when_bigger_and_push_uploads_folder_and_card(compressed, tmp_path):
+    card = hx.card(compressed, "me/tiny-slice")
+    folder = compressed.saved
+    meta = read_meta(folder)
+    assert card == model_card(meta, "me/tiny-slice")
+    assert card.startswith("---\nlibrary_name: transformers") and "- slicegpt" in card
+    assert '"method": "slicegpt"' in card and "load_compressed" in card
+    grown = meta["original_accounting"]["params_total"] + 1
+    bigger = meta | {"accounting": meta["accounting"] | {"params_total": grown}}
+    assert "bigger than the original" in model_card(bigger, "me/x")
+    assert "base_model: HuggingFaceTB/SmolLM2-135M-Instruct" in model_card(
+        meta | {"recipe": meta["recipe"] | {"model": "demo"}}, "me/x")
+
+    hub = RecordingHub()
+    message = hx.push(compressed, "me/tiny-slice", "hf_token", True, api=hub)
+    assert "huggingface.co/me/tiny-slice" in message
+    names = [name for name, _ in hub.calls]
+    assert names == ["create_repo", "upload_folder", "upload_file"]
+    assert hub.calls[0][1]["private"] is True and hub.calls[1][1]["folder_path"] == str(folder)
+    assert hub.calls[2][1]["path_in_repo"] == "README.md"
+    assert hub.calls[2][1]["path_or_fileobj"].decode() == model_card(meta, "me/tiny-slice")
+    with pytest.raises(ConfigError, match="your-name/model-name"):
+        push_folder(folder, "not a repo", "tok", api=hub)
+    with pytest.raises(ConfigError, match="token"):
+        hx.push(compressed, "me/x", " ", False, api=hub)
+
+
+# --- engine: parameters per module ---------------------------------------------
+
+def test_module_params_add_up_and_show_what_a_method_added(compressed):
+    lm = compressed.lm
+    parts = module_params(lm.model, lm.adapter)
+    assert sum(parts.by_type.values()) == parts.total == account(lm.model, lm.adapter).params_total
+    assert all(row["other"] == 0 for row in parts.per_layer) and "head" not in parts.by_type  # tied
+    sliced = module_params(compressed.result.model, lm.adapter)
+    assert sliced.total == compressed.result.accounting.params_total
+    assert all(row["other"] > 0 for row in sliced.per_layer)  # shortcut matrices
+    assert sliced.by_type["head"] == compressed.result.model.lm_head.weight.numel()  # untied copy
+
+
+# --- text, figures, learn, wiring ------------------------------------------------
+
+def test_verdict_on_the_demo_numbers():
+    bigger = {"params_total": 140_652_288, "params_original": 134_515_008, "bigger_than_original": True,
+              "params_added_detail": {"untied head": 28_311_552, "shortcut matrices": 9_953_280}}
+    assert "BIGGER than the original" in text.verdict(bigger) and "+4.6%" in text.verdict(bigger)
+    smaller = bigger | {"params_total": 110_000_000, "bigger_than_original": False, "params_added_detail": {}}
+    assert "18.2% fewer parameters" in text.verdict(smaller)
+
+
+def test_every_figure_says_what_it_measures():
+    figs = [
+        figures.spectra_heatmap(["embeddings", "after layer 0"], [[3.0, 1.0], [2.0, 2.0]], 100),
+        figures.spectra_lines(["a"], [[0.5, 1.0]], ["a"], 1, 0.5),
+        figures.layer_scores([0.5, 0.1], [0.0, 1.0]),
+        figures.params_by_type({"embedding": 10, "mlp": 30}, 40),
+        figures.params_per_layer([{"attention": 1, "mlp": 2, "norms": 0, "other": 0}]),
+        figures.plan_chart([0.2, 0.3], [1.0, 0.0], "layer redundancy"),
+        figures.accounting_chart(*[{"params_total": t, "params_embedding": 1, "params_head": h,
+                                    "params_non_embedding": t - 1 - h} for t, h in ((10, 0), (12, 1))]),
+        figures.perplexity_chart([("original", 10.0)], "wikitext2, seqlen 64, 2 windows"),
+        figures.zeroshot_chart({"original": {"tasks": {"piqa": {"acc": 0.5, "acc_norm": 0.6, "acc_norm_stderr": 0.1,
+                                                                "metric": "acc_norm", "n": 4}}}}),
+        figures.speed_chart({"original": {"prefill_tokens_per_s": 100.0, "device": "cpu"}}),
+        figures.history_scatter([{"label": "original", "params": 1e6, "ppl": 10.0, "protocol": "p", "original": True}]),
+    ]
+    for fig in figs:
+        assert fig.layout.title.text and len(fig.layout.title.text) > 10
+        assert fig.data
+    assert figures.zeroshot_chart({"original": {"tasks": {"piqa": {"acc": 0.5, "acc_norm": 0.6, "acc_norm_stderr": 0.1,
+                                                                   "metric": "acc_norm", "n": 4}}}}).data[0].y == (0.6,)
+
+
+def test_learn_page_covers_every_method_and_plot():
+    from engine import available_methods
+
+    page = learn.learn_page()
+    for name, method in available_methods().items():
+        assert f"`{name}`" in page and method.summary in page
+    for key in learn.PLOTS:
+        assert learn.PLOTS[key] in page
+
+
+def test_guarded_turns_errors_into_messages_and_wires_progress():
+    import inspect
+
+    import gradio as gr
+
+    from ui.wiring import guarded
+
+    def handler(session, value, progress=None):
+        if value == "bad":
+            raise ConfigError("ratio must be in [0, 1)")
+        if value == "boom":
+            raise RuntimeError("kaput")
+        progress(__import__("engine").ProgressEvent("stage", 1, 2, "half"))
+        return value
+
+    wrapped = guarded(handler)
+    params = list(inspect.signature(wrapped).parameters.values())
+    assert [p.name for p in params] == ["session", "value", "progress"] and isinstance(params[2].default, gr.Progress)
+    seen = []
+    assert wrapped(None, "ok", lambda p, desc=None: seen.append((p, desc))) == "ok"
+    assert seen == [((1, 2), "stage: half")]
+    with pytest.raises(gr.Error, match=r"ratio must be in \[0, 1\)"):
+        wrapped(None, "bad", lambda *a, **k: None)
+    with pytest.raises(gr.Error, match="Unexpected error.*kaput.*session is intact"):
+        wrapped(None, "boom", lambda *a, **k: None)
+
+
+def test_app_builds_with_named_endpoints_and_one_heavy_queue():
+    from ui import build_app
+
+    app = build_app(preload_demo=False)
+    fns = {fn.api_name: fn for fn in app.fns.values() if fn.api_name}
+    for name in ("load_model", "analyze", "preview_plan", "compress", "perplexity", "zeroshot", "speed", "chat",
+                 "save", "recipe", "push", "stop_compress"):
+        assert name in fns, name
+    heavy = [fns[n] for n in ("load_model", "analyze", "compress", "perplexity", "chat", "save", "push")]
+    assert {fn.concurrency_id for fn in heavy} == {"heavy"} and {fn.concurrency_limit for fn in heavy} == {1}
+    assert fns["stop_compress"].concurrency_limit is None  # Stop never waits behind the job it stops
