@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from ..errors import DataError
+from ..models.hub import hub_reachable
 
 DEFAULT_DATA_DIR_ENV = "SLIMLAB_DATA_DIR"
 
@@ -156,6 +157,11 @@ _HUB = {
 
 def _hub_text(src: SourceSpec, root: Optional[Path]) -> str:
     where = f"the data dir {root}" if root else f"a data dir (set ${DEFAULT_DATA_DIR_ENV} or --data-dir)"
+    if not hub_reachable():  # datasets would retry for half a minute first
+        raise DataError(
+            f"Could not load '{src}': no local copy in {where}, and the Hugging Face Hub is unreachable "
+            f"(offline?). Point ${DEFAULT_DATA_DIR_ENV} at a data dir that has this source."
+        )
     try:
         import datasets
 
