@@ -228,6 +228,8 @@ def test_slicegpt_result_keeps_its_untied_head_under_lm_eval(tiny):
 
 @pytest.mark.demo
 def test_demo_model_is_well_above_chance_on_piqa(demo_lm, data_dir):
-    out = run_zeroshot(demo_lm.model, demo_lm.tokenizer, ["piqa"], limit=50, data_dir=str(data_dir), source="local")
-    assert out["tasks"]["piqa"]["n"] == 50
-    assert out["tasks"]["piqa"]["acc"] > 0.6  # chance is 0.5; SmolLM2-135M-Instruct scores about 0.7
+    n = 100
+    out = run_zeroshot(demo_lm.model, demo_lm.tokenizer, ["piqa"], limit=n, data_dir=str(data_dir), source="local")
+    assert out["tasks"]["piqa"]["n"] == n
+    # chance is 0.5: ask for two standard errors above it (the demo model scores about 0.65 on 500 items)
+    assert out["tasks"]["piqa"]["acc"] > 0.5 + 2 * (0.25 / n) ** 0.5
