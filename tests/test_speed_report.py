@@ -150,3 +150,5 @@ def test_cli_rejects_bad_arguments(long_tiny_dirs, capsys):
     assert "Unknown zero-shot task" in capsys.readouterr().err
     assert main(["bench", a, "--batch-sizes", "1,x"]) == 2
     assert "--batch-sizes" in capsys.readouterr().err
+    assert main(["bench", a, "--threads", "0"]) == 2
+    assert "--threads" in capsys.readouterr().err

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import gc
 
+import torch
+
 from ..errors import ConfigError
 from ..evaluate.report import build_report, model_entry, render_text
 from ..evaluate.speed import measure_speed
@@ -17,6 +19,9 @@ def add_bench_args(p) -> None:
     p.add_argument("--batch-sizes", default="1,16", help="decode batch sizes, comma-separated")
     p.add_argument("--repeats", type=int, default=3, help="timed runs per figure (the median is reported)")
     p.add_argument("--warmup", type=int, default=1, help="untimed runs before the timed ones")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for torch (default: torch's choice). On a machine shared with other jobs, "
+                        "1 avoids the stalls of oversubscribed threads and gives steadier figures")
 
 
 def register(sub) -> None:
@@ -37,6 +42,13 @@ def batch_sizes(text: str) -> tuple[int, ...]:
     return sizes
 
 
+def apply_threads(args) -> None:
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ConfigError(f"--threads takes a positive number (got {args.threads}).")
+        torch.set_num_threads(args.threads)
+
+
 def bench_model(args, lm, bar) -> dict:
     return measure_speed(lm.model, lm.tokenizer, args.prefill_len, args.decode_tokens, batch_sizes(args.batch_sizes),
                          args.repeats, args.warmup, progress=bar, decode_context=args.decode_context)
@@ -48,6 +60,7 @@ def specs(args) -> list[str]:
 
 def run(args) -> int:
     batch_sizes(args.batch_sizes)  # fail before loading anything
+    apply_threads(args)
     bar = progress(args)
     entries = []
     for spec in specs(args):

@@ -7,7 +7,7 @@ import gc
 from ..evaluate import perplexity
 from ..evaluate.report import build_report, model_entry, render_text, write_report
 from ..evaluate.zeroshot import PAPER_TASKS, TASK_SOURCES, TASKS, check_tasks, run_zeroshot
-from .bench import add_bench_args, batch_sizes, bench_model, specs
+from .bench import add_bench_args, apply_threads, batch_sizes, bench_model, specs
 from .common import add_model_args, emit, load, progress
 from .info import model_summary
 
@@ -60,6 +60,7 @@ def run(args) -> int:
     tasks = _selected_tasks(args)
     if args.bench:
         batch_sizes(args.batch_sizes)
+    apply_threads(args)
     bar = progress(args)
     entries = []
     for spec in specs(args):

@@ -39,6 +39,7 @@ class SpeedResult:
     weights_mb: float
     device: str
     dtype: str
+    threads: int  # torch CPU threads: oversubscribed threads on a busy machine stall small ops badly
     prefill_len: int
     decode_tokens: int
     decode_context: int
@@ -165,7 +166,7 @@ def measure_speed(
     return SpeedResult(
         prefill_tokens_per_s=prefill_len / prefill_s, decode_tokens_per_s=decode_tps, ttft_ms=1000 * prefill_s,
         peak_memory_mb=peak, model_memory_mb=weights + max(peak - baseline, 0.0), weights_mb=weights,
-        device=str(device),
+        device=str(device), threads=torch.get_num_threads(),
         dtype=str(next(model.parameters()).dtype).replace("torch.", ""), prefill_len=prefill_len,
         decode_tokens=decode_tokens, decode_context=decode_context, repeats=repeats, warmup=warmup,
         timings_s=timings,
