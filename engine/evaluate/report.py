@@ -137,7 +137,7 @@ def _protocols(models: list[dict]) -> dict:
             out[section] = (f"{first['protocol']}; {first['repeats']} repeats after {first['warmup']} warm-up; "
                             f"prefill {first['prefill_len']} tokens at batch 1; decode {first['decode_tokens']} "
                             f"tokens after a {first['decode_context']}-token prompt; memory: {first['memory_kind']} "
-                            f"on {first['device']}, {first.get('threads')} CPU threads")
+                            f"on {first['device']}; CPU threads: {first.get('threads')}")
     return out
 
 

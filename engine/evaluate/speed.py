@@ -74,8 +74,9 @@ def _timed(device: torch.device, fn: Callable[[], object]) -> float:
 
 
 def prefill(model, ids: torch.Tensor):
-    """One forward over the prompt that fills the cache and picks the first new token."""
-    out = model(input_ids=ids, use_cache=True)
+    """One forward over the prompt that fills the cache and picks the first new token; like
+    ``generate()``, the head runs on the last position only."""
+    out = model(input_ids=ids, use_cache=True, logits_to_keep=1)
     return out.past_key_values, out.logits[:, -1].argmax(-1)
 
 
