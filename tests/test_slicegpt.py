@@ -184,6 +184,20 @@ def test_manual_schedule_applies_per_layer_widths(tiny, tmp_path):
     assert result.plan.ratios == [0.0, 0.25, 0.5]
 
 
+def test_per_layer_widths_keep_the_uniform_budget():
+    """Rounding each layer down on its own would make a dynamic plan smaller or bigger than
+    uniform at the same mean ratio; the largest-remainder rounding keeps the total."""
+    from engine.methods.slicegpt import plan_widths
+
+    assert plan_widths(576, [0.25] * 30, 8) == [432] * 30
+    ratios = [0.11, 0.19, 0.2, 0.205, 0.19, 0.195, 0.21, 0.19]  # mean 0.18625 -> uniform keeps 464
+    widths = plan_widths(576, ratios, 8)
+    assert sum(widths) == 8 * 464 and all(w % 8 == 0 for w in widths)
+    assert widths[0] == max(widths) and widths[6] == min(widths)  # the plan's order survives
+    assert plan_widths(64, [0.0, 0.25, 0.5], 8) == [64, 48, 32]
+    assert plan_widths(10, [0.0, 0.0, 0.9], 1) == [10, 10, 1]
+
+
 @pytest.mark.demo
 def test_demo_model_rotation_is_invariant(data_dir):
     """In float64: the demo's massive activations (|x| ~ 2e4) put fp32's own rounding at ~1e-4

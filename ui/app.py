@@ -21,6 +21,9 @@ from .state import MODELS, Session
 from .tabs import analyze, chat, compress, evaluate, export, learn, model
 from .wiring import HEAVY, LIGHT, guarded
 
+TABS = (("Model", model), ("Analyze", analyze), ("Compress", compress), ("Evaluate", evaluate), ("Chat", chat),
+        ("Export", export), ("Learn", learn))
+
 TITLE = "SlimLab: structured compression workbench"
 LOAD_FAILED = "**Model:** none loaded (the demo model could not be loaded; see the message). Pick one in the Model tab."
 HEADER = ("# ✂️ SlimLab\nLoad a model, look inside it, compress it with the method and per-layer plan you choose, "
@@ -70,23 +73,13 @@ def build_app(preload_demo: bool = True) -> gr.Blocks:
         session = gr.State(Session(), delete_callback=Session.close)  # deep-copied per browser session
         gr.Markdown(HEADER, elem_id="slimlab-header")
         status = gr.Markdown("**Model:** loading the demo model …", elem_id="slimlab-status")
+        tabs = {}
         with gr.Tabs():
-            with gr.Tab("Model", id="model", elem_id="tab-model"):
-                model_tab = model.build()
-            with gr.Tab("Analyze", id="analyze", elem_id="tab-analyze"):
-                analyze_tab = analyze.build()
-            with gr.Tab("Compress", id="compress", elem_id="tab-compress"):
-                compress_tab = compress.build()
-            with gr.Tab("Evaluate", id="evaluate", elem_id="tab-evaluate"):
-                evaluate_tab = evaluate.build()
-            with gr.Tab("Chat", id="chat", elem_id="tab-chat"):
-                chat_tab = chat.build()
-            with gr.Tab("Export", id="export", elem_id="tab-export"):
-                export_tab = export.build()
-            with gr.Tab("Learn", id="learn", elem_id="tab-learn"):
-                learn.build()
-        ui = SimpleNamespace(session=session, status=status, model=model_tab, analyze=analyze_tab,
-                             compress=compress_tab, evaluate=evaluate_tab, chat=chat_tab, export=export_tab)
+            for name, tab in TABS:
+                with gr.Tab(name, id=name.lower(), elem_id=f"tab-{name.lower()}"):
+                    tabs[name.lower()] = tab.build()
+        tabs.pop("learn")  # static text, nothing to wire
+        ui = SimpleNamespace(session=session, status=status, **tabs)
         loaded = model.wire(ui)
         analyze.wire(ui)
         ran = compress.wire(ui)
@@ -101,7 +94,7 @@ def build_app(preload_demo: bool = True) -> gr.Blocks:
         loaded.success(guarded(_after_model), [session], after_model_outputs, api_visibility="private", **LIGHT)
         ran.success(guarded(_after_run), [session], after_run_outputs, api_visibility="private", **LIGHT)
         # The demo model is ready without any choice from the user.
-        first = app.load(guarded(model_handlers.load, model.adapt), [session, model_tab.spec],
+        first = app.load(guarded(model_handlers.load, model.adapt), [session, ui.model.spec],
                          model.load_outputs(ui), api_visibility="private", **HEAVY)
         first.success(guarded(_after_model), [session], after_model_outputs, api_visibility="private", **LIGHT)
         first.failure(lambda: LOAD_FAILED, None, [status], api_visibility="private", **LIGHT)

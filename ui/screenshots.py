@@ -159,6 +159,12 @@ def start_chromium(profile: Path) -> tuple[subprocess.Popen, int]:
     sys.exit("Chromium did not open its DevTools port.")
 
 
+async def fill(page: Page, tab: str, values: tuple[tuple[str, object], ...]) -> None:
+    """Type each (field label, value) into the tab's inputs; a missing field fails the run."""
+    for label, value in values:
+        assert await page.js(f"slim.fill({tab!r}, {label!r}, {value})"), label
+
+
 async def flow(page: Page, url: str, out: Path, quick: bool) -> None:
     await page.send("Page.navigate", url=url)
     await page.wait("document.querySelector('button[role=tab]') !== null", "the app to render", 120)
@@ -177,8 +183,7 @@ async def flow(page: Page, url: str, out: Path, quick: bool) -> None:
 
     await page.js("slim.clickTab('Analyze')")
     await asyncio.sleep(1.0)
-    for label, value in (("Samples", 8), ("Tokens per sample", 128)):
-        assert await page.js(f"slim.fill('Analyze', {label!r}, {value})"), label
+    await fill(page, "Analyze", (("Samples", 8), ("Tokens per sample", 128)))
     await page.js("slim.click('Analyze', 'Run analysis')")
     await page.wait("slim.text('Analyze').includes('8 × 128 tokens')", "the analysis", 900)
 
@@ -186,8 +191,7 @@ async def flow(page: Page, url: str, out: Path, quick: bool) -> None:
     await asyncio.sleep(1.0)
     await page.js("slim.click('Compress', 'Calibration data')")  # opens the accordion
     await asyncio.sleep(0.5)
-    for label, value in (("Samples", 8), ("Tokens per sample", 128)):
-        assert await page.js(f"slim.fill('Compress', {label!r}, {value})"), label
+    await fill(page, "Compress", (("Samples", 8), ("Tokens per sample", 128)))
     await page.js("slim.click('Compress', 'Preview plan')")
     await page.wait("slim.text('Compress').includes('Plan uniform')", "the plan preview", 300)
     await page.js("slim.click('Compress', 'Run')")
@@ -196,12 +200,10 @@ async def flow(page: Page, url: str, out: Path, quick: bool) -> None:
     if not quick:
         await page.js("slim.clickTab('Evaluate')")
         await asyncio.sleep(1.0)
-        for label, value in (("seqlen", 256), ("windows", 2)):
-            assert await page.js(f"slim.fill('Evaluate', {label!r}, {value})"), label
+        await fill(page, "Evaluate", (("seqlen", 256), ("windows", 2)))
         await page.js("slim.click('Evaluate', 'Perplexity')")
         await page.wait("slim.text('Evaluate').includes('perplexity (wikitext2')", "perplexity", 900)
-        for label, value in (("Prefill tokens", 64), ("Decode tokens", 8)):
-            assert await page.js(f"slim.fill('Evaluate', {label!r}, {value})"), label
+        await fill(page, "Evaluate", (("Prefill tokens", 64), ("Decode tokens", 8)))
         await page.js("slim.click('Evaluate', 'Speed')")
         await page.wait("slim.text('Evaluate').includes('prefill tokens/s')", "speed", 900)
 

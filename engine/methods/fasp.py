@@ -23,7 +23,7 @@ from ..models.adapters import Adapter
 from ..progress import Reporter
 from ..stats import InputStats, bypassed, capture_layer_inputs
 from ..transforms.prune import channel_scores, keep_top, keep_top_per_group, prune_pair
-from ..transforms.value_heads import narrow_values, output_columns
+from ..transforms.value_heads import narrow_values, output_columns, select_last
 from .base import Calibration, Method, MethodOutput, Param, Plan, register
 
 MLP_WIDTH_KEYS = ("intermediate_size", "ffn_dim")  # where configs keep the MLP width (llama family, OPT)
@@ -90,7 +90,7 @@ class FASP(Method):
             k = kept_mlp_width(width, ratio, params["round_to"]) if prune_mlp else width
             if k < width:
                 kept = self._prune_mlp(parts, hidden, k, params)
-                hidden = [z.index_select(-1, kept) for z in hidden]
+                hidden = [select_last(z, kept) for z in hidden]
             x = [m + parts.mlp_out(z) for m, z in zip(mid, hidden)]
             del mid, hidden
             mlp_widths.append(parts.mlp_out.in_features)
@@ -113,7 +113,7 @@ class FASP(Method):
                       params: dict) -> torch.Tensor:
         """Keep ``k`` value dims per KV group; a dim's score sums over the query heads it feeds."""
         n_heads, n_kv, head_dim = heads
-        stats = InputStats.of(attn_in, keep=self.restore)
+        stats = InputStats.of(attn_in, gram=self.restore)
         scores = channel_scores(parts.attn_out.weight, stats.norms)
         kept_v = keep_top_per_group(scores.view(n_kv, n_heads // n_kv, head_dim).sum(1), k)
         cols = output_columns(kept_v, heads)
@@ -123,7 +123,7 @@ class FASP(Method):
         return kept_v
 
     def _prune_mlp(self, parts, hidden: list[torch.Tensor], k: int, params: dict) -> torch.Tensor:
-        stats = InputStats.of(hidden, keep=self.restore)
+        stats = InputStats.of(hidden, gram=self.restore)
         kept = keep_top(channel_scores(parts.mlp_out.weight, stats.norms), k)
         h_cols = stats.cross_gram(kept, ones=parts.mlp_out.bias is not None) if self.restore else None
         prune_pair(parts.mlp_in, parts.mlp_out, kept, kept, h_cols, params.get("damp", 0.0))

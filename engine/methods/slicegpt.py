@@ -22,7 +22,7 @@ from ..models.adapters import Adapter
 from ..progress import Reporter
 from ..stats import LayerInputs, capture_layer_inputs
 from ..transforms.fusion import RMSN, fuse_norms, norm_eps, untie_head
-from ..transforms.pca import Gram, gram_of
+from ..transforms.pca import Gram, gram_of, pca_basis
 from ..transforms.shortcuts import add_shortcuts
 from .base import Calibration, Method, MethodOutput, Param, Plan, register
 
@@ -31,6 +31,28 @@ def sliced_width(hidden: int, ratio: float, multiple: int) -> int:
     """``(1 - ratio) * hidden`` rounded down to a multiple (at least one multiple)."""
     d = int((1 - ratio) * hidden)
     return max(multiple, d - d % multiple) if multiple > 1 else max(1, d)
+
+
+def plan_widths(hidden: int, ratios: list[float], multiple: int) -> list[int]:
+    """Per-layer widths, multiples of ``multiple``, whose total is what the uniform plan at the
+    plan's mean ratio keeps, so a per-layer plan is compared with uniform at equal size.
+
+    Rounding each layer down on its own would drift the total by up to one multiple per
+    layer; instead the units are handed out by largest remainder (a uniform plan is unchanged)."""
+    step = max(multiple, 1)
+    exact = [(1 - r) * hidden / step for r in ratios]
+    units = [min(max(int(u), 1), hidden // step) for u in exact]
+    budget = len(ratios) * sliced_width(hidden, sum(ratios) / len(ratios), multiple) // step
+    by_remainder = sorted(range(len(units)), key=lambda i: exact[i] - int(exact[i]), reverse=True)
+    while sum(units) != budget:
+        grow = sum(units) < budget
+        movable = [i for i in (by_remainder if grow else reversed(by_remainder))
+                   if (units[i] < hidden // step if grow else units[i] > 1)]
+        if not movable:
+            break
+        for i in movable[:abs(budget - sum(units))]:
+            units[i] += 1 if grow else -1
+    return [u * step for u in units]
 
 
 class MixedNorm(nn.Module):
@@ -104,7 +126,8 @@ class SliceGPT(Method):
     params = (
         Param("variant", "choice", "per-layer", "per-layer: a basis at every layer (paper); shared: one basis, "
               "no shortcuts, tied head kept", choices=("per-layer", "shared")),
-        Param("round_to", "int", 8, "round every width down to a multiple of this", minimum=1, maximum=256),
+        Param("round_to", "int", 8, "every width is a multiple of this; the total is what uniform keeps at the "
+              "plan's mean ratio", minimum=1, maximum=256),
         Param("slice_head", "bool", False, "per-layer: also slice the last layer's output and the head "
               "(the paper keeps them full width)"),
         Param("damp", "float", 0.01, "PCA damping, as a fraction of the mean eigenvalue", minimum=0.0, maximum=1.0),
@@ -114,7 +137,7 @@ class SliceGPT(Method):
     def compress(self, model: nn.Module, adapter: Adapter, calibration: Calibration, plan: Plan, params: dict,
                  progress: Reporter) -> MethodOutput:
         hidden = model.config.hidden_size
-        widths = [sliced_width(hidden, r, params["round_to"]) for r in plan.ratios]
+        widths = plan_widths(hidden, plan.ratios, params["round_to"])
         if params["variant"] == "shared":
             if len(set(widths)) != 1:
                 raise ConfigError("The shared-basis variant needs one width for every layer; use the uniform schedule.")
@@ -194,14 +217,14 @@ class SliceGPT(Method):
         t = time.perf_counter()
         hidden = model.config.hidden_size
         inputs = capture_layer_inputs(model, adapter, calibration.tokens, calibration.batch_size)
-        total = Gram(hidden, inputs.hidden[0].device)
+        total = torch.zeros(hidden, hidden, dtype=torch.float64, device=inputs.hidden[0].device)
         spectra = []
         layers = adapter.layers(model)
 
         def add_point(tensors: list[torch.Tensor]) -> None:
             g = gram_of(tensors)
             spectra.append(torch.linalg.eigvalsh(g.h).flip(0).tolist())
-            total.h += g.h / torch.trace(g.h)  # every residual point weighs the same
+            total.add_(g.h / torch.trace(g.h))  # every residual point weighs the same
 
         add_point(inputs.hidden)
         x = inputs.hidden
@@ -215,7 +238,7 @@ class SliceGPT(Method):
                 add_point(x)
         stages["statistics"] = time.perf_counter() - t
         t = time.perf_counter()
-        q = total.basis(params["damp"])[1][:, :d]
+        q = pca_basis(total, params["damp"])[1][:, :d]
         _rotate_embeddings(model, adapter, q)
         for layer in layers:
             parts = adapter.parts_of(layer)

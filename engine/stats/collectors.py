@@ -8,10 +8,10 @@ Two ways to get a linear's inputs during a pass:
   skips its matmul (pruning methods need the input of ``down_proj``/``o_proj``, not their
   output, before deciding what to keep).
 
-``InputStats`` accumulates in float64: per-channel sums and squared norms always, the Gram
-matrix ``XᵀX`` on request, and the raw batches on request (so a method can compute only the
-Gram columns it needs once it has chosen them). Gram products follow ``transforms.pca.Gram``:
-one float32 product per batch, added into a float64 accumulator.
+``InputStats`` accumulates in float64 (per-batch float32 partials, like ``transforms.pca.Gram``):
+per-channel sums and squared norms always, the Gram matrix ``XᵀX`` on request. The Gram is
+accumulated during the pass rather than the inputs kept: no copy of the activations, and
+its symmetric product is cheaper than the cross product a restoration would need later.
 """
 from __future__ import annotations
 
@@ -27,36 +27,37 @@ from ..transforms.pca import Gram
 class InputStats:
     """What one linear saw over the calibration tokens (rows = tokens)."""
 
-    def __init__(self, dim: int, device: "torch.device | str" = "cpu", gram: bool = False, keep: bool = False):
+    def __init__(self, dim: int, device: "torch.device | str" = "cpu", gram: bool = False):
         self.dim = dim
         self.count = 0
         self.sum = torch.zeros(dim, dtype=torch.float64, device=device)
         self.sq_sum = torch.zeros(dim, dtype=torch.float64, device=device)
         self.gram: Optional[Gram] = Gram(dim, device) if gram else None
-        self.inputs: Optional[list[torch.Tensor]] = [] if keep else None
 
     @classmethod
-    def of(cls, batches: list[torch.Tensor], gram: bool = False, keep: bool = True) -> "InputStats":
-        stats = cls(batches[0].shape[-1], batches[0].device, gram=gram, keep=keep)
+    def of(cls, batches: list[torch.Tensor], gram: bool = False) -> "InputStats":
+        stats = cls(batches[0].shape[-1], batches[0].device, gram=gram)
         for x in batches:
             stats.add(x)
         return stats
 
     def add(self, x: torch.Tensor) -> None:
+        """Per-batch sums in float32 (a few thousand rows), accumulated in float64: converting
+        every batch to float64 first costs more than the layer's forward pass on a CPU."""
         x = x.detach().reshape(-1, x.shape[-1])
-        x64 = x.to(torch.float64)
-        self.sum += x64.sum(0)
-        self.sq_sum += x64.square().sum(0)
-        self.count += x.shape[0]
+        x32 = x.float()
+        self.sum += x32.sum(0).double()
         if self.gram is not None:
-            self.gram.add(x64)
-        if self.inputs is not None:
-            self.inputs.append(x)
+            self.gram.add(x32)  # its diagonal gives the squared norms
+        else:
+            self.sq_sum += (x32 * x32).sum(0).double()
+        self.count += x.shape[0]
 
     @property
     def norms(self) -> torch.Tensor:
         """``‖X_j‖₂`` per input channel (Wanda's activation norm)."""
-        return self.sq_sum.sqrt()
+        sq = torch.diagonal(self.gram.h) if self.gram is not None else self.sq_sum
+        return sq.clamp_min(0).sqrt()
 
     @property
     def mean(self) -> torch.Tensor:
@@ -65,18 +66,11 @@ class InputStats:
     def cross_gram(self, columns: Optional[torch.Tensor] = None, ones: bool = False) -> torch.Tensor:
         """``X̃ᵀ X̃[:, columns]`` in float64, with ``X̃ = [X, 1]`` when ``ones`` (for a bias).
 
-        Needs the Gram or the kept batches; from the batches only the asked columns are
-        computed, which is what a restoration needs after selection (and cheaper)."""
+        Needs ``gram=True``."""
+        if self.gram is None:
+            raise ValueError("InputStats needs gram=True to give a Gram matrix.")
         cols = torch.arange(self.dim, device=self.sum.device) if columns is None else columns.to(self.sum.device)
-        if self.gram is not None:
-            h = self.gram.h[:, cols]
-        elif self.inputs is not None:
-            h = torch.zeros(self.dim, cols.numel(), dtype=torch.float64, device=self.sum.device)
-            for x in self.inputs:
-                x = x.float()
-                h += (x.T @ x[:, cols]).double()
-        else:
-            raise ValueError("InputStats needs gram=True or keep=True to give a Gram matrix.")
+        h = self.gram.h[:, cols]
         if not ones:
             return h
         top = torch.cat([h, self.sum[:, None]], 1)
@@ -116,10 +110,10 @@ class _Recorder(nn.Module):
 
 
 @contextlib.contextmanager
-def record_inputs(root: nn.Module, linears: Mapping[str, nn.Linear], gram: bool = False,
-                  keep: bool = False) -> Iterator[dict[str, InputStats]]:
+def record_inputs(root: nn.Module, linears: Mapping[str, nn.Linear],
+                  gram: bool = False) -> Iterator[dict[str, InputStats]]:
     """Collect ``InputStats`` of each named linear under ``root`` while the block runs as usual."""
-    stats = {name: InputStats(lin.in_features, lin.weight.device, gram, keep) for name, lin in linears.items()}
+    stats = {name: InputStats(lin.in_features, lin.weight.device, gram) for name, lin in linears.items()}
     recorders = {lin: _Recorder(lin, stats[name]) for name, lin in linears.items()}
     with _swapped(root, recorders):
         yield stats

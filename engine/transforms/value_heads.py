@@ -42,10 +42,16 @@ class GatherLinear(nn.Linear):
     index: torch.Tensor
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x.index_select(-1, self.index), self.weight, self.bias)
+        return F.linear(select_last(x, self.index), self.weight, self.bias)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, gathered_from={self.index.numel()} places"
+
+
+def select_last(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``x[..., index]`` through a 2-D view: ``index_select`` on the last dim of a 3-D
+    tensor is several times slower on a CPU than on the matching 2-D view."""
+    return x.reshape(-1, x.shape[-1]).index_select(1, index).view(*x.shape[:-1], index.numel())
 
 
 def output_columns(kept_values: torch.Tensor, heads: tuple[int, int, int]) -> torch.Tensor:

@@ -7,7 +7,7 @@ import gradio as gr
 
 from ..handlers import analyze as handlers
 from ..wiring import HEAVY, LIGHT, guarded, stop
-from .common import explain, plot, stop_button
+from .common import plot, stop_button
 
 INTRO = ("One calibration pass through the model, layer by layer (read-only): PCA of the residual stream at every "
          "layer and how much each layer changes it. This is the evidence SliceGPT-style methods and the "
@@ -25,22 +25,18 @@ def build() -> SimpleNamespace:
         run = gr.Button("Run analysis", variant="primary", scale=1)
         stop_btn = stop_button()
     summary = gr.Markdown("")
-    heatmap = plot("Press 'Run analysis' to compute the spectra.", "Spectra heatmap")
-    explain("spectra_heatmap")
+    heatmap = plot("Press 'Run analysis' to compute the spectra.", "Spectra heatmap", "spectra_heatmap")
     with gr.Row(equal_height=True):
         points = gr.Dropdown([], multiselect=True, label="Residual points to compare", scale=3)
         ratio = gr.Slider(0.0, 0.9, value=0.25, step=0.01, label="Slicing ratio (marks the cut)", scale=2)
-    lines = plot("Cumulative explained variance appears after the analysis.", "Cumulative explained variance")
-    explain("spectra_lines")
-    scores = plot("Block influence and layer redundancy appear after the analysis.", "Layer scores")
-    explain("layer_scores")
+    lines = plot("Cumulative explained variance appears after the analysis.", "Cumulative explained variance",
+                 "spectra_lines")
+    scores = plot("Block influence and layer redundancy appear after the analysis.", "Layer scores", "layer_scores")
     with gr.Row():
         with gr.Column():
-            by_type = plot("Load a model to see its parameters.", "Parameters per module type")
-            explain("params_by_type")
+            by_type = plot("Load a model to see its parameters.", "Parameters per module type", "params_by_type")
         with gr.Column():
-            per_layer = plot("Load a model to see its parameters.", "Parameters per layer")
-            explain("params_per_layer")
+            per_layer = plot("Load a model to see its parameters.", "Parameters per layer", "params_per_layer")
     return SimpleNamespace(source=source, nsamples=nsamples, seqlen=seqlen, seed=seed, run=run, stop=stop_btn,
                            summary=summary, heatmap=heatmap, points=points, ratio=ratio, lines=lines, scores=scores,
                            by_type=by_type, per_layer=per_layer)

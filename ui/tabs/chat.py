@@ -5,14 +5,14 @@ from types import SimpleNamespace
 
 import gradio as gr
 
-from .. import learn, presets
+from .. import presets
 from ..handlers import chat as handlers
 from ..wiring import HEAVY, LIGHT, guarded, guarded_stream, stop
-from .common import stop_button
+from .common import explain, stop_button
 
 
 def build() -> SimpleNamespace:
-    gr.Markdown(learn.PLOTS["chat"], elem_classes="explain")
+    explain("chat")
     with gr.Row():
         with gr.Column():
             original = gr.Chatbot(label="Original", height=380, placeholder="The original model answers here.")

@@ -11,8 +11,12 @@ def explain(key: str) -> gr.Markdown:
     return gr.Markdown(learn.PLOTS[key], elem_classes="explain")
 
 
-def plot(message: str, label: str) -> gr.Plot:
-    return gr.Plot(figures.placeholder(message), label=label, show_label=False)
+def plot(message: str, label: str, note: str | None = None) -> gr.Plot:
+    """A plot showing ``message`` until it has data, with the ``learn.PLOTS[note]`` text under it."""
+    figure = gr.Plot(figures.placeholder(message), label=label, show_label=False)
+    if note:
+        explain(note)
+    return figure
 
 
 def stop_button() -> gr.Button:

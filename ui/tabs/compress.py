@@ -12,7 +12,7 @@ from .. import presets
 from ..handlers import compress as handlers
 from ..handlers.analyze import CALIBRATION_SOURCES
 from ..wiring import HEAVY, LIGHT, guarded, stop
-from .common import explain, plot, stop_button
+from .common import plot, stop_button
 
 DEFAULT_METHOD = "slicegpt"
 NO_RESULT = "No compressed model yet. Choose a method and a ratio, then press **Run**."
@@ -70,14 +70,13 @@ def build() -> SimpleNamespace:
     plan_note = gr.Markdown("")
     with gr.Row():
         with gr.Column(scale=3):
-            plan_plot = plot("Press 'Preview plan' to see the per-layer plan.", "Per-layer plan")
-            explain("plan")
+            plan_plot = plot("Press 'Preview plan' to see the per-layer plan.", "Per-layer plan", "plan")
         with gr.Column(scale=2):
             plan_table = gr.Dataframe(headers=["layer", "ratio", "score"], type="array", interactive=True,
                                       static_columns=[0, 2], label="Plan (edit the ratio column)", max_height=380)
     card = gr.Markdown(NO_RESULT, elem_id="result-card")
-    accounting = plot("The parameter comparison appears after a run.", "Parameters: original vs compressed")
-    explain("accounting")
+    accounting = plot("The parameter comparison appears after a run.", "Parameters: original vs compressed",
+                      "accounting")
     return SimpleNamespace(preset=preset, recipe_file=recipe_file, method=method, method_info=method_info,
                            groups=groups, keys=keys, controls=controls, ratio=ratio, schedule=schedule,
                            slicing_base=slicing_base, source=source, nsamples=nsamples, seqlen=seqlen, seed=seed,

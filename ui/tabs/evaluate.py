@@ -7,7 +7,7 @@ import gradio as gr
 
 from ..handlers import evaluate as handlers
 from ..wiring import HEAVY, LIGHT, guarded, stop
-from .common import explain, plot, stop_button
+from .common import plot, stop_button
 
 DEFAULT_TASKS = ["piqa", "arc_easy"]
 
@@ -40,16 +40,13 @@ def build() -> SimpleNamespace:
                          interactive=False, label="Original vs compressed")
     with gr.Row():
         with gr.Column():
-            ppl_plot = plot("Press 'Perplexity' to measure.", "Perplexity")
-            explain("perplexity")
+            ppl_plot = plot("Press 'Perplexity' to measure.", "Perplexity", "perplexity")
         with gr.Column():
-            zs_plot = plot("Press 'Zero-shot' to measure.", "Zero-shot accuracy")
-            explain("zeroshot")
-    speed_plot = plot("Press 'Speed' to measure.", "Speed")
-    explain("speed")
+            zs_plot = plot("Press 'Zero-shot' to measure.", "Zero-shot accuracy", "zeroshot")
+    speed_plot = plot("Press 'Speed' to measure.", "Speed", "speed")
     gr.Markdown("### History of this session's runs")
-    history_plot = plot("Measure perplexity of the original and of each run to compare them here.", "History")
-    explain("history")
+    history_plot = plot("Measure perplexity of the original and of each run to compare them here.", "History",
+                        "history")
     history = gr.Dataframe(headers=["run", "recipe", "parameters", "vs original", "perplexity", "zero-shot mean",
                                     "decode tokens/s"], type="array", interactive=False, label="Runs")
     with gr.Row():
