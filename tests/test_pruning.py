@@ -41,7 +41,6 @@ def test_input_stats_match_direct_computation():
     stats = InputStats.of(batches, gram=True)
     assert stats.count == 30
     torch.testing.assert_close(stats.norms, x.norm(dim=0))
-    torch.testing.assert_close(stats.mean, x.mean(0))
     close = dict(rtol=1e-5, atol=1e-5)  # Gram products are float32 per batch, accumulated in float64
     torch.testing.assert_close(stats.gram.h, x.T @ x, **close)
     cols = torch.tensor([1, 4])

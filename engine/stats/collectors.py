@@ -59,10 +59,6 @@ class InputStats:
         sq = torch.diagonal(self.gram.h) if self.gram is not None else self.sq_sum
         return sq.clamp_min(0).sqrt()
 
-    @property
-    def mean(self) -> torch.Tensor:
-        return self.sum / max(self.count, 1)
-
     def cross_gram(self, columns: Optional[torch.Tensor] = None, ones: bool = False) -> torch.Tensor:
         """``X̃ᵀ X̃[:, columns]`` in float64, with ``X̃ = [X, 1]`` when ``ones`` (for a bias).
 
