@@ -254,15 +254,19 @@ def test_shortgpt_removes_the_least_influential_layers_as_a_plain_checkpoint(tin
 
 
 @pytest.mark.demo
+@pytest.mark.slow
 def test_demo_model_fasp_beats_wanda_sp_at_equal_size(demo_lm, data_dir):
-    """The restoration is what FASP adds: at the same channels removed it must give lower perplexity."""
+    """The restoration is what FASP adds: at the same channels removed it must give lower perplexity.
+
+    Needs the issue's 64x512 calibration: with 16x256 or 32x512 tokens the least-squares refit of
+    1536 columns overfits and FASP loses to Wanda-SP (measured: 47.2 vs 40.4, 39.1 vs 38.7)."""
     from engine import CalibrationSpec, make_calibration, perplexity
 
-    cal = make_calibration(demo_lm, CalibrationSpec("wikitext2:validation", nsamples=16, seqlen=256, seed=0))
+    cal = make_calibration(demo_lm, CalibrationSpec("wikitext2:validation", nsamples=64, seqlen=512, seed=42))
     ppl, params = {}, {}
     for method in ("fasp", "wanda-sp"):
         result = compress(demo_lm, method, 0.2, calibration=cal)
-        ppl[method] = perplexity(result.model, demo_lm.tokenizer, "wikitext2", 512, max_windows=2).ppl
+        ppl[method] = perplexity(result.model, demo_lm.tokenizer, "wikitext2", 1024, max_windows=4).ppl
         params[method] = result.accounting.params_total
         del result
     assert params["fasp"] == params["wanda-sp"] < 134_515_008
