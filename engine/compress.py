@@ -16,7 +16,7 @@ from .analysis import Accounting, account
 from .analysis.layer_scores import block_influence
 from .data import calibration_windows, load_text
 from .errors import ConfigError, SlimLabError
-from .memory import peak_mb, reset_peak
+from .memory import keep_freed_memory, peak_mb, reset_peak
 from .methods import Calibration, Plan, get_method
 from .models import LoadedModel
 from .progress import CancelToken, Reporter
@@ -99,6 +99,7 @@ def compress(
     params = impl.resolve_params(method_params)
     reporter = Reporter(callback=progress, cancel=cancel)
     device = lm.device
+    keep_freed_memory()
     reset_peak(device)
     stages: dict[str, float] = {}
     t0 = time.perf_counter()

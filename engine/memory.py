@@ -1,6 +1,9 @@
-"""Peak memory of a stage: resident set size on CPU, max allocated on CUDA."""
+"""Peak memory of a stage (resident set size on CPU, max allocated on CUDA), and the C heap setting
+that keeps layer-wise passes from paying for fresh pages over and over."""
 from __future__ import annotations
 
+import ctypes
+import functools
 import resource
 from pathlib import Path
 
@@ -30,3 +33,25 @@ def peak_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     return peak_rss_mb()
+
+
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameter numbers
+MMAP_THRESHOLD = 32 * 2**20  # glibc's largest allowed: one [4096 tokens, 2048] float32 activation
+TRIM_THRESHOLD = 2**30
+
+
+@functools.cache
+def keep_freed_memory() -> bool:
+    """Let glibc keep freed heap memory for reuse instead of handing it back to the OS at once.
+
+    A layer-wise pass allocates and frees the same tens-of-MB activation buffers thousands of
+    times. With glibc's defaults most of them come back as fresh pages that the kernel must
+    fault in and zero: about 700K page faults and 8% of a FASP run on the demo model. With a
+    fixed 32 MB mmap threshold and a 1 GB trim threshold they are reused from the heap; the
+    process may hold up to 1 GB of freed memory. Once per process; False where there is no
+    glibc (macOS, musl, Windows)."""
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError, TypeError):
+        return False
+    return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))

@@ -49,6 +49,40 @@ def test_adapter_halves_reproduce_the_layer(tiny):
         torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
 
 
+def test_activation_overwrites_its_input_only_without_gradients():
+    from transformers.activations import ACT2FN
+
+    from engine.models.adapters import activate
+
+    x = torch.randn(4, 6)
+    expected = torch.nn.functional.silu(x)
+    kept = x.clone().requires_grad_()
+    with torch.enable_grad():
+        torch.testing.assert_close(activate(ACT2FN["silu"], kept), expected)
+    torch.testing.assert_close(kept.detach(), x)  # recorded for autograd: a new tensor
+    with torch.no_grad():
+        buffer = x.clone()
+        out = activate(ACT2FN["silu"], buffer)
+        assert out.data_ptr() == buffer.data_ptr()  # no new buffer
+        torch.testing.assert_close(out, expected)
+        gelu = ACT2FN["gelu"]  # no in-place variant: computed as usual
+        torch.testing.assert_close(activate(gelu, x.clone()), gelu(x))
+
+
+def test_fast_rms_norm_matches_the_module(tiny):
+    from engine.models.adapters import normalize
+
+    model, _ = tiny("llama")
+    norm = model.model.layers[0].input_layernorm
+    with torch.no_grad():
+        norm.weight.normal_()
+        x = torch.randn(2, 5, model.config.hidden_size)
+        torch.testing.assert_close(normalize(norm, x), norm(x))
+        assert normalize(norm, x).data_ptr() != x.data_ptr()  # the input is left alone
+        x16 = x.to(torch.bfloat16)  # other dtypes take the module's own path
+        assert torch.equal(normalize(norm, x16), norm(x16))
+
+
 def test_missing_path_names_the_fix():
     with pytest.raises(ModelNotFoundError, match="No such file or folder.*'demo'"):
         load_model("./no/such/model", device="cpu")

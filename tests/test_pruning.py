@@ -11,8 +11,9 @@ from engine import compress, load_compressed, save_compressed
 from engine.methods import Calibration, Plan
 from engine.models.adapters import adapter_for
 from engine.models.loading import LoadedModel
-from engine.stats import InputStats, bypassed, capture_layer_inputs, record_inputs, run_layer
-from engine.transforms.prune import channel_scores, keep_top, keep_top_per_group, restore_columns
+from engine.methods.fasp import residual_plus
+from engine.stats import InputStats, LayerInputs, bypassed, capture_layer_inputs, record_inputs, run_layer
+from engine.transforms.prune import channel_scores, keep_top, keep_top_per_group, restore_columns, solve_symmetric
 from engine.transforms.value_heads import GatherLinear, ScatterLinear, output_columns
 
 
@@ -38,7 +39,7 @@ def test_input_stats_match_direct_computation():
     g = torch.Generator().manual_seed(1)
     batches = [torch.randn(2, 5, 6, generator=g) for _ in range(3)]
     x = torch.cat([b.reshape(-1, 6) for b in batches]).double()
-    stats = InputStats.of(batches, gram=True)
+    stats = InputStats.of(batches, gram=True, sums=True)
     assert stats.count == 30
     torch.testing.assert_close(stats.norms, x.norm(dim=0))
     close = dict(rtol=1e-5, atol=1e-5)  # Gram products are float32 per batch, accumulated in float64
@@ -51,6 +52,8 @@ def test_input_stats_match_direct_computation():
     torch.testing.assert_close(plain.norms, x.norm(dim=0))
     with pytest.raises(ValueError):
         plain.cross_gram(cols)
+    with pytest.raises(ValueError):  # a ones column needs the column sums
+        InputStats.of(batches, gram=True).cross_gram(cols, ones=True)
 
 
 def test_record_inputs_and_bypass_see_the_linear_input(tiny):
@@ -79,7 +82,7 @@ def test_restoration_lowers_the_output_error_and_is_exact_when_nothing_is_pruned
     g = torch.Generator().manual_seed(2)
     x = torch.randn(400, 12, generator=g) @ torch.randn(12, 12, generator=g)  # correlated channels
     w, b = torch.randn(5, 12, generator=g), torch.randn(5, generator=g)
-    stats = InputStats.of([x], gram=True)
+    stats = InputStats.of([x], gram=True, sums=True)
     kept = keep_top(channel_scores(w, stats.norms), 8)
     y = x.double() @ w.double().T + b.double()
     plain = x[:, kept].double() @ w[:, kept].double().T + b.double()
@@ -93,6 +96,17 @@ def test_restoration_lowers_the_output_error_and_is_exact_when_nothing_is_pruned
     w3, b3 = restore_columns(w, b, stats.cross_gram(everything, ones=True), everything, damp=0.0)
     torch.testing.assert_close(w3, w.double(), rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(b3, b.double(), rtol=1e-4, atol=1e-4)
+
+
+def test_symmetric_solve_handles_definite_and_indefinite_matrices():
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(20, 6, generator=g, dtype=torch.float64)
+    b = torch.randn(6, 3, generator=g, dtype=torch.float64)
+    definite = x.T @ x + 0.1 * torch.eye(6, dtype=torch.float64)  # Cholesky path
+    indefinite = definite - 2 * definite.diagonal().mean() * torch.eye(6, dtype=torch.float64)  # LU path
+    assert int(torch.linalg.cholesky_ex(indefinite).info) != 0
+    for a in (definite, indefinite):
+        torch.testing.assert_close(a @ solve_symmetric(a, b), b)
 
 
 def test_selection_keeps_the_highest_scores():
@@ -158,6 +172,34 @@ def test_fasp_keeps_the_top_scored_channels_of_the_first_layer(tiny):
     result = compress(lm, "fasp", 0.25, calibration=calib)
     assert result.structure["value_kept"][0] == expected.tolist()
     assert lm.adapter.parts(lm.model, 0).value.out_features == 32  # the original is untouched
+
+
+def test_residual_plus_equals_the_narrow_linear_plus_the_residual():
+    g = torch.Generator().manual_seed(4)
+    residual, x = torch.randn(2, 3, 4, generator=g), torch.randn(2, 3, 6, generator=g)
+    columns = torch.tensor([0, 2, 5])
+    narrow = torch.nn.Linear(3, 4)
+    expected = residual + narrow(x[..., columns])
+    torch.testing.assert_close(residual_plus([residual], [x], narrow, columns)[0], expected)
+    full = torch.nn.Linear(6, 4, bias=False)
+    torch.testing.assert_close(residual_plus([residual], [x], full, None)[0], residual + full(x))
+
+
+@pytest.mark.parametrize("arch", ["llama", "opt"])
+def test_pruning_is_sequential(tiny, arch):
+    """Layer 1's value dims are chosen on the output of the already pruned layer 0."""
+    lm = _lm(tiny, arch)
+    calib = _calibration(lm)
+    result = compress(lm, "wanda-sp", 0.25, calibration=calib)
+    inputs = capture_layer_inputs(result.model, lm.adapter, calib.tokens, calib.batch_size)
+    pruned_out = LayerInputs(run_layer(lm.adapter.layers(result.model)[0], inputs), inputs.kwargs)
+    layer = lm.adapter.layers(lm.model)[1]
+    parts = lm.adapter.parts_of(layer)
+    with torch.no_grad(), record_inputs(layer, {"o": parts.attn_out}) as stats:
+        run_layer(layer, pruned_out)
+    n_heads, n_kv, head_dim = lm.adapter.heads(lm.model.config)
+    scores = channel_scores(parts.attn_out.weight, stats["o"].norms).view(n_kv, n_heads // n_kv, head_dim).sum(1)
+    assert result.structure["value_kept"][1] == keep_top_per_group(scores, round(0.75 * head_dim)).tolist()
 
 
 @pytest.mark.parametrize("arch", ["llama", "opt"])

@@ -9,7 +9,8 @@ Two ways to get a linear's inputs during a pass:
   output, before deciding what to keep).
 
 ``InputStats`` accumulates in float64 (per-batch float32 partials, like ``transforms.pca.Gram``):
-per-channel sums and squared norms always, the Gram matrix ``XᵀX`` on request. The Gram is
+per-channel squared norms always; the Gram matrix ``XᵀX`` and the column sums (the ones
+column of a bias refit) on request. The Gram is
 accumulated during the pass rather than the inputs kept: no copy of the activations, and
 its symmetric product is cheaper than the cross product a restoration would need later.
 """
@@ -27,16 +28,16 @@ from ..transforms.pca import Gram
 class InputStats:
     """What one linear saw over the calibration tokens (rows = tokens)."""
 
-    def __init__(self, dim: int, device: "torch.device | str" = "cpu", gram: bool = False):
+    def __init__(self, dim: int, device: "torch.device | str" = "cpu", gram: bool = False, sums: bool = False):
         self.dim = dim
         self.count = 0
-        self.sum = torch.zeros(dim, dtype=torch.float64, device=device)
+        self.sum = torch.zeros(dim, dtype=torch.float64, device=device) if sums else None
         self.sq_sum = torch.zeros(dim, dtype=torch.float64, device=device)
         self.gram: Optional[Gram] = Gram(dim, device) if gram else None
 
     @classmethod
-    def of(cls, batches: list[torch.Tensor], gram: bool = False) -> "InputStats":
-        stats = cls(batches[0].shape[-1], batches[0].device, gram=gram)
+    def of(cls, batches: list[torch.Tensor], gram: bool = False, sums: bool = False) -> "InputStats":
+        stats = cls(batches[0].shape[-1], batches[0].device, gram=gram, sums=sums)
         for x in batches:
             stats.add(x)
         return stats
@@ -46,7 +47,8 @@ class InputStats:
         every batch to float64 first costs more than the layer's forward pass on a CPU."""
         x = x.detach().reshape(-1, x.shape[-1])
         x32 = x.float()
-        self.sum += x32.sum(0).double()
+        if self.sum is not None:
+            self.sum += x32.sum(0).double()
         if self.gram is not None:
             self.gram.add(x32)  # its diagonal gives the squared norms
         else:
@@ -62,16 +64,16 @@ class InputStats:
     def cross_gram(self, columns: Optional[torch.Tensor] = None, ones: bool = False) -> torch.Tensor:
         """``X̃ᵀ X̃[:, columns]`` in float64, with ``X̃ = [X, 1]`` when ``ones`` (for a bias).
 
-        Needs ``gram=True``."""
-        if self.gram is None:
-            raise ValueError("InputStats needs gram=True to give a Gram matrix.")
-        cols = torch.arange(self.dim, device=self.sum.device) if columns is None else columns.to(self.sum.device)
+        Needs ``gram=True`` (and ``sums=True`` for ``ones``)."""
+        if self.gram is None or (ones and self.sum is None):
+            raise ValueError("InputStats needs gram=True (and sums=True for a ones column) to give this Gram matrix.")
+        device = self.sq_sum.device
+        cols = torch.arange(self.dim, device=device) if columns is None else columns.to(device)
         h = self.gram.h[:, cols]
         if not ones:
             return h
         top = torch.cat([h, self.sum[:, None]], 1)
-        bottom = torch.cat([self.sum[cols], torch.tensor([float(self.count)], dtype=torch.float64,
-                                                          device=self.sum.device)])
+        bottom = torch.cat([self.sum[cols], torch.tensor([float(self.count)], dtype=torch.float64, device=device)])
         return torch.cat([top, bottom[None]], 0)
 
 
@@ -108,8 +110,10 @@ class _Recorder(nn.Module):
 @contextlib.contextmanager
 def record_inputs(root: nn.Module, linears: Mapping[str, nn.Linear],
                   gram: bool = False) -> Iterator[dict[str, InputStats]]:
-    """Collect ``InputStats`` of each named linear under ``root`` while the block runs as usual."""
-    stats = {name: InputStats(lin.in_features, lin.weight.device, gram) for name, lin in linears.items()}
+    """Collect ``InputStats`` of each named linear under ``root`` while the block runs as usual
+    (with column sums where the linear has a bias)."""
+    stats = {name: InputStats(lin.in_features, lin.weight.device, gram, sums=lin.bias is not None)
+             for name, lin in linears.items()}
     recorders = {lin: _Recorder(lin, stats[name]) for name, lin in linears.items()}
     with _swapped(root, recorders):
         yield stats

