@@ -8,6 +8,7 @@ MLP+value parameters, of layers) and some methods add parameters back.
 
     python bench/compare_methods.py                       # full run (slow on CPU: hours)
     python bench/compare_methods.py --windows 4 --ratios 0.2 --methods fasp,wanda-sp
+    python bench/compare_methods.py --update --ratios 0.2,0.3 --methods fasp   # re-measure some rows
 
 Writes ``OUT.json`` (rows, protocol), ``OUT.figure.json`` (plotly figure) and ``OUT.html``.
 Rows are saved after every run, so an interrupted run keeps what it measured.
@@ -42,6 +43,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--device", default="auto")
     p.add_argument("--data-dir", default=os.environ.get("SLIMLAB_DATA_DIR", str(REPO.parent / "shared" / "data")))
     p.add_argument("--out", default=str(REPO / "bench" / "results" / "compare_methods"), help="output path stem")
+    p.add_argument("--update", action="store_true",
+                   help="keep the rows already in OUT.json (and its dense row, if the protocol is the same); "
+                        "rows re-measured now replace theirs")
     return p.parse_args()
 
 
@@ -89,6 +93,18 @@ def figure(rows: list[dict], protocol: str):
     return fig
 
 
+def previous_rows(out: Path, protocol: str) -> list[dict]:
+    """The rows of an earlier run with the same protocol (none if it differs or is missing)."""
+    path = out.with_suffix(".json")
+    if not path.exists():
+        return []
+    earlier = json.loads(path.read_text())
+    if earlier.get("protocol") != protocol:
+        print(f"{path} has another protocol; starting afresh", flush=True)
+        return []
+    return sorted(earlier["rows"], key=lambda r: r["method"] != "dense")
+
+
 def save(out: Path, rows: list[dict], meta: dict) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(meta | {"rows": rows}, indent=2))
@@ -131,8 +147,9 @@ def main() -> int:
         return perplexity(model, lm.tokenizer, "wikitext2", args.seqlen, args.windows, data_dir=args.data_dir)
 
     dense_acc = account(lm.model, lm.adapter, lm.path)
-    rows = [row_for("dense", {}, 0.0, dense_acc, ppl_of(lm.model), None)]
-    rows[0]["method"] = "dense"
+    rows = previous_rows(out, protocol) if args.update else []
+    if not any(r["method"] == "dense" for r in rows):
+        rows.insert(0, row_for("dense", {}, 0.0, dense_acc, ppl_of(lm.model), None) | {"method": "dense"})
     print(f"dense: {dense_acc.params_total:,} params, ppl {rows[0]['ppl']:.2f}", flush=True)
     save(out, rows, meta)
     for ratio in ratios:
@@ -145,7 +162,7 @@ def main() -> int:
                     del result
                 except Exception as exc:  # noqa: BLE001 - one failing method must not stop the comparison
                     row = row_for(name, params, ratio, None, None, None, f"{type(exc).__name__}: {exc}")
-                rows.append(row)
+                rows = [r for r in rows if (r["method"], r["ratio"]) != (row["method"], row["ratio"])] + [row]
                 status = row["error"] or (f"{row['params_total']:,} params, ppl {row['ppl']:.2f}, "
                                           f"compressed in {row['compress_s']:.0f} s")
                 print(f"{row['method']} @ {ratio}: {status}", flush=True)

