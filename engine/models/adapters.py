@@ -113,8 +113,9 @@ class Adapter:
         parts = self.parts_of(layer)
         if self.gated_mlp:
             gate, up = parts.mlp_in
-            hidden = activate(self.mlp_activation(layer), gate(normed))
-            hidden *= up(normed)  # in place: one [tokens, intermediate] buffer fewer per batch
+            hidden, up_out = activate(self.mlp_activation(layer), gate(normed)), up(normed)
+            # in place without autograd: one [tokens, intermediate] buffer fewer per batch
+            hidden = hidden * up_out if torch.is_grad_enabled() else hidden.mul_(up_out)
             return parts.mlp_out(hidden)
         return parts.mlp_out(activate(self.mlp_activation(layer), parts.mlp_in[0](normed)))
 
