@@ -25,14 +25,15 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from transformers import AutoConfig
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from engine import CalibrationSpec, load_model  # noqa: E402
+from engine.models.adapters import adapter_for_config  # noqa: E402
+from engine.models.demo import cached_demo  # noqa: E402
 from engine.transforms.pca import Gram  # noqa: E402
-
-# SmolLM2-135M: hidden, intermediate, (query heads, kv heads, head dim), layers
-DEMO_SHAPES = dict(hidden=576, intermediate=1536, heads=(9, 3, 64), layers=30)
 
 
 def median_seconds(fn, repeats: int = 5) -> float:
@@ -46,11 +47,12 @@ def median_seconds(fn, repeats: int = 5) -> float:
 
 
 @torch.no_grad()
-def floor_seconds(nsamples: int, seqlen: int, batch_size: int) -> dict:
+def floor_seconds(config, calib: CalibrationSpec) -> dict:
     """Seconds the pass's matrix products and attention take, measured now, scaled to every
     batch and layer. The pruned o/down products read full-width inputs (``fasp.residual_plus``)."""
-    shapes = DEMO_SHAPES
-    d, inter, (n_heads, n_kv, head_dim), layers = (shapes[k] for k in ("hidden", "intermediate", "heads", "layers"))
+    d, inter, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
+    n_heads, n_kv, head_dim = adapter_for_config(config).heads(config)
+    nsamples, seqlen, batch_size = calib.nsamples, calib.seqlen, calib.batch_size
     g = torch.Generator().manual_seed(0)
     tokens = batch_size * seqlen
     x = torch.randn(tokens, d, generator=g)
@@ -73,9 +75,10 @@ def floor_seconds(nsamples: int, seqlen: int, batch_size: int) -> dict:
         "attention": lambda: F.scaled_dot_product_attention(q, kv, kv, is_causal=True, enable_gqa=True),
     }
     batches = -(-nsamples // batch_size)
-    per_pass = {name: median_seconds(fn) * batches * layers for name, fn in kernels.items()}
+    per_batch = {name: median_seconds(fn) for name, fn in kernels.items()}
+    per_pass = {name: seconds * batches * layers for name, seconds in per_batch.items()}
     gemm_flops = 2 * tokens * (d * (n_heads + 2 * n_kv) * head_dim + d * n_heads * head_dim + 3 * d * inter)
-    per_pass["gemm_gflops"] = gemm_flops / 1e9 / median_seconds(kernels["projections"])
+    per_pass["gemm_gflops"] = gemm_flops / 1e9 / per_batch["projections"]
     per_pass["total"] = per_pass["projections"] + per_pass["grams"] + per_pass["attention"]
     return per_pass
 
@@ -94,10 +97,14 @@ def main() -> None:
     p.add_argument("--ratio", type=float, default=0.2)
     p.add_argument("--out", default=str(REPO / "bench" / "results" / "fasp_speed.json"))
     args = p.parse_args()
+    if cached_demo() is None:
+        load_model("demo")  # builds the cache once, so the timed runs only load it
+    config = AutoConfig.from_pretrained(cached_demo())
+    calib = CalibrationSpec()  # the CLI's defaults: what the timed runs use
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(args.runs):
-            floor = floor_seconds(64, 512, 8)
+            floor = floor_seconds(config, calib)
             summary = cli_run(args.ratio, os.path.join(tmp, f"run{i}"))
             row = {"seconds": summary["seconds"], "stage_seconds": summary["stage_seconds"],
                    "peak_rss_mb": summary["peak_rss_mb"], "params_total": summary["params_total"],
@@ -112,8 +119,9 @@ def main() -> None:
     print(f"median {statistics.median(seconds):.1f} s (min {min(seconds):.1f}, max {max(seconds):.1f}); "
           f"median time/floor {statistics.median(ratios):.2f}; params {rows[0]['params_total'] / 1e6:.2f}M")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"ratio": args.ratio, "calibration": "64x512 wikitext2:validation",
-                                          "threads": torch.get_num_threads(), "runs": rows}, indent=1))
+    meta = {"ratio": args.ratio, "calibration": f"{calib.nsamples}x{calib.seqlen} {calib.source}",
+            "threads": torch.get_num_threads()}
+    Path(args.out).write_text(json.dumps(meta | {"runs": rows}, indent=1))
 
 
 if __name__ == "__main__":
