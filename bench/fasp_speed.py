@@ -33,7 +33,7 @@ sys.path.insert(0, str(REPO))
 from engine import CalibrationSpec, load_model  # noqa: E402
 from engine.models.adapters import adapter_for_config  # noqa: E402
 from engine.models.demo import cached_demo  # noqa: E402
-from engine.transforms.pca import Gram  # noqa: E402
+from engine.stats import Gram  # noqa: E402
 
 
 def median_seconds(fn, repeats: int = 5) -> float:

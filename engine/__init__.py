@@ -1,24 +1,49 @@
 """SlimLab engine: load, analyze, compress and evaluate LLMs. Never imports gradio.
 
-The public API, used by the CLI and the UI alike::
+The public API, used by the CLI and the UI alike (``ui/`` imports nothing else; see
+tests/test_layering.py)::
 
     lm = load_model("demo")
-    result = compress(lm, "slicegpt", 0.25, calibration=CalibrationSpec("wikitext2:validation", 64, 512))
+    recipe = Recipe(method="slicegpt", ratio=0.25, calibration=CalibrationSpec("wikitext2:validation", 64, 512))
+    result = compress(lm, recipe)
     save_compressed(result, "out/")
     perplexity(result.model, result.tokenizer, "wikitext2", 2048, max_windows=40)
+
+``engine.api`` holds the helpers that take a loaded model or a result as a whole
+(``num_layers``, ``model_summary``, ``residual_analysis``, ``evaluate_perplexity``, ...).
 """
 from .analysis import Accounting, account
-from .compress import CalibrationSpec, CompressionResult, compress, make_calibration
+from .analysis.modules import ModuleParams
+from .analysis.spectra import ResidualAnalysis, cut_width
+from .api import (
+    Subject, block_influence, chat, evaluate_perplexity, evaluate_speed, evaluate_zeroshot, model_summary,
+    module_params, num_layers, params_total, residual_analysis, zeroshot_tasks,
+)
+from .compress import CompressionResult, compress, make_calibration
 from .compressed import load_compressed, save_compressed
-from .errors import SlimLabError
-from .evaluate import perplexity
-from .methods import Plan, available_methods, get_method
-from .models import LoadedModel, load_model
-from .progress import CancelToken, ProgressEvent
-from .schedules import build_plan
+from .errors import Cancelled, ConfigError, SlimLabError
+from .evaluate import PerplexityResult, build_report, model_entry, perplexity, write_report
+from .generate import Generation, SamplingSettings
+from .methods import Calibration, available_methods, get_method
+from .loader import load_model
+from .models import LoadedModel
+from .progress import CancelToken, ProgressEvent, Reporter
+from .publish import check_repo_id, model_card, push_folder, read_meta
+from .recipes import CalibrationSpec, Recipe
+from .schedules import Plan, available_schedules, build_plan, check_ratio, get_schedule
 
 __all__ = [
-    "Accounting", "account", "CalibrationSpec", "CompressionResult", "compress", "make_calibration",
-    "load_compressed", "save_compressed", "SlimLabError", "perplexity", "Plan", "available_methods",
-    "get_method", "LoadedModel", "load_model", "CancelToken", "ProgressEvent", "build_plan",
+    # models, compression, saved format
+    "LoadedModel", "load_model", "compress", "CompressionResult", "Recipe", "CalibrationSpec", "Calibration",
+    "make_calibration", "Plan", "build_plan", "check_ratio", "available_methods", "get_method",
+    "available_schedules", "get_schedule", "save_compressed", "load_compressed",
+    # analysis and accounting
+    "Accounting", "account", "ModuleParams", "ResidualAnalysis", "cut_width", "Subject", "num_layers",
+    "model_summary", "params_total", "module_params", "residual_analysis", "block_influence",
+    # evaluation, reports, chat, publishing
+    "perplexity", "PerplexityResult", "evaluate_perplexity", "evaluate_zeroshot", "evaluate_speed", "zeroshot_tasks",
+    "build_report", "model_entry", "write_report", "chat", "Generation", "SamplingSettings", "check_repo_id",
+    "model_card", "push_folder", "read_meta",
+    # progress and errors
+    "CancelToken", "ProgressEvent", "Reporter", "SlimLabError", "ConfigError", "Cancelled",
 ]

@@ -1,4 +1,4 @@
-"""`slimlab` command line: one subcommand per module in engine/commands.
+"""`slimlab` command line: each module in engine/commands registers its subcommands.
 
 Each command prints human-readable lines and, with --json, one JSON object as the last
 line of stdout (scripts and the UI parse it). Progress bars go to stderr.

@@ -1,64 +1,69 @@
-"""`compress()`: calibration, plan, method on a copy of the model, honest accounting.
+"""`compress()`: a recipe in, a compressed model with honest accounting out.
 
-The original model is never touched: methods work on a deep copy, so a cancelled or failed
-run leaves the caller's model exactly as it was.
+The original is never touched and never copied whole: the method builds a ``Workspace``
+(the original's outside parts shared copy-on-write, layers copied one at a time as the
+sequential driver reaches them), so a cancelled or failed run leaves the caller's model as
+it was and peak memory is about one layer more than the model. A streamed model (layers on
+disk) spools each finished layer to disk, so it needs about one layer of memory in all.
 """
 from __future__ import annotations
 
-import copy
 import time
-from dataclasses import dataclass, field
-from typing import Optional
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable, Optional
 
 import torch
 
 from .analysis import Accounting, account
 from .analysis.layer_scores import block_influence
 from .data import calibration_windows, load_text
-from .errors import ConfigError, SlimLabError
+from .errors import SlimLabError
 from .memory import keep_freed_memory, peak_mb, reset_peak
-from .methods import Calibration, Plan, get_method
+from .methods import Calibration, Plan, Structure, get_method
 from .models import LoadedModel
 from .progress import CancelToken, Reporter
-from .schedules import build_plan
-
-
-@dataclass
-class CalibrationSpec:
-    source: str = "wikitext2:validation"
-    nsamples: int = 64
-    seqlen: int = 512
-    seed: int = 42
-    batch_size: int = 8
+from .recipes import CalibrationSpec, Recipe
+from .schedules import build_plan, get_schedule, split_schedule
+from .workspace import OriginalLayers, Workspace
 
 
 @dataclass
 class CompressionResult:
     model: torch.nn.Module
     tokenizer: object
-    method: str
-    method_params: dict
-    plan: Plan
-    calibration: dict
+    recipe: Recipe  # what ran, plan included: replays bit-for-bit
     widths: dict
-    structure: dict
+    structure: Structure
     accounting: Accounting
     original: Accounting
     seconds: float
     stage_seconds: dict
     peak_memory_mb: float
     plots: dict = field(default_factory=dict)
-    base_spec: str = ""
+    calibrated: bool = True  # False when neither the method nor the schedule needed calibration data
+    spooled: list[Path] = field(default_factory=list)  # streamed: the layers' files, in order
+    workspace: Optional[Workspace] = field(default=None, repr=False)  # keeps the spool alive
+
+    @property
+    def method(self) -> str:
+        return self.recipe.method
+
+    @property
+    def method_params(self) -> dict:
+        return self.recipe.method_params
+
+    @property
+    def plan(self) -> Plan:
+        return self.recipe.plan
+
+    @property
+    def calibration(self) -> dict:
+        return self.recipe.calibration.to_dict() if self.calibrated else {}
 
     @property
     def bigger_than_original(self) -> bool:
         return self.accounting.params_total > self.original.params_total
-
-    def recipe(self) -> dict:
-        """Everything needed to replay this run bit-for-bit from the CLI or the API."""
-        return {"model": self.base_spec, "method": self.method, "method_params": self.method_params,
-                "ratio": self.plan.target, "schedule": self.plan.schedule, "plan": self.plan.to_dict(),
-                "calibration": self.calibration}
 
     def summary(self) -> dict:
         a, o = self.accounting, self.original
@@ -70,6 +75,7 @@ class CompressionResult:
             "flops_per_token": a.flops_per_token, "widths": self.widths, "plan": self.plan.to_dict(),
             "seconds": self.seconds, "stage_seconds": self.stage_seconds, "peak_rss_mb": self.peak_memory_mb,
             "bigger_than_original": self.bigger_than_original, "calibration": self.calibration,
+            "recipe": self.recipe.to_dict(),
         }
 
 
@@ -83,61 +89,79 @@ def make_calibration(lm: LoadedModel, spec: CalibrationSpec, data_dir: Optional[
 
 def compress(
     lm: LoadedModel,
-    method: str = "slicegpt",
-    ratio: float = 0.25,
-    schedule: str = "uniform",
-    calibration: "CalibrationSpec | Calibration | None" = None,
-    method_params: Optional[dict] = None,
-    slicing_base: Optional[float] = None,
-    plan: Optional[Plan] = None,
+    recipe: "Recipe | str",
+    ratio: Optional[float] = None,
+    *,
+    calibration: "Calibration | CalibrationSpec | None" = None,
+    scores: Optional[Callable[[], list[float]]] = None,
     data_dir: Optional[str] = None,
     progress=None,
     cancel: Optional[CancelToken] = None,
+    **fields,
 ) -> CompressionResult:
-    """Compress a copy of ``lm.model``; ``plan`` (e.g. edited in the UI) overrides ``schedule``."""
-    impl = get_method(method)
-    params = impl.resolve_params(method_params)
+    """Run ``recipe`` on ``lm``; ``calibration`` (already tokenized) and ``scores`` (block
+    influence on it) let a caller reuse what it computed before, e.g. the UI's Analyze tab.
+
+    The convenience form names a method instead of a recipe: ``compress(lm, "fasp", 0.2,
+    schedule=..., method_params=..., schedule_params=..., plan=...)`` builds the recipe."""
+    if isinstance(calibration, CalibrationSpec):
+        fields["calibration"], calibration = calibration, None
+    if isinstance(recipe, str):
+        recipe = Recipe(model=lm.spec, method=recipe, ratio=0.25 if ratio is None else ratio,
+                        **{k: v for k, v in fields.items() if v is not None})
+    elif ratio is not None or fields:
+        raise TypeError("compress(lm, recipe) takes no ratio or recipe fields; edit the recipe instead.")
+    recipe = recipe.validate()
+    impl = get_method(recipe.method)
     reporter = Reporter(callback=progress, cancel=cancel)
-    device = lm.device
     keep_freed_memory()
-    reset_peak(device)
+    reset_peak(lm.compute_device)
     stages: dict[str, float] = {}
     t0 = time.perf_counter()
-
-    calib = None
-    if impl.needs_calibration or schedule.split(":")[0] in ("layer-redundancy", "block-influence"):
-        calib = calibration if isinstance(calibration, Calibration) else make_calibration(
-            lm, calibration or CalibrationSpec(), data_dir)
-        stages["calibration data"] = time.perf_counter() - t0
     num_layers = len(lm.adapter.layers(lm.model))
+    recipe.check_layers(num_layers)
+
+    schedule_name, _ = split_schedule(recipe.schedule, recipe.schedule_params)
+    needs_scores = recipe.plan is None and get_schedule(schedule_name).needs_scores
+    calib = calibration
+    if calib is None and (impl.needs_calibration or needs_scores):
+        calib = make_calibration(lm, recipe.calibration, data_dir)
+        stages["calibration data"] = time.perf_counter() - t0
+    plan = recipe.plan
     if plan is None:
         t = time.perf_counter()
-        plan = build_plan(schedule, ratio, num_layers,
-                          scores=lambda: block_influence(lm.model, lm.adapter, calib.tokens, calib.batch_size, reporter),
-                          slicing_base=slicing_base)
+        plan = build_plan(recipe.schedule, recipe.ratio, num_layers, params=recipe.schedule_params,
+                          scores=scores or (lambda: block_influence(lm.model, lm.adapter, calib.tokens,
+                                                                    calib.batch_size, reporter,
+                                                                    source=OriginalLayers(lm, lm.compute_device))))
         stages["plan"] = time.perf_counter() - t
-    elif len(plan.ratios) != num_layers:
-        raise ConfigError(f"The plan has {len(plan.ratios)} ratios but the model has {num_layers} layers.")
     reporter.check()
 
-    t = time.perf_counter()
+    work = Workspace(lm)
     try:
-        work = copy.deepcopy(lm.model)
-        stages["copy"] = time.perf_counter() - t
-        out = impl.compress(work, lm.adapter, calib, plan, params, reporter)
+        out = impl.compress(work, calib, plan, recipe.method_params, reporter)
     except torch.OutOfMemoryError as exc:
         raise SlimLabError(
-            f"Out of memory while compressing with {method} ({str(exc).splitlines()[0][:160]}). Use fewer "
+            f"Out of memory while compressing with {recipe.method} ({str(exc).splitlines()[0][:160]}). Use fewer "
             "calibration samples (--nsamples), a smaller --batch-size, or the CPU; the original model is unchanged."
         ) from None
+    work.check_original(recipe.method)
     stages.update(out.stage_seconds)
-    seconds = time.perf_counter() - t0
-    work.eval()
+    work.model.eval()
+    ran = replace(recipe, model=lm.spec, plan=plan,
+                  calibration=_described(recipe.calibration, calib))
     return CompressionResult(
-        model=work, tokenizer=lm.tokenizer, method=method, method_params=params, plan=plan,
-        calibration=calib.describe() if calib is not None else {}, widths=out.widths, structure=out.structure,
-        accounting=account(work, lm.adapter, added=out.params_added),
+        model=work.model, tokenizer=lm.tokenizer, recipe=ran, widths=out.widths, structure=out.structure,
+        accounting=account(work.model, lm.adapter, added=out.params_added),
         original=account(lm.model, lm.adapter, lm.path, lm.meta.get("params_added_detail")),
-        seconds=seconds, stage_seconds=stages, peak_memory_mb=peak_mb(device), plots=out.plots,
-        base_spec=lm.spec,
+        seconds=time.perf_counter() - t0, stage_seconds=stages, peak_memory_mb=peak_mb(lm.compute_device),
+        plots=out.plots, calibrated=calib is not None, spooled=work.spooled_files(),
+        workspace=work if work.spool is not None else None,
     )
+
+
+def _described(spec: CalibrationSpec, calib: Optional[Calibration]) -> CalibrationSpec:
+    """The calibration that really ran (a caller's pre-made one wins over the recipe's)."""
+    if calib is None:
+        return spec
+    return CalibrationSpec(calib.source, calib.nsamples, calib.seqlen, calib.seed, calib.batch_size)

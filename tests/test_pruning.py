@@ -11,9 +11,9 @@ from engine import compress, load_compressed, save_compressed
 from engine.methods import Calibration, Plan
 from engine.models.adapters import adapter_for
 from engine.models.loading import LoadedModel
-from engine.methods.fasp import residual_plus
-from engine.stats import InputStats, LayerInputs, bypassed, capture_layer_inputs, record_inputs, run_layer
-from engine.transforms.prune import channel_scores, keep_top, keep_top_per_group, restore_columns, solve_symmetric
+from engine.stats import InputStats, LayerInputs, bypassed, capture_layer_inputs, record_inputs, residual_plus
+from engine.transforms.importance import wanda as channel_scores
+from engine.transforms.prune import keep_top, keep_top_per_group, restore_columns, solve_symmetric
 from engine.transforms.value_heads import GatherLinear, ScatterLinear, output_columns
 
 
@@ -26,6 +26,13 @@ def _calibration(lm: LoadedModel, n: int = 8, seqlen: int = 32) -> Calibration:
     g = torch.Generator().manual_seed(0)
     tokens = torch.randint(3, lm.model.config.vocab_size, (n, seqlen), generator=g)
     return Calibration("random", n, seqlen, 0, tokens, batch_size=4)
+
+
+@torch.no_grad()
+def run_layer(layer, inputs: LayerInputs) -> list[torch.Tensor]:
+    """The layer's own forward on every captured batch (the reference the driver must match)."""
+    outs = [layer(h, **kw) for h, kw in zip(inputs.hidden, inputs.kwargs)]
+    return [o[0] if isinstance(o, tuple) else o for o in outs]
 
 
 def _logits(model, ids: torch.Tensor) -> torch.Tensor:
@@ -83,7 +90,7 @@ def test_restoration_lowers_the_output_error_and_is_exact_when_nothing_is_pruned
     x = torch.randn(400, 12, generator=g) @ torch.randn(12, 12, generator=g)  # correlated channels
     w, b = torch.randn(5, 12, generator=g), torch.randn(5, generator=g)
     stats = InputStats.of([x], gram=True, sums=True)
-    kept = keep_top(channel_scores(w, stats.norms), 8)
+    kept = keep_top(channel_scores(w, stats), 8)
     y = x.double() @ w.double().T + b.double()
     plain = x[:, kept].double() @ w[:, kept].double().T + b.double()
     w2, b2 = restore_columns(w, b, stats.cross_gram(kept, ones=True), kept, damp=0.0)
@@ -131,7 +138,7 @@ def test_wanda_sp_equals_the_original_with_pruned_channels_zeroed(tiny, arch):
     result = compress(lm, "wanda-sp", 0.4, calibration=_calibration(lm))
     masked = copy.deepcopy(lm.model)
     n_heads, n_kv, head_dim = lm.adapter.heads(lm.model.config)
-    for i, kept_v in enumerate(result.structure["value_kept"]):
+    for i, kept_v in enumerate(result.structure.value_kept):
         orig, pruned = lm.adapter.parts(masked, i), lm.adapter.parts(result.model, i)
         assert isinstance(pruned.value, ScatterLinear) and isinstance(pruned.attn_out, GatherLinear)
         assert pruned.value.out_features == len(kept_v) == n_kv * round(0.6 * head_dim)
@@ -167,10 +174,10 @@ def test_fasp_keeps_the_top_scored_channels_of_the_first_layer(tiny):
     inputs = capture_layer_inputs(lm.model, lm.adapter, calib.tokens, calib.batch_size)
     with torch.no_grad(), record_inputs(layer, {"o": parts.attn_out}) as stats:
         run_layer(layer, inputs)
-    scores = channel_scores(parts.attn_out.weight, stats["o"].norms).view(2, 2, 16).sum(1)
+    scores = channel_scores(parts.attn_out.weight, stats["o"]).view(2, 2, 16).sum(1)
     expected = keep_top_per_group(scores, round(0.75 * 16))
     result = compress(lm, "fasp", 0.25, calibration=calib)
-    assert result.structure["value_kept"][0] == expected.tolist()
+    assert result.structure.value_kept[0] == expected.tolist()
     assert lm.adapter.parts(lm.model, 0).value.out_features == 32  # the original is untouched
 
 
@@ -198,8 +205,8 @@ def test_pruning_is_sequential(tiny, arch):
     with torch.no_grad(), record_inputs(layer, {"o": parts.attn_out}) as stats:
         run_layer(layer, pruned_out)
     n_heads, n_kv, head_dim = lm.adapter.heads(lm.model.config)
-    scores = channel_scores(parts.attn_out.weight, stats["o"].norms).view(n_kv, n_heads // n_kv, head_dim).sum(1)
-    assert result.structure["value_kept"][1] == keep_top_per_group(scores, round(0.75 * head_dim)).tolist()
+    scores = channel_scores(parts.attn_out.weight, stats["o"]).view(n_kv, n_heads // n_kv, head_dim).sum(1)
+    assert result.structure.value_kept[1] == keep_top_per_group(scores, round(0.75 * head_dim)).tolist()
 
 
 @pytest.mark.parametrize("arch", ["llama", "opt"])
@@ -244,7 +251,7 @@ def test_heterogeneous_pruning_saves_and_reloads(tiny, tmp_path, arch, method):
     lm = _lm(tiny, arch)
     plan = Plan("manual", 0.3, [0.1, 0.5, 0.3])
     result = compress(lm, method, plan=plan, calibration=_calibration(lm))
-    assert len(set(result.widths["mlp"])) == 3 and not result.structure["transformers_checkpoint"]
+    assert len(set(result.widths["mlp"])) == 3 and not result.structure.transformers_checkpoint
     save_compressed(result, tmp_path / "out")
     loaded = load_compressed(tmp_path / "out", device="cpu", dtype="float32")
     ids = _calibration(lm).tokens[:2]
@@ -259,7 +266,7 @@ def test_uniform_mlp_pruning_is_a_plain_transformers_checkpoint(tiny, tmp_path, 
 
     lm = _lm(tiny, arch)
     result = compress(lm, "fasp", 0.25, calibration=_calibration(lm), method_params={"parts": "mlp"})
-    assert result.structure["transformers_checkpoint"]
+    assert result.structure.transformers_checkpoint
     save_compressed(result, tmp_path / "out")
     plain = AutoModelForCausalLM.from_pretrained(tmp_path / "out", dtype=torch.float32).eval()
     ids = _calibration(lm).tokens[:2]
@@ -278,11 +285,11 @@ def test_shortgpt_removes_the_least_influential_layers_as_a_plain_checkpoint(tin
     calib = _calibration(lm)
     bi = block_influence(lm.model, lm.adapter, calib.tokens, calib.batch_size)
     result = compress(lm, "shortgpt", 0.5, calibration=calib)
-    assert result.structure["removed"] == sorted(sorted(range(4), key=bi.__getitem__)[:2])
+    assert result.structure.removed == sorted(sorted(range(4), key=bi.__getitem__)[:2])
     layers = lm.adapter.layers(result.model)
     assert len(layers) == result.model.config.num_hidden_layers == 2
     assert [layer.self_attn.layer_idx for layer in layers] == [0, 1]
-    kept = [i for i in range(4) if i not in result.structure["removed"]]
+    kept = [i for i in range(4) if i not in result.structure.removed]
     for new, old in zip(layers, kept):  # the kept layers are the original ones, unchanged
         assert torch.equal(lm.adapter.parts_of(new).mlp_out.weight, lm.adapter.parts(lm.model, old).mlp_out.weight)
     save_compressed(result, tmp_path / "out")

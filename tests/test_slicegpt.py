@@ -98,8 +98,8 @@ def test_shared_variant_keeps_the_head_tied_and_shrinks(tiny):
 def test_shared_variant_refuses_uneven_plans(tiny):
     lm = _lm(tiny, "llama")
     with pytest.raises(ConfigError, match="uniform"):
-        compress(lm, "slicegpt", 0.3, "layer-redundancy", _calibration(lm.model.config.vocab_size),
-                 method_params={"variant": "shared"}, slicing_base=0.0)
+        compress(lm, "slicegpt", 0.3, schedule="layer-redundancy", calibration=_calibration(lm.model.config.vocab_size),
+                 method_params={"variant": "shared"}, schedule_params={"slicing_base": 0.0})
 
 
 @pytest.mark.parametrize("arch,variant", [("llama", "per-layer"), ("qwen2", "per-layer"), ("opt", "per-layer"),
@@ -107,8 +107,9 @@ def test_shared_variant_refuses_uneven_plans(tiny):
 def test_save_reload_gives_identical_logits(tiny, tmp_path, arch, variant):
     lm = _lm(tiny, arch)
     cal = _calibration(lm.model.config.vocab_size)
-    result = compress(lm, "slicegpt", 0.3, "layer-redundancy" if variant == "per-layer" else "uniform", cal,
-                      method_params={"variant": variant}, slicing_base=0.1)
+    dynamic = variant == "per-layer"
+    result = compress(lm, "slicegpt", 0.3, schedule="layer-redundancy" if dynamic else "uniform", calibration=cal,
+                      method_params={"variant": variant}, schedule_params={"slicing_base": 0.1} if dynamic else None)
     out = save_compressed(result, tmp_path / "out")
     meta = json.loads((out / "slimlab.json").read_text())
     assert meta["method"] == "slicegpt" and meta["recipe"]["calibration"]["seed"] == 0
@@ -166,20 +167,20 @@ def test_bad_schedule_files(tiny, tmp_path):
     (tmp_path / "short.json").write_text("[0.1, 0.2]")
     (tmp_path / "broken.yaml").write_text("ratios: [0.1, : ]")
     with pytest.raises(ConfigError, match="2 ratios but the model has 3 layers"):
-        compress(lm, "slicegpt", 0.25, f"manual:{tmp_path / 'short.json'}", cal)
+        compress(lm, "slicegpt", 0.25, schedule=f"manual:{tmp_path / 'short.json'}", calibration=cal)
     with pytest.raises(ConfigError, match="not valid yaml"):
-        compress(lm, "slicegpt", 0.25, f"manual:{tmp_path / 'broken.yaml'}", cal)
+        compress(lm, "slicegpt", 0.25, schedule=f"manual:{tmp_path / 'broken.yaml'}", calibration=cal)
     with pytest.raises(ConfigError, match="not found"):
-        compress(lm, "slicegpt", 0.25, f"manual:{tmp_path / 'missing.json'}", cal)
+        compress(lm, "slicegpt", 0.25, schedule=f"manual:{tmp_path / 'missing.json'}", calibration=cal)
     with pytest.raises(ConfigError, match="Unknown schedule"):
-        compress(lm, "slicegpt", 0.25, "zigzag", cal)
+        compress(lm, "slicegpt", 0.25, schedule="zigzag", calibration=cal)
 
 
 def test_manual_schedule_applies_per_layer_widths(tiny, tmp_path):
     lm = _lm(tiny, "llama")
     (tmp_path / "plan.yaml").write_text("ratios: [0.0, 0.25, 0.5]\n")
-    result = compress(lm, "slicegpt", 0.25, f"manual:{tmp_path / 'plan.yaml'}",
-                      _calibration(lm.model.config.vocab_size))
+    result = compress(lm, "slicegpt", 0.25, schedule=f"manual:{tmp_path / 'plan.yaml'}",
+                      calibration=_calibration(lm.model.config.vocab_size))
     assert result.widths["attention"] == [64, 48, 32]
     assert result.plan.ratios == [0.0, 0.25, 0.5]
 

@@ -8,11 +8,10 @@ import json
 import pytest
 import torch
 
-from engine import SlimLabError, load_compressed, load_model
-from engine.analysis import account
-from engine.analysis.layer_scores import block_influence
+from engine import (
+    Calibration, SlimLabError, account, block_influence, cut_width, load_compressed, load_model, residual_analysis,
+)
 from engine.analysis.modules import module_params
-from engine.analysis.spectra import cut_width, residual_analysis
 from engine.errors import Cancelled, ConfigError
 from engine.generate import SamplingSettings, stream_chat
 from engine.publish import model_card, push_folder, read_meta
@@ -120,9 +119,10 @@ def test_steps_before_their_prerequisites_say_what_to_do(data_dir):
 def test_residual_analysis_matches_block_influence_and_energy(session):
     lm = session.lm
     tokens = torch.randint(0, 300, (4, 32), generator=torch.Generator().manual_seed(0))
-    result = residual_analysis(lm.model, lm.adapter, tokens, batch_size=2)
+    calib = Calibration("random", 4, 32, 0, tokens, batch_size=2)
+    result = residual_analysis(lm, calib)
     assert result.points[0] == "embeddings" and len(result.points) == 4
-    assert result.block_influence == pytest.approx(block_influence(lm.model, lm.adapter, tokens, 2), rel=1e-9)
+    assert result.block_influence == pytest.approx(block_influence(lm, calib), rel=1e-9)
     # eigenvalues of the per-token second moment sum to the mean squared norm of the embeddings
     emb = lm.model.get_input_embeddings()(tokens).double()
     assert sum(result.eigenvalues[0]) == pytest.approx(emb.pow(2).sum(-1).mean().item(), rel=1e-6)
@@ -154,21 +154,25 @@ def test_analyze_rejects_bad_calibration(session, bad, match):
 
 # --- compress ------------------------------------------------------------------
 
-def test_methods_and_their_schemas_drive_the_controls():
+def test_methods_and_schedules_and_their_schemas_drive_the_controls():
+    from engine import available_methods, available_schedules
     from ui.tabs.compress import control
 
-    choices = dict((name, label) for label, name in hc.method_choices())
-    assert "slicegpt" in choices
-    from engine import get_method
-
-    for param in get_method("slicegpt").schema():
-        assert control(param).label == param["name"]
+    assert [name for _, name in hc.method_choices()] == list(available_methods())
+    assert [name for _, name in hc.schedule_choices()] == list(available_schedules())
+    schemas = hc.method_schemas() | hc.schedule_schemas()
+    assert hc.schedule_schemas()["layer-redundancy"][0]["name"] == "slicing_base"
+    assert hc.schedule_schemas()[hc.TABLE_SCHEDULE] == []  # the plan table is its input
+    for schema in schemas.values():
+        for param in schema:
+            assert control(param).label == param["name"]
     keys = [("slicegpt", "variant"), ("other", "variant"), ("slicegpt", "damp")]
     assert hc.params_from_controls("slicegpt", keys, ["shared", "x", 0.1]) == {"variant": "shared", "damp": 0.1}
+    assert hc.control_values("slicegpt", {"variant": "shared", "damp": 0.1}, keys, "keep") == ["shared", "keep", 0.1]
 
 
 def test_plan_preview_edit_and_validation(session):
-    lr = hc.preview_plan(session, "layer-redundancy", 0.3, 0.1, *CALIB)
+    lr = hc.preview_plan(session, "layer-redundancy", 0.3, {"slicing_base": 0.1}, *CALIB)
     ratios = [row[1] for row in lr.rows]
     assert sum(ratios) / 3 == pytest.approx(0.3, abs=1e-3) and min(ratios) >= 0.1 - 1e-9
     assert all(row[2] is not None for row in lr.rows)  # the scores the schedule ranked by
@@ -221,18 +225,25 @@ def test_stop_cancels_a_running_compression(session):
     assert all(torch.equal(before[k], v) for k, v in session.lm.model.state_dict().items())
 
 
-def test_presets_and_recipes_fill_the_controls():
+def test_presets_and_recipes_fill_the_controls(tmp_path):
     from ui import presets
 
     names = list(presets.recipe_presets())
     assert any("shared" in n for n in names)
-    keys = [("slicegpt", "variant"), ("fasp", "parts")]
     for recipe in presets.recipe_presets().values():
-        c = hc.recipe_controls(recipe, keys)
-        assert c.method == "slicegpt" and c.param_values[1] is None and c.plan is None
-    replay = hc.recipe_controls({"method": "slicegpt", "ratio": 0.3, "schedule": "uniform",
-                                 "plan": {"schedule": "uniform", "target": 0.3, "ratios": [0.3, 0.2, 0.4]}}, keys)
-    assert replay.schedule == "manual" and [r[1] for r in replay.plan.rows] == [0.3, 0.2, 0.4]
+        c = hc.recipe_controls(recipe)
+        assert c.method == "slicegpt" and set(c.method_params) >= {"variant"} and c.plan is None
+        assert c.calibration["nsamples"] == 16
+    lr = hc.recipe_controls(next(r for r in presets.recipe_presets().values() if r.schedule == "layer-redundancy"))
+    assert lr.schedule_params["slicing_base"] == 0.15  # the v1 preset layout, read through Recipe
+    replay = {"method": "slicegpt", "ratio": 0.3, "schedule": "uniform",
+              "plan": {"schedule": "uniform", "target": 0.3, "ratios": [0.3, 0.2, 0.4]}}
+    (tmp_path / "slimlab.json").write_text(json.dumps({"recipe": replay}))
+    c = hc.recipe_controls(presets.read_recipe(tmp_path / "slimlab.json"))
+    assert c.schedule == hc.TABLE_SCHEDULE and [r[1] for r in c.plan.rows] == [0.3, 0.2, 0.4]
+    (tmp_path / "bad.json").write_text("{")
+    with pytest.raises(ConfigError, match="bad.json"):
+        presets.read_recipe(tmp_path / "bad.json")
 
 
 # --- evaluate ------------------------------------------------------------------
@@ -321,7 +332,8 @@ def test_save_reloads_and_refuses_to_overwrite(compressed, tmp_path):
         hx.save(compressed, str(out), False)
     assert "Saved run 1" in hx.save(compressed, str(out), True)
     path, body = hx.recipe(compressed)
-    assert json.loads(open(path).read()) == json.loads(body) == json.loads(json.dumps(compressed.result.recipe()))
+    expected = json.loads(json.dumps(compressed.result.recipe.to_dict()))
+    assert json.loads(open(path).read()) == json.loads(body) == expected
 
 
 def test_save_is_confined_to_outputs_on_a_space(compressed, monkeypatch, tmp_path):
@@ -413,12 +425,12 @@ def test_every_figure_says_what_it_measures():
                                                                    "metric": "acc_norm", "n": 4}}}}).data[0].y == (0.6,)
 
 
-def test_learn_page_covers_every_method_and_plot():
-    from engine import available_methods
+def test_learn_page_covers_every_method_schedule_and_plot():
+    from engine import available_methods, available_schedules
 
     page = learn.learn_page()
-    for name, method in available_methods().items():
-        assert f"`{name}`" in page and method.summary in page
+    for name, owner in (available_methods() | available_schedules()).items():
+        assert f"`{name}`" in page and owner.summary in page
     for key in learn.PLOTS:
         assert learn.PLOTS[key] in page
 

@@ -75,10 +75,9 @@ PLOTS: dict[str, str] = {
     ),
 }
 
-SCHEDULES = (
-    "**Schedules** decide how much of each layer to remove while keeping the mean at the target ratio: "
-    "*uniform* (the same everywhere), *layer-redundancy* (Dumitru et al.: more where layers are redundant, at "
-    "least the slicing base), *block-influence* (MoDeGPT-style softmax allocation) and *manual* (your table)."
+SCHEDULES_INTRO = (
+    "**Schedules** decide how much of each layer to remove while keeping the mean at the target "
+    "ratio. In the app, the manual schedule is the plan table: edit its ratio column."
 )
 
 HONESTY = (
@@ -102,19 +101,27 @@ PLOT_TITLES = {
 }
 
 
-def learn_page() -> str:
-    """The Learn tab: every method (from the registry, so new methods appear by themselves) and every plot."""
-    from engine import available_methods
-
-    parts = ["## Methods", ""]
-    for name, method in available_methods().items():
-        parts += [f"### {method.label} (`{name}`)", "", method.summary, ""]
-        schema = method.schema()
+def registry_section(title: str, owners: dict, intro: str = "") -> list[str]:
+    """Markdown for every registered method or schedule: label, summary, parameter table."""
+    parts = [f"## {title}", ""] + ([intro, ""] if intro else [])
+    for name, owner in owners.items():
+        parts += [f"### {owner.label} (`{name}`)", "", owner.summary, ""]
+        schema = owner.schema()
         if schema:
             parts += ["| parameter | default | what it does |", "|---|---|---|"]
             parts += [f"| `{p['name']}` | `{p['default']}` | {p['help']} |" for p in schema]
             parts.append("")
-    parts += ["## Schedules", "", SCHEDULES, "", HONESTY, "", PROTOCOLS, "", "## Plots", ""]
+    return parts
+
+
+def learn_page() -> str:
+    """The Learn tab: every method and schedule (from the registries, so new ones appear by themselves) and
+    every plot."""
+    from engine import available_methods, available_schedules
+
+    parts = registry_section("Methods", available_methods())
+    parts += registry_section("Schedules", available_schedules(), SCHEDULES_INTRO)
+    parts += [HONESTY, "", PROTOCOLS, "", "## Plots", ""]
     for key, title in PLOT_TITLES.items():
         parts += [f"### {title}", "", PLOTS[key], ""]
     return "\n".join(parts)

@@ -5,7 +5,7 @@ import json
 from functools import lru_cache
 from pathlib import Path
 
-from engine.errors import ConfigError
+from engine import Recipe
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 
@@ -20,22 +20,15 @@ def example_prompts() -> list[str]:
 
 
 @lru_cache(maxsize=1)
-def recipe_presets() -> dict[str, dict]:
-    """Preset name -> recipe (method, method_params, ratio, schedule, slicing_base, calibration)."""
+def recipe_presets() -> dict[str, Recipe]:
+    """Preset name -> recipe, from the files ``slimlab compress --recipe`` replays as well."""
     presets = {}
     for path in sorted((ASSETS / "recipes").glob("*.json")):
-        recipe = json.loads(path.read_text())
-        presets[recipe.pop("name", path.stem)] = recipe
+        data = json.loads(path.read_text())
+        presets[data.get("name", path.stem)] = Recipe.from_dict(data)
     return presets
 
 
-def read_recipe(path: "str | Path") -> dict:
-    """A recipe JSON downloaded from the Export tab, or a whole slimlab.json."""
-    try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"Could not read a recipe from '{Path(path).name}': {exc}") from None
-    data = data.get("recipe", data)
-    if "method" not in data:
-        raise ConfigError(f"'{Path(path).name}' is not a SlimLab recipe (no 'method').")
-    return data
+def read_recipe(path: "str | Path") -> Recipe:
+    """A recipe downloaded from the Export tab, or a whole slimlab.json (errors name the file)."""
+    return Recipe.read(path)

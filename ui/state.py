@@ -13,8 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
-from engine import CancelToken, CompressionResult, LoadedModel, Plan, load_model
-from engine.analysis.spectra import ResidualAnalysis
+from engine import CancelToken, CompressionResult, LoadedModel, Plan, ResidualAnalysis, load_model
 
 DEVICE = os.environ.get("SLIMLAB_DEVICE", "auto")
 
@@ -88,7 +87,8 @@ class Session:
         self.lm = lm
 
     def set_result(self, result: CompressionResult, label: str) -> RunRecord:
-        record = RunRecord(len(self.history) + 1, label, _light_summary(result.summary()), result.recipe())
+        record = RunRecord(len(self.history) + 1, label, _light_summary(result.summary()),
+                           result.recipe.to_dict())
         self.result, self.run, self.saved = result, record, None
         self.history.append(record)
         self.chats["compressed"] = []

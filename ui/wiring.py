@@ -12,8 +12,7 @@ from typing import Callable
 
 import gradio as gr
 
-from engine import ProgressEvent
-from engine.errors import SlimLabError
+from engine import ProgressEvent, SlimLabError
 
 log = logging.getLogger("slimlab.ui")
 

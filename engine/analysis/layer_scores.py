@@ -12,23 +12,29 @@ from torch import nn
 
 from ..models.adapters import Adapter
 from ..progress import Reporter, as_reporter
-from ..stats import capture_layer_inputs, run_layer
+from ..stats import LayerHooks, LayerSource, ModelLayers, capture_layer_inputs, run_sequential
 
 
-@torch.inference_mode()
+class InfluencePass(LayerHooks):
+    """Read-only: block influence of every layer as the driver passes it."""
+
+    observes_layers = True
+
+    def __init__(self) -> None:
+        self.scores: list[float] = []
+
+    def end_layer(self, index, layer, inputs, outputs) -> None:
+        self.scores.append(influence(inputs, outputs))
+
+
 def block_influence(model: nn.Module, adapter: Adapter, tokens: torch.Tensor, batch_size: int = 8,
-                    progress: "Reporter | None" = None) -> list[float]:
+                    progress: "Reporter | None" = None, source: "LayerSource | None" = None) -> list[float]:
     """Mean ``1 - cos(input, output)`` over calibration tokens, per layer (read-only)."""
-    reporter = as_reporter(progress)
+    hooks = InfluencePass()
     inputs = capture_layer_inputs(model, adapter, tokens, batch_size)
-    layers = adapter.layers(model)
-    scores = []
-    for i, layer in enumerate(layers):
-        outs = run_layer(layer, inputs)
-        scores.append(influence(inputs.hidden, outs))
-        inputs.hidden = outs
-        reporter("layer scores", i + 1, len(layers))
-    return scores
+    run_sequential(inputs, adapter, source or ModelLayers(model, adapter), hooks, as_reporter(progress),
+                   "layer scores")
+    return hooks.scores
 
 
 def influence(inputs: list[torch.Tensor], outputs: list[torch.Tensor]) -> float:

@@ -14,9 +14,10 @@ from torch import nn
 
 from ..models.adapters import Adapter
 from ..progress import Reporter, as_reporter
-from ..stats import capture_layer_inputs, run_layer
-from ..transforms.pca import gram_of
-from .layer_scores import influence, layer_redundancy
+from ..stats import LayerSource, ModelLayers, capture_layer_inputs, run_sequential
+from ..stats import gram_of
+from ..transforms.widths import sliced_width
+from .layer_scores import InfluencePass, layer_redundancy
 
 
 @dataclass
@@ -61,27 +62,34 @@ def eigenvalues_of(tensors: list[torch.Tensor]) -> list[float]:
     return values.tolist()
 
 
-@torch.inference_mode()
+class _SpectraPass(InfluencePass):
+    """Read-only: the spectrum after every layer, with block influence on the same pass."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.spectra: list[list[float]] = []
+
+    def start(self, hidden):
+        self.spectra.append(eigenvalues_of(hidden))
+        return hidden
+
+    def end_layer(self, index, layer, inputs, outputs) -> None:
+        super().end_layer(index, layer, inputs, outputs)
+        self.spectra.append(eigenvalues_of(outputs))
+
+
 def residual_analysis(model: nn.Module, adapter: Adapter, tokens: torch.Tensor, batch_size: int = 8,
-                      progress: "Reporter | None" = None) -> ResidualAnalysis:
+                      progress: "Reporter | None" = None, source: "LayerSource | None" = None) -> ResidualAnalysis:
     """One read-only pass, layer by layer: spectrum of every residual point and block influence."""
-    reporter = as_reporter(progress)
+    hooks = _SpectraPass()
     inputs = capture_layer_inputs(model, adapter, tokens, batch_size)
-    layers = adapter.layers(model)
-    points, spectra, bi = ["embeddings"], [eigenvalues_of(inputs.hidden)], []
-    for i, layer in enumerate(layers):
-        outs = run_layer(layer, inputs)
-        bi.append(influence(inputs.hidden, outs))
-        spectra.append(eigenvalues_of(outs))
-        points.append(f"after layer {i}")
-        inputs.hidden = outs
-        reporter("residual spectra", i + 1, len(layers), f"layer {i}")
-    return ResidualAnalysis(points=points, eigenvalues=spectra, block_influence=bi,
-                            hidden_size=len(spectra[0]), tokens=inputs.num_tokens)
+    run_sequential(inputs, adapter, source or ModelLayers(model, adapter), hooks, as_reporter(progress),
+                   "residual spectra")
+    points = ["embeddings"] + [f"after layer {i}" for i in range(len(hooks.scores))]
+    return ResidualAnalysis(points=points, eigenvalues=hooks.spectra, block_influence=hooks.scores,
+                            hidden_size=len(hooks.spectra[0]), tokens=inputs.num_tokens)
 
 
 def cut_width(hidden: int, ratio: float, multiple: int = 8) -> int:
     """The residual width a slicing ratio keeps (SliceGPT's rounding), to mark on spectra."""
-    from ..methods.slicegpt import sliced_width
-
     return sliced_width(hidden, ratio, multiple)

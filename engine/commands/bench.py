@@ -8,7 +8,7 @@ import torch
 from ..errors import ConfigError
 from ..evaluate.report import build_report, model_entry, render_text
 from ..evaluate.speed import measure_speed
-from .common import add_model_args, emit, load, progress
+from .common import add_model_args, emit, load, progress, require_at_least
 from .info import model_summary
 
 
@@ -42,10 +42,16 @@ def batch_sizes(text: str) -> tuple[int, ...]:
     return sizes
 
 
+def check_bench_args(args) -> None:
+    """Every speed option, refused before a model is loaded."""
+    batch_sizes(args.batch_sizes)
+    require_at_least(args, 1, "prefill_len", "decode_tokens", "decode_context", "repeats")
+    require_at_least(args, 0, "warmup")
+
+
 def apply_threads(args) -> None:
+    require_at_least(args, 1, "threads")
     if args.threads is not None:
-        if args.threads < 1:
-            raise ConfigError(f"--threads takes a positive number (got {args.threads}).")
         torch.set_num_threads(args.threads)
 
 
@@ -59,7 +65,7 @@ def specs(args) -> list[str]:
 
 
 def run(args) -> int:
-    batch_sizes(args.batch_sizes)  # fail before loading anything
+    check_bench_args(args)
     apply_threads(args)
     bar = progress(args)
     entries = []

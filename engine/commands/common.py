@@ -5,14 +5,19 @@ import argparse
 import json
 import os
 import sys
-from typing import Any, Iterable
+from pathlib import Path
+from typing import Any, Iterable, Optional
 
+from ..errors import ConfigError
 from ..models import LoadedModel, load_model
 from ..progress import TqdmProgress
+from ..recipes import check_source
+
+MODEL_HELP = "'demo', a Hugging Face id, a local folder, a .gguf file, or a SlimLab output folder"
 
 
 def add_model_args(p: argparse.ArgumentParser, name: str = "model") -> None:
-    p.add_argument(name, help="'demo', a Hugging Face id, a local folder, a .gguf file, or a SlimLab output folder")
+    p.add_argument(name, help=MODEL_HELP)
     add_runtime_args(p)
 
 
@@ -23,6 +28,41 @@ def add_runtime_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", default=None, help="local data dir (default: $SLIMLAB_DATA_DIR)")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def require_at_least(args, minimum: int, *names: str) -> None:
+    """Refuse integer options below ``minimum`` before anything is loaded (None: not given)."""
+    for name in names:
+        value = getattr(args, name)
+        if value is not None and value < minimum:
+            raise ConfigError(f"--{name.replace('_', '-')} takes an integer >= {minimum} (got {value}).")
+
+
+def check_dataset(spec: str, flag: str) -> None:
+    try:
+        check_source(spec)
+    except ConfigError as exc:
+        raise ConfigError(f"{flag}: {exc}") from None
+
+
+def check_out_dir(out: Optional[str], force: bool) -> None:
+    """The save step's refusal, made before the model is loaded and the run is spent."""
+    if out is None:
+        return
+    path = Path(out)
+    if path.exists() and (not path.is_dir() or any(path.iterdir())) and not force:
+        raise ConfigError(f"'{out}' already exists and is not empty; pass --force to overwrite it.")
+
+
+def param_lines(schema: list[dict], indent: str = "    ") -> list[str]:
+    """One line per parameter: name = default, kind and range or choices, help."""
+    lines = []
+    for p in schema:
+        kind = "|".join(map(str, p["choices"])) if p["choices"] else p["kind"]
+        if p["minimum"] is not None or p["maximum"] is not None:
+            kind += f" in [{p['minimum']}, {p['maximum']}]"
+        lines.append(f"{indent}{p['name']} = {p['default']!r}  ({kind})  {p['help']}")
+    return lines
 
 
 def apply_data_dir(args) -> None:

@@ -1,65 +1,108 @@
-"""`slimlab compress MODEL --method M --ratio R ...`: compress, report honestly, save."""
+"""`slimlab compress [MODEL] --method M --ratio R ...`: compress, report honestly, save.
+
+The run is described by a ``Recipe`` built from the flags, or read with ``--recipe FILE``
+(a preset, a downloaded recipe or a whole slimlab.json). With ``--recipe``, flags given on
+the command line override the file's fields and the others keep the file's values:
+``--method`` other than the file's starts from that method's defaults, ``--schedule`` other
+than the file's likewise, and any of ``--ratio``/``--schedule``/``--schedule-param``/
+``--slicing-base`` drops the file's explicit plan so the schedule is rebuilt. The recipe is
+validated before the model is loaded, so a bad argument costs no load.
+"""
 from __future__ import annotations
 
-import json
+from dataclasses import replace
 
 from ..analysis.accounting import bytes_on_disk
-from ..compress import CalibrationSpec, compress
+from ..compress import compress
 from ..compressed import save_compressed
 from ..errors import ConfigError
-from ..methods import Plan, available_methods
-from .common import add_model_args, emit, load, progress
+from ..methods import available_methods
+from ..recipes import CalibrationSpec, Recipe
+from ..schedules import available_schedules
+from .common import MODEL_HELP, add_runtime_args, check_out_dir, emit, load, progress
+
+DEFAULT = Recipe()
+CALIBRATION_FLAGS = {"calib": "source", "nsamples": "nsamples", "seqlen": "seqlen", "seed": "seed",
+                     "batch_size": "batch_size"}  # flag dest -> CalibrationSpec field
+
+
+def _owners(registry: dict) -> str:
+    """``name: p1, p2; ...`` for the help of ``--param``/``--schedule-param``."""
+    return "; ".join(f"{name}: {', '.join(p.name for p in owner.params)}"
+                     for name, owner in registry.items() if owner.params)
 
 
 def register(sub) -> None:
-    methods = ", ".join(available_methods())
-    p = sub.add_parser("compress", help=f"compress a model ({methods})")
-    add_model_args(p)
-    p.add_argument("--method", default="slicegpt", help=f"one of: {methods}")
-    p.add_argument("--ratio", type=float, default=0.25, help="fraction to remove, in [0, 1)")
-    p.add_argument("--schedule", default="uniform",
-                   help="uniform | layer-redundancy | block-influence | manual:FILE (JSON/YAML per-layer ratios)")
-    p.add_argument("--slicing-base", type=float, default=None, help="layer-redundancy: the minimum ratio SB")
-    p.add_argument("--recipe", default=None, help="replay a recipe JSON (from slimlab.json or the UI)")
+    methods, schedules = available_methods(), available_schedules()
+    p = sub.add_parser("compress", help=f"compress a model ({', '.join(methods)})")
+    p.add_argument("model", nargs="?", default=None,
+                   help=f"{MODEL_HELP} (default: the recipe's model, else {DEFAULT.model})")
+    add_runtime_args(p)
+    p.add_argument("--recipe", default=None, metavar="FILE",
+                   help="replay a recipe (JSON/YAML: a preset, the UI's download or a slimlab.json); "
+                        "flags given here override its fields")
+    p.add_argument("--method", default=None, help=f"one of: {', '.join(methods)} (default {DEFAULT.method})")
+    p.add_argument("--ratio", type=float, default=None, help=f"fraction to remove, in [0, 1) (default {DEFAULT.ratio})")
+    p.add_argument("--schedule", default=None,
+                   help=f"one of: {', '.join(schedules)}; manual:FILE is manual with file=FILE "
+                        f"(default {DEFAULT.schedule}; see `slimlab schedules`)")
     p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
-                   help="method parameter, repeatable (see the method's schema)")
-    p.add_argument("--calib", default="wikitext2:validation", help="calibration source")
-    p.add_argument("--nsamples", type=int, default=64)
-    p.add_argument("--seqlen", type=int, default=512)
-    p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--batch-size", type=int, default=8)
+                   help=f"method parameter, repeatable ({_owners(methods)}; see `slimlab methods`)")
+    p.add_argument("--schedule-param", action="append", default=[], metavar="NAME=VALUE",
+                   help=f"schedule parameter, repeatable ({_owners(schedules)})")
+    p.add_argument("--slicing-base", type=float, default=None,
+                   help="layer-redundancy: the minimum ratio SB (same as --schedule-param slicing_base=SB)")
+    calib = CalibrationSpec()
+    p.add_argument("--calib", default=None, help=f"calibration source (default {calib.source})")
+    for name in ("nsamples", "seqlen", "seed", "batch_size"):
+        p.add_argument(f"--{name.replace('_', '-')}", type=int, default=None,
+                       help=f"calibration {name} (default {getattr(calib, name)})")
     p.add_argument("--out", default=None, help="save the compressed model to this folder")
     p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     p.set_defaults(func=run)
 
 
-def _params(pairs: list[str]) -> dict:
+def parse_pairs(pairs: list[str], flag: str) -> dict:
     out = {}
     for pair in pairs:
-        if "=" not in pair:
-            raise ConfigError(f"--param takes NAME=VALUE (got '{pair}').")
-        name, value = pair.split("=", 1)
+        name, sep, value = pair.partition("=")
+        if not sep or not name.strip():
+            raise ConfigError(f"{flag} takes NAME=VALUE (got '{pair}').")
         out[name.strip()] = value.strip()
     return out
 
 
+def recipe_from_args(args) -> Recipe:
+    """The recipe the flags describe (over ``--recipe``'s file when given), not yet validated."""
+    recipe = Recipe.read(args.recipe) if args.recipe else Recipe()
+    if args.model is not None:
+        recipe = replace(recipe, model=args.model)
+    if args.method is not None and args.method != recipe.method:
+        recipe = replace(recipe, method=args.method, method_params={})
+    if args.schedule is not None and args.schedule != recipe.schedule:
+        recipe = replace(recipe, schedule=args.schedule, schedule_params={})
+    schedule_params = parse_pairs(args.schedule_param, "--schedule-param")
+    if args.slicing_base is not None:
+        schedule_params["slicing_base"] = args.slicing_base
+    if args.ratio is not None or args.schedule is not None or schedule_params:
+        recipe = replace(recipe, plan=None)  # the file's plan was made for other settings
+    calibration = {field: getattr(args, flag) for flag, field in CALIBRATION_FLAGS.items()
+                   if getattr(args, flag) is not None}
+    return replace(
+        recipe,
+        ratio=recipe.ratio if args.ratio is None else args.ratio,
+        method_params=recipe.method_params | parse_pairs(args.param, "--param"),
+        schedule_params=recipe.schedule_params | schedule_params,
+        calibration=replace(recipe.calibration, **calibration),
+    )
+
+
 def run(args) -> int:
-    params = _params(args.param)
-    plan = None
-    calib = CalibrationSpec(args.calib, args.nsamples, args.seqlen, args.seed, args.batch_size)
-    if args.recipe:
-        recipe = json.loads(open(args.recipe).read())
-        recipe = recipe.get("recipe", recipe)  # accept a whole slimlab.json
-        args.method = recipe["method"]
-        params = recipe.get("method_params", {}) | params
-        plan = Plan.from_dict(recipe["plan"])
-        c = recipe.get("calibration") or {}
-        calib = CalibrationSpec(c.get("source", args.calib), c.get("nsamples", args.nsamples),
-                                c.get("seqlen", args.seqlen), c.get("seed", args.seed), args.batch_size)
-    lm = load(args)
+    recipe = recipe_from_args(args).validate()
+    check_out_dir(args.out, args.force)
+    lm = load(args, recipe.model)
     bar = progress(args)
-    result = compress(lm, args.method, args.ratio, args.schedule, calib, params, args.slicing_base, plan,
-                      args.data_dir, progress=bar)
+    result = compress(lm, recipe, data_dir=args.data_dir, progress=bar)
     bar.close()
     summary = result.summary()
     if args.out:
@@ -71,8 +114,7 @@ def run(args) -> int:
     verdict = ("BIGGER than the original" if result.bigger_than_original
                else f"{100 * (1 - a.params_total / o):.1f}% smaller than the original")
     lines = [
-        f"{result.method} ratio {result.plan.target:.3f} ({result.plan.schedule}) in {result.seconds:.1f} s, "
-        f"peak memory {result.peak_memory_mb:.0f} MB",
+        f"{result.recipe.label()} in {result.seconds:.1f} s, peak memory {result.peak_memory_mb:.0f} MB",
         f"params {a.params_total:,} vs {o:,} original: {verdict}",
         f"non-embedding {a.params_non_embedding:,}; added {a.params_added:,} {a.added_detail or ''}",
         f"FLOPs/token {a.flops_per_token:,} vs {result.original.flops_per_token:,}",

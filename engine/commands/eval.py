@@ -7,8 +7,8 @@ import gc
 from ..evaluate import perplexity
 from ..evaluate.report import build_report, model_entry, render_text, write_report
 from ..evaluate.zeroshot import PAPER_TASKS, TASK_SOURCES, TASKS, check_tasks, run_zeroshot
-from .bench import add_bench_args, apply_threads, batch_sizes, bench_model, specs
-from .common import add_model_args, emit, load, progress
+from .bench import add_bench_args, apply_threads, bench_model, check_bench_args, specs
+from .common import add_model_args, check_dataset, emit, load, progress, require_at_least
 from .info import model_summary
 
 
@@ -57,9 +57,13 @@ def _evaluate(args, spec: str, tasks: list[str], bar) -> dict:
 
 
 def run(args) -> int:
-    tasks = _selected_tasks(args)
+    tasks = _selected_tasks(args)  # every check before the first load
+    require_at_least(args, 1, "limit", "batch_size", "max_windows")
+    require_at_least(args, 2, "seqlen")
+    if args.ppl:
+        check_dataset(args.ppl_dataset, "--ppl-dataset")
     if args.bench:
-        batch_sizes(args.batch_sizes)
+        check_bench_args(args)
     apply_threads(args)
     bar = progress(args)
     entries = []

@@ -1,7 +1,7 @@
 """`slimlab info MODEL`: architecture and honest parameter accounting."""
 from __future__ import annotations
 
-from ..analysis import account
+from ..api import model_summary
 from .common import add_model_args, emit, load
 
 
@@ -9,15 +9,6 @@ def register(sub) -> None:
     p = sub.add_parser("info", help="architecture, parameters, FLOPs per token, size on disk")
     add_model_args(p)
     p.set_defaults(func=run)
-
-
-def model_summary(lm) -> dict:
-    """Accounting plus, for a SlimLab output folder, the method and per-layer widths it applied."""
-    meta = lm.meta or {}
-    summary = account(lm.model, lm.adapter, lm.path, meta.get("params_added_detail")).to_dict() | {"spec": lm.spec}
-    if meta:
-        summary |= {"method": meta["method"], "widths": meta["widths"], "recipe": meta["recipe"]}
-    return summary
 
 
 def run(args) -> int:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from ..evaluate import perplexity
-from .common import add_model_args, emit, load, progress
+from .common import add_model_args, check_dataset, emit, load, progress, require_at_least
 
 
 def register(sub) -> None:
@@ -16,6 +16,9 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    require_at_least(args, 2, "seqlen")
+    require_at_least(args, 1, "max_windows", "batch_size")
+    check_dataset(args.dataset, "--dataset")
     lm = load(args)
     bar = progress(args)
     result = perplexity(lm.model, lm.tokenizer, args.dataset, args.seqlen, args.max_windows,

@@ -19,9 +19,15 @@ import torch
 
 from ..errors import ConfigError, CorruptWeightsError
 from ..models.adapters import adapter_for_config
-from ..models.loading import SLIMLAB_META, LoadedModel, resolve_device, resolve_dtype
+from ..models.loaded import SLIMLAB_META, LoadedModel, resolve_device, resolve_dtype
+from ..models.streaming import INDEX, checkpoint_files
 
 FORMAT_VERSION = 1
+
+
+def is_compressed(path: "str | Path") -> bool:
+    """A folder written by ``save_compressed``."""
+    return (Path(path) / SLIMLAB_META).is_file()
 
 
 @contextlib.contextmanager
@@ -66,9 +72,9 @@ def save_compressed(result, out: "str | Path", force: bool = False) -> Path:
     meta = {
         "format_version": FORMAT_VERSION,
         "method": result.method,
-        "recipe": result.recipe(),
+        "recipe": result.recipe.to_dict(),
         "widths": result.widths,
-        "structure": result.structure,
+        "structure": result.structure.to_dict(),
         "params_added_detail": result.accounting.added_detail,
         "accounting": result.accounting.to_dict(),
         "original_accounting": result.original.to_dict(),
@@ -78,18 +84,72 @@ def save_compressed(result, out: "str | Path", force: bool = False) -> Path:
     }
     with atomic_dir(out, force) as tmp:
         model.config.save_pretrained(tmp)
-        save_model(model, str(tmp / "model.safetensors"))
+        if result.spooled:
+            _save_shards(model, result.spooled, tmp)
+        else:
+            save_model(model, str(tmp / "model.safetensors"))
         if result.tokenizer is not None:
             result.tokenizer.save_pretrained(tmp)
         (tmp / SLIMLAB_META).write_text(json.dumps(meta, indent=2, default=str))
     return Path(out)
 
 
+def _save_shards(model, layer_files: list[Path], folder: Path) -> None:
+    """A streamed result: its layers are already on disk, one file each (the driver wrote
+    them as it went); add the parts outside the layers and a transformers-style index."""
+    import shutil
+
+    from safetensors.torch import save_file
+
+    total = len(layer_files) + 1
+    weight_map: dict[str, str] = {}
+    outside = _dedupe({k: v for k, v in model.state_dict().items() if not v.is_meta})
+    names = [f"model-{i + 1:05d}-of-{total:05d}.safetensors" for i in range(total)]
+    save_file({k: v.contiguous() for k, v in outside.items()}, str(folder / names[0]))
+    weight_map.update({k: names[0] for k in outside})
+    for name, src in zip(names[1:], layer_files):
+        shutil.copyfile(src, folder / name)
+        weight_map.update({k: name for k in checkpoint_files_of(folder / name)})
+    size = sum((folder / n).stat().st_size for n in names)
+    (folder / INDEX).write_text(json.dumps({"metadata": {"total_size": size}, "weight_map": weight_map}, indent=2))
+
+
+def checkpoint_files_of(path: Path) -> list[str]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return list(f.keys())
+
+
+def _dedupe(state: dict) -> dict:
+    """One name per shared tensor (a tied head is stored once, as transformers does)."""
+    seen, out = set(), {}
+    for name, tensor in state.items():
+        key = (tensor.data_ptr(), tensor.shape)
+        if key not in seen:
+            seen.add(key)
+            out[name] = tensor
+    return out
+
+
+def _read_state(path: Path) -> dict:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    files = sorted(set(checkpoint_files(path).values())) if (path / INDEX).exists() else [path / "model.safetensors"]
+    state = {}
+    for file in files:
+        try:
+            state.update(load_file(str(file)))
+        except (SafetensorError, OSError) as exc:
+            raise CorruptWeightsError(f"The weights in '{file}' are corrupt or truncated ({exc}). "
+                                      "Save them again.") from exc
+    return state
+
+
 def load_compressed(path: "str | Path", device: str = "auto", dtype="auto", spec: Optional[str] = None) -> LoadedModel:
     """Reload a saved compressed model into one that ``generate()`` and lm-eval accept."""
     from accelerate import init_empty_weights
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     from ..methods import get_method
@@ -102,14 +162,12 @@ def load_compressed(path: "str | Path", device: str = "auto", dtype="auto", spec
     adapter = adapter_for_config(config)
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev, config)
-    try:
-        state = load_file(str(path / "model.safetensors"))
-    except (SafetensorError, OSError) as exc:
-        raise CorruptWeightsError(f"The weights in '{path}' are corrupt or truncated ({exc}). Save them again.") from exc
+    state = _read_state(path)
     with init_empty_weights(include_buffers=False):
         model = AutoModelForCausalLM.from_config(config, dtype=torch_dtype)
         try:
-            get_method(meta["method"]).rebuild(model, adapter, meta["structure"])
+            method = get_method(meta["method"])
+            method.rebuild(model, adapter, method.read_structure(meta["structure"]))
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             raise CorruptWeightsError(
                 f"'{path}/{SLIMLAB_META}' is malformed or from an incompatible SlimLab version "

@@ -11,7 +11,9 @@ def load_all() -> None:
             importlib.import_module(f"{__name__}.{info.name}")
 
 
-from .base import REGISTRY, Calibration, Method, MethodOutput, Param, Plan, available_methods, get_method, register  # noqa: E402
+from ..schedules import Plan  # noqa: E402  (re-exported: methods take plans)
+from .base import (REGISTRY, Calibration, Method, MethodOutput, Structure, available_methods, get_method,  # noqa: E402
+                   register, unregister)
 
-__all__ = ["REGISTRY", "Calibration", "Method", "MethodOutput", "Param", "Plan", "available_methods",
-           "get_method", "register", "load_all"]
+__all__ = ["REGISTRY", "Calibration", "Method", "MethodOutput", "Plan", "Structure", "available_methods",
+           "get_method", "register", "unregister", "load_all"]

@@ -1,12 +1,15 @@
 """The method protocol and the one registry every method joins.
 
 A method declares a typed parameter schema (the UI builds its controls from it), compresses
-a *copy* of a model, and knows how to rebuild its structure on a fresh base model so the
-saved format can be reloaded. Adding a method is one new file in this package.
+the layers of a ``Workspace`` one at a time through the sequential driver (never the whole
+model at once, never the original), and describes what it did in a typed, versioned
+``Structure`` that ``rebuild`` turns back into shapes when a saved folder is loaded.
+Adding a method is one new file in this package (see docs/ADDING_A_METHOD.md).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, ClassVar, Optional
 
 import torch
@@ -14,33 +17,10 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..models.adapters import Adapter
+from ..workspace import Workspace
+from ..params import Param, resolve_params, schema
 from ..progress import Reporter
-
-
-@dataclass(frozen=True)
-class Param:
-    """One tunable knob of a method, typed so a UI can render it without knowing the method."""
-
-    name: str
-    kind: str  # "float" | "int" | "bool" | "choice" | "str"
-    default: Any
-    help: str
-    minimum: Optional[float] = None
-    maximum: Optional[float] = None
-    choices: Optional[tuple] = None
-
-    def validate(self, value: Any) -> Any:
-        if self.kind == "float":
-            value = float(value)
-        elif self.kind == "int":
-            value = int(value)
-        elif self.kind == "bool":
-            value = value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes", "on")
-        elif self.kind == "choice" and value not in self.choices:
-            raise ConfigError(f"{self.name} must be one of {', '.join(map(str, self.choices))} (got {value!r}).")
-        if self.minimum is not None and value < self.minimum or self.maximum is not None and value > self.maximum:
-            raise ConfigError(f"{self.name} must be in [{self.minimum}, {self.maximum}] (got {value}).")
-        return value
+from ..schedules import Plan
 
 
 @dataclass
@@ -59,23 +39,24 @@ class Calibration:
 
 
 @dataclass
-class Plan:
-    """Per-layer target ratios, produced by a schedule and editable by hand."""
+class Structure:
+    """What ``rebuild`` needs to recreate a method's shapes on a fresh base model.
 
-    schedule: str
-    target: float  # mean ratio asked for
-    ratios: list[float]
-    scores: Optional[list[float]] = None  # what the schedule ranked layers by (plotted in the UI)
-    options: dict = field(default_factory=dict)
+    Subclasses are dataclasses of JSON-ready fields; ``VERSION`` rises when a field's meaning
+    changes, and a folder saved by a newer SlimLab is refused instead of misread."""
+
+    VERSION: ClassVar[int] = 1
 
     def to_dict(self) -> dict:
-        return {"schedule": self.schedule, "target": self.target, "ratios": list(self.ratios),
-                "scores": list(self.scores) if self.scores is not None else None, "options": dict(self.options)}
+        return {"version": self.VERSION} | asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Plan":
-        return cls(d["schedule"], float(d["target"]), [float(r) for r in d["ratios"]], d.get("scores"),
-                   dict(d.get("options") or {}))
+    def from_dict(cls, data: dict) -> "Structure":
+        version = int(data.get("version", 1))  # folders from before versioning are version 1
+        if version > cls.VERSION:
+            raise ConfigError(f"This structure is version {version}; this SlimLab reads up to {cls.VERSION}. Upgrade.")
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
 
 
 @dataclass
@@ -83,14 +64,14 @@ class MethodOutput:
     """What a method returns; the engine adds accounting, timings and memory around it."""
 
     widths: dict[str, list[int]]  # per-layer widths actually applied, e.g. {"attn_in": [...]}
-    structure: dict  # everything ``rebuild`` needs to recreate the shapes on a fresh model
+    structure: Structure
     params_added: dict[str, int] = field(default_factory=dict)
     stage_seconds: dict[str, float] = field(default_factory=dict)
     plots: dict = field(default_factory=dict)  # data the UI may plot (spectra, scores)
 
 
-class Method:
-    """Base class: subclasses set the class attributes and implement compress/rebuild."""
+class Method(ABC):
+    """Subclasses set the class attributes and implement ``compress`` and ``rebuild``."""
 
     name: ClassVar[str]
     label: ClassVar[str]
@@ -98,35 +79,42 @@ class Method:
     params: ClassVar[tuple[Param, ...]] = ()
     needs_calibration: ClassVar[bool] = True
     uses_plan: ClassVar[bool] = True  # False for methods that pick their own per-layer amounts
+    structure_type: ClassVar[type[Structure]]
 
     def resolve_params(self, given: Optional[dict]) -> dict:
-        given = dict(given or {})
-        known = {p.name: p for p in self.params}
-        unknown = set(given) - set(known)
-        if unknown:
-            raise ConfigError(f"Method '{self.name}' has no parameter(s) {', '.join(sorted(unknown))}; "
-                              f"it takes: {', '.join(known) or 'none'}.")
-        return {name: p.validate(given.get(name, p.default)) for name, p in known.items()}
+        return resolve_params("Method", self.name, self.params, given)
 
-    def compress(self, model: nn.Module, adapter: Adapter, calibration: Optional[Calibration], plan: Plan,
-                 params: dict, progress: Reporter) -> MethodOutput:
-        raise NotImplementedError
+    @abstractmethod
+    def compress(self, work: Workspace, calibration: Optional[Calibration], plan: Plan, params: dict,
+                 progress: Reporter) -> MethodOutput:
+        """Build ``work.model`` layer by layer (``run_sequential`` over ``work``, or ``work.open``/``close``)."""
 
-    def rebuild(self, model: nn.Module, adapter: Adapter, structure: dict) -> None:
+    @abstractmethod
+    def rebuild(self, model: nn.Module, adapter: Adapter, structure: Any) -> None:
         """Recreate the compressed shapes on a freshly built base model (weights come after)."""
-        raise NotImplementedError
 
-    @classmethod
-    def schema(cls) -> list[dict]:
-        return [p.__dict__ | {"choices": list(p.choices) if p.choices else None} for p in cls.params]
+    def read_structure(self, data: dict) -> Structure:
+        return self.structure_type.from_dict(data)
+
+    def schema(self) -> list[dict]:
+        return schema(self.params)
 
 
 REGISTRY: dict[str, Method] = {}
 
 
-def register(cls: type[Method]) -> type[Method]:
-    REGISTRY[cls.name] = cls()
-    return cls
+def register(method: "type[Method] | Method") -> "type[Method] | Method":
+    """Add a method (a class, instantiated here, or a configured instance) under its name."""
+    instance = method() if isinstance(method, type) else method
+    if instance.name in REGISTRY:
+        raise ConfigError(f"A method named '{instance.name}' is already registered "
+                          f"({type(REGISTRY[instance.name]).__name__}); pick another name.")
+    REGISTRY[instance.name] = instance
+    return method
+
+
+def unregister(name: str) -> None:
+    REGISTRY.pop(name, None)
 
 
 def get_method(name: str) -> Method:

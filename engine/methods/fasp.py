@@ -1,11 +1,15 @@
-"""FASP (Hu et al., 2025): structured pruning of linear pairs with least-squares restoration.
+"""Pair pruning, and FASP (Hu et al., 2025): structured pruning of linear pairs with restoration.
 
 In every layer, MLP channels (``down_proj`` columns with the matching ``gate/up`` rows, or
 ``fc2`` columns with ``fc1`` rows) and value dims (``o_proj`` columns with the matching
-``v_proj`` rows; Q/K untouched) are scored by ``‖W_{:,j}‖₁·‖X_j‖₂``; the best are kept and
-the kept columns of the second matrix are refitted by damped least squares, so the layer's
-output on calibration data moves as little as possible. Layers are processed in order on
-the already pruned model, so each layer corrects for the errors of the ones before it.
+``v_proj`` rows; Q/K untouched) are ranked by an importance score (``transforms.importance``;
+FASP's is ``‖W_{:,j}‖₁·‖X_j‖₂``); the best are kept and, with restoration, the kept columns
+of the second matrix are refitted by damped least squares, so the layer's output on
+calibration data moves as little as possible. The driver runs layers in order on the already
+pruned model, so each layer corrects for the errors of the ones before it.
+
+``PairPruning`` is configured, not subclassed: FASP is wanda score + least squares, Wanda-SP
+(``wanda_sp.py``) the same score with no restoration.
 
 A plan ratio is the fraction of the layer's MLP + value/output parameters removed: both
 parts lose that fraction (or only the part chosen). Value dims are pruned equally in every
@@ -14,152 +18,131 @@ KV group, so one narrower value head width serves the whole layer.
 from __future__ import annotations
 
 import time
-from typing import ClassVar
+from dataclasses import dataclass
+from typing import Optional
 
 import torch
 from torch import nn
 
-from ..models.adapters import Adapter, normalize
+from ..models.adapters import Adapter
+from ..params import Param
 from ..progress import Reporter
-from ..stats import InputStats, bypassed, capture_layer_inputs
-from ..transforms.prune import channel_scores, keep_top, keep_top_per_group, prune_pair
+from ..stats import HalfOutcome, HalfStep, LayerHooks, run_sequential
+from ..transforms.importance import SCORES, Importance
+from ..transforms.prune import keep_top, keep_top_per_group, prune_pair, restore_columns
 from ..transforms.value_heads import narrow_values, output_columns
-from .base import Calibration, Method, MethodOutput, Param, Plan, register
-
-MLP_WIDTH_KEYS = ("intermediate_size", "ffn_dim")  # where configs keep the MLP width (llama family, OPT)
-
-
-def kept_mlp_width(width: int, ratio: float, multiple: int) -> int:
-    """``(1 - ratio)·width`` rounded to the nearest multiple (at least one multiple)."""
-    return min(width, max(multiple, multiple * round((1 - ratio) * width / multiple)))
+from ..transforms.widths import kept_mlp_width, kept_value_dims
+from .base import Calibration, Method, MethodOutput, Plan, Structure, register
 
 
-def kept_value_dims(head_dim: int, ratio: float) -> int:
-    return max(1, round((1 - ratio) * head_dim))
+@dataclass
+class PairPruningStructure(Structure):
+    mlp: list[int]  # MLP width per layer
+    value_kept: list  # per layer: the kept value rows (flat indices), or None when untouched
+    heads: list[int]  # (query heads, KV heads, head dim) of the base model
+    transformers_checkpoint: bool = False  # uniform MLP-only: the config alone says the shapes
 
 
-def residual_plus(residuals: list[torch.Tensor], inputs: list[torch.Tensor], linear: nn.Linear,
-                  columns: "torch.Tensor | None") -> list[torch.Tensor]:
-    """``r + linear(x[..., columns])`` per batch, as one GEMM that also does the add.
+class PairPruningPass(LayerHooks):
+    """The driver pass: at each half, score the writer's input channels, keep the best, refit."""
 
-    The pruned weight is scattered into zero columns so all of ``x`` is read: on a CPU,
-    gathering the kept columns of a [4096, 1536] activation costs more than the multiply it
-    saves."""
-    weight = linear.weight
-    if columns is not None:
-        weight = weight.new_zeros(weight.shape[0], inputs[0].shape[-1]).index_copy_(1, columns, weight)
-    out = []
-    for r, x in zip(residuals, inputs):
-        y = torch.addmm(r.reshape(-1, r.shape[-1]), x.reshape(-1, x.shape[-1]), weight.T)
-        if linear.bias is not None:
-            y += linear.bias
-        out.append(y.view_as(r))
-    return out
+    needs_last_output = False  # the last layer's output feeds nothing
+
+    def __init__(self, adapter: Adapter, heads: tuple[int, int, int], plan: Plan, params: dict,
+                 score: Importance, restore: bool):
+        self.adapter, self.heads, self.plan, self.params = adapter, heads, plan, params
+        self.score, self.restore = score, restore
+        self.prune_mlp, self.prune_value = "mlp" in params["parts"], "value" in params["parts"]
+        self.mlp_widths: list[int] = []
+        self.value_widths: list[int] = []
+        self.value_kept: list[Optional[list[int]]] = []
+
+    def half(self, step: HalfStep) -> Optional[HalfOutcome]:
+        ratio = self.plan.ratios[step.index]
+        if step.half == "attention":
+            head_dim = self.heads[2]
+            dv = kept_value_dims(head_dim, ratio) if self.prune_value else head_dim
+            kept_v = self._prune_values(step, dv) if dv < head_dim else None
+            self.value_kept.append(kept_v.tolist() if kept_v is not None else None)
+            self.value_widths.append(step.parts.value.out_features)
+            return HalfOutcome(columns=step.writer.index if kept_v is not None else None)
+        width = step.writer.in_features
+        k = kept_mlp_width(width, ratio, self.params["round_to"]) if self.prune_mlp else width
+        kept = self._prune_mlp(step, k) if k < width else None
+        self.mlp_widths.append(step.writer.in_features)
+        return HalfOutcome(columns=kept)
+
+    def _stats(self, step: HalfStep):
+        has_bias = step.writer.bias is not None
+        return step.stats(gram=self.restore or self.score.gram, sums=(self.restore and has_bias) or self.score.sums)
+
+    def _refit(self, step: HalfStep, stats, cols: torch.Tensor):
+        if not self.restore:
+            return None
+        writer = step.writer
+        h_cols = stats.cross_gram(cols, ones=writer.bias is not None)
+        return restore_columns(writer.weight, writer.bias, h_cols, cols, self.params["damp"])
+
+    def _prune_values(self, step: HalfStep, k: int) -> torch.Tensor:
+        """Keep ``k`` value dims per KV group; a dim's score sums over the query heads it feeds."""
+        n_heads, n_kv, head_dim = self.heads
+        stats = self._stats(step)
+        scores = self.score.fn(step.writer.weight, stats)
+        kept_v = keep_top_per_group(scores.view(n_kv, n_heads // n_kv, head_dim).sum(1), k)
+        cols = output_columns(kept_v, self.heads)
+        prune_pair([step.parts.value], step.writer, kept_v, cols, self._refit(step, stats, cols))
+        narrow_values(step.parts.value, step.writer, kept_v, self.heads)
+        return kept_v
+
+    def _prune_mlp(self, step: HalfStep, k: int) -> torch.Tensor:
+        stats = self._stats(step)
+        kept = keep_top(self.score.fn(step.writer.weight, stats), k)
+        prune_pair(step.parts.mlp_in, step.writer, kept, kept, self._refit(step, stats, kept))
+        return kept
 
 
-@register
-class FASP(Method):
-    name = "fasp"
-    label = "FASP (prune + least-squares restore)"
-    summary = (
-        "Removes whole MLP channels and attention value dimensions: a channel goes with its row in the first "
-        "matrix and its column in the second. Channels are ranked by weight size times how strongly the "
-        "calibration data drives them. Then the remaining columns of the second matrix are re-solved by least "
-        "squares so the layer's output changes as little as possible, layer after layer. The model really "
-        "shrinks and needs no extra matrices."
-    )
-    params = (
-        Param("parts", "choice", "mlp+value", "what loses the plan's ratio: MLP channels, attention value dims, "
-              "or both", choices=("mlp+value", "mlp", "value")),
-        Param("round_to", "int", 8, "round MLP widths to a multiple of this", minimum=1, maximum=256),
-        Param("damp", "float", 0.01, "least-squares damping, as a fraction of the mean kept-channel energy",
-              minimum=0.0, maximum=10.0),
-    )
-    restore: ClassVar[bool] = True
+class PairPruning(Method):
+    """Prune linear pairs by an importance score, with or without least-squares restoration."""
 
-    # --- compression ------------------------------------------------------
+    structure_type = PairPruningStructure
+
+    def __init__(self, name: str, label: str, summary: str, score: str, restore: bool):
+        self.name, self.label, self.summary, self.restore = name, label, summary, restore
+        self.params = (
+            Param("parts", "choice", "mlp+value", "what loses the plan's ratio: MLP channels, attention value dims, "
+                  "or both", choices=("mlp+value", "mlp", "value")),
+            Param("round_to", "int", 8, "round MLP widths to a multiple of this", minimum=1, maximum=256),
+            Param("score", "choice", score, "channel importance: " + "; ".join(
+                f"{s.name}: {s.help}" for s in SCORES.values()), choices=tuple(SCORES)),
+        ) + ((Param("damp", "float", 0.01, "least-squares damping, as a fraction of the mean kept-channel energy",
+                    minimum=0.0, maximum=10.0),) if restore else ())
+
     @torch.no_grad()
-    def compress(self, model: nn.Module, adapter: Adapter, calibration: Calibration, plan: Plan, params: dict,
-                 progress: Reporter) -> MethodOutput:
+    def compress(self, work, calibration: Calibration, plan: Plan, params: dict, progress: Reporter) -> MethodOutput:
         t = time.perf_counter()
-        heads = adapter.heads(model.config)
-        layers = adapter.layers(model)
-        inputs = capture_layer_inputs(model, adapter, calibration.tokens, calibration.batch_size)
+        adapter = work.adapter
+        heads = adapter.heads(work.model.config)
+        inputs = work.capture(calibration)
         stages = {"capture inputs": time.perf_counter() - t}
         t = time.perf_counter()
-        prune_mlp, prune_value = "mlp" in params["parts"], "value" in params["parts"]
-        x = inputs.hidden
-        mlp_widths, value_widths, value_kept = [], [], []
-        for i, layer in enumerate(layers):
-            progress(self.name, i, len(layers), f"layer {i}")
-            parts = adapter.parts_of(layer)
-            attn_norm, mlp_norm = (getattr(layer, n) for n in adapter.norm_names)
-            ratio = plan.ratios[i]
-            # attention half: the input of the output projection decides which value dims stay
-            with bypassed(layer, parts.attn_out):
-                attn_in = [adapter.run_attention(layer, normalize(attn_norm, h), kw) for h, kw in zip(x, inputs.kwargs)]
-            dv = kept_value_dims(heads[2], ratio) if prune_value else heads[2]
-            kept_v = self._prune_values(parts, attn_in, dv, heads, params) if dv < heads[2] else None
-            mid = residual_plus(x, attn_in, parts.attn_out, parts.attn_out.index if kept_v is not None else None)
-            del attn_in
-            # MLP half, on the output of the already pruned attention
-            with bypassed(layer, parts.mlp_out):
-                hidden = [adapter.run_mlp(layer, normalize(mlp_norm, m)) for m in mid]
-            width = parts.mlp_out.in_features
-            k = kept_mlp_width(width, ratio, params["round_to"]) if prune_mlp else width
-            kept = self._prune_mlp(parts, hidden, k, params) if k < width else None
-            if i + 1 < len(layers):  # the last layer's output feeds nothing
-                x = residual_plus(mid, hidden, parts.mlp_out, kept)
-            del mid, hidden
-            mlp_widths.append(parts.mlp_out.in_features)
-            value_widths.append(parts.value.out_features)
-            value_kept.append(kept_v.tolist() if kept_v is not None else None)
-            progress.check()
-        progress(self.name, len(layers), len(layers), "done")
+        hooks = PairPruningPass(adapter, heads, plan, params, SCORES[params["score"]], self.restore)
+        run_sequential(inputs, adapter, work, hooks, progress, self.name)
         stages["prune" + (" + restore" if self.restore else "")] = time.perf_counter() - t
-        plain = all(v is None for v in value_kept) and len(set(mlp_widths)) == 1
+        plain = all(v is None for v in hooks.value_kept) and len(set(hooks.mlp_widths)) == 1
         if plain:  # uniform MLP-only: the config can say it, so the folder is a transformers checkpoint
-            setattr(model.config, self._mlp_key(model.config), mlp_widths[0])
+            adapter.set_intermediate_size(work.model.config, hooks.mlp_widths[0])
         return MethodOutput(
-            widths={"mlp": mlp_widths, "value": value_widths},
-            structure={"mlp": mlp_widths, "value_kept": value_kept, "heads": list(heads),
-                       "transformers_checkpoint": plain},
+            widths={"mlp": hooks.mlp_widths, "value": hooks.value_widths},
+            structure=PairPruningStructure(hooks.mlp_widths, hooks.value_kept, list(heads), plain),
             stage_seconds=stages,
         )
 
-    def _prune_values(self, parts, attn_in: list[torch.Tensor], k: int, heads: tuple[int, int, int],
-                      params: dict) -> torch.Tensor:
-        """Keep ``k`` value dims per KV group; a dim's score sums over the query heads it feeds."""
-        n_heads, n_kv, head_dim = heads
-        has_bias = parts.attn_out.bias is not None
-        stats = InputStats.of(attn_in, gram=self.restore, sums=has_bias)
-        scores = channel_scores(parts.attn_out.weight, stats.norms)
-        kept_v = keep_top_per_group(scores.view(n_kv, n_heads // n_kv, head_dim).sum(1), k)
-        cols = output_columns(kept_v, heads)
-        h_cols = stats.cross_gram(cols, ones=has_bias) if self.restore else None
-        prune_pair([parts.value], parts.attn_out, kept_v, cols, h_cols, params.get("damp", 0.0))
-        narrow_values(parts.value, parts.attn_out, kept_v, heads)
-        return kept_v
-
-    def _prune_mlp(self, parts, hidden: list[torch.Tensor], k: int, params: dict) -> torch.Tensor:
-        has_bias = parts.mlp_out.bias is not None
-        stats = InputStats.of(hidden, gram=self.restore, sums=has_bias)
-        kept = keep_top(channel_scores(parts.mlp_out.weight, stats.norms), k)
-        h_cols = stats.cross_gram(kept, ones=has_bias) if self.restore else None
-        prune_pair(parts.mlp_in, parts.mlp_out, kept, kept, h_cols, params.get("damp", 0.0))
-        return kept
-
-    @staticmethod
-    def _mlp_key(config) -> str:
-        return next(key for key in MLP_WIDTH_KEYS if hasattr(config, key))
-
-    # --- reload -----------------------------------------------------------
     @torch.no_grad()
-    def rebuild(self, model: nn.Module, adapter: Adapter, structure: dict) -> None:
+    def rebuild(self, model: nn.Module, adapter: Adapter, structure: PairPruningStructure) -> None:
         """Recreate the pruned shapes (which MLP channels were kept does not matter for empty
         weights; which value dims were kept does, for the scatter/gather indices)."""
-        heads = tuple(structure["heads"])
-        for layer, width, kept_v in zip(adapter.layers(model), structure["mlp"], structure["value_kept"]):
+        heads = tuple(structure.heads)
+        for layer, width, kept_v in zip(adapter.layers(model), structure.mlp, structure.value_kept):
             parts = adapter.parts_of(layer)
             if parts.mlp_out.in_features != width:
                 keep = torch.arange(width)
@@ -168,3 +151,18 @@ class FASP(Method):
                 kept_v = torch.tensor(kept_v, dtype=torch.long)
                 prune_pair([parts.value], parts.attn_out, kept_v, output_columns(kept_v, heads))
                 narrow_values(parts.value, parts.attn_out, kept_v, heads)
+
+
+FASP = register(PairPruning(
+    name="fasp",
+    label="FASP (prune + least-squares restore)",
+    summary=(
+        "Removes whole MLP channels and attention value dimensions: a channel goes with its row in the first "
+        "matrix and its column in the second. Channels are ranked by weight size times how strongly the "
+        "calibration data drives them. Then the remaining columns of the second matrix are re-solved by least "
+        "squares so the layer's output changes as little as possible, layer after layer. The model really "
+        "shrinks and needs no extra matrices."
+    ),
+    score="wanda",
+    restore=True,
+))

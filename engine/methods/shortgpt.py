@@ -7,6 +7,7 @@ with fewer layers, so the saved folder is a plain transformers checkpoint.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -15,25 +16,22 @@ from ..analysis.layer_scores import block_influence
 from ..errors import ConfigError
 from ..models.adapters import Adapter
 from ..progress import Reporter
-from .base import Calibration, Method, MethodOutput, Plan, register
+from .base import Calibration, Method, MethodOutput, Plan, Structure, register
 
 
-def remove_layers(model: nn.Module, adapter: Adapter, drop: list[int]) -> None:
-    """Delete layers ``drop`` in place and renumber what is left, as if built with fewer layers.
+@dataclass
+class ShortGPTStructure(Structure):
+    removed: list[int]
+    original_layers: int
+    transformers_checkpoint: bool = True
 
-    Every ``layer_idx`` (the KV-cache slot) is renumbered, and per-layer config lists
-    (``layer_types``) are cut to the kept layers."""
-    layers = adapter.layers(model)
-    kept = [i for i in range(len(layers)) if i not in set(drop)]
-    setattr(adapter.base(model), adapter.layers_attr, nn.ModuleList([layers[i] for i in kept]))
+
+def renumber_layers(model: nn.Module, adapter: Adapter) -> None:
+    """Give every ``layer_idx`` (the KV-cache slot) the layer's new position, as if built with fewer layers."""
     for new, layer in enumerate(adapter.layers(model)):
         for module in layer.modules():
             if isinstance(getattr(module, "layer_idx", None), int):
                 module.layer_idx = new
-    config = model.config
-    if isinstance(getattr(config, "layer_types", None), list) and len(config.layer_types) == len(layers):
-        config.layer_types = [config.layer_types[i] for i in kept]
-    config.num_hidden_layers = len(kept)
 
 
 @register
@@ -46,11 +44,12 @@ class ShortGPT(Method):
         "is the fraction of layers removed. Fast and simple, and the result is an ordinary, shorter model."
     )
     uses_plan = False
+    structure_type = ShortGPTStructure
 
     @torch.no_grad()
-    def compress(self, model: nn.Module, adapter: Adapter, calibration: Calibration, plan: Plan, params: dict,
-                 progress: Reporter) -> MethodOutput:
-        num_layers = len(adapter.layers(model))
+    def compress(self, work, calibration: Calibration, plan: Plan, params: dict, progress: Reporter) -> MethodOutput:
+        adapter = work.adapter
+        num_layers = work.num_layers
         n_drop = round(plan.target * num_layers)
         if n_drop >= num_layers:
             raise ConfigError(f"Ratio {plan.target} would remove all {num_layers} layers; use a smaller ratio.")
@@ -58,16 +57,22 @@ class ShortGPT(Method):
         if plan.schedule == "block-influence" and plan.scores is not None:
             bi = list(plan.scores)  # the plan already scored these layers on the same model
         else:
-            bi = block_influence(model, adapter, calibration.tokens, calibration.batch_size, progress)
+            bi = block_influence(work.lm.model, adapter, calibration.tokens, calibration.batch_size, progress,
+                                 source=work.originals)
         stages = {"block influence": time.perf_counter() - t}
         drop = sorted(sorted(range(num_layers), key=lambda i: bi[i])[:n_drop])
-        remove_layers(model, adapter, drop)
+        kept = [i for i in range(num_layers) if i not in drop]
+        for i in kept:
+            work.close(i, work.open(i))
+            progress.check()
+        renumber_layers(work.model, adapter)
+        adapter.set_num_layers(work.model.config, kept)
         return MethodOutput(
             widths={"layer_kept": [int(i not in drop) for i in range(num_layers)]},
-            structure={"removed": drop, "original_layers": num_layers, "transformers_checkpoint": True},
+            structure=ShortGPTStructure(drop, num_layers),
             stage_seconds=stages,
             plots={"block_influence": bi},
         )
 
-    def rebuild(self, model: nn.Module, adapter: Adapter, structure: dict) -> None:
+    def rebuild(self, model: nn.Module, adapter: Adapter, structure: ShortGPTStructure) -> None:
         """Nothing to do: the saved config already has the reduced layer count."""

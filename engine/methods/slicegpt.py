@@ -13,46 +13,34 @@ Two variants:
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
+from typing import Optional
 
 import torch
 from torch import nn
 
 from ..errors import ConfigError
 from ..models.adapters import Adapter
+from ..params import Param
 from ..progress import Reporter
-from ..stats import LayerInputs, capture_layer_inputs
-from ..transforms.fusion import RMSN, fuse_norms, norm_eps, untie_head
-from ..transforms.pca import Gram, gram_of, pca_basis
+from ..stats import HalfOutcome, HalfStep, LayerHooks, gram_of, residual_plus, run_sequential
+from ..transforms.fusion import RMSN, fuse_layer, fuse_outside, norm_eps, untie_head
+from ..transforms.pca import pca_basis
+from ..transforms.replace import assign
 from ..transforms.shortcuts import add_shortcuts
-from .base import Calibration, Method, MethodOutput, Param, Plan, register
+from ..transforms.widths import plan_widths
+from .base import Calibration, Method, MethodOutput, Plan, Structure, register
 
 
-def sliced_width(hidden: int, ratio: float, multiple: int) -> int:
-    """``(1 - ratio) * hidden`` rounded down to a multiple (at least one multiple)."""
-    d = int((1 - ratio) * hidden)
-    return max(multiple, d - d % multiple) if multiple > 1 else max(1, d)
-
-
-def plan_widths(hidden: int, ratios: list[float], multiple: int) -> list[int]:
-    """Per-layer widths, multiples of ``multiple``, whose total is what the uniform plan at the
-    plan's mean ratio keeps, so a per-layer plan is compared with uniform at equal size.
-
-    Rounding each layer down on its own would drift the total by up to one multiple per
-    layer; instead the units are handed out by largest remainder (a uniform plan is unchanged)."""
-    step = max(multiple, 1)
-    exact = [(1 - r) * hidden / step for r in ratios]
-    units = [min(max(int(u), 1), hidden // step) for u in exact]
-    budget = len(ratios) * sliced_width(hidden, sum(ratios) / len(ratios), multiple) // step
-    by_remainder = sorted(range(len(units)), key=lambda i: exact[i] - int(exact[i]), reverse=True)
-    while sum(units) != budget:
-        grow = sum(units) < budget
-        movable = [i for i in (by_remainder if grow else reversed(by_remainder))
-                   if (units[i] < hidden // step if grow else units[i] > 1)]
-        if not movable:
-            break
-        for i in movable[:abs(budget - sum(units))]:
-            units[i] += 1 if grow else -1
-    return [u * step for u in units]
+@dataclass
+class SliceGPTStructure(Structure):
+    variant: str  # "per-layer" | "shared"
+    hidden: int
+    widths: list[int]  # residual width each layer reads
+    head_width: int
+    head_bias: bool
+    slice_head: bool = False  # per-layer only
+    tied: bool = False  # shared only: the head stays tied to the (rotated) embedding
 
 
 class MixedNorm(nn.Module):
@@ -72,44 +60,133 @@ class MixedNorm(nn.Module):
 def _rotate_in(linears: list[nn.Linear], q: torch.Tensor) -> None:
     """Readers of the residual: ``W <- W Q`` (columns follow the basis, sliced to Q's width)."""
     for lin in linears:
-        lin.weight.data = (lin.weight.data.double() @ q).to(lin.weight.dtype)
+        assign(lin, "weight", lin.weight.detach().double() @ q.to(lin.weight.device))
         lin.in_features = q.shape[1]
 
 
 @torch.no_grad()
 def _rotate_out(lin: nn.Linear, q: torch.Tensor) -> None:
     """Writers of the residual: ``W <- Qᵀ W`` and ``b <- Qᵀ b``."""
-    lin.weight.data = (q.T @ lin.weight.data.double()).to(lin.weight.dtype)
+    q = q.to(lin.weight.device)
+    assign(lin, "weight", q.T @ lin.weight.detach().double())
     if lin.bias is not None:
-        lin.bias.data = (q.T @ lin.bias.data.double()).to(lin.bias.dtype)
+        assign(lin, "bias", q.T @ lin.bias.detach().double())
     lin.out_features = q.shape[1]
 
 
 @torch.no_grad()
 def _rotate_embeddings(model: nn.Module, adapter: Adapter, q: torch.Tensor) -> None:
+    tied = adapter.is_tied(model)
     for emb in (adapter.token_embedding(model), adapter.position_embedding(model)):
         if emb is not None:
-            emb.weight.data = (emb.weight.data.double() @ q).to(emb.weight.dtype)
+            assign(emb, "weight", emb.weight.detach().double() @ q.to(emb.weight.device))
             emb.embedding_dim = q.shape[1]
-
-
-@torch.inference_mode()
-def _block_signals(xs: list[torch.Tensor], back: torch.Tensor, block, damp: float):
-    """The residual after one block in the full basis, ``x·backᵀ + block(x)``, and its PCA.
-
-    Returns (eigenvalues, eigenvectors, signals); ``block(j, x)`` runs the block on batch j."""
-    gram, outs = Gram(back.shape[0], back.device), []
-    back_t = back.T.to(xs[0].dtype)
-    for j, x in enumerate(xs):
-        out = x @ back_t + block(j, x)
-        gram.add(out)
-        outs.append(out)
-    values, vectors = gram.basis(damp)
-    return values, vectors, outs
+    if tied:
+        adapter.head(model).weight = adapter.token_embedding(model).weight
 
 
 def _apply(tensors: list[torch.Tensor], fn) -> list[torch.Tensor]:
     return [fn(t) for t in tensors]
+
+
+def _centred(hidden: list[torch.Tensor], adapter: Adapter) -> list[torch.Tensor]:
+    """Layer 0's input as the fused model sees it: LayerNorm models have centred embeddings."""
+    return [h - h.mean(-1, keepdim=True) for h in hidden] if adapter.norm_kind == "layer" else hidden
+
+
+class PerLayerPass(LayerHooks):
+    """SliceGPT's pass: a fresh PCA basis at every residual point, on the already sliced model.
+
+    At each half the residual goes back to the full basis (``x·backᵀ + writer(inner)``), its
+    PCA gives the next basis, the writer is rotated into it and the residual with it."""
+
+    def __init__(self, work, widths: list[int], damp: float, slice_head: bool):
+        self.work, self.adapter = work, work.adapter
+        self.widths, self.damp, self.slice_head = widths, damp, slice_head
+        self.hidden = self.adapter.hidden_size(work.model.config)
+        self.spectra: list[list[float]] = []
+        self.shortcut_params = 0
+        self.q_in: Optional[torch.Tensor] = None
+        self.q_mid: Optional[torch.Tensor] = None
+
+    def _basis(self, signals: list[torch.Tensor]) -> torch.Tensor:
+        values, vectors = pca_basis(gram_of(signals).h, self.damp)
+        self.spectra.append(values.tolist())
+        return vectors
+
+    def start(self, hidden):
+        hidden = _centred(hidden, self.adapter)
+        self.q_in = self._basis(hidden)[:, : self.widths[0]]
+        _rotate_embeddings(self.work.model, self.adapter, self.q_in)
+        return _apply(hidden, lambda h: h @ self.q_in.to(h.dtype))
+
+    def begin_half(self, index, half, layer) -> None:
+        parts = self.adapter.parts_of(layer)
+        if half == "attention":
+            fuse_layer(layer, self.adapter, self.hidden)
+            _rotate_in(parts.attn_in, self.q_in)
+        else:
+            _rotate_in(parts.mlp_in, self.q_mid)
+
+    def half(self, step: HalfStep) -> HalfOutcome:
+        back = self.q_in if step.half == "attention" else self.q_mid
+        full = residual_plus(_apply(step.residual, lambda x: x @ back.T.to(x.dtype)), step.inner, step.writer)
+        d_out = self.widths[step.index] if step.half == "attention" else _output_width(
+            self.widths, step.index, self.hidden, self.slice_head)
+        q = self._basis(full)[:, :d_out]
+        _rotate_out(step.writer, q)
+        rotated = _apply(full, lambda f: f @ q.to(f.dtype))
+        if step.half == "attention":
+            self.q_mid = q
+        else:
+            attn_s, mlp_s = self.q_in.T @ self.q_mid, self.q_mid.T @ q
+            dtype = rotated[0].dtype
+            add_shortcuts(step.layer, self.adapter.name, attn_s.to(dtype), mlp_s.to(dtype))
+            self.shortcut_params += attn_s.numel() + mlp_s.numel()
+            self.q_in = q
+        return HalfOutcome(residual=rotated)
+
+
+class SharedStatsPass(LayerHooks):
+    """Read-only pass for the shared basis: the second moment at every residual point, each
+    normalised so every point weighs the same."""
+
+    def __init__(self, adapter: Adapter):
+        self.adapter = adapter
+        self.total: Optional[torch.Tensor] = None
+        self.spectra: list[list[float]] = []
+
+    def _add(self, tensors: list[torch.Tensor]) -> None:
+        g = gram_of(tensors)
+        self.spectra.append(torch.linalg.eigvalsh(g.h).flip(0).tolist())
+        part = g.h / torch.trace(g.h)
+        self.total = part if self.total is None else self.total.add_(part)
+
+    def start(self, hidden):
+        hidden = _centred(hidden, self.adapter)
+        self._add(hidden)
+        return hidden
+
+    def half(self, step: HalfStep) -> HalfOutcome:
+        out = residual_plus(step.residual, step.inner, step.writer)
+        self._add(out)
+        return HalfOutcome(residual=out)
+
+
+class FusedCopies:
+    """The workspace's layers, each fused as it is opened (for the shared pass's statistics)."""
+
+    def __init__(self, work, close):
+        self.work, self.num_layers, self._close = work, work.num_layers, close
+        self.hidden = work.adapter.hidden_size(work.model.config)
+
+    def open(self, index: int) -> nn.Module:
+        layer = self.work.open(index)
+        fuse_layer(layer, self.work.adapter, self.hidden)
+        return layer
+
+    def close(self, index: int, layer: nn.Module) -> None:
+        self._close(index, layer)
 
 
 @register
@@ -133,78 +210,46 @@ class SliceGPT(Method):
         Param("damp", "float", 0.01, "PCA damping, as a fraction of the mean eigenvalue", minimum=0.0, maximum=1.0),
     )
 
+    structure_type = SliceGPTStructure
+
     # --- compression ------------------------------------------------------
-    def compress(self, model: nn.Module, adapter: Adapter, calibration: Calibration, plan: Plan, params: dict,
+    def compress(self, work, calibration: Calibration, plan: Plan, params: dict,
                  progress: Reporter) -> MethodOutput:
-        hidden = model.config.hidden_size
+        hidden = work.adapter.hidden_size(work.model.config)
         widths = plan_widths(hidden, plan.ratios, params["round_to"])
         if params["variant"] == "shared":
             if len(set(widths)) != 1:
                 raise ConfigError("The shared-basis variant needs one width for every layer; use the uniform schedule.")
-            return self._compress_shared(model, adapter, calibration, widths[0], params, progress)
-        return self._compress_per_layer(model, adapter, calibration, widths, params, progress)
+            return self._compress_shared(work, calibration, widths[0], params, progress)
+        return self._compress_per_layer(work, calibration, widths, params, progress)
 
-    def _compress_per_layer(self, model, adapter, calibration, widths, params, progress) -> MethodOutput:
-        stages: dict[str, float] = {}
+    def _compress_per_layer(self, work, calibration, widths, params, progress) -> MethodOutput:
+        adapter, model = work.adapter, work.model
         t = time.perf_counter()
         was_tied = adapter.is_tied(model)
-        hidden = model.config.hidden_size
+        hidden = adapter.hidden_size(model.config)
         untie_head(model, adapter)
-        fuse_norms(model, adapter)
-        stages["fuse norms"] = time.perf_counter() - t
+        fuse_outside(model, adapter)
+        stages = {"fuse norms": time.perf_counter() - t}
         t = time.perf_counter()
-        inputs = capture_layer_inputs(model, adapter, calibration.tokens, calibration.batch_size)
-        damp = params["damp"]
-        values, q = gram_of(inputs.hidden).basis(damp)
-        spectra = [values.tolist()]
-        d_in = widths[0]
-        q_in = q[:, :d_in]
-        _rotate_embeddings(model, adapter, q_in)
-        dtype = inputs.hidden[0].dtype
-        x = _apply(inputs.hidden, lambda h: h @ q_in.to(dtype))
-        layers = adapter.layers(model)
-        shortcut_params = 0
-        for i, layer in enumerate(layers):
-            progress("slicegpt", i, len(layers), f"layer {i}")
-            parts = adapter.parts_of(layer)
-            attn_norm, mlp_norm = (getattr(layer, n) for n in adapter.norm_names)
-            d_out = _output_width(widths, i, hidden, params["slice_head"])
-            _rotate_in(parts.attn_in, q_in)
-            # each half: the residual goes back to the full basis to find the next one
-            values, q_mid_full, mids = _block_signals(
-                x, q_in, lambda j, h: adapter.run_attention(layer, attn_norm(h), inputs.kwargs[j]), damp)
-            spectra.append(values.tolist())
-            q_mid = q_mid_full[:, :d_in]
-            _rotate_out(parts.attn_out, q_mid)
-            _rotate_in(parts.mlp_in, q_mid)
-            mids = _apply(mids, lambda m: m @ q_mid.to(dtype))
-            values, q_out_full, outs = _block_signals(mids, q_mid, lambda j, m: adapter.run_mlp(layer, mlp_norm(m)), damp)
-            spectra.append(values.tolist())
-            q_out = q_out_full[:, :d_out]
-            _rotate_out(parts.mlp_out, q_out)
-            attn_s, mlp_s = q_in.T @ q_mid, q_mid.T @ q_out
-            add_shortcuts(layer, adapter.name, attn_s.to(dtype), mlp_s.to(dtype))
-            shortcut_params += attn_s.numel() + mlp_s.numel()
-            x = _apply(outs, lambda o: o @ q_out.to(dtype))
-            q_in, d_in = q_out, d_out
-            progress.check()
+        hooks = PerLayerPass(work, widths, params["damp"], params["slice_head"])
+        run_sequential(work.capture(calibration), adapter, work, hooks, progress, "slicegpt")
         head = adapter.head(model)
-        _rotate_in([head], q_in)
+        _rotate_in([head], hooks.q_in)
+        d_head = hooks.q_in.shape[1]
         added = {"untied head": head.weight.numel()} if was_tied else {}
-        added["shortcut matrices"] = shortcut_params
+        added["shortcut matrices"] = hooks.shortcut_params
         stages["rotate and slice"] = time.perf_counter() - t
-        progress("slicegpt", len(layers), len(layers), "done")
         return MethodOutput(
             widths={"attention": widths, "mlp_out": [_output_width(widths, i, hidden, params["slice_head"])
-                                                     for i in range(len(widths))], "head": [d_in]},
-            structure={"variant": "per-layer", "hidden": hidden, "widths": widths, "head_width": d_in,
-                       "slice_head": params["slice_head"],
-                       "head_bias": head.bias is not None},
-            params_added=added, stage_seconds=stages, plots={"spectra": spectra},
+                                                     for i in range(len(widths))], "head": [d_head]},
+            structure=SliceGPTStructure("per-layer", hidden, widths, d_head, head.bias is not None,
+                                        slice_head=params["slice_head"]),
+            params_added=added, stage_seconds=stages, plots={"spectra": hooks.spectra},
         )
 
-    def _compress_shared(self, model, adapter, calibration, d, params, progress) -> MethodOutput:
-        stages: dict[str, float] = {}
+    def _compress_shared(self, work, calibration, d, params, progress) -> MethodOutput:
+        adapter, model = work.adapter, work.model
         t = time.perf_counter()
         added: dict[str, int] = {}
         tied = was_tied = adapter.is_tied(model)
@@ -212,39 +257,26 @@ class SliceGPT(Method):
             # centring the embedding would change a tied head: LayerNorm models untie it
             untie_head(model, adapter)
             tied = False
-        final_affine = fuse_norms(model, adapter, fold_final=not tied)
-        stages["fuse norms"] = time.perf_counter() - t
+        final_affine = fuse_outside(model, adapter, fold_final=not tied)
+        stages = {"fuse norms": time.perf_counter() - t}
         t = time.perf_counter()
-        hidden = model.config.hidden_size
-        inputs = capture_layer_inputs(model, adapter, calibration.tokens, calibration.batch_size)
-        total = torch.zeros(hidden, hidden, dtype=torch.float64, device=inputs.hidden[0].device)
-        spectra = []
-        layers = adapter.layers(model)
-
-        def add_point(tensors: list[torch.Tensor]) -> None:
-            g = gram_of(tensors)
-            spectra.append(torch.linalg.eigvalsh(g.h).flip(0).tolist())
-            total.add_(g.h / torch.trace(g.h))  # every residual point weighs the same
-
-        add_point(inputs.hidden)
-        x = inputs.hidden
-        with torch.inference_mode():
-            for i, layer in enumerate(layers):
-                progress("slicegpt shared basis", i, len(layers), f"layer {i}")
-                attn_norm, mlp_norm = (getattr(layer, n) for n in adapter.norm_names)
-                mids = [h + adapter.run_attention(layer, attn_norm(h), kw) for h, kw in zip(x, inputs.kwargs)]
-                add_point(mids)
-                x = [m + adapter.run_mlp(layer, mlp_norm(m)) for m in mids]
-                add_point(x)
+        hidden = adapter.hidden_size(model.config)
+        stats = SharedStatsPass(adapter)
+        run_sequential(work.capture(calibration), adapter, FusedCopies(work, close=lambda i, layer: None), stats,
+                       progress, "slicegpt shared basis")
         stages["statistics"] = time.perf_counter() - t
         t = time.perf_counter()
-        q = pca_basis(total, params["damp"])[1][:, :d]
+        q = pca_basis(stats.total, params["damp"])[1][:, :d]
         _rotate_embeddings(model, adapter, q)
-        for layer in layers:
+        layers = FusedCopies(work, close=work.close)
+        for i in range(work.num_layers):  # no calibration data: every layer gets the same rotation
+            layer = layers.open(i)
             parts = adapter.parts_of(layer)
             _rotate_in(parts.attn_in + parts.mlp_in, q)
             _rotate_out(parts.attn_out, q)
             _rotate_out(parts.mlp_out, q)
+            layers.close(i, layer)
+            progress.check()
         head = adapter.head(model)
         if tied:
             # logits = n(x') Qᵀ diag(s) Q (E Q)ᵀ: the scale becomes a d×d mix, the head stays tied to E Q
@@ -259,21 +291,19 @@ class SliceGPT(Method):
             if was_tied:
                 added["untied head"] = head.weight.numel()
         stages["rotate and slice"] = time.perf_counter() - t
-        progress("slicegpt shared basis", len(layers), len(layers), "done")
         return MethodOutput(
-            widths={"attention": [d] * len(layers), "mlp_out": [d] * len(layers), "head": [d]},
-            structure={"variant": "shared", "hidden": hidden, "widths": [d] * len(layers), "head_width": d,
-                       "tied": tied, "head_bias": head.bias is not None},
-            params_added=added, stage_seconds=stages, plots={"spectra": spectra},
+            widths={"attention": [d] * work.num_layers, "mlp_out": [d] * work.num_layers, "head": [d]},
+            structure=SliceGPTStructure("shared", hidden, [d] * work.num_layers, d, head.bias is not None, tied=tied),
+            params_added=added, stage_seconds=stages, plots={"spectra": stats.spectra},
         )
 
     # --- reload -----------------------------------------------------------
-    def rebuild(self, model: nn.Module, adapter: Adapter, structure: dict) -> None:
+    def rebuild(self, model: nn.Module, adapter: Adapter, structure: SliceGPTStructure) -> None:
         """Recreate the sliced shapes (empty weights) so the saved tensors can be assigned."""
-        hidden, widths = structure["hidden"], structure["widths"]
+        hidden, widths = structure.hidden, structure.widths
         layers = adapter.layers(model)
         eps = norm_eps(adapter.final_norm(model))
-        shared = structure["variant"] == "shared"
+        shared = structure.variant == "shared"
         for emb in (adapter.token_embedding(model), adapter.position_embedding(model)):
             if emb is not None:
                 emb.weight = nn.Parameter(torch.empty(emb.weight.shape[0], widths[0]), requires_grad=False)
@@ -281,7 +311,7 @@ class SliceGPT(Method):
         for i, layer in enumerate(layers):
             parts = adapter.parts_of(layer)
             d_in = widths[i]
-            d_out = d_in if shared else _output_width(widths, i, hidden, structure["slice_head"])
+            d_out = d_in if shared else _output_width(widths, i, hidden, structure.slice_head)
             for lin in parts.attn_in + parts.mlp_in:
                 _resize(lin, lin.out_features, d_in)
             _resize(parts.attn_out, d_in, parts.attn_out.in_features)
@@ -290,15 +320,15 @@ class SliceGPT(Method):
             if not shared:
                 add_shortcuts(layer, adapter.name, torch.empty(d_in, d_in), torch.empty(d_in, d_out))
         head = adapter.head(model)
-        d_head = structure["head_width"]
-        if shared and structure["tied"]:
+        d_head = structure.head_width
+        if shared and structure.tied:
             adapter.set_final_norm(model, MixedNorm(hidden, eps, torch.empty(d_head, d_head)))
             head.in_features = d_head
             head.weight = adapter.token_embedding(model).weight
             return
         adapter.set_final_norm(model, RMSN(hidden, eps))
-        model.config.tie_word_embeddings = False
-        _resize(head, head.out_features, d_head, bias=structure["head_bias"])
+        adapter.set_tied(model.config, False)
+        _resize(head, head.out_features, d_head, bias=structure.head_bias)
 
 
 def _output_width(widths: list[int], i: int, hidden: int, slice_head: bool) -> int:

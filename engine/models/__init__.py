@@ -1,9 +1,10 @@
-"""Resolving model specs, the demo cache, and architecture adapters."""
+"""Resolving model specs, the demo cache, architecture adapters, and layer-by-layer model building."""
 from .adapters import ADAPTERS, SUPPORTED_MODEL_TYPES, Adapter, LayerParts, adapter_for, adapter_for_config
 from .demo import ensure_demo
-from .loading import LoadedModel, load_model, resolve_device, resolve_dtype
+from .loaded import SLIMLAB_META, LoadedModel, resolve_device, resolve_dtype
+from .loading import load_pretrained
 
 __all__ = [
     "ADAPTERS", "SUPPORTED_MODEL_TYPES", "Adapter", "LayerParts", "adapter_for", "adapter_for_config",
-    "ensure_demo", "LoadedModel", "load_model", "resolve_device", "resolve_dtype",
+    "ensure_demo", "SLIMLAB_META", "LoadedModel", "load_pretrained", "resolve_device", "resolve_dtype",
 ]

@@ -46,15 +46,39 @@ def normalize(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class LayerParts:
-    """The linears and norms of one decoder layer, in data-flow order."""
+    """The linears and norms of one decoder layer, in data-flow order, under role names.
+
+    ``gate`` is None for an ungated MLP (OPT's fc1 is ``up``, fc2 is ``down``)."""
 
     attn_norm: nn.Module
-    attn_in: list[nn.Linear]  # q, k, v: read the normed residual
+    query: nn.Linear
+    key: nn.Linear
+    value: nn.Linear  # the attention input whose rows pair with attn_out's columns
     attn_out: nn.Linear  # o: writes the residual
     mlp_norm: nn.Module
-    mlp_in: list[nn.Linear]  # gate, up | fc1: read the normed residual
-    mlp_out: nn.Linear  # down | fc2: writes the residual
-    value: nn.Linear  # the attention input whose rows pair with attn_out's columns
+    gate: nn.Linear | None
+    up: nn.Linear
+    down: nn.Linear  # writes the residual
+
+    @property
+    def attn_in(self) -> list[nn.Linear]:
+        """q, k, v: the readers of the normed residual in the attention half."""
+        return [self.query, self.key, self.value]
+
+    @property
+    def mlp_in(self) -> list[nn.Linear]:
+        """gate, up | fc1: the readers of the normed residual in the MLP half."""
+        return [self.gate, self.up] if self.gate is not None else [self.up]
+
+    @property
+    def mlp_out(self) -> nn.Linear:
+        return self.down
+
+    def half(self, name: str) -> "tuple[nn.Module, list[nn.Linear], nn.Linear]":
+        """(norm, readers, writer) of the ``attention`` or ``mlp`` half."""
+        if name == "attention":
+            return self.attn_norm, self.attn_in, self.attn_out
+        return self.mlp_norm, self.mlp_in, self.down
 
 
 @dataclass(frozen=True)
@@ -72,7 +96,7 @@ class Adapter:
     parts_of: Callable[[nn.Module], LayerParts]
     norm_names: tuple[str, str]  # attribute names of the attention and MLP norms in a layer
     mlp_activation: Callable[[nn.Module], Callable[[torch.Tensor], torch.Tensor]]
-    gated_mlp: bool
+    mlp_width_key: str  # the config key of the MLP width
 
     # --- where things are -------------------------------------------------
     def layers(self, model: nn.Module) -> nn.ModuleList:
@@ -98,6 +122,9 @@ class Adapter:
     def head(self, model: nn.Module) -> nn.Linear:
         return model.lm_head
 
+    def layer_norms(self, layer: nn.Module) -> tuple[nn.Module, nn.Module]:
+        return getattr(layer, self.norm_names[0]), getattr(layer, self.norm_names[1])
+
     def set_layer_norms(self, layer: nn.Module, attn_norm: nn.Module, mlp_norm: nn.Module) -> None:
         setattr(layer, self.norm_names[0], attn_norm)
         setattr(layer, self.norm_names[1], mlp_norm)
@@ -111,15 +138,39 @@ class Adapter:
     def run_mlp(self, layer: nn.Module, normed: torch.Tensor) -> torch.Tensor:
         """MLP output (before the residual add) for already-normed input."""
         parts = self.parts_of(layer)
-        if self.gated_mlp:
-            gate, up = parts.mlp_in
-            hidden, up_out = activate(self.mlp_activation(layer), gate(normed)), up(normed)
+        if parts.gate is not None:
+            hidden, up_out = activate(self.mlp_activation(layer), parts.gate(normed)), parts.up(normed)
             # in place without autograd: one [tokens, intermediate] buffer fewer per batch
             hidden = hidden * up_out if torch.is_grad_enabled() else hidden.mul_(up_out)
-            return parts.mlp_out(hidden)
-        return parts.mlp_out(activate(self.mlp_activation(layer), parts.mlp_in[0](normed)))
+            return parts.down(hidden)
+        return parts.down(activate(self.mlp_activation(layer), parts.up(normed)))
+
+    def run_half(self, half: str, layer: nn.Module, normed: torch.Tensor, kwargs: dict) -> torch.Tensor:
+        return self.run_attention(layer, normed, kwargs) if half == "attention" else self.run_mlp(layer, normed)
 
     # --- shapes -----------------------------------------------------------
+    @staticmethod
+    def hidden_size(config) -> int:
+        return config.hidden_size
+
+    def intermediate_size(self, config) -> int:
+        return getattr(config, self.mlp_width_key)
+
+    def set_intermediate_size(self, config, width: int) -> None:
+        """Say a uniform MLP width in the config, so a pruned model is a plain checkpoint."""
+        setattr(config, self.mlp_width_key, width)
+
+    @staticmethod
+    def set_num_layers(config, kept: list[int]) -> None:
+        """Cut the config to the layers ``kept`` (and its per-layer lists, e.g. ``layer_types``)."""
+        if isinstance(getattr(config, "layer_types", None), list) and len(config.layer_types) == config.num_hidden_layers:
+            config.layer_types = [config.layer_types[i] for i in kept]
+        config.num_hidden_layers = len(kept)
+
+    @staticmethod
+    def set_tied(config, tied: bool) -> None:
+        config.tie_word_embeddings = tied
+
     @staticmethod
     def heads(config) -> tuple[int, int, int]:
         """(query heads, key/value heads, head dim)."""
@@ -138,26 +189,16 @@ class Adapter:
 def _llama_parts(layer: nn.Module) -> LayerParts:
     a, m = layer.self_attn, layer.mlp
     return LayerParts(
-        attn_norm=layer.input_layernorm,
-        attn_in=[a.q_proj, a.k_proj, a.v_proj],
-        attn_out=a.o_proj,
-        mlp_norm=layer.post_attention_layernorm,
-        mlp_in=[m.gate_proj, m.up_proj],
-        mlp_out=m.down_proj,
-        value=a.v_proj,
+        attn_norm=layer.input_layernorm, query=a.q_proj, key=a.k_proj, value=a.v_proj, attn_out=a.o_proj,
+        mlp_norm=layer.post_attention_layernorm, gate=m.gate_proj, up=m.up_proj, down=m.down_proj,
     )
 
 
 def _opt_parts(layer: nn.Module) -> LayerParts:
     a = layer.self_attn
     return LayerParts(
-        attn_norm=layer.self_attn_layer_norm,
-        attn_in=[a.q_proj, a.k_proj, a.v_proj],
-        attn_out=a.out_proj,
-        mlp_norm=layer.final_layer_norm,
-        mlp_in=[layer.fc1],
-        mlp_out=layer.fc2,
-        value=a.v_proj,
+        attn_norm=layer.self_attn_layer_norm, query=a.q_proj, key=a.k_proj, value=a.v_proj, attn_out=a.out_proj,
+        mlp_norm=layer.final_layer_norm, gate=None, up=layer.fc1, down=layer.fc2,
     )
 
 
@@ -173,7 +214,7 @@ LLAMA = Adapter(
     parts_of=_llama_parts,
     norm_names=("input_layernorm", "post_attention_layernorm"),
     mlp_activation=lambda layer: layer.mlp.act_fn,
-    gated_mlp=True,
+    mlp_width_key="intermediate_size",
 )
 
 OPT = Adapter(
@@ -188,7 +229,7 @@ OPT = Adapter(
     parts_of=_opt_parts,
     norm_names=("self_attn_layer_norm", "final_layer_norm"),
     mlp_activation=lambda layer: layer.activation_fn,
-    gated_mlp=False,
+    mlp_width_key="ffn_dim",
 )
 
 ADAPTERS: tuple[Adapter, ...] = (LLAMA, OPT)

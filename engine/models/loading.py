@@ -6,95 +6,45 @@ checkpoint or a SlimLab compressed folder), or a ``.gguf`` file.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import torch
 from torch import nn
 
 from ..errors import CorruptWeightsError, ModelNotFoundError, SlimLabError
-from .adapters import Adapter, adapter_for_config
+from .adapters import adapter_for_config
 from .demo import ensure_demo
 from .hub import hub_reachable
-
-SLIMLAB_META = "slimlab.json"
-
-
-@dataclass
-class LoadedModel:
-    """A model ready for inference, with what the rest of the engine needs to know about it."""
-
-    model: nn.Module
-    tokenizer: Any
-    spec: str
-    adapter: Adapter
-    path: Optional[Path] = None  # local folder or file the weights came from
-    meta: dict = field(default_factory=dict)  # slimlab.json of a compressed model
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.model.parameters()).dtype
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    if device == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise SlimLabError("--device cuda was asked for, but no CUDA GPU is visible. Use --device auto or cpu.")
-    if device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise SlimLabError("--device mps was asked for, but MPS is not available. Use --device auto or cpu.")
-    return torch.device(device)
-
-
-_DTYPES = {"float64": torch.float64, "float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
-           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
-
-
-def resolve_dtype(dtype: "str | torch.dtype", device: torch.device, config=None) -> torch.dtype:
-    """``auto``: float32 on CPU (fast and exact there), the checkpoint's half dtype on a GPU."""
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype == "auto":
-        if device.type == "cpu":
-            return torch.float32
-        stored = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
-        stored = _DTYPES.get(str(stored).replace("torch.", ""), None) if stored is not None else None
-        if stored in (torch.float16, torch.bfloat16):
-            return stored
-        return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float16
-    if dtype not in _DTYPES:
-        raise SlimLabError(f"Unknown dtype '{dtype}'. Use auto, float32, float16, bfloat16 (or float64 for checks).")
-    return _DTYPES[dtype]
+from .loaded import SLIMLAB_META, LoadedModel, resolve_device, resolve_dtype
+from .streaming import load_streamed
 
 
 def _looks_like_path(spec: str) -> bool:
     return spec.startswith((".", "/", "~")) or spec.endswith(".gguf") or Path(spec).exists() or spec.count("/") > 1
 
 
-def load_model(
+def load_pretrained(
     spec: str,
     device: str = "auto",
     dtype: "str | torch.dtype" = "auto",
     trust_remote_code: bool = False,
     log=print,
+    stream: bool = False,
 ) -> LoadedModel:
-    """Load any supported spec; errors name the problem and the fix."""
+    """Load a base model spec (not a SlimLab result: ``engine.load_model`` dispatches those);
+    errors name the problem and the fix.
+
+    ``stream``: for a local safetensors checkpoint, load only the parts outside the layers and
+    read each layer from disk when a pass reaches it (compressing a model bigger than memory);
+    other specs load whole."""
     spec = str(spec).strip()
     if not spec:
         raise ModelNotFoundError("No model given. Use 'demo', a Hugging Face id, a local folder or a .gguf file.")
     dev = resolve_device(device)
     if spec == "demo":
         path = ensure_demo(log)
-        return _load_folder(path, spec, dev, dtype, trust_remote_code)
+        return _load_folder(path, spec, dev, dtype, trust_remote_code, stream)
     if _looks_like_path(spec):
         path = Path(spec).expanduser()
         if not path.exists():
@@ -108,7 +58,7 @@ def load_model(
             return _load_gguf(path, spec, dev, dtype)
         if not (path / "config.json").exists():
             raise ModelNotFoundError(f"Folder '{spec}' has no config.json, so it is not a model checkpoint.")
-        return _load_folder(path, spec, dev, dtype, trust_remote_code)
+        return _load_folder(path, spec, dev, dtype, trust_remote_code, stream)
     return _load_hub(spec, dev, dtype, trust_remote_code)
 
 
@@ -168,18 +118,23 @@ def _finish(model: nn.Module, tokenizer, spec: str, path: Optional[Path], meta: 
     return LoadedModel(model=model, tokenizer=tokenizer, spec=spec, adapter=adapter, path=path, meta=meta or {})
 
 
-def _load_folder(path: Path, spec: str, dev, dtype, trust_remote_code: bool) -> LoadedModel:
+def _load_folder(path: Path, spec: str, dev, dtype, trust_remote_code: bool, stream: bool = False) -> LoadedModel:
     from transformers import AutoTokenizer
 
     if (path / SLIMLAB_META).exists():
-        from ..compressed import load_compressed
-
-        return load_compressed(path, device=str(dev), dtype=dtype, spec=spec)
+        raise ModelNotFoundError(f"'{spec}' is a SlimLab result; load it with engine.load_model or load_compressed.")
     config = _load_config(path, trust_remote_code)
-    adapter_for_config(config)  # refuse unsupported architectures before reading weights
+    adapter = adapter_for_config(config)  # refuse unsupported architectures before reading weights
     torch_dtype = resolve_dtype(dtype, dev, config)
-    model = _from_pretrained(path, config, dev, torch_dtype, trust_remote_code)
+    streamed = load_streamed(path, config, adapter, resolve_dtype(dtype, torch.device("cpu"), config)) \
+        if stream and not trust_remote_code else None
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    if streamed is not None:
+        model, reader = streamed
+        lm = _finish(model, tokenizer, spec, path)
+        lm.layer_reader, lm.compute = reader, dev
+        return lm
+    model = _from_pretrained(path, config, dev, torch_dtype, trust_remote_code)
     return _finish(model, tokenizer, spec, path)
 
 
@@ -242,7 +197,3 @@ def _load_hub(repo_id: str, dev, dtype, trust_remote_code: bool) -> LoadedModel:
     tokenizer = AutoTokenizer.from_pretrained(repo_id, trust_remote_code=trust_remote_code,
                                               local_files_only=local_only)
     return _finish(model, tokenizer, repo_id, None)
-
-
-def read_meta(path: Path) -> dict:
-    return json.loads((path / SLIMLAB_META).read_text())

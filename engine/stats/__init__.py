@@ -1,5 +1,8 @@
 """Calibration passes run layer by layer, so peak memory is one layer plus its activations."""
 from .collectors import InputStats, bypassed, record_inputs
-from .layerwise import LayerInputs, capture_layer_inputs, run_layer
+from .gram import Gram, gram_of
+from .driver import (HALVES, HalfOutcome, HalfStep, LayerHooks, LayerInputs, LayerSource, ModelLayers,
+                     capture_layer_inputs, residual_plus, run_sequential)
 
-__all__ = ["InputStats", "bypassed", "record_inputs", "LayerInputs", "capture_layer_inputs", "run_layer"]
+__all__ = ["Gram", "gram_of", "InputStats", "bypassed", "record_inputs", "HALVES", "HalfOutcome", "HalfStep", "LayerHooks",
+           "LayerInputs", "LayerSource", "ModelLayers", "capture_layer_inputs", "residual_plus", "run_sequential"]

@@ -8,7 +8,7 @@ Two ways to get a linear's inputs during a pass:
   skips its matmul (pruning methods need the input of ``down_proj``/``o_proj``, not their
   output, before deciding what to keep).
 
-``InputStats`` accumulates in float64 (per-batch float32 partials, like ``transforms.pca.Gram``):
+``InputStats`` accumulates in float64 (per-batch float32 partials, like ``stats.gram.Gram``):
 per-channel squared norms always; the Gram matrix ``XᵀX`` and the column sums (the ones
 column of a bias refit) on request. The Gram is
 accumulated during the pass rather than the inputs kept: no copy of the activations, and
@@ -22,7 +22,7 @@ from typing import Iterator, Mapping, Optional
 import torch
 from torch import nn
 
-from ..transforms.pca import Gram
+from .gram import Gram
 
 
 class InputStats:

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from ..models.adapters import Adapter
+from .replace import assign
 
 
 class RMSN(nn.Module):
@@ -40,37 +41,36 @@ def untie_head(model: nn.Module, adapter: Adapter) -> None:
     """Give the head its own weight so rotating it leaves the embedding alone."""
     if adapter.is_tied(model):
         head = adapter.head(model)
-        head.weight = nn.Parameter(head.weight.detach().clone())
-    model.config.tie_word_embeddings = False
+        assign(head, "weight", head.weight.detach().clone())
+    adapter.set_tied(model.config, False)
 
 
 @torch.no_grad()
 def _fold_into(linears: list[nn.Linear], scale: torch.Tensor, shift: torch.Tensor | None) -> None:
     """``W x' + b`` with ``x' = scale*x + shift``  ->  ``(W diag(scale)) x + (b + W shift)``."""
     for lin in linears:
-        w = lin.weight.data.double()
+        w = lin.weight.detach().double()
         if shift is not None:
-            extra = w @ shift.double()
-            if lin.bias is None:
-                lin.bias = nn.Parameter(torch.zeros(lin.out_features, dtype=lin.weight.dtype, device=lin.weight.device))
-            lin.bias.data = (lin.bias.data.double() + extra).to(lin.bias.dtype)
-        lin.weight.data = (w * scale.double()).to(lin.weight.dtype)
+            bias = lin.bias.detach().double() if lin.bias is not None else torch.zeros(lin.out_features, dtype=w.dtype,
+                                                                                         device=w.device)
+            assign(lin, "bias", (bias + w @ shift.double()).to(lin.weight.dtype))
+        assign(lin, "weight", w * scale.double().to(w.device))
 
 
 @torch.no_grad()
 def _centre_writer(lin: nn.Linear) -> None:
     """Make a residual writer's outputs zero-mean across channels."""
-    w = lin.weight.data.double()
-    lin.weight.data = (w - w.mean(dim=0, keepdim=True)).to(lin.weight.dtype)
+    w = lin.weight.detach().double()
+    assign(lin, "weight", w - w.mean(dim=0, keepdim=True))
     if lin.bias is not None:
-        b = lin.bias.data.double()
-        lin.bias.data = (b - b.mean()).to(lin.bias.dtype)
+        b = lin.bias.detach().double()
+        assign(lin, "bias", b - b.mean())
 
 
 @torch.no_grad()
 def _centre_embedding(emb: nn.Embedding) -> None:
-    w = emb.weight.data.double()
-    emb.weight.data = (w - w.mean(dim=-1, keepdim=True)).to(emb.weight.dtype)
+    w = emb.weight.detach().double()
+    assign(emb, "weight", w - w.mean(dim=-1, keepdim=True))
 
 
 def _scale_shift(norm: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -82,27 +82,29 @@ def _scale_shift(norm: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
 
 
 @torch.no_grad()
-def fuse_norms(model: nn.Module, adapter: Adapter, fold_final: bool = True):
-    """Fold every norm into its readers and replace it by a weightless RMSN.
-
-    With ``fold_final`` the final norm folds into the head (untie it first, or the embedding
-    changes too); otherwise its (scale, shift) is returned for the caller to place.
-    """
-    hidden = model.config.hidden_size
+def fuse_layer(layer: nn.Module, adapter: Adapter, hidden: int) -> None:
+    """Fold one layer's norms into their readers (and centre its writers for LayerNorm models)."""
+    parts = adapter.parts_of(layer)
+    for norm, readers in ((parts.attn_norm, parts.attn_in), (parts.mlp_norm, parts.mlp_in)):
+        scale, shift = _scale_shift(norm)
+        _fold_into(readers, scale, shift)
     if adapter.norm_kind == "layer":
-        _centre_embedding(adapter.token_embedding(model))
-        pos = adapter.position_embedding(model)
-        if pos is not None:
-            _centre_embedding(pos)
-    for layer in adapter.layers(model):
-        parts = adapter.parts_of(layer)
-        for norm, readers in ((parts.attn_norm, parts.attn_in), (parts.mlp_norm, parts.mlp_in)):
-            scale, shift = _scale_shift(norm)
-            _fold_into(readers, scale, shift)
-        if adapter.norm_kind == "layer":
-            _centre_writer(parts.attn_out)
-            _centre_writer(parts.mlp_out)
-        adapter.set_layer_norms(layer, RMSN(hidden, norm_eps(parts.attn_norm)), RMSN(hidden, norm_eps(parts.mlp_norm)))
+        _centre_writer(parts.attn_out)
+        _centre_writer(parts.mlp_out)
+    adapter.set_layer_norms(layer, RMSN(hidden, norm_eps(parts.attn_norm)), RMSN(hidden, norm_eps(parts.mlp_norm)))
+
+
+@torch.no_grad()
+def fuse_outside(model: nn.Module, adapter: Adapter, fold_final: bool = True):
+    """The parts outside the layers: centre the embeddings (LayerNorm models) and replace the
+    final norm by a weightless RMSN. With ``fold_final`` its scale (and shift) fold into the
+    head (untie it first, or the embedding changes too); otherwise they are returned for the
+    caller to place. Layers are fused one by one with ``fuse_layer`` as a pass reaches them."""
+    hidden = adapter.hidden_size(model.config)
+    if adapter.norm_kind == "layer":
+        for emb in (adapter.token_embedding(model), adapter.position_embedding(model)):
+            if emb is not None:
+                _centre_embedding(emb)
     final = adapter.final_norm(model)
     scale, shift = _scale_shift(final)
     adapter.set_final_norm(model, RMSN(hidden, norm_eps(final)))
@@ -110,3 +112,12 @@ def fuse_norms(model: nn.Module, adapter: Adapter, fold_final: bool = True):
         return scale, shift
     _fold_into([adapter.head(model)], scale, shift)
     return None
+
+
+@torch.no_grad()
+def fuse_norms(model: nn.Module, adapter: Adapter, fold_final: bool = True):
+    """Fuse a whole model in place (``fuse_outside`` + ``fuse_layer`` for every layer)."""
+    hidden = adapter.hidden_size(model.config)
+    for layer in adapter.layers(model):
+        fuse_layer(layer, adapter, hidden)
+    return fuse_outside(model, adapter, fold_final)

@@ -13,11 +13,6 @@ import torch
 from torch import nn
 
 
-def channel_scores(weight: torch.Tensor, norms: torch.Tensor) -> torch.Tensor:
-    """Wanda summed over a column: ``s_j = ‖W_{:,j}‖₁ · ‖X_j‖₂`` (float64, one per input channel)."""
-    return weight.detach().double().abs().sum(0) * norms.to(weight.device, torch.float64)
-
-
 def keep_top(scores: torch.Tensor, k: int) -> torch.Tensor:
     """Indices of the ``k`` highest scores in ascending index order (ties broken by index)."""
     return torch.sort(torch.topk(scores, k, sorted=False).indices).values
@@ -81,16 +76,13 @@ def set_columns(linear: nn.Linear, weight: torch.Tensor, bias: Optional[torch.Te
 
 
 def prune_pair(readers: list[nn.Linear], writer: nn.Linear, kept_rows: torch.Tensor, kept_cols: torch.Tensor,
-               h_cols: Optional[torch.Tensor] = None, damp: float = 0.01) -> None:
+               refit: "tuple[torch.Tensor, Optional[torch.Tensor]] | None" = None) -> None:
     """Drop the readers' rows outside ``kept_rows`` and the writer's columns outside ``kept_cols``.
 
-    With ``h_cols`` (see ``restore_columns``) the writer's kept columns are refitted; without,
-    they are copied unchanged (Wanda-SP)."""
+    ``refit`` (weight, bias) replaces the writer's kept columns (a restoration, e.g.
+    ``restore_columns``); without it they are copied unchanged (Wanda-SP)."""
     kept_cols = kept_cols.to(writer.weight.device)
-    if h_cols is None:
-        weight, bias = writer.weight[:, kept_cols], None
-    else:
-        weight, bias = restore_columns(writer.weight, writer.bias, h_cols, kept_cols, damp)
+    weight, bias = refit if refit is not None else (writer.weight[:, kept_cols], None)
     set_columns(writer, weight, bias)
     for lin in readers:
         keep_rows(lin, kept_rows)

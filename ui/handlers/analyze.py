@@ -5,9 +5,7 @@ from dataclasses import dataclass
 
 import plotly.graph_objects as go
 
-from engine import CalibrationSpec, make_calibration
-from engine.analysis.spectra import ResidualAnalysis, cut_width, residual_analysis
-from engine.errors import ConfigError
+from engine import CalibrationSpec, ConfigError, ResidualAnalysis, cut_width, make_calibration, residual_analysis
 
 from .. import figures
 from ..state import Session
@@ -57,7 +55,7 @@ def analyze(session: Session, source: str, nsamples, seqlen, seed, ratio, progre
     reporter = job(session, progress)
     reporter("calibration data", 0, 1, spec.source)
     calib = make_calibration(lm, spec, data_dir())
-    result = residual_analysis(lm.model, lm.adapter, calib.tokens, calib.batch_size, reporter)
+    result = residual_analysis(lm, calib, reporter)
     session.analysis = result
     session.analysis_calibration = calib.describe()
     session.scores[calibration_key(spec)] = result.block_influence

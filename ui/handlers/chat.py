@@ -4,8 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterator, Optional
 
-from engine.errors import ConfigError
-from engine.generate import Generation, SamplingSettings, stream_chat
+from engine import ConfigError, Generation, SamplingSettings
+from engine import chat as engine_chat
 
 from ..state import Session
 from .common import need_model
@@ -49,14 +49,13 @@ def chat(session: Session, prompt: str, max_new_tokens, temperature, top_p, top_
         raise ConfigError("Type a prompt first.")
     sampling = settings(max_new_tokens, temperature, top_p, top_k, repetition_penalty, seed)
     names = ["original"] + (["compressed"] if session.result is not None else [])
-    models = [(lm.model, lm.tokenizer)] + ([(session.result.model, session.result.tokenizer)]
-                                           if session.result is not None else [])
+    subjects = [lm] + ([session.result] if session.result is not None else [])
     for name in names:
         session.chats[name].append({"role": "user", "content": prompt})
     conversations = [list(session.chats[name]) for name in names]
     answers: list[Generation] = [Generation() for _ in names]
     try:
-        for answers in stream_chat(models, conversations, sampling, session.new_job()):
+        for answers in engine_chat(subjects, conversations, sampling, session.new_job()):
             yield _view(session, names, answers)
     finally:
         for name, g in zip(names, answers):

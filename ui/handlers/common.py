@@ -4,9 +4,7 @@ from __future__ import annotations
 import os
 from typing import Callable, Optional
 
-from engine import CompressionResult, LoadedModel, ProgressEvent
-from engine.errors import SlimLabError
-from engine.progress import Reporter
+from engine import CompressionResult, LoadedModel, ProgressEvent, Reporter, SlimLabError
 
 from ..state import Session
 

@@ -8,10 +8,10 @@ from typing import Optional, Sequence
 
 import plotly.graph_objects as go
 
-from engine import account
-from engine import perplexity as engine_perplexity
-from engine.errors import ConfigError
-from engine.progress import Reporter
+from engine import (
+    ConfigError, ProgressEvent, Reporter, Subject, build_report, evaluate_perplexity, evaluate_speed, evaluate_zeroshot,
+    model_entry, model_summary, params_total, write_report,
+)
 
 from .. import figures, text
 from ..state import Session
@@ -19,12 +19,6 @@ from .common import Progress, data_dir, job, need_model, need_result
 
 TARGETS = ["original", "compressed"]
 PPL_DATASETS = ["wikitext2", "wikitext2:test"]
-
-
-def zeroshot_tasks() -> list[str]:
-    from engine.evaluate import TASKS
-
-    return list(TASKS)
 
 
 @dataclass
@@ -37,8 +31,8 @@ class EvalView:
     history_rows: list[list]
 
 
-def _targets(session: Session, which: Sequence[str]) -> list[tuple[str, object, object, dict]]:
-    """(name, model, tokenizer, where its results go) for each ticked model."""
+def _targets(session: Session, which: Sequence[str]) -> list[tuple[str, Subject, dict]]:
+    """(name, the model to measure, where its results go) for each ticked model."""
     which = [w for w in TARGETS if w in (which or [])]
     if not which:
         raise ConfigError("Tick at least one model to evaluate (original, compressed).")
@@ -46,10 +40,9 @@ def _targets(session: Session, which: Sequence[str]) -> list[tuple[str, object, 
     out = []
     for name in which:
         if name == "original":
-            out.append((name, lm.model, lm.tokenizer, session.original_evals))
+            out.append((name, lm, session.original_evals))
         else:
-            result = need_result(session)
-            out.append((name, result.model, result.tokenizer, session.run.evals))
+            out.append((name, need_result(session), session.run.evals))
     return out
 
 
@@ -67,34 +60,30 @@ def run_perplexity(session: Session, which: Sequence[str], dataset: str, seqlen,
                    progress: Progress = None) -> EvalView:
     seqlen, windows = _whole(seqlen, "seqlen", 8), _whole(windows, "windows")
     reporter = job(session, progress)
-    for name, model, tokenizer, store in _targets(session, which):
+    for name, subject, store in _targets(session, which):
         reporter("perplexity", 0, windows, name)
-        store["perplexity"] = engine_perplexity(model, tokenizer, dataset, seqlen, windows, data_dir=data_dir(),
-                                                progress=_named(reporter, name)).to_dict()
+        store["perplexity"] = evaluate_perplexity(subject, dataset, seqlen, windows, data_dir=data_dir(),
+                                                  progress=_named(reporter, name)).to_dict()
     return view(session)
 
 
 def run_zeroshot(session: Session, which: Sequence[str], tasks: Sequence[str], limit,
                  progress: Progress = None) -> EvalView:
-    from engine.evaluate import run_zeroshot as engine_zeroshot
-
     limit = _whole(limit, "limit (items per task)")
     reporter = job(session, progress)
-    for name, model, tokenizer, store in _targets(session, which):
-        store["zeroshot"] = engine_zeroshot(model, tokenizer, list(tasks or []), limit, data_dir=data_dir(),
-                                            progress=_named(reporter, name).callback, cancel=reporter.cancel)
+    for name, subject, store in _targets(session, which):
+        store["zeroshot"] = evaluate_zeroshot(subject, list(tasks or []), limit, data_dir=data_dir(),
+                                              progress=_named(reporter, name).callback, cancel=reporter.cancel)
     return view(session)
 
 
 def run_speed(session: Session, which: Sequence[str], prefill_len, decode_tokens,
               progress: Progress = None) -> EvalView:
-    from engine.evaluate import measure_speed
-
     prefill_len, decode_tokens = _whole(prefill_len, "prefill length"), _whole(decode_tokens, "decode tokens")
     reporter = job(session, progress)
-    for name, model, tokenizer, store in _targets(session, which):
-        store["speed"] = measure_speed(model, tokenizer, prefill_len, decode_tokens,
-                                       progress=_named(reporter, name).callback, cancel=reporter.cancel)
+    for name, subject, store in _targets(session, which):
+        store["speed"] = evaluate_speed(subject, prefill_len, decode_tokens, progress=_named(reporter, name).callback,
+                                        cancel=reporter.cancel)
     return view(session)
 
 
@@ -103,8 +92,6 @@ def _named(reporter: Reporter, name: str) -> Reporter:
     callback = reporter.callback
     if callback is None:
         return reporter
-    from engine import ProgressEvent
-
     return Reporter(callback=lambda e: callback(ProgressEvent(f"{name}: {e.stage}", e.step, e.total, e.message)),
                     cancel=reporter.cancel)
 
@@ -158,9 +145,8 @@ def history_points(session: Session) -> list[dict]:
     points = []
     ppl = session.original_evals.get("perplexity")
     if ppl and session.lm is not None:
-        params = account(session.lm.model, session.lm.adapter).params_total
-        points.append({"label": "original", "params": params, "ppl": ppl["ppl"], "protocol": ppl_protocol(ppl),
-                       "original": True})
+        points.append({"label": "original", "params": params_total(session.lm), "ppl": ppl["ppl"],
+                       "protocol": ppl_protocol(ppl), "original": True})
     for run in session.history:
         p = run.evals.get("perplexity")
         if p:
@@ -205,9 +191,6 @@ def view(session: Session) -> EvalView:
 
 def report_files(session: Session) -> list[str]:
     """report.md + report.json (engine's report format) for the original vs the current compressed model."""
-    from engine.commands.info import model_summary
-    from engine.evaluate import build_report, model_entry, write_report
-
     lm = need_model(session)
     base = model_entry(lm.spec, model_summary(lm), None, session.original_evals.get("perplexity"),
                        session.original_evals.get("zeroshot"), session.original_evals.get("speed"), "original")

@@ -7,9 +7,7 @@ import re
 import tempfile
 from pathlib import Path
 
-from engine import save_compressed
-from engine.errors import ConfigError
-from engine.publish import check_repo_id, model_card, push_folder, read_meta
+from engine import ConfigError, check_repo_id, model_card, push_folder, read_meta, save_compressed
 
 from ..state import Session
 from .common import Progress, job, need_result
@@ -64,7 +62,7 @@ def save(session: Session, folder: str, overwrite: bool, progress: Progress = No
 def recipe(session: Session) -> tuple[str, str]:
     """(path of a JSON file to download, the JSON text)."""
     result = need_result(session)
-    body = json.dumps(result.recipe(), indent=2, default=str)
+    body = json.dumps(result.recipe.to_dict(), indent=2, default=str)
     folder = Path(tempfile.mkdtemp(prefix="slimlab-recipe-"))
     path = folder / f"recipe-run{session.run.run_id}.json"
     path.write_text(body)

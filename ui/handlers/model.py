@@ -5,8 +5,7 @@ from dataclasses import dataclass
 
 import plotly.graph_objects as go
 
-from engine.analysis.modules import module_params
-from engine.commands.info import model_summary
+from engine import model_summary, module_params
 
 from .. import figures, text
 from ..state import MODELS, ModelCache, Session
@@ -37,7 +36,7 @@ def load(session: Session, spec: str, progress: Progress = None, *, cache: Model
 def describe(session: Session) -> ModelView:
     lm = need_model(session)
     info = model_summary(lm)
-    parts = module_params(lm.model, lm.adapter)
+    parts = module_params(lm)
     return ModelView(
         status=status_line(session),
         summary=text.model_summary(info),

@@ -1,12 +1,12 @@
-"""Compress tab: method and its controls (from the method's schema), plan, run, honest result."""
+"""Compress tab: method and schedule with their controls (from their schemas), plan, run, honest result."""
 from __future__ import annotations
 
 import inspect
+from dataclasses import dataclass, field
 from types import SimpleNamespace
+from typing import Callable, Sequence
 
 import gradio as gr
-
-from engine import available_methods
 
 from .. import presets
 from ..handlers import compress as handlers
@@ -16,10 +16,11 @@ from .common import plot, stop_button
 
 DEFAULT_METHOD = "slicegpt"
 NO_RESULT = "No compressed model yet. Choose a method and a ratio, then press **Run**."
+CALIBRATION_FIELDS = ("source", "nsamples", "seqlen", "seed")  # the order of the calibration inputs
 
 
 def control(param: dict) -> gr.components.Component:
-    """One input built from a method's parameter schema, so a new method needs no UI change."""
+    """One input built from a parameter schema, so a new method or schedule needs no UI change."""
     common = dict(label=param["name"], info=param["help"])
     kind = param["kind"]
     if kind == "choice":
@@ -32,30 +33,44 @@ def control(param: dict) -> gr.components.Component:
     return gr.Textbox(param["default"], **common)
 
 
+@dataclass
+class ControlGroups:
+    """One column of controls per owner (a method or a schedule); only the selected owner's is visible."""
+
+    groups: dict[str, gr.Column] = field(default_factory=dict)
+    keys: list[tuple[str, str]] = field(default_factory=list)  # (owner, param), aligned with ``controls``
+    controls: list[gr.components.Component] = field(default_factory=list)
+
+
+def control_groups(schemas: dict[str, list[dict]], selected: str) -> ControlGroups:
+    built = ControlGroups()
+    for owner, schema in schemas.items():
+        with gr.Column(visible=owner == selected) as group:
+            for param in schema:
+                built.keys.append((owner, param["name"]))
+                built.controls.append(control(param))
+        built.groups[owner] = group
+    return built
+
+
 def build() -> SimpleNamespace:
-    methods = available_methods()
+    methods = handlers.method_schemas()
     default = DEFAULT_METHOD if DEFAULT_METHOD in methods else next(iter(methods))
     with gr.Row():
         preset = gr.Dropdown(list(presets.recipe_presets()), value=None, label="Preset", scale=3,
                              info="fills the controls below; you can change anything afterwards")
-        recipe_file = gr.UploadButton("Replay a recipe (.json)", file_types=[".json"], scale=1)
+        recipe_file = gr.UploadButton("Replay a recipe (.json/.yaml)", file_types=[".json", ".yaml", ".yml"], scale=1)
     with gr.Row():
         with gr.Column(scale=2):
             method = gr.Dropdown(handlers.method_choices(), value=default, label="Method")
             method_info = gr.Markdown(handlers.method_markdown(default))
-            groups, keys, controls = {}, [], []
-            for name, impl in methods.items():
-                with gr.Column(visible=name == default) as group:
-                    for param in impl.schema():
-                        keys.append((name, param["name"]))
-                        controls.append(control(param))
-                groups[name] = group
+            method_controls = control_groups(methods, default)
         with gr.Column(scale=2):
             ratio = gr.Slider(0.0, 0.9, value=0.25, step=0.01, label="Target ratio",
                               info="mean fraction of each layer's width to remove")
-            schedule = gr.Radio(handlers.SCHEDULES, value="uniform", label="Schedule")
-            slicing_base = gr.Slider(0.0, 0.9, value=0.15, step=0.01, label="Slicing base", visible=False,
-                                     info="layer-redundancy: the least any layer is sliced (≤ target)")
+            schedule = gr.Radio(handlers.schedule_choices(), value=handlers.DEFAULT_SCHEDULE, label="Schedule")
+            schedule_info = gr.Markdown(handlers.schedule_markdown(handlers.DEFAULT_SCHEDULE), elem_classes="explain")
+            schedule_controls = control_groups(handlers.schedule_schemas(), handlers.DEFAULT_SCHEDULE)
             with gr.Accordion("Calibration data", open=False):
                 source = gr.Dropdown(CALIBRATION_SOURCES, value="wikitext2:validation", allow_custom_value=True,
                                      label="Source")
@@ -78,27 +93,54 @@ def build() -> SimpleNamespace:
     accounting = plot("The parameter comparison appears after a run.", "Parameters: original vs compressed",
                       "accounting")
     return SimpleNamespace(preset=preset, recipe_file=recipe_file, method=method, method_info=method_info,
-                           groups=groups, keys=keys, controls=controls, ratio=ratio, schedule=schedule,
-                           slicing_base=slicing_base, source=source, nsamples=nsamples, seqlen=seqlen, seed=seed,
+                           methods=method_controls, ratio=ratio, schedule=schedule, schedule_info=schedule_info,
+                           schedules=schedule_controls, source=source, nsamples=nsamples, seqlen=seqlen, seed=seed,
                            preview=preview, run=run, stop=stop_btn, plan_note=plan_note, plan_plot=plan_plot,
                            plan_table=plan_table, card=card, accounting=accounting)
 
 
-def _run_from_controls(keys: list[tuple[str, str]]):
-    """A run function whose positional inputs are the fixed controls, then every method's controls."""
-    def run(session, method, ratio, schedule, slicing_base, source, nsamples, seqlen, seed, plan, *rest):
-        *values, progress = rest
-        params = handlers.params_from_controls(method, keys, values)
-        return handlers.run(session, method, params, ratio, schedule, slicing_base, source, nsamples, seqlen, seed,
-                            plan, progress)
-
-    fixed = list(inspect.signature(run).parameters)[:10]
-    names = fixed + [f"{m}_{p}".replace("-", "_") for m, p in keys] + ["progress"]
-    run.__signature__ = inspect.Signature(
+def _signed(fn: Callable, fixed: Sequence[str], keys: Sequence[tuple[str, str]], name: str) -> Callable:
+    """Name ``fn(*args)``'s inputs (the fixed ones, one per control, then progress) for the API page and clients."""
+    names = list(fixed) + [f"{owner}_{param}".replace("-", "_") for owner, param in keys] + ["progress"]
+    fn.__signature__ = inspect.Signature(
         [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None if n == "progress" else
                            inspect.Parameter.empty) for n in names])
-    run.__name__ = "compress"
-    return run
+    fn.__name__ = name
+    return fn
+
+
+def _split(args: Sequence, fixed: int, groups: Sequence[ControlGroups]) -> tuple[list, list[Sequence], object]:
+    """gradio's positional inputs -> (the fixed ones, each group's control values, progress)."""
+    values, at = [], fixed
+    for group in groups:
+        values.append(args[at:at + len(group.keys)])
+        at += len(group.keys)
+    return list(args[:fixed]), values, args[-1]
+
+
+def _preview_from_controls(schedules: ControlGroups) -> Callable:
+    fixed = ("session", "schedule", "ratio") + CALIBRATION_FIELDS
+
+    def preview(*args):
+        (session, schedule, ratio, *calib), (values,), progress = _split(args, len(fixed), [schedules])
+        params = handlers.params_from_controls(schedule, schedules.keys, values)
+        return handlers.preview_plan(session, schedule, ratio, params, *calib, progress)
+
+    return _signed(preview, fixed, schedules.keys, "preview_plan")
+
+
+def _run_from_controls(methods: ControlGroups, schedules: ControlGroups) -> Callable:
+    """A run function whose inputs are the fixed controls, every method's controls, then every schedule's."""
+    fixed = ("session", "method", "ratio", "schedule") + CALIBRATION_FIELDS + ("plan",)
+
+    def run(*args):
+        (session, method, ratio, schedule, *calib, plan), (mv, sv), progress = _split(args, len(fixed),
+                                                                                    [methods, schedules])
+        return handlers.run(session, method, handlers.params_from_controls(method, methods.keys, mv), ratio,
+                            schedule, handlers.params_from_controls(schedule, schedules.keys, sv), *calib, plan,
+                            progress)
+
+    return _signed(run, fixed, methods.keys + schedules.keys, "compress")
 
 
 def plan_outputs(t) -> list:
@@ -109,40 +151,44 @@ def adapt_plan(view: handlers.PlanView) -> list:
     return [view.rows, view.figure, view.note]
 
 
+def _switch(selector: gr.components.Component, info: gr.Markdown, controls: ControlGroups,
+            markdown: Callable[[str], str]) -> None:
+    """Picking a method (or schedule) shows its description and its controls, and hides the others'."""
+    names = list(controls.groups)
+
+    def show(name: str) -> list:
+        return [markdown(name)] + [gr.update(visible=n == name) for n in names]
+
+    selector.change(guarded(show), [selector], [info] + list(controls.groups.values()), api_visibility="private",
+                    **LIGHT)
+
+
 def wire(ui) -> gr.events.Dependency:
     """Returns the Run event so the app can refresh the other tabs after it."""
     t = ui.compress
-    names = list(t.groups)
+    _switch(t.method, t.method_info, t.methods, handlers.method_markdown)
+    _switch(t.schedule, t.schedule_info, t.schedules, handlers.schedule_markdown)
+    calib = [t.source, t.nsamples, t.seqlen, t.seed]
 
-    def show_method(name: str) -> list:
-        return [handlers.method_markdown(name)] + [gr.update(visible=n == name) for n in names]
+    def apply(recipe) -> list:
+        c = handlers.recipe_controls(recipe)
+        keep = gr.update()
+        return ([c.method, c.ratio, c.schedule] + [c.calibration[k] for k in CALIBRATION_FIELDS]
+                + handlers.control_values(c.method, c.method_params, t.methods.keys, keep)
+                + handlers.control_values(c.schedule, c.schedule_params, t.schedules.keys, keep)
+                + (adapt_plan(c.plan) if c.plan else [keep] * 3))
 
-    method_outputs = [t.method_info] + [t.groups[n] for n in names]
-    t.method.change(guarded(show_method), [t.method], method_outputs, api_visibility="private", **LIGHT)
-    t.schedule.change(lambda s: gr.update(visible=s == "layer-redundancy"), [t.schedule], [t.slicing_base],
-                      api_visibility="private", **LIGHT)
-
-    def apply(recipe: dict) -> list:
-        c = handlers.recipe_controls(recipe, t.keys)
-        cal = c.calibration
-        plan = adapt_plan(c.plan) if c.plan else [gr.update()] * 3
-        return ([c.method, c.ratio, c.schedule, gr.update() if c.slicing_base is None else c.slicing_base,
-                 cal.get("source", gr.update()), cal.get("nsamples", gr.update()), cal.get("seqlen", gr.update()),
-                 cal.get("seed", gr.update())] + [gr.update() if v is None else v for v in c.param_values]
-                + plan)
-
-    recipe_outputs = ([t.method, t.ratio, t.schedule, t.slicing_base, t.source, t.nsamples, t.seqlen, t.seed]
-                      + t.controls + plan_outputs(t))
+    recipe_outputs = ([t.method, t.ratio, t.schedule] + calib + t.methods.controls + t.schedules.controls
+                      + plan_outputs(t))
     t.preset.input(guarded(lambda name: apply(presets.recipe_presets()[name])), [t.preset], recipe_outputs,
                    api_visibility="private", **LIGHT)
     t.recipe_file.upload(guarded(lambda path: apply(presets.read_recipe(path))), [t.recipe_file], recipe_outputs,
                          api_visibility="private", **LIGHT)
 
-    calib = [t.source, t.nsamples, t.seqlen, t.seed]
-    t.preview.click(guarded(handlers.preview_plan, adapt_plan),
-                    [ui.session, t.schedule, t.ratio, t.slicing_base] + calib, plan_outputs(t),
+    t.preview.click(guarded(_preview_from_controls(t.schedules), adapt_plan),
+                    [ui.session, t.schedule, t.ratio] + calib + t.schedules.controls, plan_outputs(t),
                     api_name="preview_plan", **HEAVY)
-    t.plan_table.input(guarded(lambda s, rows: adapt_plan(handlers.edit_plan(s, rows)) + ["manual"]),
+    t.plan_table.input(guarded(lambda s, rows: adapt_plan(handlers.edit_plan(s, rows)) + [handlers.TABLE_SCHEDULE]),
                        [ui.session, t.plan_table], [t.plan_table, t.plan_plot, t.plan_note, t.schedule],
                        api_visibility="private", **LIGHT)
     t.stop.click(stop, [ui.session], None, api_name="stop_compress", **LIGHT)
@@ -150,8 +196,8 @@ def wire(ui) -> gr.events.Dependency:
     def adapt(view: handlers.CompressView) -> list:
         return [view.card, view.accounting] + adapt_plan(view.plan) + [view.status]
 
-    return t.run.click(guarded(_run_from_controls(t.keys), adapt),
-                       [ui.session, t.method, t.ratio, t.schedule, t.slicing_base] + calib + [t.plan_table]
-                       + t.controls,
+    return t.run.click(guarded(_run_from_controls(t.methods, t.schedules), adapt),
+                       [ui.session, t.method, t.ratio, t.schedule] + calib + [t.plan_table] + t.methods.controls
+                       + t.schedules.controls,
                        [t.card, t.accounting] + plan_outputs(t) + [ui.status], api_name="compress",
                        scroll_to_output=True, **HEAVY)

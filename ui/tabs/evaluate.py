@@ -5,6 +5,8 @@ from types import SimpleNamespace
 
 import gradio as gr
 
+from engine import zeroshot_tasks
+
 from ..handlers import evaluate as handlers
 from ..wiring import HEAVY, LIGHT, guarded, stop
 from .common import plot, stop_button
@@ -13,7 +15,7 @@ DEFAULT_TASKS = ["piqa", "arc_easy"]
 
 
 def build() -> SimpleNamespace:
-    tasks = handlers.zeroshot_tasks()
+    tasks = zeroshot_tasks()
     with gr.Row(equal_height=True):
         which = gr.CheckboxGroup(handlers.TARGETS, value=handlers.TARGETS, label="Models to evaluate", scale=3)
         stop_btn = stop_button()

@@ -1,0 +1,105 @@
+"""UI-facing helpers: every call takes what a front end holds, a loaded model or a compression result.
+
+The engine's internals take ``(model, adapter, tokens, ...)`` because methods and the driver
+need the pieces; a front end should not. These wrappers keep the UI (and notebooks) away from
+``lm.model``/``lm.adapter`` and from the internal module layout, so the engine can move
+things around (the sequential driver, new analyses) without touching ``ui/``.
+"""
+from __future__ import annotations
+
+from typing import Any, Iterator, Optional, Protocol, Sequence
+
+from .analysis import account
+from .analysis.modules import ModuleParams
+from .analysis.layer_scores import block_influence as _block_influence
+from .analysis.modules import module_params as _module_params
+from .analysis.spectra import ResidualAnalysis
+from .analysis.spectra import residual_analysis as _residual_analysis
+from .evaluate import PerplexityResult, measure_speed, perplexity, run_zeroshot
+from .generate import Generation, SamplingSettings, stream_chat
+from .methods import Calibration
+from .models import LoadedModel
+from .progress import CancelToken, ProgressCallback, Reporter
+
+
+class Subject(Protocol):
+    """Anything with a model and its tokenizer: a ``LoadedModel`` or a ``CompressionResult``."""
+
+    model: Any
+    tokenizer: Any
+
+
+def num_layers(lm: LoadedModel) -> int:
+    """Number of transformer layers (the length every per-layer plan must have)."""
+    return len(lm.adapter.layers(lm.model))
+
+
+def model_summary(lm: LoadedModel) -> dict:
+    """Accounting plus, for a SlimLab output folder, the method and per-layer widths it applied.
+
+    Shared by ``slimlab info``, ``slimlab eval``/``bench`` reports and the UI's Model tab, so all
+    three print the same numbers.
+    """
+    meta = lm.meta or {}
+    summary = account(lm.model, lm.adapter, lm.path, meta.get("params_added_detail")).to_dict() | {"spec": lm.spec}
+    if meta:
+        summary |= {"method": meta["method"], "widths": meta["widths"], "recipe": meta["recipe"]}
+    return summary
+
+
+def params_total(lm: LoadedModel) -> int:
+    """Total parameters, each tensor once (a tied head is not counted twice)."""
+    return account(lm.model, lm.adapter).params_total
+
+
+def module_params(lm: LoadedModel) -> ModuleParams:
+    """Where the parameters are: per module type and per layer group."""
+    return _module_params(lm.model, lm.adapter)
+
+
+def residual_analysis(lm: LoadedModel, calibration: Calibration,
+                      progress: "Reporter | None" = None) -> ResidualAnalysis:
+    """Residual spectra at every layer and block influence, in one read-only calibration pass."""
+    return _residual_analysis(lm.model, lm.adapter, calibration.tokens, calibration.batch_size, progress)
+
+
+def block_influence(lm: LoadedModel, calibration: Calibration, progress: "Reporter | None" = None) -> list[float]:
+    """Per-layer ``1 - cos(input, output)`` on the calibration tokens (what score-driven schedules rank by)."""
+    return _block_influence(lm.model, lm.adapter, calibration.tokens, calibration.batch_size, progress)
+
+
+def chat(subjects: Sequence[Subject], conversations: Sequence[list[dict]],
+         settings: SamplingSettings = SamplingSettings(), cancel: Optional[CancelToken] = None
+         ) -> Iterator[list[Generation]]:
+    """Stream every subject's answer to its own conversation, one token each per round (same seed)."""
+    return stream_chat([(s.model, s.tokenizer) for s in subjects], conversations, settings, cancel)
+
+
+def evaluate_perplexity(subject: Subject, dataset: str = "wikitext2", seqlen: int = 2048,
+                        max_windows: Optional[int] = None, data_dir: Optional[str] = None,
+                        progress: "Reporter | ProgressCallback | None" = None) -> PerplexityResult:
+    """Perplexity by the paper protocol (see ``engine.evaluate.perplexity``)."""
+    return perplexity(subject.model, subject.tokenizer, dataset, seqlen, max_windows, data_dir=data_dir,
+                      progress=progress)
+
+
+def evaluate_zeroshot(subject: Subject, tasks: Sequence[str], limit: Optional[int] = None,
+                      data_dir: Optional[str] = None, progress: Optional[ProgressCallback] = None,
+                      cancel: Optional[CancelToken] = None) -> dict:
+    """Zero-shot accuracy per task (``ZeroShotResult.to_dict()``)."""
+    return run_zeroshot(subject.model, subject.tokenizer, list(tasks), limit, data_dir=data_dir, progress=progress,
+                        cancel=cancel)
+
+
+def evaluate_speed(subject: Subject, prefill_len: int = 512, decode_tokens: int = 32,
+                   progress: Optional[ProgressCallback] = None, cancel: Optional[CancelToken] = None) -> dict:
+    """Prefill/decode throughput and memory on this machine (``SpeedResult.to_dict()``)."""
+    return measure_speed(subject.model, subject.tokenizer, prefill_len, decode_tokens, progress=progress,
+                         cancel=cancel)
+
+
+def zeroshot_tasks() -> list[str]:
+    """The zero-shot tasks the engine can run offline and online."""
+    from .evaluate import TASKS
+
+    return list(TASKS)

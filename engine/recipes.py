@@ -1,0 +1,213 @@
+"""``Recipe``: everything that decides a compression run, parsed and validated in one place.
+
+The CLI, the UI, the shipped presets (assets/recipes) and saved folders (``slimlab.json``)
+all go through ``Recipe.from_dict``/``Recipe.read``, and ``validate()`` refuses a bad recipe
+without a model, so a wrong ratio costs milliseconds, not a model load. This module imports
+neither torch nor the methods at import time (the method registry is read lazily).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields, replace
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Optional
+
+from .errors import ConfigError, DataError
+from .params import read_settings_file, resolve_params
+from .schedules import Plan, check_ratio, get_schedule, resolve_schedule, split_schedule
+
+RECIPE_VERSION = 2  # 1: the layouts before Recipe (saved slimlab.json, presets with slicing_base)
+
+
+def current_versions() -> dict[str, str]:
+    """The versions a produced recipe records (read from package metadata: no torch import)."""
+    out = {}
+    for package in ("slimlab", "torch", "transformers"):
+        try:
+            out[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            out[package] = "unknown"
+    return out
+
+
+def _known_keys(data: dict, cls: type, what: str) -> dict:
+    names = [f.name for f in fields(cls)]
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        raise ConfigError(f"{what} has unknown field(s) {', '.join(unknown)}; it takes: {', '.join(names)}.")
+    return data
+
+
+def _positive_int(value: Any, what: str, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{what} must be an integer >= {minimum} (got {value!r}).")
+    return value
+
+
+@dataclass
+class CalibrationSpec:
+    """Which text calibrates a run, and how much: part of every recipe and saved model."""
+
+    source: str = "wikitext2:validation"
+    nsamples: int = 64
+    seqlen: int = 512
+    seed: int = 42
+    batch_size: int = 8
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "CalibrationSpec":
+        return cls(**_known_keys(d, cls, "calibration"))
+
+    def check(self) -> None:
+        """Types and ranges, and a known text source."""
+        for name, minimum in (("nsamples", 1), ("seqlen", 2), ("seed", 0), ("batch_size", 1)):
+            _positive_int(getattr(self, name), f"calibration {name}", minimum)
+        try:
+            check_source(self.source)
+        except ConfigError as exc:
+            raise ConfigError(f"calibration source: {exc}") from None
+
+
+def check_source(spec: Any) -> None:
+    """A known text source name (``wikitext2:test``, ``file:PATH``: the file must exist); no data is read."""
+    from .data.sources import parse_source  # lazy: engine.data pulls in the model stack
+
+    if not isinstance(spec, str) or not spec.strip():
+        raise ConfigError(f"expected a text source name (got {spec!r}).")
+    try:
+        src = parse_source(spec)
+    except DataError as exc:
+        raise ConfigError(str(exc)) from None
+    if src.name == "file" and not Path(src.path).is_file():
+        raise ConfigError(f"file not found: {src.path}")
+
+
+_FIELD_TYPES = {"method_params": dict, "schedule_params": dict, "calibration": dict, "versions": dict,
+               "model": str, "method": str, "schedule": str}
+
+
+@dataclass
+class Recipe:
+    """A compression run: model spec, method + params, schedule + params (or an explicit plan),
+    calibration, and the versions that produced it."""
+
+    model: str = "demo"
+    method: str = "slicegpt"
+    method_params: dict = field(default_factory=dict)
+    ratio: float = 0.25
+    schedule: str = "uniform"
+    schedule_params: dict = field(default_factory=dict)
+    plan: Optional[Plan] = None  # an explicit per-layer plan; overrides the schedule
+    calibration: CalibrationSpec = field(default_factory=CalibrationSpec)
+    versions: dict = field(default_factory=current_versions)
+    format_version: int = RECIPE_VERSION
+
+    # --- checking -------------------------------------------------------------
+    def validate(self) -> "Recipe":
+        """A copy with params resolved to full dicts and every value checked; needs no model.
+
+        Cheap checks run first, the method (which imports the method registry, hence torch) last.
+        """
+        try:
+            ratio = check_ratio(self.ratio, "ratio")
+        except (TypeError, ValueError):
+            raise ConfigError(f"ratio must be a number in [0, 1) (got {self.ratio!r}).") from None
+        self.calibration.check()
+        if self.plan is None:
+            schedule, schedule_params = resolve_schedule(self.schedule, ratio, self.schedule_params)
+        else:  # the plan is what runs; the schedule is its provenance, so only its names are checked
+            name, given = split_schedule(self.schedule, self.schedule_params)
+            schedule = get_schedule(name)
+            schedule_params = schedule.resolve_params(given)
+            if not self.plan.ratios:
+                raise ConfigError("plan has no per-layer ratios.")
+            for i, r in enumerate(self.plan.ratios):
+                check_ratio(r, f"plan ratio of layer {i}")
+        method = _method(self.method)
+        method_params = resolve_params("Method", method.name, method.params, self.method_params)
+        return replace(self, ratio=ratio, schedule=schedule.name, schedule_params=schedule_params,
+                       method_params=method_params)
+
+    def check_layers(self, num_layers: int) -> None:
+        """An explicit plan must have one ratio per layer of the model it is applied to."""
+        if self.plan is not None and len(self.plan.ratios) != num_layers:
+            raise ConfigError(f"The plan has {len(self.plan.ratios)} ratios but the model has {num_layers} layers.")
+
+    # --- reading and writing --------------------------------------------------
+    def to_dict(self) -> dict:
+        return {"format_version": self.format_version, "model": self.model, "method": self.method,
+                "method_params": dict(self.method_params), "ratio": self.ratio, "schedule": self.schedule,
+                "schedule_params": dict(self.schedule_params),
+                "plan": self.plan.to_dict() if self.plan is not None else None,
+                "calibration": self.calibration.to_dict(), "versions": dict(self.versions)}
+
+    @classmethod
+    def from_dict(cls, d: Any) -> "Recipe":
+        """A recipe dict, a whole ``slimlab.json``, a shipped preset (its ``name`` is dropped), or
+        the v1 layout (top-level ``slicing_base``); every layout comes out as the current one."""
+        if not isinstance(d, dict):
+            raise ConfigError(f"A recipe is a JSON/YAML mapping (got {type(d).__name__}).")
+        d = dict(d["recipe"] if isinstance(d.get("recipe"), dict) else d)
+        d.pop("name", None)
+        version = d.pop("format_version", 1)
+        if not isinstance(version, int) or version > RECIPE_VERSION:
+            raise ConfigError(f"Recipe format_version {version!r}: this SlimLab reads up to {RECIPE_VERSION}; "
+                              "upgrade it.")
+        slicing_base = d.pop("slicing_base", None)
+        _known_keys(d, cls, "recipe")
+        for key, kind in _FIELD_TYPES.items():
+            if key in d and not isinstance(d[key], kind):
+                raise ConfigError(f"recipe field '{key}' must be a {'mapping' if kind is dict else 'string'} "
+                                  f"(got {d[key]!r}).")
+        if slicing_base is not None:
+            d["schedule_params"] = {"slicing_base": slicing_base} | d.get("schedule_params", {})
+        if "calibration" in d:
+            d["calibration"] = CalibrationSpec.from_dict(d["calibration"])
+        if d.get("plan") is not None:
+            d["plan"] = _plan(d["plan"])
+        d.setdefault("versions", {})  # parsed, not produced here: no versions claimed
+        return cls(**d)
+
+    @classmethod
+    def read(cls, path: "str | Path") -> "Recipe":
+        """A recipe from a JSON or YAML file; every problem is a ConfigError naming the file."""
+        data = read_settings_file(path, "Recipe file")
+        try:
+            return cls.from_dict(data)
+        except ConfigError as exc:
+            raise ConfigError(f"Recipe file {path}: {exc}") from None
+
+    def label(self) -> str:
+        """Short human label, e.g. ``slicegpt 25% uniform (variant=shared)``: only non-default params."""
+        name, schedule_params = split_schedule(self.schedule, self.schedule_params)
+        extras = _non_default(self.method_params, _method(self.method).params)
+        extras += _non_default(schedule_params, get_schedule(name).params)
+        ratio = self.plan.target if self.plan is not None else self.ratio
+        return f"{self.method} {ratio:.0%} {name}" + (f" ({', '.join(extras)})" if extras else "")
+
+
+def _method(name: Any):
+    from .methods import get_method  # lazy: the methods import torch
+
+    if not isinstance(name, str):
+        raise ConfigError(f"method must be a method name (got {name!r}).")
+    return get_method(name)
+
+
+def _non_default(values: dict, params) -> list[str]:
+    defaults = {p.name: p.default for p in params}
+    return [f"{k}={v}" for k, v in values.items() if defaults.get(k) != v]
+
+
+def _plan(d: Any) -> Plan:
+    if not isinstance(d, dict):
+        raise ConfigError(f"recipe field 'plan' must be a mapping with schedule, target and ratios (got {d!r}).")
+    try:
+        return Plan.from_dict(d)
+    except KeyError as exc:
+        raise ConfigError(f"plan has no '{exc.args[0]}'; a plan has schedule, target and ratios.") from None
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"plan: target and ratios must be numbers ({exc}).") from None

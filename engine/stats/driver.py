@@ -1,0 +1,223 @@
+"""The one sequential driver: calibration activations streamed through the stack layer by layer.
+
+GPTQ/SparseGPT's ``*_sequential`` idiom. The inputs of the first decoder layer are captured
+once (the model's own forward computes positions, rotary embeddings and masks, and the
+adapter says where layer 0 is); then, for each layer, its attention half and its MLP half run
+once on every calibration batch. At each half a pass (``LayerHooks``) is handed the residual
+going in, the input of the half's output projection, and statistics of that input on demand,
+and may rewrite the layer's weights before the driver computes what the next half sees from
+the *modified* layer. So each layer is compressed on the output of the already compressed
+layers before it. Every method and analysis pass runs here; no other module loops over
+layers with calibration data.
+
+Layers come from a ``LayerSource``: the original's own layers for a read-only pass, or
+working copies (built one at a time, read from disk for a streamed model) when compressing.
+Only the layer being processed and the activations live on the compute device.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional, Protocol
+
+import torch
+from torch import nn
+
+from ..models.adapters import Adapter, LayerParts, normalize
+from ..progress import Reporter
+from .collectors import InputStats, bypassed
+
+HALVES = ("attention", "mlp")
+
+
+class _Captured(Exception):
+    pass
+
+
+@dataclass
+class LayerInputs:
+    """Hidden states per calibration batch, and the keyword arguments each layer receives."""
+
+    hidden: list[torch.Tensor]  # one [batch, seq, width] tensor per batch
+    kwargs: list[dict]  # position embeddings, masks ... exactly as the model passes them
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(h.shape[0] * h.shape[1] for h in self.hidden)
+
+
+@torch.inference_mode()
+def capture_layer_inputs(model: nn.Module, adapter: Adapter, tokens: torch.Tensor, batch_size: int = 8,
+                         device: "torch.device | None" = None) -> LayerInputs:
+    """Run ``model`` up to its first decoder layer for each batch of ``tokens``.
+
+    Only the parts before layer 0 run (embeddings, rotary tables), so a model whose layers
+    are still on disk (meta tensors) can be captured; results move to ``device``."""
+    layer0 = adapter.layers(model)[0]
+    source = adapter.token_embedding(model).weight.device
+    device = device or source
+    hidden, kwargs = [], []
+
+    def hook(_module, args, kw):
+        hidden.append((args[0] if args else kw.pop("hidden_states")).to(device))
+        kwargs.append({k: _to(v, device) for k, v in kw.items() if k not in ("past_key_values", "use_cache")})
+        raise _Captured
+
+    handle = layer0.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        for start in range(0, tokens.shape[0], batch_size):
+            try:
+                model(input_ids=tokens[start : start + batch_size].to(source), use_cache=False)
+            except _Captured:
+                pass
+    finally:
+        handle.remove()
+    return LayerInputs(hidden=hidden, kwargs=kwargs)
+
+
+def _to(value, device: torch.device):
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, tuple):
+        return tuple(_to(v, device) for v in value)
+    return value
+
+
+def residual_plus(residuals: list[torch.Tensor], inputs: list[torch.Tensor], linear: nn.Linear,
+                  columns: "torch.Tensor | None" = None) -> list[torch.Tensor]:
+    """``r + linear(x[..., columns])`` per batch, as one GEMM that also does the add.
+
+    A pruned weight is scattered into zero columns so all of ``x`` is read: on a CPU,
+    gathering the kept columns of a [4096, 1536] activation costs more than the multiply it
+    saves."""
+    weight = linear.weight
+    if columns is not None:
+        weight = weight.new_zeros(weight.shape[0], inputs[0].shape[-1]).index_copy_(1, columns, weight)
+    out = []
+    for r, x in zip(residuals, inputs):
+        y = torch.addmm(r.reshape(-1, r.shape[-1]), x.reshape(-1, x.shape[-1]), weight.T)
+        if linear.bias is not None:
+            y += linear.bias
+        out.append(y.view(*r.shape[:-1], y.shape[-1]))
+    return out
+
+
+@dataclass
+class HalfStep:
+    """One half of one layer, as the driver hands it to a pass."""
+
+    index: int  # layer index
+    half: str  # "attention" | "mlp"
+    layer: nn.Module
+    parts: LayerParts
+    residual: list[torch.Tensor]  # the half's input (the residual stream), per batch
+    inner: list[torch.Tensor]  # the input of the half's output projection, per batch
+    _stats: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def writer(self) -> nn.Linear:
+        """The half's output projection (o_proj, down_proj / fc2): it writes the residual."""
+        return self.parts.half(self.half)[2]
+
+    def stats(self, gram: bool = False, sums: bool = False) -> InputStats:
+        """Statistics of ``inner`` (float64), computed once per kind and shared by every caller."""
+        key = (gram, sums)
+        if key not in self._stats:
+            richer = next((s for (g, m), s in self._stats.items() if g >= gram and m >= sums), None)
+            self._stats[key] = richer or InputStats.of(self.inner, gram=gram, sums=sums)
+        return self._stats[key]
+
+
+@dataclass
+class HalfOutcome:
+    """What a pass did to a half: the driver computes the half's output from it."""
+
+    columns: Optional[torch.Tensor] = None  # the writer now reads only these columns of ``inner``
+    residual: Optional[list[torch.Tensor]] = None  # the pass computed the half's output itself
+
+
+class LayerHooks:
+    """A pass over the stack; every hook is optional. Subclass and override what you need."""
+
+    needs_last_output: bool = True  # False: the last layer's output is never computed
+    observes_layers: bool = False  # True: ``end_layer`` gets each layer's input and output
+
+    def start(self, hidden: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Map the captured inputs of layer 0 (e.g. into a rotated basis)."""
+        return hidden
+
+    def begin_half(self, index: int, half: str, layer: nn.Module) -> None:
+        """Before the half runs (e.g. fold its norm, rotate its readers)."""
+
+    def half(self, step: HalfStep) -> Optional[HalfOutcome]:
+        """After the half's inner activations are known: score, prune, refit ..."""
+        return None
+
+    def end_layer(self, index: int, layer: nn.Module, inputs: Optional[list[torch.Tensor]],
+                  outputs: Optional[list[torch.Tensor]]) -> None:
+        """After both halves (inputs/outputs are given when ``observes_layers``)."""
+
+
+class LayerSource(Protocol):
+    """Where the driver gets each layer and what happens to it afterwards."""
+
+    num_layers: int
+
+    def open(self, index: int) -> nn.Module:
+        """The layer to run, on the compute device."""
+
+    def close(self, index: int, layer: nn.Module) -> None:
+        """Done with it: keep it (compressing) or let it go (reading)."""
+
+
+class ModelLayers:
+    """A model's own layers, read in place: for read-only passes over a model in memory."""
+
+    def __init__(self, model: nn.Module, adapter: Adapter):
+        self.layers = adapter.layers(model)
+        self.num_layers = len(self.layers)
+
+    def open(self, index: int) -> nn.Module:
+        return self.layers[index]
+
+    def close(self, index: int, layer: nn.Module) -> None:
+        pass
+
+
+@torch.inference_mode()
+def run_sequential(inputs: LayerInputs, adapter: Adapter, source: LayerSource, hooks: LayerHooks,
+                   reporter: Reporter, stage: str) -> Optional[list[torch.Tensor]]:
+    """Push ``inputs`` through every layer of ``source``, calling ``hooks`` at each half.
+
+    Returns the last layer's output (None when the hooks do not need it)."""
+    x = hooks.start(inputs.hidden)
+    n = source.num_layers
+    for i in range(n):
+        reporter(stage, i, n, f"layer {i}")
+        layer = source.open(i)
+        layer_in = x if hooks.observes_layers else None
+        for half in HALVES:
+            last = i + 1 == n and half == "mlp" and not hooks.needs_last_output
+            x = _run_half(adapter, i, half, layer, x, inputs.kwargs, hooks, last)
+        hooks.end_layer(i, layer, layer_in, x)
+        del layer_in
+        source.close(i, layer)
+        reporter.check()
+    reporter(stage, n, n, "done")
+    return x
+
+
+def _run_half(adapter: Adapter, index: int, half: str, layer: nn.Module, x: list[torch.Tensor],
+              kwargs: list[dict], hooks: LayerHooks, last: bool) -> Optional[list[torch.Tensor]]:
+    hooks.begin_half(index, half, layer)
+    parts = adapter.parts_of(layer)
+    norm, _readers, writer = parts.half(half)
+    # the writer bypassed: the half returns its input, and its matmul is done once, below
+    with bypassed(layer, writer):
+        inner = [adapter.run_half(half, layer, normalize(norm, h), kw) for h, kw in zip(x, kwargs)]
+    step = HalfStep(index, half, layer, parts, x, inner)
+    outcome = hooks.half(step) or HalfOutcome()
+    if outcome.residual is not None:
+        return outcome.residual
+    if last:
+        return None
+    return residual_plus(x, inner, step.writer, outcome.columns)

@@ -1,0 +1,140 @@
+"""The compressed model under construction, built layer by layer beside an untouched original.
+
+``compress()`` used to deep-copy the whole model, so peak memory was twice the model. A
+``Workspace`` instead holds a *shell*: the original's outside parts (embeddings, final norm,
+head, config) shared copy-on-write, and an empty layer list. The driver opens one layer at a
+time (a private copy, on the compute device), the method rewrites it, and ``close`` keeps it:
+in memory, or written to a spool file on disk when the original itself streams from disk
+(``LoadedModel.layer_reader``), so peak memory is about one layer plus activations plus the
+outside parts.
+
+Copy-on-write: a method that changes an outside part must give it a new ``Parameter``
+(never write ``.data`` or in place); ``Workspace.check_original`` proves it did.
+"""
+from __future__ import annotations
+
+import copy
+import shutil
+import tempfile
+import weakref
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torch import nn
+
+from .cache import cache_root
+from .errors import SlimLabError
+from .models.adapters import Adapter
+from .models.loaded import LoadedModel
+from .models.streaming import layers_prefix, write_layer
+from .stats import LayerInputs, capture_layer_inputs
+
+
+def shell_copy(model: nn.Module, adapter: Adapter) -> nn.Module:
+    """A copy of ``model`` without its layers; every tensor outside the layers is shared."""
+    layers = adapter.layers(model)
+    memo: dict[int, object] = {id(layers): nn.ModuleList()}
+    for tensor in list(model.parameters()) + list(model.buffers()):
+        memo[id(tensor)] = tensor
+    return copy.deepcopy(model, memo)
+
+
+def materialized_copy(layer: nn.Module, device: torch.device) -> nn.Module:
+    """A private copy of ``layer`` on ``device``; an accelerate-offloaded layer is loaded first
+    and its copy carries no offloading hooks."""
+    if not hasattr(layer, "_hf_hook"):
+        return copy.deepcopy(layer).to(device)
+    from accelerate.hooks import remove_hook_from_module
+    from accelerate.utils import align_module_device
+
+    with align_module_device(layer, device):
+        twin = copy.deepcopy(layer)
+    remove_hook_from_module(twin, recurse=True)
+    return twin.to(device)
+
+
+class OriginalLayers:
+    """The original's layers for a read-only pass: in place, or read from disk one at a time."""
+
+    def __init__(self, lm: LoadedModel, device: torch.device):
+        self.lm, self.device = lm, device
+        self.layers = lm.adapter.layers(lm.model)
+        self.num_layers = len(self.layers)
+
+    def open(self, index: int) -> nn.Module:
+        if self.lm.layer_reader is not None:
+            return self.lm.layer_reader.read(index, self.layers[index], self.device)
+        layer = self.layers[index]
+        if hasattr(layer, "_hf_hook") or next(layer.parameters()).device != self.device:
+            return materialized_copy(layer, self.device)
+        return layer
+
+    def close(self, index: int, layer: nn.Module) -> None:
+        pass
+
+
+class Workspace:
+    """The shell of the compressed model and the layer source a compressing pass runs on."""
+
+    def __init__(self, lm: LoadedModel, device: Optional[torch.device] = None):
+        self.lm = lm
+        self.adapter = lm.adapter
+        self.device = device or lm.compute_device
+        self.model = shell_copy(lm.model, lm.adapter)
+        self.num_layers = len(lm.adapter.layers(lm.model))
+        self.spool: Optional[Path] = None
+        if lm.layer_reader is not None:
+            root = cache_root() / "spool"
+            root.mkdir(parents=True, exist_ok=True)
+            self.spool = Path(tempfile.mkdtemp(prefix="layers-", dir=root))
+            weakref.finalize(self, shutil.rmtree, self.spool, True)
+        self._fingerprint = _fingerprint(lm.model)
+
+    @property
+    def originals(self) -> OriginalLayers:
+        return OriginalLayers(self.lm, self.device)
+
+    def capture(self, calibration) -> LayerInputs:
+        """Layer 0's inputs for the calibration tokens, from the (untouched) original, on the compute device."""
+        return capture_layer_inputs(self.lm.model, self.adapter, calibration.tokens, calibration.batch_size,
+                                    self.device)
+
+    # --- LayerSource -------------------------------------------------------
+    def open(self, index: int) -> nn.Module:
+        """A private copy of original layer ``index`` on the compute device."""
+        original = self.adapter.layers(self.lm.model)[index]
+        if self.lm.layer_reader is not None:
+            return self.lm.layer_reader.read(index, original, self.device)
+        return materialized_copy(original, self.device)
+
+    def close(self, index: int, layer: nn.Module) -> None:
+        """Keep a finished layer as the shell's next one (spooled to disk for a streamed model)."""
+        kept = self.adapter.layers(self.model)
+        if self.spool is not None:
+            write_layer(self.spool, len(kept), layer, layers_prefix(self.model, kept))
+            layer = layer.to("meta")
+        else:
+            layer = layer.to(self._storage_device())
+        kept.append(layer)
+
+    def _storage_device(self) -> torch.device:
+        return self.adapter.token_embedding(self.lm.model).weight.device
+
+    def spooled_files(self) -> list[Path]:
+        """The finished layers' files, in layer order (empty unless the model streams)."""
+        return sorted(self.spool.glob("layer-*.safetensors")) if self.spool is not None else []
+
+    def check_original(self, method: str) -> None:
+        """Fail loudly if a method wrote into the original instead of its copies."""
+        if _fingerprint(self.lm.model) != self._fingerprint:
+            raise SlimLabError(f"Internal error: method '{method}' modified the original model in place. "
+                               "Please report it; reload the model before going on.")
+
+
+def _fingerprint(model: nn.Module) -> list[tuple[int, int]]:
+    """(storage address, version counter) of every tensor: any in-place write or ``.data``
+    swap changes one of them."""
+    return [(t.data_ptr(), t._version) for t in list(model.parameters()) + list(model.buffers())
+            if t.device.type != "meta"]
+

@@ -1,0 +1,136 @@
+"""Recipes: one parser for flags, presets, downloads and saved folders; validation without a model."""
+import json
+from pathlib import Path
+
+import pytest
+
+from engine.errors import ConfigError
+from engine.recipes import RECIPE_VERSION, CalibrationSpec, Recipe, current_versions
+from engine.schedules import Plan
+
+PRESETS = sorted((Path(__file__).resolve().parents[1] / "assets" / "recipes").glob("*.json"))
+
+V1_SLIMLAB_JSON = {  # what `slimlab compress --out` wrote before Recipe (engine v1)
+    "format": 1, "method": "slicegpt", "widths": {"attention": [48, 48, 48]}, "structure": {},
+    "recipe": {
+        "model": "demo", "method": "slicegpt",
+        "method_params": {"variant": "per-layer", "round_to": 8, "slice_head": False, "damp": 0.01},
+        "ratio": 0.3, "schedule": "layer-redundancy",
+        "plan": {"schedule": "layer-redundancy", "target": 0.3, "ratios": [0.1, 0.35, 0.45],
+                 "scores": [1.0, 0.0, 0.5], "options": {"slicing_base": 0.1, "max_ratio": 0.9}},
+        "calibration": {"source": "wikitext2:validation", "nsamples": 4, "seqlen": 32, "seed": 7},
+    },
+}
+
+
+def test_defaults_are_the_cli_defaults_and_validate():
+    recipe = Recipe().validate()
+    assert (recipe.model, recipe.method, recipe.ratio, recipe.schedule) == ("demo", "slicegpt", 0.25, "uniform")
+    assert recipe.method_params == {"variant": "per-layer", "round_to": 8, "slice_head": False, "damp": 0.01}
+    assert recipe.calibration == CalibrationSpec("wikitext2:validation", 64, 512, 42, 8)
+    assert recipe.format_version == RECIPE_VERSION
+    assert set(Recipe().versions) == {"slimlab", "torch", "transformers"} == set(current_versions())
+
+
+def test_round_trip_through_json_and_yaml(tmp_path):
+    import yaml
+
+    recipe = Recipe(model="org/model", method="fasp", method_params={"parts": "mlp"}, ratio=0.2,
+                    schedule="block-influence", schedule_params={"temperature": 0.05},
+                    plan=Plan("block-influence", 0.2, [0.1, 0.3], scores=[0.2, 0.1], options={"temperature": 0.05}),
+                    calibration=CalibrationSpec("c4", 8, 128, 1, 2)).validate()
+    assert Recipe.from_dict(json.loads(json.dumps(recipe.to_dict()))) == recipe
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe.to_dict()))
+    assert Recipe.read(tmp_path / "r.yaml") == recipe
+    assert recipe.validate() == recipe  # resolving twice changes nothing
+
+
+@pytest.mark.parametrize("path", PRESETS, ids=lambda p: p.stem)
+def test_every_shipped_preset_parses_and_validates(path):
+    raw = json.loads(path.read_text())
+    recipe = Recipe.read(path).validate()
+    assert recipe.method == raw["method"] and recipe.ratio == raw["ratio"] and recipe.schedule == raw["schedule"]
+    assert recipe.calibration.nsamples == raw["calibration"]["nsamples"]
+    assert recipe.plan is None
+    if "slicing_base" in raw:  # the v1 top-level field lands in the schedule's params
+        assert recipe.schedule_params["slicing_base"] == raw["slicing_base"]
+    assert recipe.versions == {}  # a parsed file claims no versions it does not state
+
+
+def test_presets_are_there():
+    assert {p.stem for p in PRESETS} >= {"slicegpt-25-shared", "slicegpt-25-per-layer", "slicegpt-25-layer-redundancy"}
+
+
+def test_the_v1_slimlab_json_layout_parses(tmp_path):
+    path = tmp_path / "slimlab.json"
+    path.write_text(json.dumps(V1_SLIMLAB_JSON))
+    recipe = Recipe.read(path).validate()
+    assert recipe.plan == Plan.from_dict(V1_SLIMLAB_JSON["recipe"]["plan"])
+    assert recipe.calibration == CalibrationSpec("wikitext2:validation", 4, 32, 7, 8)
+    assert recipe.schedule == "layer-redundancy" and recipe.schedule_params == {"slicing_base": None, "max_ratio": 0.9}
+    assert Recipe.from_dict(V1_SLIMLAB_JSON["recipe"]) == Recipe.read(path)  # the bare recipe and the whole file
+
+
+def test_manual_short_form_becomes_a_param(tmp_path):
+    ratios = tmp_path / "ratios.json"
+    ratios.write_text("[0.1, 0.2]")
+    recipe = Recipe(schedule=f"manual:{ratios}").validate()
+    assert recipe.schedule == "manual" and recipe.schedule_params == {"file": str(ratios)}
+
+
+def test_a_plan_must_match_the_layer_count():
+    recipe = Recipe(plan=Plan("manual", 0.2, [0.1, 0.3])).validate()
+    recipe.check_layers(2)
+    with pytest.raises(ConfigError, match="The plan has 2 ratios but the model has 3 layers"):
+        recipe.check_layers(3)
+
+
+def test_label_names_only_what_differs_from_the_defaults():
+    assert Recipe(method_params={"variant": "shared"}).validate().label() == "slicegpt 25% uniform (variant=shared)"
+    assert (Recipe(schedule="layer-redundancy", schedule_params={"slicing_base": 0.15}).validate().label()
+            == "slicegpt 25% layer-redundancy (slicing_base=0.15)")
+    assert Recipe(method="fasp", ratio=0.2).label() == "fasp 20% uniform"
+
+
+@pytest.mark.parametrize("data, match", [
+    ({"ratio": 1.2}, r"ratio must be in \[0, 1\)"),
+    ({"ratio": "lots"}, "ratio must be a number"),
+    ({"method": "nope"}, "Unknown method 'nope'"),
+    ({"schedule": "zigzag"}, "Unknown schedule 'zigzag'"),
+    ({"method_params": {"variant": "diagonal"}}, "variant must be one of per-layer, shared"),
+    ({"method_params": {"colour": 1}}, "Method 'slicegpt' has no parameter.*colour.*takes: variant"),
+    ({"method_params": {"round_to": "eight"}}, "round_to takes an integer"),
+    ({"schedule": "uniform", "schedule_params": {"slicing_base": 0.1}}, "Schedule 'uniform' has no parameter"),
+    ({"schedule": "layer-redundancy", "slicing_base": 0.4}, "Slicing base 0.4 must not exceed the target 0.25"),
+    ({"schedule": "manual"}, "manual:FILE"),
+    ({"schedule": "manual:/no/such/file.json"}, "Schedule file not found: /no/such/file.json"),
+    ({"calibration": {"nsamples": 0}}, "calibration nsamples must be an integer >= 1"),
+    ({"calibration": {"seqlen": "long"}}, "calibration seqlen must be an integer"),
+    ({"calibration": {"source": "tweets"}}, "calibration source: Unknown text source 'tweets'"),
+    ({"calibration": {"source": "file:/no/such.txt"}}, "calibration source: file not found"),
+    ({"calibration": {"nsample": 4}}, "calibration has unknown field.*nsample; it takes: source, nsamples"),
+    ({"ratoi": 0.2}, "recipe has unknown field.*ratoi"),
+    ({"method_params": "variant=shared"}, "'method_params' must be a mapping"),
+    ({"plan": {"ratios": [0.1]}}, "plan has no 'schedule'"),
+    ({"plan": {"schedule": "manual", "target": 0.2, "ratios": [0.1, 1.5]}}, "plan ratio of layer 1 must be in"),
+    ({"plan": {"schedule": "manual", "target": 0.2, "ratios": []}}, "plan has no per-layer ratios"),
+    ({"format_version": 99}, "format_version 99: this SlimLab reads up to"),
+])
+def test_malformed_recipes_name_the_problem(data, match):
+    with pytest.raises(ConfigError, match=match):
+        Recipe.from_dict(data).validate()
+
+
+def test_read_names_the_file(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(ConfigError, match="bad.json is not valid json"):
+        Recipe.read(bad)
+    bad.write_text(json.dumps({"method": "slicegpt", "ratoi": 0.2}))
+    with pytest.raises(ConfigError, match=r"Recipe file .*bad.json: recipe has unknown field\(s\) ratoi"):
+        Recipe.read(bad)
+    bad.write_text("[0.1, 0.2]")
+    with pytest.raises(ConfigError, match="bad.json: A recipe is a JSON/YAML mapping"):
+        Recipe.read(bad)
+    with pytest.raises(ConfigError, match="Recipe file not found"):
+        Recipe.read(tmp_path / "missing.json")
