@@ -43,7 +43,9 @@ def main() -> None:
             params = {"variant": "shared" if config == "shared" else "per-layer"}
             reset_peak(lm.device)
             t = time.perf_counter()
-            result = compress(lm, "slicegpt", ratio, schedule, calib, params, slicing_base=args.slicing_base)
+            base = {"slicing_base": args.slicing_base} if schedule == "layer-redundancy" else None
+            result = compress(lm, "slicegpt", ratio, schedule=schedule, calibration=calib, method_params=params,
+                              schedule_params=base)
             seconds = time.perf_counter() - t
             row = {"config": config, "ratio": ratio, "ppl": ppl(result.model),
                    "params": result.accounting.params_total, "seconds": seconds, "peak_rss_mb": peak_rss_mb(),

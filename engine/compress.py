@@ -23,7 +23,7 @@ from .memory import keep_freed_memory, peak_mb, reset_peak
 from .methods import Calibration, Plan, Structure, get_method
 from .models import LoadedModel
 from .progress import CancelToken, Reporter
-from .recipes import CalibrationSpec, Recipe
+from .recipes import CalibrationSpec, Recipe, current_versions
 from .schedules import build_plan, get_schedule, split_schedule
 from .workspace import OriginalLayers, Workspace
 
@@ -148,8 +148,8 @@ def compress(
     work.check_original(recipe.method)
     stages.update(out.stage_seconds)
     work.model.eval()
-    ran = replace(recipe, model=lm.spec, plan=plan,
-                  calibration=_described(recipe.calibration, calib))
+    ran = replace(recipe, model=lm.spec, plan=plan, calibration=_described(recipe.calibration, calib),
+                  versions=current_versions())
     return CompressionResult(
         model=work.model, tokenizer=lm.tokenizer, recipe=ran, widths=out.widths, structure=out.structure,
         accounting=account(work.model, lm.adapter, added=out.params_added),

@@ -38,7 +38,7 @@ def _known_keys(data: dict, cls: type, what: str) -> dict:
     return data
 
 
-def _positive_int(value: Any, what: str, minimum: int = 1) -> int:
+def _int_at_least(value: Any, what: str, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ConfigError(f"{what} must be an integer >= {minimum} (got {value!r}).")
     return value
@@ -64,7 +64,7 @@ class CalibrationSpec:
     def check(self) -> None:
         """Types and ranges, and a known text source."""
         for name, minimum in (("nsamples", 1), ("seqlen", 2), ("seed", 0), ("batch_size", 1)):
-            _positive_int(getattr(self, name), f"calibration {name}", minimum)
+            _int_at_least(getattr(self, name), f"calibration {name}", minimum)
         try:
             check_source(self.source)
         except ConfigError as exc:
@@ -86,7 +86,7 @@ def check_source(spec: Any) -> None:
 
 
 _FIELD_TYPES = {"method_params": dict, "schedule_params": dict, "calibration": dict, "versions": dict,
-               "model": str, "method": str, "schedule": str}
+                "model": str, "method": str, "schedule": str}
 
 
 @dataclass

@@ -13,6 +13,7 @@ Copy-on-write: a method that changes an outside part must give it a new ``Parame
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import shutil
 import tempfile
@@ -40,17 +41,25 @@ def shell_copy(model: nn.Module, adapter: Adapter) -> nn.Module:
     return copy.deepcopy(model, memo)
 
 
+def _offloaded(layer: nn.Module) -> bool:
+    return any(hasattr(m, "_hf_hook") for m in layer.modules())
+
+
 def materialized_copy(layer: nn.Module, device: torch.device) -> nn.Module:
-    """A private copy of ``layer`` on ``device``; an accelerate-offloaded layer is loaded first
-    and its copy carries no offloading hooks."""
-    if not hasattr(layer, "_hf_hook"):
+    """A private copy of ``layer`` on ``device``; a layer offloaded by accelerate (its weights on
+    disk or CPU behind hooks) is loaded module by module first, and its copy carries no hooks."""
+    if not _offloaded(layer):
         return copy.deepcopy(layer).to(device)
     from accelerate.hooks import remove_hook_from_module
     from accelerate.utils import align_module_device
 
-    with align_module_device(layer, device):
+    with contextlib.ExitStack() as stack:
+        for module in layer.modules():
+            stack.enter_context(align_module_device(module, device))
         twin = copy.deepcopy(layer)
     remove_hook_from_module(twin, recurse=True)
+    for module in twin.modules():  # the hooks left ``forward`` bound on the instance: use the class's again
+        module.__dict__.pop("forward", None)
     return twin.to(device)
 
 
@@ -66,7 +75,7 @@ class OriginalLayers:
         if self.lm.layer_reader is not None:
             return self.lm.layer_reader.read(index, self.layers[index], self.device)
         layer = self.layers[index]
-        if hasattr(layer, "_hf_hook") or next(layer.parameters()).device != self.device:
+        if _offloaded(layer) or next(layer.parameters()).device != self.device:
             return materialized_copy(layer, self.device)
         return layer
 

@@ -32,7 +32,7 @@ def test_info_json(tiny_dirs, capsys):
 
 def test_ppl_matches_a_direct_computation(tiny_dirs, data_dir, capsys):
     from engine.data import eval_windows, load_text
-    from engine.models import load_model
+    from engine import load_model
 
     assert main(["ppl", str(tiny_dirs["qwen2"]), "--seqlen", "64", "--max-windows", "3", "--json", "--quiet"]) == 0
     got = _last_json(capsys)

@@ -35,12 +35,6 @@ def test_slicing_base_defaults_to_the_target_which_is_constant_slicing():
     assert default.ratios == plan.ratios and default.options["slicing_base"] == 0.25
 
 
-def test_the_v1_slicing_base_keyword_still_works():
-    scores = lambda: [0.3, 0.1, 0.2]  # noqa: E731
-    assert (build_plan("layer-redundancy", 0.3, 3, scores=scores, slicing_base=0.1).ratios
-            == build_plan("layer-redundancy", 0.3, 3, scores=scores, params={"slicing_base": 0.1}).ratios)
-
-
 def test_clamping_redistributes_the_excess():
     ratios = redistribute_to_mean([0.0, 0.0, 0.0, 1.0], 0.5, 0.2, cap=0.8)
     assert max(ratios) <= 0.8 + 1e-12

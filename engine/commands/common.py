@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any, Iterable, Optional
 
 from ..errors import ConfigError
-from ..models import LoadedModel, load_model
+from ..loader import load_model
+from ..models import LoadedModel
 from ..progress import TqdmProgress
 from ..recipes import check_source
 
@@ -70,11 +71,12 @@ def apply_data_dir(args) -> None:
         os.environ["SLIMLAB_DATA_DIR"] = args.data_dir
 
 
-def load(args, spec: str | None = None) -> LoadedModel:
+def load(args, spec: str | None = None, stream: bool = False) -> LoadedModel:
+    """``stream``: a safetensors folder's layers stay on disk until a pass reads them."""
     apply_data_dir(args)
     log = (lambda msg: print(msg, file=sys.stderr))
     return load_model(spec or args.model, device=args.device, dtype=args.dtype,
-                      trust_remote_code=args.trust_remote_code, log=log)
+                      trust_remote_code=args.trust_remote_code, log=log, stream=stream)
 
 
 def progress(args) -> TqdmProgress:

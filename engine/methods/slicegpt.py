@@ -283,7 +283,7 @@ class SliceGPT(Method):
             scale, _ = final_affine  # RMSNorm: no shift (LayerNorm models were untied above)
             mix = q.T @ torch.diag(scale.double().to(q.device)) @ q
             final = adapter.final_norm(model)
-            adapter.set_final_norm(model, MixedNorm(hidden, final.eps, mix.to(head.weight.dtype)))
+            adapter.set_final_norm(model, MixedNorm(hidden, final.eps, mix.to(head.weight.device, head.weight.dtype)))
             head.in_features = d
             added["final norm mix"] = mix.numel()
         else:

@@ -139,14 +139,9 @@ def resolve_schedule(spec: str, target: float, params: Optional[dict] = None) ->
 
 
 def build_plan(schedule: str, target: float, num_layers: int, scores: Scores = None,
-               params: Optional[dict] = None, *, slicing_base: Optional[float] = None) -> Plan:
-    """``scores`` lazily computes block influence per layer (only schedules that need it call it).
-
-    ``slicing_base`` is the v1 keyword, kept while callers move to ``params``; remove it then.
-    """
+               params: Optional[dict] = None) -> Plan:
+    """``scores`` lazily computes block influence per layer (only schedules that need it call it)."""
     target = check_ratio(target, "target ratio")
-    if slicing_base is not None:
-        params = dict(params or {}) | {"slicing_base": slicing_base}
     impl, resolved = resolve_schedule(schedule, target, params)
     if impl.needs_scores and scores is None:
         raise ConfigError(f"Schedule '{impl.name}' needs calibration data to score layers.")
