@@ -80,10 +80,14 @@ class CompressionResult:
 
 
 def make_calibration(lm: LoadedModel, spec: CalibrationSpec, data_dir: Optional[str] = None) -> Calibration:
+    from .data.chat import chat_windows, is_chat_source
     from .data.generated import sample_text
 
-    text = load_text(spec.source, data_dir, generate=lambda: sample_text(lm, spec.nsamples, spec.seqlen, spec.seed))
-    tokens = calibration_windows(lm.tokenizer, text, spec.nsamples, spec.seqlen, spec.seed)
+    if is_chat_source(spec.source):  # rendered through the chat template, packed from whole chats
+        tokens = chat_windows(lm, spec.source, spec.nsamples, spec.seqlen, spec.seed, data_dir)
+    else:
+        text = load_text(spec.source, data_dir, generate=lambda: sample_text(lm, spec.nsamples, spec.seqlen, spec.seed))
+        tokens = calibration_windows(lm.tokenizer, text, spec.nsamples, spec.seqlen, spec.seed)
     return Calibration(spec.source, spec.nsamples, spec.seqlen, spec.seed, tokens, spec.batch_size)
 
 
@@ -150,7 +154,7 @@ def compress(
     work.model.eval()
     ran = replace(recipe, model=lm.spec, plan=plan, calibration=_described(recipe.calibration, calib),
                   versions=current_versions())
-    return CompressionResult(
+    result = CompressionResult(
         model=work.model, tokenizer=lm.tokenizer, recipe=ran, widths=out.widths, structure=out.structure,
         accounting=account(work.model, lm.adapter, added=out.params_added),
         original=account(lm.model, lm.adapter, lm.path, lm.meta.get("params_added_detail")),
@@ -158,6 +162,11 @@ def compress(
         plots=out.plots, calibrated=calib is not None, spooled=work.spooled_files(),
         workspace=work if work.spool is not None else None,
     )
+    if ran.recovery.enabled:  # distillation from the original ("heal"); a cancel there discards the run
+        from .recovery import recover_result
+
+        recover_result(lm, result, data_dir, reporter)
+    return result
 
 
 def _described(spec: CalibrationSpec, calib: Optional[Calibration]) -> CalibrationSpec:

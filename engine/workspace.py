@@ -45,6 +45,21 @@ def _offloaded(layer: nn.Module) -> bool:
     return any(hasattr(m, "_hf_hook") for m in layer.modules())
 
 
+def unshare(model: nn.Module, original: nn.Module) -> int:
+    """Give ``model`` private copies of the tensors it still shares with ``original`` (before
+    training it: an optimizer step writes in place). Ties inside ``model`` are kept. Returns
+    how many tensors were copied."""
+    theirs = {t.data_ptr() for t in original.parameters()}
+    copies: dict[int, nn.Parameter] = {}
+    for module in model.modules():
+        for name, p in list(module.named_parameters(recurse=False)):
+            if p.data_ptr() in theirs:
+                if id(p) not in copies:
+                    copies[id(p)] = nn.Parameter(p.detach().clone(), requires_grad=p.requires_grad)
+                setattr(module, name, copies[id(p)])
+    return len(copies)
+
+
 def materialized_copy(layer: nn.Module, device: torch.device) -> nn.Module:
     """A private copy of ``layer`` on ``device``; a layer offloaded by accelerate (its weights on
     disk or CPU behind hooks) is loaded module by module first, and its copy carries no hooks."""

@@ -93,14 +93,14 @@ def test_restoration_lowers_the_output_error_and_is_exact_when_nothing_is_pruned
     kept = keep_top(channel_scores(w, stats), 8)
     y = x.double() @ w.double().T + b.double()
     plain = x[:, kept].double() @ w[:, kept].double().T + b.double()
-    w2, b2 = restore_columns(w, b, stats.cross_gram(kept, ones=True), kept, damp=0.0)
+    w2, b2 = restore_columns(w, b, stats, kept, damp=0.0)
     restored = x[:, kept].double() @ w2.T + b2
     assert (y - restored).norm() < 0.9 * (y - plain).norm()
     design = torch.cat([x[:, kept].double(), torch.ones(400, 1, dtype=torch.float64)], 1)
     best = torch.linalg.lstsq(design, y).solution.T  # the least-squares optimum, computed directly
     torch.testing.assert_close(torch.cat([w2, b2[:, None]], 1), best, rtol=1e-4, atol=1e-4)
     everything = torch.arange(12)
-    w3, b3 = restore_columns(w, b, stats.cross_gram(everything, ones=True), everything, damp=0.0)
+    w3, b3 = restore_columns(w, b, stats, everything, damp=0.0)
     torch.testing.assert_close(w3, w.double(), rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(b3, b.double(), rtol=1e-4, atol=1e-4)
 

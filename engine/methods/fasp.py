@@ -79,9 +79,7 @@ class PairPruningPass(LayerHooks):
     def _refit(self, step: HalfStep, stats, cols: torch.Tensor):
         if not self.restore:
             return None
-        writer = step.writer
-        h_cols = stats.cross_gram(cols, ones=writer.bias is not None)
-        return restore_columns(writer.weight, writer.bias, h_cols, cols, self.params["damp"])
+        return restore_columns(step.writer.weight, step.writer.bias, stats, cols, self.params["damp"])
 
     def _prune_values(self, step: HalfStep, k: int) -> torch.Tensor:
         """Keep ``k`` value dims per KV group; a dim's score sums over the query heads it feeds."""

@@ -126,8 +126,8 @@ def _load_folder(path: Path, spec: str, dev, dtype, trust_remote_code: bool, str
     config = _load_config(path, trust_remote_code)
     adapter = adapter_for_config(config)  # refuse unsupported architectures before reading weights
     torch_dtype = resolve_dtype(dtype, dev, config)
-    streamed = load_streamed(path, config, adapter, resolve_dtype(dtype, torch.device("cpu"), config)) \
-        if stream and not trust_remote_code else None
+    # the outside parts stay on the CPU, in the compute dtype; layers go to ``dev`` one at a time
+    streamed = load_streamed(path, config, adapter, torch_dtype) if stream and not trust_remote_code else None
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     if streamed is not None:
         model, reader = streamed

@@ -15,25 +15,34 @@ class Gram:
     BLOCK = 128  # columns per block product: large enough to keep the GEMMs efficient
 
     def __init__(self, dim: int, device: "torch.device | str" = "cpu"):
-        self._upper = torch.zeros(dim, dim, dtype=torch.float64, device=device)
-        self._full: torch.Tensor | None = None
+        # one matrix: the upper block triangle while accumulating, the full matrix once read
+        self._m = torch.zeros(dim, dim, dtype=torch.float64, device=device)
+        self._full = False
         self.count = 0
 
     def add(self, x: torch.Tensor) -> None:
+        if self._full:  # back to the upper triangle; diagonal blocks are re-mirrored from it when read
+            self._m.triu_()
+            self._full = False
         x = x.reshape(-1, x.shape[-1]).float()
         for start in range(0, x.shape[1], self.BLOCK):
             stop = start + self.BLOCK
-            self._upper[start:stop, start:] += (x[:, start:stop].T @ x[:, start:]).double()
+            self._m[start:stop, start:] += (x[:, start:stop].T @ x[:, start:]).double()
         self.count += x.shape[0]
-        self._full = None
 
     @property
     def h(self) -> torch.Tensor:
-        """The symmetric ``Σ xᵀx`` (float64)."""
-        if self._full is None:
-            upper = torch.triu(self._upper)
-            self._full = upper + torch.triu(upper, 1).T
-        return self._full
+        """The symmetric ``Σ xᵀx`` (float64), made in place block by block: a second d×d copy
+        would double the largest allocation of a pass (254 MB at d = 5632)."""
+        if not self._full:
+            m, n = self._m, self._m.shape[0]
+            for start in range(0, n, self.BLOCK):
+                stop = min(start + self.BLOCK, n)
+                diag = m[start:stop, start:stop]
+                diag.copy_(torch.triu(diag) + torch.triu(diag, 1).T)  # the upper values win, as before
+                m[stop:, start:stop] = m[start:stop, stop:].T
+            self._full = True
+        return self._m
 
 
 def gram_of(tensors: list[torch.Tensor]) -> Gram:

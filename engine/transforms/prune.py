@@ -12,6 +12,8 @@ from typing import Optional
 import torch
 from torch import nn
 
+from ..stats import InputStats
+
 
 def keep_top(scores: torch.Tensor, k: int) -> torch.Tensor:
     """Indices of the ``k`` highest scores in ascending index order (ties broken by index)."""
@@ -25,23 +27,26 @@ def keep_top_per_group(scores: torch.Tensor, k: int) -> torch.Tensor:
     return (local + size * torch.arange(groups, device=scores.device)[:, None]).reshape(-1)
 
 
-def restore_columns(weight: torch.Tensor, bias: Optional[torch.Tensor], h_cols: torch.Tensor, kept: torch.Tensor,
+def restore_columns(weight: torch.Tensor, bias: Optional[torch.Tensor], stats: InputStats, kept: torch.Tensor,
                     damp: float) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
     """Least-squares refit ``W' = W H[:,M] (H[M,M] + λI)⁻¹`` with ``λ = damp·mean diag H[M,M]``.
 
-    ``h_cols`` is ``X̃ᵀX̃[:, M̃]`` from ``InputStats.cross_gram(kept, ones=bias is not None)``:
-    with a bias, ``X̃ = [X, 1]`` and the bias is refitted as one more column (not damped).
-    Returns (weight, bias) in float64; the caller casts."""
+    ``H`` is the Gram of the writer's input (``stats`` needs ``gram=True``, and ``sums=True``
+    with a bias: then ``X̃ = [X, 1]`` and the bias is refitted as one more column, not damped).
+    ``H[:, M̃]`` is dropped as soon as both products are formed: at an MLP width of 5632 it is
+    the largest buffer of the step. Returns (weight, bias) in float64; the caller casts."""
     m = kept.numel()
     w = weight.detach().double()
+    h_cols = stats.cross_gram(kept, ones=bias is not None)
     rows = kept.to(h_cols.device)
     if bias is not None:
         w = torch.cat([w, bias.detach().double()[:, None]], 1)
         rows = torch.cat([rows, torch.tensor([h_cols.shape[0] - 1], device=h_cols.device)])
-    a = h_cols[rows].clone()
+    a = h_cols[rows]  # advanced indexing: already a copy
+    rhs = w.to(h_cols.device) @ h_cols  # [out, m(+1)]
+    del h_cols
     idx = torch.arange(m, device=a.device)
     a[idx, idx] += damp * a[idx, idx].mean()
-    rhs = w.to(h_cols.device) @ h_cols  # [out, m(+1)]
     solution = solve_symmetric(a, rhs.T).T
     return solution[:, :m], (solution[:, m] if bias is not None else None)
 

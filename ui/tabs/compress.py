@@ -100,11 +100,14 @@ def build() -> SimpleNamespace:
 
 
 def _signed(fn: Callable, fixed: Sequence[str], keys: Sequence[tuple[str, str]], name: str) -> Callable:
-    """Name ``fn(*args)``'s inputs (the fixed ones, one per control, then progress) for the API page and clients."""
-    names = list(fixed) + [f"{owner}_{param}".replace("-", "_") for owner, param in keys] + ["progress"]
-    fn.__signature__ = inspect.Signature(
-        [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None if n == "progress" else
-                           inspect.Parameter.empty) for n in names])
+    """Name ``fn(*args)``'s inputs (the fixed ones, one per control, then progress) for the API page and clients.
+
+    Controls default to None, so a client may leave out one whose schema default is None (e.g. a slicing
+    base that means "the target"); gradio would otherwise call it required."""
+    optional = [f"{owner}_{param}".replace("-", "_") for owner, param in keys] + ["progress"]
+    kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
+    fn.__signature__ = inspect.Signature([inspect.Parameter(n, kind) for n in fixed]
+                                         + [inspect.Parameter(n, kind, default=None) for n in optional])
     fn.__name__ = name
     return fn
 
