@@ -55,3 +55,16 @@ def keep_freed_memory() -> bool:
     except (OSError, AttributeError, TypeError):
         return False
     return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+
+
+def release_freed_memory() -> bool:
+    """Hand the heap's free pages back to the OS (glibc's ``malloc_trim``), wherever they are.
+
+    ``keep_freed_memory`` keeps freed buffers for the next batch; between layers the shapes of
+    the next layer's buffers rarely fit the holes, and without this the heap crept up by about
+    a fifth of a layer per layer on a 1.1B model. Called once per layer, so the page faults it
+    costs are one batch's worth, not every batch's. False where there is no glibc."""
+    try:
+        return bool(ctypes.CDLL(None).malloc_trim(0))
+    except (OSError, AttributeError, TypeError):
+        return False

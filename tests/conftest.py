@@ -37,6 +37,6 @@ def tiny():
 @pytest.fixture(scope="session")
 def demo_lm():
     """The real demo model (SmolLM2-135M-Instruct), loaded once per session."""
-    from engine.models import load_model
+    from engine import load_model
 
     return load_model("demo", device="cpu")

@@ -99,7 +99,7 @@ def test_too_short_text_is_clear():
 
 def test_generated_source_samples_from_the_model(tiny):
     from engine.models import adapter_for
-    from engine.models.loading import LoadedModel
+    from engine.models import LoadedModel
     from engine.data.generated import sample_text
 
     model, tok = tiny("llama")

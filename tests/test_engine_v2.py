@@ -12,7 +12,7 @@ from engine.errors import ConfigError
 from engine.methods import Calibration, Method, available_methods, register
 from engine.methods.fasp import PairPruningStructure
 from engine.models.adapters import adapter_for
-from engine.models.loading import LoadedModel
+from engine.models import LoadedModel
 from engine.stats import LayerHooks, ModelLayers, capture_layer_inputs, run_sequential
 from engine.progress import Reporter
 

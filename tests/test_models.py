@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from engine.errors import CorruptWeightsError, ModelNotFoundError, UnsupportedArchitectureError
-from engine.models import SUPPORTED_MODEL_TYPES, adapter_for, load_model
+from engine import load_model
+from engine.models import SUPPORTED_MODEL_TYPES, adapter_for
 from engine.models import hub
 
 

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from engine import compress, load_compressed, save_compressed
 from engine.methods import Calibration, Plan
 from engine.models.adapters import adapter_for
-from engine.models.loading import LoadedModel
+from engine.models import LoadedModel
 from engine.stats import InputStats, LayerInputs, bypassed, capture_layer_inputs, record_inputs, residual_plus
 from engine.transforms.importance import wanda as channel_scores
 from engine.transforms.prune import keep_top, keep_top_per_group, restore_columns, solve_symmetric

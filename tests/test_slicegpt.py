@@ -8,7 +8,7 @@ from engine import CancelToken, compress, load_compressed, save_compressed
 from engine.errors import Cancelled, ConfigError
 from engine.methods import Calibration
 from engine.models import adapter_for
-from engine.models.loading import LoadedModel
+from engine.models import LoadedModel
 
 ARCHS = ("llama", "mistral", "qwen2", "qwen3", "opt")
 

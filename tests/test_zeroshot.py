@@ -208,7 +208,7 @@ def sliced_model(model, tok):
     from engine.compress import compress
     from engine.methods import Calibration
     from engine.models.adapters import adapter_for
-    from engine.models.loading import LoadedModel
+    from engine.models import LoadedModel
 
     tokens = torch.randint(3, len(tok), (8, 32), generator=torch.Generator().manual_seed(0))
     return compress(LoadedModel(model, tok, "tiny", adapter_for(model)), "slicegpt", 0.3,

@@ -22,6 +22,7 @@ from typing import Optional, Protocol
 import torch
 from torch import nn
 
+from ..memory import release_freed_memory
 from ..models.adapters import Adapter, LayerParts, normalize
 from ..progress import Reporter
 from .collectors import InputStats, bypassed
@@ -201,6 +202,7 @@ def run_sequential(inputs: LayerInputs, adapter: Adapter, source: LayerSource, h
         hooks.end_layer(i, layer, layer_in, x)
         del layer_in
         source.close(i, layer)
+        release_freed_memory()
         reporter.check()
     reporter(stage, n, n, "done")
     return x

@@ -33,22 +33,32 @@ def restore_columns(weight: torch.Tensor, bias: Optional[torch.Tensor], stats: I
 
     ``H`` is the Gram of the writer's input (``stats`` needs ``gram=True``, and ``sums=True``
     with a bias: then ``X̃ = [X, 1]`` and the bias is refitted as one more column, not damped).
-    ``H[:, M̃]`` is dropped as soon as both products are formed: at an MLP width of 5632 it is
-    the largest buffer of the step. Returns (weight, bias) in float64; the caller casts."""
+    ``H[:, M]`` (n × m) is never formed: at an MLP width of 5632 it would be the largest buffer
+    of the pass. Returns (weight, bias) in float64; the caller casts."""
+    a, rhs = _normal_equations(weight, bias, stats, kept)
     m = kept.numel()
-    w = weight.detach().double()
-    h_cols = stats.cross_gram(kept, ones=bias is not None)
-    rows = kept.to(h_cols.device)
-    if bias is not None:
-        w = torch.cat([w, bias.detach().double()[:, None]], 1)
-        rows = torch.cat([rows, torch.tensor([h_cols.shape[0] - 1], device=h_cols.device)])
-    a = h_cols[rows]  # advanced indexing: already a copy
-    rhs = w.to(h_cols.device) @ h_cols  # [out, m(+1)]
-    del h_cols
     idx = torch.arange(m, device=a.device)
     a[idx, idx] += damp * a[idx, idx].mean()
     solution = solve_symmetric(a, rhs.T).T
     return solution[:, :m], (solution[:, m] if bias is not None else None)
+
+
+def _normal_equations(weight: torch.Tensor, bias: Optional[torch.Tensor], stats: InputStats, kept: torch.Tensor,
+                      chunk: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(X̃_Mᵀ X̃_M, W̃ X̃ᵀ X̃_M)``, the right side in column chunks.
+
+    With a bias, ``X̃ᵀX̃ = [[H, s], [sᵀ, N]]`` (``s`` the column sums, ``N`` the token count)."""
+    h = stats.gram.h
+    rows = kept.to(h.device)
+    w = weight.detach().double().to(h.device)
+    a = h[rows[:, None], rows[None, :]]
+    rhs = torch.cat([w @ h[:, part] for part in rows.split(chunk)], 1)
+    if bias is None:
+        return a, rhs
+    b, s, n = bias.detach().double().to(h.device), stats.sum[rows], float(stats.count)
+    a = torch.cat([torch.cat([a, s[:, None]], 1), torch.cat([s, s.new_tensor([n])])[None]], 0)
+    rhs = torch.cat([rhs + b[:, None] * s[None], (w @ stats.sum + b * n)[:, None]], 1)
+    return a, rhs
 
 
 def solve_symmetric(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
