@@ -119,10 +119,22 @@ class Workspace:
     def originals(self) -> OriginalLayers:
         return OriginalLayers(self.lm, self.device)
 
-    def capture(self, calibration) -> LayerInputs:
-        """Layer 0's inputs for the calibration tokens, from the (untouched) original, on the compute device."""
-        return capture_layer_inputs(self.lm.model, self.adapter, calibration.tokens, calibration.batch_size,
-                                    self.device)
+    def capture(self, calibration, shell: bool = False) -> LayerInputs:
+        """Layer 0's inputs for the calibration tokens, on the compute device: from the untouched
+        original, or with ``shell`` from the shell's own (e.g. fused) embeddings, before any layer
+        is kept. Only the parts before layer 0 run, so the original's layer 0 stands in there."""
+        if not shell:
+            return capture_layer_inputs(self.lm.model, self.adapter, calibration.tokens, calibration.batch_size,
+                                        self.device)
+        kept = self.adapter.layers(self.model)
+        if len(kept):
+            raise RuntimeError("capture(shell=True) must come before the first layer is kept.")
+        kept.append(self.adapter.layers(self.lm.model)[0])
+        try:
+            return capture_layer_inputs(self.model, self.adapter, calibration.tokens, calibration.batch_size,
+                                        self.device)
+        finally:
+            del kept[0]
 
     # --- LayerSource -------------------------------------------------------
     def open(self, index: int) -> nn.Module:

@@ -47,6 +47,7 @@ class PairPruningPass(LayerHooks):
     """The driver pass: at each half, score the writer's input channels, keep the best, refit."""
 
     needs_last_output = False  # the last layer's output feeds nothing
+    exact = False  # fused kernels: the pass is at its compute floor (bench/fasp_speed.py)
 
     def __init__(self, adapter: Adapter, heads: tuple[int, int, int], plan: Plan, params: dict,
                  score: Importance, restore: bool):

@@ -23,7 +23,7 @@ from ..errors import ConfigError
 from ..models.adapters import Adapter
 from ..params import Param
 from ..progress import Reporter
-from ..stats import HalfOutcome, HalfStep, LayerHooks, gram_of, residual_plus, run_sequential
+from ..stats import HalfOutcome, HalfStep, LayerHooks, gram_of, run_sequential
 from ..transforms.fusion import RMSN, fuse_layer, fuse_outside, norm_eps, untie_head
 from ..transforms.pca import pca_basis
 from ..transforms.replace import assign
@@ -89,11 +89,6 @@ def _apply(tensors: list[torch.Tensor], fn) -> list[torch.Tensor]:
     return [fn(t) for t in tensors]
 
 
-def _centred(hidden: list[torch.Tensor], adapter: Adapter) -> list[torch.Tensor]:
-    """Layer 0's input as the fused model sees it: LayerNorm models have centred embeddings."""
-    return [h - h.mean(-1, keepdim=True) for h in hidden] if adapter.norm_kind == "layer" else hidden
-
-
 class PerLayerPass(LayerHooks):
     """SliceGPT's pass: a fresh PCA basis at every residual point, on the already sliced model.
 
@@ -115,7 +110,6 @@ class PerLayerPass(LayerHooks):
         return vectors
 
     def start(self, hidden):
-        hidden = _centred(hidden, self.adapter)
         self.q_in = self._basis(hidden)[:, : self.widths[0]]
         _rotate_embeddings(self.work.model, self.adapter, self.q_in)
         return _apply(hidden, lambda h: h @ self.q_in.to(h.dtype))
@@ -130,7 +124,8 @@ class PerLayerPass(LayerHooks):
 
     def half(self, step: HalfStep) -> HalfOutcome:
         back = self.q_in if step.half == "attention" else self.q_mid
-        full = residual_plus(_apply(step.residual, lambda x: x @ back.T.to(x.dtype)), step.inner, step.writer)
+        back_t = back.T.to(step.residual[0].dtype)
+        full = step.output(residual=_apply(step.residual, lambda x: x @ back_t))  # in the full basis
         d_out = self.widths[step.index] if step.half == "attention" else _output_width(
             self.widths, step.index, self.hidden, self.slice_head)
         q = self._basis(full)[:, :d_out]
@@ -163,12 +158,11 @@ class SharedStatsPass(LayerHooks):
         self.total = part if self.total is None else self.total.add_(part)
 
     def start(self, hidden):
-        hidden = _centred(hidden, self.adapter)
         self._add(hidden)
         return hidden
 
     def half(self, step: HalfStep) -> HalfOutcome:
-        out = residual_plus(step.residual, step.inner, step.writer)
+        out = step.output()
         self._add(out)
         return HalfOutcome(residual=out)
 
@@ -233,7 +227,8 @@ class SliceGPT(Method):
         stages = {"fuse norms": time.perf_counter() - t}
         t = time.perf_counter()
         hooks = PerLayerPass(work, widths, params["damp"], params["slice_head"])
-        run_sequential(work.capture(calibration), adapter, work, hooks, progress, "slicegpt")
+        # captured from the shell: LayerNorm models see their centred embeddings
+        run_sequential(work.capture(calibration, shell=True), adapter, work, hooks, progress, "slicegpt")
         head = adapter.head(model)
         _rotate_in([head], hooks.q_in)
         d_head = hooks.q_in.shape[1]
@@ -262,7 +257,7 @@ class SliceGPT(Method):
         t = time.perf_counter()
         hidden = adapter.hidden_size(model.config)
         stats = SharedStatsPass(adapter)
-        run_sequential(work.capture(calibration), adapter, FusedCopies(work, close=lambda i, layer: None), stats,
+        run_sequential(work.capture(calibration, shell=True), adapter, FusedCopies(work, close=lambda i, layer: None), stats,
                        progress, "slicegpt shared basis")
         stages["statistics"] = time.perf_counter() - t
         t = time.perf_counter()

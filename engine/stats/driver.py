@@ -112,7 +112,18 @@ class HalfStep:
     parts: LayerParts
     residual: list[torch.Tensor]  # the half's input (the residual stream), per batch
     inner: list[torch.Tensor]  # the input of the half's output projection, per batch
+    fused: bool = False  # sum the output in one GEMM (see ``LayerHooks.exact``)
     _stats: dict = field(default_factory=dict, repr=False)
+
+    def output(self, residual: Optional[list[torch.Tensor]] = None,
+               columns: Optional[torch.Tensor] = None) -> list[torch.Tensor]:
+        """``residual + writer(inner)`` per batch (``residual`` defaults to the half's input).
+
+        Unfused, in the model's own order of operations; fused, one ``addmm``."""
+        residual = self.residual if residual is None else residual
+        if self.fused or columns is not None:
+            return residual_plus(residual, self.inner, self.writer, columns)
+        return [r + self.writer(x) for r, x in zip(residual, self.inner)]
 
     @property
     def writer(self) -> nn.Linear:
@@ -141,6 +152,10 @@ class LayerHooks:
 
     needs_last_output: bool = True  # False: the last layer's output is never computed
     observes_layers: bool = False  # True: ``end_layer`` gets each layer's input and output
+    # True: norms and residual adds run as the model's own modules do, so a read-only pass sees
+    # bit for bit what the model computes. False: the faster 3-pass RMSNorm and residual adds
+    # fused into the writer's GEMM (same sums in another order, ~1e-7): for pruning passes.
+    exact: bool = True
 
     def start(self, hidden: list[torch.Tensor]) -> list[torch.Tensor]:
         """Map the captured inputs of layer 0 (e.g. into a rotated basis)."""
@@ -213,13 +228,14 @@ def _run_half(adapter: Adapter, index: int, half: str, layer: nn.Module, x: list
     hooks.begin_half(index, half, layer)
     parts = adapter.parts_of(layer)
     norm, _readers, writer = parts.half(half)
+    apply_norm = norm if hooks.exact else (lambda h: normalize(norm, h))
     # the writer bypassed: the half returns its input, and its matmul is done once, below
     with bypassed(layer, writer):
-        inner = [adapter.run_half(half, layer, normalize(norm, h), kw) for h, kw in zip(x, kwargs)]
-    step = HalfStep(index, half, layer, parts, x, inner)
+        inner = [adapter.run_half(half, layer, apply_norm(h), kw) for h, kw in zip(x, kwargs)]
+    step = HalfStep(index, half, layer, parts, x, inner, fused=not hooks.exact)
     outcome = hooks.half(step) or HalfOutcome()
     if outcome.residual is not None:
         return outcome.residual
     if last:
         return None
-    return residual_plus(x, inner, step.writer, outcome.columns)
+    return step.output(columns=outcome.columns)

@@ -43,15 +43,20 @@ def restore_columns(weight: torch.Tensor, bias: Optional[torch.Tensor], stats: I
     return solution[:, :m], (solution[:, m] if bias is not None else None)
 
 
-def _normal_equations(weight: torch.Tensor, bias: Optional[torch.Tensor], stats: InputStats, kept: torch.Tensor,
-                      chunk: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(X̃_Mᵀ X̃_M, W̃ X̃ᵀ X̃_M)``, the right side in column chunks.
+CHUNK_BYTES = 64 * 2**20  # the largest slice of H[:, M] formed at once
+
+
+def _normal_equations(weight: torch.Tensor, bias: Optional[torch.Tensor], stats: InputStats,
+                      kept: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(X̃_Mᵀ X̃_M, W̃ X̃ᵀ X̃_M)``, the right side in column slices of at most ``CHUNK_BYTES``
+    (one slice, one GEMM, for small layers such as the demo model's).
 
     With a bias, ``X̃ᵀX̃ = [[H, s], [sᵀ, N]]`` (``s`` the column sums, ``N`` the token count)."""
     h = stats.gram.h
     rows = kept.to(h.device)
     w = weight.detach().double().to(h.device)
     a = h[rows[:, None], rows[None, :]]
+    chunk = max(1, CHUNK_BYTES // (h.shape[0] * h.element_size()))
     rhs = torch.cat([w @ h[:, part] for part in rows.split(chunk)], 1)
     if bias is None:
         return a, rhs
