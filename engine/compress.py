@@ -165,7 +165,7 @@ def compress(
     if ran.recovery.enabled:  # distillation from the original ("heal"); a cancel there discards the run
         from .recovery import recover_result
 
-        recover_result(lm, result, data_dir, reporter)
+        recover_result(lm, result, lambda spec: make_calibration(lm, spec, data_dir).tokens, reporter)
     return result
 
 

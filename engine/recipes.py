@@ -71,6 +71,83 @@ class CalibrationSpec:
             raise ConfigError(f"calibration source: {exc}") from None
 
 
+RECOVERY_KINDS = ("none", "lora", "full")
+RECOVERY_GROUPS = ("attention", "mlp", "norms", "embeddings", "head")
+
+
+@dataclass
+class RecoverySpec:
+    """Distillation after compression ("heal"): what is trained, for how long, on which text.
+
+    ``kind``: ``lora`` (adapters on the linears of ``groups``, merged at the end, so the
+    structure is unchanged) or ``full`` (the parameters of ``groups`` themselves). The run
+    stops at ``steps`` optimizer steps or after ``minutes``, whichever comes first (None: that
+    bound is off; at least one is set). The text is ``source`` (None: the calibration's) in ``nsamples`` windows of
+    ``seqlen`` tokens, seeded by ``seed`` like every sampled thing."""
+
+    kind: str = "none"
+    steps: Optional[int] = 200
+    minutes: Optional[float] = None
+    lr: Optional[float] = None  # None: 5e-4 for LoRA, 5e-5 for full fine-tuning
+    rank: int = 16  # LoRA rank (alpha = 2 * rank)
+    groups: list = field(default_factory=lambda: ["attention", "mlp"])
+    kl_temperature: float = 1.0
+    hidden_weight: float = 0.0  # weight of the per-layer hidden-state match (only where shapes agree)
+    seed: int = 0
+    source: Optional[str] = None
+    nsamples: int = 128
+    seqlen: int = 512
+    batch_size: int = 4
+
+    @property
+    def enabled(self) -> bool:
+        return self.kind != "none"
+
+    @property
+    def learning_rate(self) -> float:
+        return self.lr if self.lr is not None else (5e-4 if self.kind == "lora" else 5e-5)
+
+    def to_dict(self) -> dict:
+        return asdict(self) | {"groups": list(self.groups)}
+
+    @classmethod
+    def from_dict(cls, d: Any) -> "RecoverySpec":
+        if not isinstance(d, dict):
+            raise ConfigError(f"recipe field 'recovery' must be a mapping (got {d!r}).")
+        return cls(**_known_keys(d, cls, "recovery"))
+
+    def check(self) -> None:
+        """Types and ranges; a known source (no data is read)."""
+        if self.kind not in RECOVERY_KINDS:
+            raise ConfigError(f"recovery kind must be one of {', '.join(RECOVERY_KINDS)} (got {self.kind!r}).")
+        for name, minimum in (("rank", 1), ("seed", 0), ("nsamples", 1), ("seqlen", 2), ("batch_size", 1)) + \
+                ((("steps", 1),) if self.steps is not None else ()):
+            _int_at_least(getattr(self, name), f"recovery {name}", minimum)
+        if self.steps is None and self.minutes is None:
+            raise ConfigError("recovery needs a bound: steps, minutes or both.")
+        for name, value, low in (("minutes", self.minutes, 0.0), ("lr", self.lr, 0.0),
+                                 ("kl_temperature", self.kl_temperature, 0.0)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= low):
+                raise ConfigError(f"recovery {name} must be a positive number (got {value!r}).")
+        if isinstance(self.hidden_weight, bool) or not isinstance(self.hidden_weight, (int, float)) \
+                or self.hidden_weight < 0:
+            raise ConfigError(f"recovery hidden_weight must be a number >= 0 (got {self.hidden_weight!r}).")
+        unknown = [g for g in self.groups if g not in RECOVERY_GROUPS] if isinstance(self.groups, list) else None
+        if unknown is None or unknown or not self.groups:
+            raise ConfigError(f"recovery groups must be a non-empty list of {', '.join(RECOVERY_GROUPS)} "
+                              f"(got {self.groups!r}).")
+        if self.source is not None:
+            try:
+                check_source(self.source)
+            except ConfigError as exc:
+                raise ConfigError(f"recovery source: {exc}") from None
+
+    def label(self) -> str:
+        budget = " / ".join(([f"{self.steps} steps"] if self.steps else []) +
+                            ([f"{self.minutes:g} min"] if self.minutes else []))
+        return f"{self.kind} heal {budget}"
+
+
 def check_source(spec: Any) -> None:
     """A known text source name (``wikitext2:test``, ``file:PATH``: the file must exist); no data is read."""
     from .data.sources import parse_source  # lazy: engine.data pulls in the model stack
@@ -81,11 +158,11 @@ def check_source(spec: Any) -> None:
         src = parse_source(spec)
     except DataError as exc:
         raise ConfigError(str(exc)) from None
-    if src.name == "file" and not Path(src.path).is_file():
+    if src.path is not None and not Path(src.path).is_file():
         raise ConfigError(f"file not found: {src.path}")
 
 
-_FIELD_TYPES = {"method_params": dict, "schedule_params": dict, "calibration": dict, "versions": dict,
+_FIELD_TYPES = {"method_params": dict, "schedule_params": dict, "calibration": dict, "versions": dict, "recovery": dict,
                 "model": str, "method": str, "schedule": str}
 
 
@@ -102,6 +179,7 @@ class Recipe:
     schedule_params: dict = field(default_factory=dict)
     plan: Optional[Plan] = None  # an explicit per-layer plan; overrides the schedule
     calibration: CalibrationSpec = field(default_factory=CalibrationSpec)
+    recovery: RecoverySpec = field(default_factory=RecoverySpec)  # distillation after compressing (off by default)
     versions: dict = field(default_factory=current_versions)
     format_version: int = RECIPE_VERSION
 
@@ -116,6 +194,7 @@ class Recipe:
         except (TypeError, ValueError):
             raise ConfigError(f"ratio must be a number in [0, 1) (got {self.ratio!r}).") from None
         self.calibration.check()
+        self.recovery.check()
         if self.plan is None:
             schedule, schedule_params = resolve_schedule(self.schedule, ratio, self.schedule_params)
         else:  # the plan is what runs; the schedule is its provenance, so only its names are checked
@@ -142,7 +221,8 @@ class Recipe:
                 "method_params": dict(self.method_params), "ratio": self.ratio, "schedule": self.schedule,
                 "schedule_params": dict(self.schedule_params),
                 "plan": self.plan.to_dict() if self.plan is not None else None,
-                "calibration": self.calibration.to_dict(), "versions": dict(self.versions)}
+                "calibration": self.calibration.to_dict(), "recovery": self.recovery.to_dict(),
+                "versions": dict(self.versions)}
 
     @classmethod
     def from_dict(cls, d: Any) -> "Recipe":
@@ -166,6 +246,8 @@ class Recipe:
             d["schedule_params"] = {"slicing_base": slicing_base} | d.get("schedule_params", {})
         if "calibration" in d:
             d["calibration"] = CalibrationSpec.from_dict(d["calibration"])
+        if "recovery" in d:
+            d["recovery"] = RecoverySpec.from_dict(d["recovery"])
         if d.get("plan") is not None:
             d["plan"] = _plan(d["plan"])
         d.setdefault("versions", {})  # parsed, not produced here: no versions claimed
@@ -186,7 +268,8 @@ class Recipe:
         extras = _non_default(self.method_params, _method(self.method).params)
         extras += _non_default(schedule_params, get_schedule(name).params)
         ratio = self.plan.target if self.plan is not None else self.ratio
-        return f"{self.method} {ratio:.0%} {name}" + (f" ({', '.join(extras)})" if extras else "")
+        heal = f" + {self.recovery.label()}" if self.recovery.enabled else ""
+        return f"{self.method} {ratio:.0%} {name}" + (f" ({', '.join(extras)})" if extras else "") + heal
 
 
 def _method(name: Any):

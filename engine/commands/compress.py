@@ -100,7 +100,8 @@ def recipe_from_args(args) -> Recipe:
 def run(args) -> int:
     recipe = recipe_from_args(args).validate()
     check_out_dir(args.out, args.force)
-    lm = load(args, recipe.model, stream=True)  # a folder's layers are read as the driver reaches them
+    # a folder's layers are read as the driver reaches them; recovery trains against the whole original
+    lm = load(args, recipe.model, stream=not recipe.recovery.enabled)
     bar = progress(args)
     result = compress(lm, recipe, data_dir=args.data_dir, progress=bar)
     bar.close()

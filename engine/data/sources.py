@@ -2,6 +2,9 @@
 
 A source spec is ``name[:split]`` (``wikitext2:test``, ``c4``, ``alpaca``, ``ptb``),
 ``file:PATH`` (txt, jsonl, json) or ``generated`` (text sampled from the model itself).
+Chat sources (``alpaca-chat``, ``chat:file:PATH``, ``generated-chat``) are conversations, not
+text: they are rendered through a model's chat template (``engine.data.chat``), so only a
+caller that has the tokenizer can use them (calibration, recovery).
 The data-dir layout is the one ``shared/data/SOURCES.md`` describes.
 """
 from __future__ import annotations
@@ -18,7 +21,9 @@ from ..models.hub import hub_reachable
 
 DEFAULT_DATA_DIR_ENV = "SLIMLAB_DATA_DIR"
 
-KNOWN_SOURCES = ("wikitext2", "c4", "ptb", "alpaca", "file:PATH", "generated")
+KNOWN_SOURCES = ("wikitext2", "c4", "ptb", "alpaca", "file:PATH", "generated", "alpaca-chat", "chat:file:PATH",
+                 "generated-chat")
+CHAT_SOURCES = ("alpaca-chat", "chat-file", "generated-chat")  # SourceSpec names rendered through a chat template
 
 
 @dataclass(frozen=True)
@@ -30,20 +35,29 @@ class SourceSpec:
     def __str__(self) -> str:
         if self.name == "file":
             return f"file:{self.path}"
+        if self.name == "chat-file":
+            return f"chat:file:{self.path}"
         return f"{self.name}:{self.split}" if self.split else self.name
 
+    @property
+    def is_chat(self) -> bool:
+        return self.name in CHAT_SOURCES
 
-_DEFAULT_SPLIT = {"wikitext2": "test", "c4": "validation", "ptb": "test", "alpaca": "train", "generated": ""}
+
+_DEFAULT_SPLIT = {"wikitext2": "test", "c4": "validation", "ptb": "test", "alpaca": "train", "generated": "",
+                  "alpaca-chat": "train", "generated-chat": ""}
+_ALIASES = {"wikitext": "wikitext2", "alpacachat": "alpaca-chat", "generatedchat": "generated-chat"}
 
 
 def parse_source(spec: str) -> SourceSpec:
     spec = spec.strip()
     if spec.startswith("file:"):
         return SourceSpec("file", "", spec[len("file:"):])
+    if spec.startswith("chat:file:"):
+        return SourceSpec("chat-file", "", spec[len("chat:file:"):])
     name, _, split = spec.partition(":")
     name = name.lower().replace("-", "")
-    if name == "wikitext":
-        name = "wikitext2"
+    name = _ALIASES.get(name, name)
     if name not in _DEFAULT_SPLIT:
         raise DataError(f"Unknown text source '{spec}'. Known: {', '.join(KNOWN_SOURCES)}.")
     split = split or _DEFAULT_SPLIT[name]
@@ -69,6 +83,9 @@ def load_text(
     only the caller has the model.
     """
     src = parse_source(spec) if isinstance(spec, str) else spec
+    if src.is_chat:
+        raise DataError(f"'{src}' is a chat source: it is rendered through a model's chat template, so it can "
+                        "calibrate or heal a model (--calib) but is not a text to evaluate on.")
     if src.name == "file":
         return _check(_read_file(Path(src.path)), str(src))
     if src.name == "generated":
@@ -89,21 +106,32 @@ def _check(text: str, label: str) -> str:
     return text
 
 
-def _read_file(path: Path) -> str:
+def _read_raw(path: Path) -> str:
     if not path.exists():
         raise DataError(f"Text file not found: {path}")
     if path.suffix == ".bz2":
         raw = bz2.open(path, "rt", encoding="utf-8").read()
     else:
         raw = path.read_text(encoding="utf-8", errors="replace")
-    raw = raw.replace("\r\n", "\n")
-    if path.suffix == ".jsonl":
-        return "\n\n".join(_record_text(json.loads(line)) for line in raw.splitlines() if line.strip())
-    if path.suffix == ".json":
+    return raw.replace("\r\n", "\n")
+
+
+def read_records(path: Path) -> list:
+    """The records of a .json (a list, or one record) or .jsonl file."""
+    raw = _read_raw(path)
+    try:
+        if path.suffix == ".jsonl":
+            return [json.loads(line) for line in raw.splitlines() if line.strip()]
         data = json.loads(raw)
-        records = data if isinstance(data, list) else [data]
-        return "\n\n".join(_record_text(r) for r in records)
-    return raw
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path} is not valid JSON ({exc}).") from None
+    return data if isinstance(data, list) else [data]
+
+
+def _read_file(path: Path) -> str:
+    if path.suffix in (".json", ".jsonl"):
+        return "\n\n".join(_record_text(r) for r in read_records(path))
+    return _read_raw(path)
 
 
 def _record_text(record) -> str:
@@ -136,9 +164,12 @@ def _local_text(src: SourceSpec, root: Path) -> Optional[str]:
         p = root / "calibration/c4_demo.jsonl"
         return _read_file(p) if p.exists() else None
     if src.name == "alpaca":
-        p = root / "calibration/alpaca_en_demo.json"
+        p = root / ALPACA_LOCAL
         return _read_file(p) if p.exists() else None
     return None
+
+
+ALPACA_LOCAL = "calibration/alpaca_en_demo.json"
 
 
 def _raw_lines_to_rows(text: str) -> str:
@@ -156,6 +187,16 @@ _HUB = {
 
 
 def _hub_text(src: SourceSpec, root: Optional[Path]) -> str:
+    name, config, field = _HUB[(src.name, "*")]
+    kwargs = {"data_files": {"validation": "en/c4-validation.00000-of-00008.json.gz"}} if src.name == "c4" else {}
+    ds = hub_dataset(src, root, name, config, **kwargs)
+    if src.name == "c4":
+        ds = ds.select(range(min(len(ds), 3000)))
+    return "\n\n".join(ds[field])
+
+
+def hub_dataset(src: SourceSpec, root: Optional[Path], name: str, config: Optional[str], **kwargs):
+    """``datasets.load_dataset(name, config, split=src.split)``, or one clear DataError (offline, or any failure)."""
     where = f"the data dir {root}" if root else f"a data dir (set ${DEFAULT_DATA_DIR_ENV} or --data-dir)"
     if not hub_reachable():  # datasets would retry for half a minute first
         raise DataError(
@@ -165,14 +206,7 @@ def _hub_text(src: SourceSpec, root: Optional[Path]) -> str:
     try:
         import datasets
 
-        name, config, field = _HUB[(src.name, "*")]
-        kwargs = {}
-        if src.name == "c4":
-            kwargs["data_files"] = {"validation": "en/c4-validation.00000-of-00008.json.gz"}
-        ds = datasets.load_dataset(name, config, split=src.split, **kwargs)
-        if src.name == "c4":
-            ds = ds.select(range(min(len(ds), 3000)))
-        return "\n\n".join(ds[field])
+        return datasets.load_dataset(name, config, split=src.split, **kwargs)
     except Exception as exc:  # noqa: BLE001 - any hub failure becomes one clear message
         raise DataError(
             f"Could not load '{src}': no local copy in {where}, and the Hugging Face Hub failed "

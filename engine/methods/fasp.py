@@ -77,26 +77,27 @@ class PairPruningPass(LayerHooks):
         has_bias = step.writer.bias is not None
         return step.stats(gram=self.restore or self.score.gram, sums=(self.restore and has_bias) or self.score.sums)
 
-    def _refit(self, step: HalfStep, stats, cols: torch.Tensor):
+    def _refit(self, step: HalfStep, cols: torch.Tensor):
+        """The restored columns; the statistics are handed over, so the Gram is freed before the
+        solve (on a 1.1B model it is the largest buffer of the step)."""
         if not self.restore:
             return None
-        return restore_columns(step.writer.weight, step.writer.bias, stats, cols, self.params["damp"])
+        self._stats(step)
+        return restore_columns(step.writer.weight, step.writer.bias, step.release_stats(), cols, self.params["damp"])
 
     def _prune_values(self, step: HalfStep, k: int) -> torch.Tensor:
         """Keep ``k`` value dims per KV group; a dim's score sums over the query heads it feeds."""
         n_heads, n_kv, head_dim = self.heads
-        stats = self._stats(step)
-        scores = self.score.fn(step.writer.weight, stats)
+        scores = self.score.fn(step.writer.weight, self._stats(step))
         kept_v = keep_top_per_group(scores.view(n_kv, n_heads // n_kv, head_dim).sum(1), k)
         cols = output_columns(kept_v, self.heads)
-        prune_pair([step.parts.value], step.writer, kept_v, cols, self._refit(step, stats, cols))
+        prune_pair([step.parts.value], step.writer, kept_v, cols, self._refit(step, cols))
         narrow_values(step.parts.value, step.writer, kept_v, self.heads)
         return kept_v
 
     def _prune_mlp(self, step: HalfStep, k: int) -> torch.Tensor:
-        stats = self._stats(step)
-        kept = keep_top(self.score.fn(step.writer.weight, stats), k)
-        prune_pair(step.parts.mlp_in, step.writer, kept, kept, self._refit(step, stats, kept))
+        kept = keep_top(self.score.fn(step.writer.weight, self._stats(step)), k)
+        prune_pair(step.parts.mlp_in, step.writer, kept, kept, self._refit(step, kept))
         return kept
 
 

@@ -138,6 +138,13 @@ class HalfStep:
             self._stats[key] = richer or InputStats.of(self.inner, gram=gram, sums=sums)
         return self._stats[key]
 
+    def release_stats(self) -> InputStats:
+        """The richest statistics computed so far, no longer kept here: the caller's reference is
+        the last, so they are freed as soon as it lets go."""
+        richest = max(self._stats.items(), key=lambda item: item[0])[1]
+        self._stats.clear()
+        return richest
+
 
 @dataclass
 class HalfOutcome:

@@ -33,9 +33,11 @@ def restore_columns(weight: torch.Tensor, bias: Optional[torch.Tensor], stats: I
 
     ``H`` is the Gram of the writer's input (``stats`` needs ``gram=True``, and ``sums=True``
     with a bias: then ``X̃ = [X, 1]`` and the bias is refitted as one more column, not damped).
-    ``H[:, M]`` (n × m) is never formed: at an MLP width of 5632 it would be the largest buffer
-    of the pass. Returns (weight, bias) in float64; the caller casts."""
+    ``H[:, M]`` (n × m) is never formed, and ``stats`` is let go before the solve: a caller that
+    hands over its only reference frees the Gram there (at an MLP width of 5632 these are the
+    largest buffers of a pass). Returns (weight, bias) in float64; the caller casts."""
     a, rhs = _normal_equations(weight, bias, stats, kept)
+    del stats
     m = kept.numel()
     idx = torch.arange(m, device=a.device)
     a[idx, idx] += damp * a[idx, idx].mean()

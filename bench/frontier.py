@@ -1,0 +1,281 @@
+"""The quality frontier: the best recipe the engine offers at about 0.90x, 0.80x and 0.70x of the
+dense parameter count, measured the way a user would judge it.
+
+Searches method (and variant) x schedule x calibration source x compensation x recovery
+budget. Each size is a fraction of the dense *total* parameters; a method's ratio for it is
+found from one cheap probe compression (its parameter count is close to linear in the ratio),
+and every row reports the fraction it really reached. Each row is measured on:
+
+- ppl: the first ``--windows`` x ``--seqlen`` windows of the raw WikiText-2 test split;
+- LAMBADA accuracy (OpenAI variant, the data dir's file; ``--lambada-limit`` items, seeded);
+- zero-shot mean over piqa, arc_easy, winogrande, hellaswag (``--zeroshot-limit`` items each;
+  ``--zeroshot-limit 0`` skips it);
+- the chat check (assets/chat_check.json: share of greedy answers with the expected keyword),
+  against the dense model's;
+- compress + recovery seconds.
+
+    python bench/frontier.py --sizes 0.8 --methods fasp --calibs alpaca-chat --recovery none,lora \\
+        --recovery-minutes 3 --windows 40 --zeroshot-limit 0
+    python bench/frontier.py --model tests-folder --windows 2 --seqlen 128 ...   # a quick try on any model
+
+Rows are saved to ``OUT.json`` after each run, so the bench runs in pieces (rows already
+there with the same key and protocol are kept and skipped; ``--redo`` measures them again).
+``--save-best DIR`` writes the best recipe of each size (lowest ppl) as a replayable JSON.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Callable, Optional
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from engine import CalibrationSpec, Recipe, compress, load_model, params_total, perplexity  # noqa: E402
+from engine.evaluate import run_zeroshot  # noqa: E402
+from engine.evaluate.chat_check import chat_check  # noqa: E402
+from engine.evaluate.lambada import lambada  # noqa: E402
+from engine.recipes import RecoverySpec  # noqa: E402
+
+ZEROSHOT_TASKS = ("piqa", "arc_easy", "winogrande", "hellaswag")
+
+# EoRA-style compensation arrives later (the lead's): a name -> how it changes the recipe.
+COMPENSATIONS: dict[str, Callable[[Recipe], Recipe]] = {"none": lambda recipe: recipe}
+
+
+def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="demo")
+    p.add_argument("--sizes", default="0.9,0.8,0.7", help="fractions of the dense total parameters")
+    p.add_argument("--methods", default="fasp,wanda-sp,slicegpt:shared",
+                   help="comma-separated method[:variant][@ratio] (variant sets the method's 'variant' parameter; "
+                        "an explicit ratio skips the search for the size's ratio)")
+    p.add_argument("--schedules", default="uniform", help="comma-separated schedule names")
+    p.add_argument("--calibs", default="wikitext2:validation,alpaca-chat", help="comma-separated calibration sources")
+    p.add_argument("--nsamples", type=int, default=64)
+    p.add_argument("--calib-seqlen", type=int, default=512)
+    p.add_argument("--compensations", default="none", help=f"comma-separated: {', '.join(COMPENSATIONS)}")
+    p.add_argument("--recovery", default="none", help="comma-separated recovery kinds: none, lora, full")
+    p.add_argument("--recovery-minutes", default="3", help="comma-separated time budgets of a recovery")
+    p.add_argument("--recovery-source", default=None, help="recovery text (default: the calibration source)")
+    p.add_argument("--recovery-groups", default=None, help="e.g. attention+mlp+norms (default: the spec's)")
+    p.add_argument("--recovery-lr", type=float, default=None)
+    p.add_argument("--recovery-seqlen", type=int, default=512)
+    p.add_argument("--recovery-nsamples", type=int, default=256)
+    p.add_argument("--windows", type=int, default=40, help="ppl windows (first N of the raw test split)")
+    p.add_argument("--seqlen", type=int, default=2048, help="ppl window length")
+    p.add_argument("--lambada-limit", type=int, default=1000, help="LAMBADA items (0: skip; -1: all 5153)")
+    p.add_argument("--zeroshot-limit", type=int, default=500, help="items per zero-shot task (0: skip)")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--data-dir", default=os.environ.get("SLIMLAB_DATA_DIR", str(REPO.parent / "shared" / "data")))
+    p.add_argument("--out", default=str(REPO / "bench" / "results" / "frontier"), help="output path stem")
+    p.add_argument("--redo", action="store_true", help="measure rows again even when OUT.json has them")
+    p.add_argument("--save-best", default=None, metavar="DIR", help="write the best recipe per size here")
+    return p.parse_args(argv)
+
+
+def split(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def method_recipe(name: str, model: str) -> tuple[Recipe, Optional[float]]:
+    """The recipe of ``method[:variant][@ratio]`` and the explicit ratio, if any."""
+    name, _, ratio = name.partition("@")
+    method, _, variant = name.partition(":")
+    recipe = Recipe(model=model, method=method, method_params={"variant": variant} if variant else {})
+    return recipe, float(ratio) if ratio else None
+
+
+def recovery_spec(kind: str, minutes: float, args) -> RecoverySpec:
+    if kind == "none":
+        return RecoverySpec()
+    spec = RecoverySpec(kind=kind, steps=None, minutes=minutes, source=args.recovery_source, lr=args.recovery_lr,
+                        seqlen=args.recovery_seqlen, nsamples=args.recovery_nsamples, seed=args.seed)
+    if args.recovery_groups:
+        spec = replace(spec, groups=args.recovery_groups.split("+"))
+    return spec
+
+
+class RatioFinder:
+    """The ratio at which a method keeps about a given fraction of the dense parameters.
+
+    Secant steps on probe compressions (a few calibration tokens: shapes do not depend on the
+    data for a uniform plan), from ratio 0.3, until the kept fraction is within 0.3% at or
+    under the target; widths round to multiples of 8, so the count is close to linear."""
+
+    def __init__(self, lm, dense: int):
+        self.lm, self.dense = lm, dense
+        self.seen: dict[tuple[str, float], float] = {}
+
+    def fraction(self, base: Recipe, ratio: float) -> float:
+        key = (json.dumps([base.method, base.method_params], sort_keys=True), ratio)
+        if key not in self.seen:
+            probe = replace(base, ratio=ratio, calibration=CalibrationSpec("wikitext2:validation", 2, 64, 0))
+            self.seen[key] = compress(self.lm, probe).accounting.params_total / self.dense
+        return self.seen[key]
+
+    def ratio(self, base: Recipe, target: float) -> float:
+        points = [(0.0, 1.0), (0.3, self.fraction(base, 0.3))]
+        best = None
+        for _ in range(4):
+            (r0, f0), (r1, f1) = points[-2:]
+            r = r1 if f1 == f0 else r1 + (target - f1) * (r1 - r0) / (f1 - f0)
+            r = round(min(max(r, 0.01), 0.95), 3)
+            f = self.fraction(base, r)
+            if f <= target and (best is None or f > best[1]):
+                best = (r, f)
+            if best is not None and target - best[1] < 0.003:
+                break
+            points.append((r, f) if f != points[-1][1] else (r + 0.005, f))
+        return best[0] if best is not None else points[-1][0]
+
+
+def measure(model, tokenizer, args) -> dict:
+    """ppl, LAMBADA, zero-shot mean and chat check of one model."""
+    row: dict = {}
+    t = time.perf_counter()
+    row["ppl"] = perplexity(model, tokenizer, "wikitext2", args.seqlen, max_windows=args.windows,
+                            data_dir=args.data_dir).ppl
+    if args.lambada_limit:
+        limit = None if args.lambada_limit < 0 else args.lambada_limit
+        row["lambada"] = lambada(model, tokenizer, limit=limit, data_dir=args.data_dir).acc
+    if args.zeroshot_limit:
+        zs = run_zeroshot(model, tokenizer, list(ZEROSHOT_TASKS), args.zeroshot_limit, data_dir=args.data_dir)
+        row["zeroshot"] = zs["mean"]
+        row["zeroshot_tasks"] = {k: v["acc_norm"] if v["metric"] == "acc_norm" else v["acc"]
+                                 for k, v in zs["tasks"].items()}
+    check = chat_check(model, tokenizer)
+    row["chat_hits"], row["chat_total"] = check.hits, check.total
+    row["chat_answers"] = [a["answer"] for a in check.answers]
+    row["eval_s"] = time.perf_counter() - t
+    return row
+
+
+def protocol(args) -> dict:
+    return {"windows": args.windows, "seqlen": args.seqlen, "lambada_limit": args.lambada_limit,
+            "zeroshot_limit": args.zeroshot_limit, "zeroshot_tasks": list(ZEROSHOT_TASKS), "model": args.model}
+
+
+def load_rows(path: Path, proto: dict) -> list[dict]:
+    if not path.exists():
+        return []
+    data = json.loads(path.read_text())
+    if data.get("protocol") != proto:
+        print(f"{path} was measured with another protocol; starting afresh", flush=True)
+        return []
+    return data["rows"]
+
+
+def save_rows(path: Path, proto: dict, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"protocol": proto, "machine": machine(), "rows": rows}, indent=2))
+
+
+def machine() -> dict:
+    return {"cpus": os.cpu_count(), "load_avg": os.getloadavg() if hasattr(os, "getloadavg") else None}
+
+
+def table(rows: list[dict], dense: dict) -> list[str]:
+    out = [f"{'size':>5} {'recipe':<58}{'params':>7}{'ppl':>8}{'lambada':>8}{'0-shot':>7}{'chat':>8}{'secs':>7}"]
+    for r in rows:
+        chat = f"{r['chat_hits']}/{dense['chat_hits']}"
+        out.append(f"{r.get('size', 1.0):>5} {r['label'][:57]:<58}{r['fraction']:>7.3f}{r['ppl']:>8.2f}"
+                   f"{_pct(r.get('lambada')):>8}{_pct(r.get('zeroshot')):>7}{chat:>8}{r.get('seconds', 0):>7.0f}")
+    return out
+
+
+def _pct(value) -> str:
+    return "-" if value is None else f"{100 * value:.1f}"
+
+
+def best_per_size(rows: list[dict], sizes: list[float]) -> dict[float, dict]:
+    """Lowest ppl among the rows at or under each size."""
+    best = {}
+    for size in sizes:
+        fits = [r for r in rows if r.get("size") == size and r["fraction"] <= size + 1e-3 and not r.get("error")]
+        if fits:
+            best[size] = min(fits, key=lambda r: r["ppl"])
+    return best
+
+
+def run(args) -> list[dict]:
+    out = Path(args.out).with_suffix(".json")
+    proto = protocol(args)
+    rows = load_rows(out, proto)
+    done = {r["key"] for r in rows}
+    lm = load_model(args.model, device=args.device)
+    dense_params = params_total(lm)
+    if "dense" not in done or args.redo:
+        rows = [r for r in rows if r["key"] != "dense"]
+        rows.insert(0, {"key": "dense", "label": "dense", "fraction": 1.0, "seconds": 0.0}
+                    | measure(lm.model, lm.tokenizer, args))
+        save_rows(out, proto, rows)
+    dense = next(r for r in rows if r["key"] == "dense")
+    finder = RatioFinder(lm, dense_params)
+    sizes = [float(s) for s in split(args.sizes)]
+    for size in sizes:
+        for name in split(args.methods):
+            base, explicit = method_recipe(name, lm.spec)
+            ratio = explicit if explicit is not None else finder.ratio(base, size)
+            for schedule in split(args.schedules):
+                for calib in split(args.calibs):
+                    for comp in split(args.compensations):
+                        for kind in split(args.recovery):
+                            for minutes in ([0.0] if kind == "none" else [float(m) for m in
+                                                                         split(args.recovery_minutes)]):
+                                recipe = COMPENSATIONS[comp](replace(
+                                    base, ratio=ratio, schedule=schedule,
+                                    calibration=CalibrationSpec(calib, args.nsamples, args.calib_seqlen, args.seed),
+                                    recovery=recovery_spec(kind, minutes, args)))
+                                key = json.dumps([size, name, schedule, calib, comp, kind, minutes])
+                                if key in done and not args.redo:
+                                    continue
+                                rows = [r for r in rows if r["key"] != key] + [
+                                    one_row(lm, recipe, key, size, comp, dense_params, args)]
+                                save_rows(out, proto, rows)
+                                print("\n".join(table(rows[-1:], dense)), flush=True)
+    return rows
+
+
+def one_row(lm, recipe: Recipe, key: str, size: float, comp: str, dense_params: int, args) -> dict:
+    row = {"key": key, "size": size, "compensation": comp, "recipe": recipe.to_dict()}
+    t = time.perf_counter()
+    try:
+        result = compress(lm, recipe, data_dir=args.data_dir)
+    except Exception as exc:  # noqa: BLE001 - a failing recipe is a row, not the end of the bench
+        return row | {"label": recipe.label(), "fraction": 1.0, "ppl": float("inf"), "error": repr(exc)[:300],
+                      "chat_hits": 0}
+    row |= {"label": result.recipe.label(), "recipe": result.recipe.to_dict(),
+            "fraction": result.accounting.params_total / dense_params, "params_total": result.accounting.params_total,
+            "seconds": time.perf_counter() - t, "stage_seconds": result.stage_seconds,
+            "recovery": {k: v for k, v in result.plots.get("recovery", {}).items() if k != "lora_modules"}}
+    row |= measure(result.model, result.tokenizer, args)
+    return row
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = parse_args(argv)
+    rows = run(args)
+    dense = next(r for r in rows if r["key"] == "dense")
+    sizes = [float(s) for s in split(args.sizes)]
+    print(f"\nprotocol: {protocol(args)}; machine: {machine()}")
+    print("\n".join(table([dense] + [r for r in rows if r.get("size") in sizes and not r.get("error")], dense)))
+    best = best_per_size(rows, sizes)
+    print("\nbest per size (lowest ppl at or under the size):")
+    print("\n".join(table(list(best.values()), dense)))
+    if args.save_best:
+        folder = Path(args.save_best)
+        folder.mkdir(parents=True, exist_ok=True)
+        for size, r in best.items():
+            (folder / f"frontier-{round(100 * size)}.json").write_text(json.dumps(r["recipe"], indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

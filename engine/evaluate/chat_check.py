@@ -1,0 +1,84 @@
+"""The chat check: does a (compressed) chat model still answer simple factual questions?
+
+Perplexity says little about whether a chat model still *answers*; a model can keep a
+decent ppl and reply with gibberish. This check asks short factual questions
+(``assets/chat_check.json``: the capital of France, the Red Planet, ...) through the chat
+template, decodes greedily for a few tokens and counts the answers that contain an expected
+keyword (case-insensitive, whole words). Compare a model's share with the dense model's.
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from ..data.chat import require_template
+from ..progress import Reporter, as_reporter
+
+QUESTIONS_FILE = Path(__file__).resolve().parents[2] / "assets" / "chat_check.json"
+STAGE = "chat check"
+
+
+@dataclass(frozen=True)
+class Question:
+    question: str
+    keywords: tuple[str, ...]
+
+    def hit(self, answer: str) -> bool:
+        return any(re.search(rf"(?<!\w){re.escape(k)}(?!\w)", answer, re.IGNORECASE) for k in self.keywords)
+
+
+@dataclass
+class ChatCheckResult:
+    hits: int
+    total: int
+    max_new_tokens: int
+    answers: list[dict] = field(default_factory=list)  # {question, answer, keywords, hit}
+
+    @property
+    def share(self) -> float:
+        return self.hits / self.total
+
+    def to_dict(self) -> dict:
+        return asdict(self) | {"share": self.share}
+
+
+def load_questions(path: "str | Path" = QUESTIONS_FILE) -> tuple[list[Question], int]:
+    """(questions, max_new_tokens) from a chat-check file."""
+    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    return [Question(q["question"], tuple(q["keywords"])) for q in data["questions"]], int(data["max_new_tokens"])
+
+
+@torch.inference_mode()
+def chat_check(model, tokenizer, questions: Optional[list[Question]] = None, max_new_tokens: Optional[int] = None,
+               batch_size: int = 16, progress=None) -> ChatCheckResult:
+    """Greedy answers to every question (batched, left-padded) and the count of keyword hits."""
+    default_q, default_n = load_questions()
+    questions = questions or default_q
+    max_new_tokens = max_new_tokens or default_n
+    require_template(tokenizer, "chat check")
+    reporter: Reporter = as_reporter(progress)
+    device = next(model.parameters()).device
+    answers: list[dict] = []
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    try:
+        for start in range(0, len(questions), batch_size):
+            batch = questions[start:start + batch_size]
+            texts = [tokenizer.apply_chat_template([{"role": "user", "content": q.question}], tokenize=False,
+                                                   add_generation_prompt=True) for q in batch]
+            enc = tokenizer(texts, add_special_tokens=False, padding=True, return_tensors="pt").to(device)
+            out = model.generate(**enc, do_sample=False, max_new_tokens=max_new_tokens,
+                                 pad_token_id=tokenizer.pad_token_id, temperature=None, top_p=None, top_k=None)
+            for q, text in zip(batch, tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:],
+                                                            skip_special_tokens=True)):
+                answers.append({"question": q.question, "answer": text.strip(), "keywords": list(q.keywords),
+                                "hit": q.hit(text)})
+            reporter(STAGE, len(answers), len(questions), f"{sum(a['hit'] for a in answers)} hits")
+    finally:
+        tokenizer.padding_side = side
+    return ChatCheckResult(sum(a["hit"] for a in answers), len(answers), max_new_tokens, answers)
