@@ -5,7 +5,7 @@ tests/test_layering.py)::
 
     lm = load_model("demo")
     recipe = Recipe(method="slicegpt", ratio=0.25, calibration=CalibrationSpec("wikitext2:validation", 64, 512))
-    result = compress(lm, recipe)
+    result = compress(lm, recipe)      # RecoverySpec(kind="lora", minutes=3) in recipe.recovery heals it after
     save_compressed(result, "out/")
     perplexity(result.model, result.tokenizer, "wikitext2", 2048, max_windows=40)
 
@@ -16,34 +16,40 @@ from .analysis import Accounting, account
 from .analysis.modules import ModuleParams
 from .analysis.spectra import ResidualAnalysis, cut_width
 from .api import (
-    Subject, block_influence, chat, evaluate_perplexity, evaluate_speed, evaluate_zeroshot, model_summary,
-    module_params, num_layers, params_total, residual_analysis, zeroshot_tasks,
+    Subject, block_influence, chat, evaluate_chat_check, evaluate_lambada, evaluate_perplexity, evaluate_speed,
+    evaluate_zeroshot, has_chat_template, model_summary, module_params, num_layers, params_total, residual_analysis,
+    zeroshot_tasks,
 )
 from .compress import CompressionResult, compress, make_calibration
 from .compressed import load_compressed, save_compressed
 from .errors import Cancelled, ConfigError, SlimLabError
-from .evaluate import PerplexityResult, build_report, model_entry, perplexity, write_report
+from .evaluate import (
+    NONSENSE_WARNING, ChatCheckResult, LambadaResult, PerplexityResult, build_report, chat_check, lambada, model_entry,
+    nonsense_warning, perplexity, write_report,
+)
 from .generate import Generation, SamplingSettings
 from .methods import Calibration, available_methods, get_method
 from .loader import load_model
 from .models import LoadedModel
 from .progress import CancelToken, ProgressEvent, Reporter
 from .publish import check_repo_id, model_card, push_folder, read_meta
-from .recipes import CalibrationSpec, Recipe
+from .recipes import PRESET_KEYS, RECOVERY_GROUPS, RECOVERY_KINDS, CalibrationSpec, Recipe, RecoverySpec
 from .schedules import Plan, available_schedules, build_plan, check_ratio, get_schedule
 
 __all__ = [
     # models, compression, saved format
     "LoadedModel", "load_model", "compress", "CompressionResult", "Recipe", "CalibrationSpec", "Calibration",
-    "make_calibration", "Plan", "build_plan", "check_ratio", "available_methods", "get_method",
-    "available_schedules", "get_schedule", "save_compressed", "load_compressed",
+    "RecoverySpec", "RECOVERY_KINDS", "RECOVERY_GROUPS", "PRESET_KEYS", "make_calibration", "Plan", "build_plan",
+    "check_ratio", "available_methods", "get_method", "available_schedules", "get_schedule", "save_compressed",
+    "load_compressed",
     # analysis and accounting
     "Accounting", "account", "ModuleParams", "ResidualAnalysis", "cut_width", "Subject", "num_layers",
-    "model_summary", "params_total", "module_params", "residual_analysis", "block_influence",
+    "model_summary", "params_total", "module_params", "residual_analysis", "block_influence", "has_chat_template",
     # evaluation, reports, chat, publishing
     "perplexity", "PerplexityResult", "evaluate_perplexity", "evaluate_zeroshot", "evaluate_speed", "zeroshot_tasks",
-    "build_report", "model_entry", "write_report", "chat", "Generation", "SamplingSettings", "check_repo_id",
-    "model_card", "push_folder", "read_meta",
+    "chat_check", "ChatCheckResult", "evaluate_chat_check", "lambada", "LambadaResult", "evaluate_lambada",
+    "nonsense_warning", "NONSENSE_WARNING", "build_report", "model_entry", "write_report", "chat", "Generation",
+    "SamplingSettings", "check_repo_id", "model_card", "push_folder", "read_meta",
     # progress and errors
     "CancelToken", "ProgressEvent", "Reporter", "SlimLabError", "ConfigError", "Cancelled",
 ]

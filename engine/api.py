@@ -15,7 +15,8 @@ from .analysis.layer_scores import block_influence as _block_influence
 from .analysis.modules import module_params as _module_params
 from .analysis.spectra import ResidualAnalysis
 from .analysis.spectra import residual_analysis as _residual_analysis
-from .evaluate import PerplexityResult, measure_speed, perplexity, run_zeroshot
+from .evaluate import ChatCheckResult, LambadaResult, PerplexityResult, chat_check, lambada, measure_speed, perplexity, \
+    run_zeroshot
 from .generate import Generation, SamplingSettings, stream_chat
 from .methods import Calibration
 from .models import LoadedModel
@@ -45,6 +46,12 @@ def model_summary(lm: LoadedModel) -> dict:
     if meta:
         summary |= {"method": meta["method"], "widths": meta["widths"], "recipe": meta["recipe"]}
     return summary
+
+
+def has_chat_template(subject: Subject) -> bool:
+    """Whether the tokenizer renders chats (an instruct model): then chat calibration (``alpaca-chat``)
+    fits it better than Wikipedia text, and the chat check can run."""
+    return bool(getattr(subject.tokenizer, "chat_template", None))
 
 
 def params_total(lm: LoadedModel) -> int:
@@ -96,6 +103,17 @@ def evaluate_speed(subject: Subject, prefill_len: int = 512, decode_tokens: int 
     """Prefill/decode throughput and memory on this machine (``SpeedResult.to_dict()``)."""
     return measure_speed(subject.model, subject.tokenizer, prefill_len, decode_tokens, progress=progress,
                          cancel=cancel)
+
+
+def evaluate_chat_check(subject: Subject, progress: "Reporter | ProgressCallback | None" = None) -> ChatCheckResult:
+    """Greedy answers to the short factual questions of ``assets/chat_check.json``; hits contain the keyword."""
+    return chat_check(subject.model, subject.tokenizer, progress=progress)
+
+
+def evaluate_lambada(subject: Subject, limit: Optional[int] = None, data_dir: Optional[str] = None,
+                     progress: "Reporter | ProgressCallback | None" = None) -> LambadaResult:
+    """LAMBADA (OpenAI) last-word accuracy from the data dir (all items, or a seeded ``limit``)."""
+    return lambada(subject.model, subject.tokenizer, limit, data_dir=data_dir, progress=progress)
 
 
 def zeroshot_tasks() -> list[str]:

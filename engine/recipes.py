@@ -162,6 +162,10 @@ def check_source(spec: Any) -> None:
         raise ConfigError(f"file not found: {src.path}")
 
 
+# what a preset file carries beside the recipe: its title, the quality measured when it was made
+# ({"ppl", "dense_ppl", "chat_hits", ...}) and the answers to the example prompts ({"prompt", "dense", "compressed"})
+PRESET_KEYS = ("name", "measured", "chat_examples")
+
 _FIELD_TYPES = {"method_params": dict, "schedule_params": dict, "calibration": dict, "versions": dict, "recovery": dict,
                 "model": str, "method": str, "schedule": str}
 
@@ -226,12 +230,14 @@ class Recipe:
 
     @classmethod
     def from_dict(cls, d: Any) -> "Recipe":
-        """A recipe dict, a whole ``slimlab.json``, a shipped preset (its ``name`` is dropped), or
-        the v1 layout (top-level ``slicing_base``); every layout comes out as the current one."""
+        """A recipe dict, a whole ``slimlab.json``, a shipped preset (its ``name``, ``measured`` quality
+        and stored ``chat_examples`` are dropped: see ``PRESET_KEYS``), or the v1 layout (top-level
+        ``slicing_base``); every layout comes out as the current one."""
         if not isinstance(d, dict):
             raise ConfigError(f"A recipe is a JSON/YAML mapping (got {type(d).__name__}).")
         d = dict(d["recipe"] if isinstance(d.get("recipe"), dict) else d)
-        d.pop("name", None)
+        for key in PRESET_KEYS:
+            d.pop(key, None)
         version = d.pop("format_version", 1)
         if not isinstance(version, int) or version > RECIPE_VERSION:
             raise ConfigError(f"Recipe format_version {version!r}: this SlimLab reads up to {RECIPE_VERSION}; "

@@ -207,3 +207,92 @@ def test_a_shipped_preset_replays_on_a_model_folder(preset, tiny_dirs, data_dir,
     assert saved.model == str(tiny_dirs["llama"]) and saved.plan is not None and len(saved.plan.ratios) == 3
     assert set(saved.versions) == {"slimlab", "torch", "transformers"}
     assert summary["out"] == str(out)
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["--recovery", "magic"], "--recovery takes none, lora, full"),
+    (["--recovery", "lora", "--recovery-steps", "0"], "recovery steps must be an integer >= 1"),
+    (["--recovery", "lora", "--recovery-steps", "ten"], "--recovery-steps takes a whole number or none"),
+    (["--recovery", "lora", "--recovery-steps", "none"], "recovery needs a bound"),
+    (["--recovery", "full", "--recovery-minutes", "soon"], "--recovery-minutes takes a number or none"),
+    (["--recovery", "lora", "--recovery-minutes", "-2"], "recovery minutes must be a positive number"),
+    (["--recovery", "lora", "--recovery-lr", "0"], "recovery lr must be a positive number"),
+    (["--recovery", "lora", "--recovery-rank", "0"], "recovery rank must be an integer >= 1"),
+    (["--recovery", "lora", "--recovery-groups", "attention+eyes"], "recovery groups must be a non-empty list"),
+    (["--recovery", "lora", "--recovery-source", "tweets"], "recovery source: Unknown text source 'tweets'"),
+    (["--recovery", "lora", "--recovery-nsamples", "0"], "recovery nsamples must be an integer >= 1"),
+    (["--recovery", "lora", "--recovery-seqlen", "1"], "recovery seqlen must be an integer >= 2"),
+    (["--recovery-steps", "50"], "--recovery-steps set.* a recovery that is off; add --recovery lora"),
+    (["--recovery", "none", "--recovery-rank", "4"], "--recovery-rank set.* a recovery that is off"),
+])
+def test_bad_recovery_flags_fail_before_any_load(argv, match, no_load, capsys):
+    assert main(["compress", "demo", *argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    assert re.search(match, err[0]), err[0]
+
+
+def test_recovery_flags_override_the_recipe_file_field_by_field(tmp_path):
+    from engine.recipes import RecoverySpec
+
+    path = tmp_path / "heal.json"
+    path.write_text(json.dumps({"method": "fasp", "ratio": 0.2, "recovery": {
+        "kind": "full", "steps": 40, "groups": ["mlp"], "hidden_weight": 0.5, "source": "alpaca-chat"}}))
+    assert _recipe(["--recipe", str(path)]).recovery == RecoverySpec(kind="full", steps=40, groups=["mlp"],
+                                                                     hidden_weight=0.5, source="alpaca-chat")
+    tuned = _recipe(["--recipe", str(path), "--recovery", "lora", "--recovery-steps", "none", "--recovery-minutes",
+                     "2.5", "--recovery-rank", "8", "--recovery-groups", "attention+mlp", "--recovery-lr", "1e-3",
+                     "--recovery-nsamples", "16", "--recovery-seqlen", "128"]).validate()
+    assert tuned.recovery == RecoverySpec(kind="lora", steps=None, minutes=2.5, lr=1e-3, rank=8,
+                                          groups=["attention", "mlp"], hidden_weight=0.5, source="alpaca-chat",
+                                          nsamples=16, seqlen=128)  # hidden_weight and source: the file's
+    assert _recipe(["--recipe", str(path), "--recovery", "none"]).recovery.enabled is False
+    flags_only = _recipe(["--recovery", "lora", "--recovery-source", "wikitext2:train"]).validate().recovery
+    assert flags_only == RecoverySpec(kind="lora", source="wikitext2:train")
+    assert _recipe([]).recovery == RecoverySpec()  # no flags: off
+
+
+@pytest.mark.parametrize("flags, streamed", [([], True), (["--recovery", "lora"], False)])
+def test_compress_streams_the_folder_unless_recovery_needs_it_in_memory(flags, streamed, monkeypatch, tmp_path):
+    """Recovery trains against the whole original: the folder must be loaded, not streamed from disk."""
+    import engine.commands.compress as command
+
+    seen = {}
+
+    class Loaded(Exception):
+        pass
+
+    def load(args, spec=None, stream=False):
+        seen["stream"] = stream
+        raise Loaded
+
+    monkeypatch.setattr(command, "load", load)
+    args = build_parser().parse_args(["compress", str(tmp_path), "--method", "fasp", *flags])
+    with pytest.raises(Loaded):
+        command.run(args)
+    assert seen == {"stream": streamed}
+
+
+def test_eval_chat_check_prints_hits_and_share(tiny_dirs, capsys):
+    assert main(["eval", str(tiny_dirs["llama"]), "--chat-check", "--json", "--quiet"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    payload = json.loads(out[-1])
+    (check,) = payload["chat_check"]
+    total = len(json.loads((PRESETS.parent / "chat_check.json").read_text())["questions"])
+    assert check["spec"] == str(tiny_dirs["llama"]) and check["total"] == total and 0 <= check["hits"] <= total
+    assert check["share"] == pytest.approx(check["hits"] / total)
+    line = next(line for line in out if line.startswith("chat check"))
+    assert f"{check['hits']}/{total} answers contain the expected keyword ({100 * check['share']:.0f}%" in line
+    assert "zeroshot" not in payload["report"]["plots"]  # --chat-check alone runs no zero-shot tasks
+
+
+def test_eval_warns_when_the_compared_ppl_more_than_doubles():
+    from engine.commands.eval import warning_lines
+
+    def entry(label, ppl, windows=2):
+        return {"label": label, "perplexity": {"ppl": ppl, "windows": windows}}
+
+    (line,) = warning_lines([entry("dense", 20.0), entry("sliced", 41.0)])
+    assert line.startswith("warning: sliced: This model is likely to produce nonsense") and "2.0×" in line
+    assert warning_lines([entry("dense", 20.0), entry("sliced", 40.0)]) == []  # 2x exactly: no warning
+    assert warning_lines([entry("dense", 20.0)]) == [] and warning_lines([entry("a", 20.0), {"label": "b"}]) == []

@@ -134,3 +134,19 @@ def test_read_names_the_file(tmp_path):
         Recipe.read(bad)
     with pytest.raises(ConfigError, match="Recipe file not found"):
         Recipe.read(tmp_path / "missing.json")
+
+
+def test_a_preset_with_measured_quality_and_chat_examples_parses(tmp_path):
+    """A preset's ``measured`` figures and stored ``chat_examples`` travel beside the recipe; the recipe
+    drops them (as it drops ``name``), and every other unknown key is still refused."""
+    plain = {"method": "fasp", "ratio": 0.2, "calibration": {"source": "alpaca-chat", "nsamples": 8, "seqlen": 64},
+             "recovery": {"kind": "lora", "steps": 10}}
+    preset = plain | {"name": "demo 80%", "measured": {"ppl": 25.1, "dense_ppl": 20.4, "chat_hits": 15},
+                      "chat_examples": [{"prompt": "Capital of France?", "dense": "Paris.", "compressed": "Paris"}]}
+    path = tmp_path / "demo-80.json"
+    path.write_text(json.dumps(preset))
+    recipe = Recipe.read(path).validate()
+    assert recipe == Recipe.from_dict(plain).validate()
+    assert recipe.recovery.kind == "lora" and recipe.calibration.source == "alpaca-chat"
+    with pytest.raises(ConfigError, match="unknown field.*measurd"):
+        Recipe.from_dict(plain | {"measurd": {}})

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from engine import (
-    Calibration, SlimLabError, account, block_influence, cut_width, load_compressed, load_model, residual_analysis,
+    Calibration, RecoverySpec, SlimLabError, account, block_influence, cut_width, load_compressed, load_model,
+    residual_analysis,
 )
 from engine.analysis.modules import module_params
 from engine.errors import Cancelled, ConfigError
@@ -417,6 +418,9 @@ def test_every_figure_says_what_it_measures():
                                                                 "metric": "acc_norm", "n": 4}}}}),
         figures.speed_chart({"original": {"prefill_tokens_per_s": 100.0, "device": "cpu"}}),
         figures.history_scatter([{"label": "original", "params": 1e6, "ppl": 10.0, "protocol": "p", "original": True}]),
+        figures.recovery_curve({"kind": "lora", "losses": [0.5, 0.4], "kl": [0.5, 0.4], "hidden": [0.0, 0.0],
+                                "steps": 2, "seconds": 1.0, "stopped_by": "steps", "hidden_matched": False,
+                                "text": {"source": "alpaca-chat", "nsamples": 8, "seqlen": 32}}),
     ]
     for fig in figs:
         assert fig.layout.title.text and len(fig.layout.title.text) > 10
@@ -473,3 +477,195 @@ def test_app_builds_with_named_endpoints_and_one_heavy_queue():
     heavy = [fns[n] for n in ("load_model", "analyze", "compress", "perplexity", "chat", "save", "push")]
     assert {fn.concurrency_id for fn in heavy} == {"heavy"} and {fn.concurrency_limit for fn in heavy} == {1}
     assert fns["stop_compress"].concurrency_limit is None  # Stop never waits behind the job it stops
+
+
+# --- recovery, presets with measured quality, the 2x warning (issue 12) -----------
+
+HEAL = ("lora", 3, None, "", 4, ["attention", "mlp"], hc.SAME_TEXT, 8, 32)  # the recovery controls, in order
+
+
+def test_recovery_controls_read_blanks_and_refuse_bad_values():
+    spec = hc.recovery_spec(*HEAL)
+    assert spec == RecoverySpec(kind="lora", steps=3, minutes=None, lr=None, rank=4, groups=["attention", "mlp"],
+                                source=None, nsamples=8, seqlen=32)
+    assert hc.recovery_spec("full", 0, 2.5, "1e-4", 4, ["mlp"], "alpaca-chat", 8, 32) == RecoverySpec(
+        kind="full", steps=None, minutes=2.5, lr=1e-4, rank=4, groups=["mlp"], source="alpaca-chat", nsamples=8,
+        seqlen=32)  # 0 steps: no step bound
+    assert hc.recovery_spec(*HEAL, base=RecoverySpec(hidden_weight=0.5, seed=3)).hidden_weight == 0.5
+    assert hc.recovery_spec("none", None, None, "", None, [], "", None, None) == RecoverySpec()  # off: not read
+    assert hc.recovery_spec(*hc.recovery_values(spec)) == spec  # the controls show a spec back as it is
+    with pytest.raises(ConfigError, match="learning rate must be a number"):
+        hc.recovery_spec("lora", 3, None, "fast", 4, ["mlp"], "", 8, 32)
+    with pytest.raises(ConfigError, match="steps must be a whole number"):
+        hc.recovery_spec("lora", 2.5, None, "", 4, ["mlp"], "", 8, 32)
+
+
+def test_compress_with_recovery_reports_the_stage_and_draws_the_loss_curve(session):
+    events = []
+    view = hc.run(session, "fasp", {}, 0.3, "uniform", None, *CALIB, [], events.append,
+                  recovery=hc.recovery_spec(*HEAL))
+    heal = [e for e in events if e.stage == "recovery"]
+    assert heal and (heal[-1].step, heal[-1].total) == (3, 3) and "loss" in heal[-1].message
+    report = session.result.plots["recovery"]
+    curve = view.recovery.data[0]
+    assert list(curve.x) == [1, 2, 3] and list(curve.y) == report["losses"] and len(report["losses"]) == 3
+    assert "Recovery (lora)" in view.recovery.layout.title.text and "3 steps" in view.recovery.layout.title.text
+    assert "**Recovery:** lora" in view.card and "3 steps" in view.card
+    assert session.run.recipe["recovery"]["kind"] == "lora" and "lora heal" in session.run.label
+    plain = hc.run(session, "fasp", {}, 0.3, "uniform", None, *CALIB, [])
+    assert not plain.recovery.data and "Recovery was off" in plain.recovery.layout.annotations[0].text
+    assert "**Recovery:**" not in plain.card
+
+
+def test_stop_during_recovery_keeps_the_previous_result(session):
+    first = hc.run(session, "fasp", {}, 0.3, "uniform", None, *CALIB, [])
+    previous, record = session.result, session.run
+    original = _state(session.lm.model)
+
+    def press_stop(event):  # Stop, pressed once the distillation has taken its first step
+        if event.stage == "recovery" and event.step == 1:
+            session.stop()
+
+    with pytest.raises(Cancelled, match="unchanged"):
+        hc.run(session, "fasp", {}, 0.4, "uniform", None, *CALIB, [], press_stop, recovery=hc.recovery_spec(*HEAL))
+    assert session.result is previous and session.run is record and [r.run_id for r in session.history] == [1]
+    assert hc.card(session) == first.card  # the result card still shows the previous run
+    assert all(torch.equal(original[k], v) for k, v in session.lm.model.state_dict().items())
+
+
+def test_the_default_calibration_is_chats_for_a_chat_model(session):
+    from types import SimpleNamespace
+
+    from ui.app import _after_model
+
+    assert hc.default_calibration_source(session) == "alpaca-chat"  # the tiny tokenizer has a chat template
+    assert _after_model(session)[5:7] == ["alpaca-chat", "alpaca-chat"]  # Compress and Analyze sources
+    no_template = Session(lm=SimpleNamespace(tokenizer=SimpleNamespace(chat_template=None)))
+    assert hc.default_calibration_source(no_template) == "wikitext2:validation"
+
+
+def test_the_nonsense_warning_rule():
+    from engine import NONSENSE_WARNING, nonsense_warning
+
+    assert nonsense_warning(20.0, 40.0) is None and nonsense_warning(20.0, 25.0) is None
+    warned = nonsense_warning(20.0, 41.0)
+    assert warned.startswith(NONSENSE_WARNING) and "41.0 vs 20.0" in warned and "2.0×" in warned
+    assert NONSENSE_WARNING == ("This model is likely to produce nonsense; try a smaller ratio, a chat calibration "
+                                "or recovery.")
+    assert nonsense_warning(None, 100.0) is None and nonsense_warning(20.0, None) is None
+    assert nonsense_warning(20.0, float("nan")) and nonsense_warning(20.0, float("inf"))
+
+
+def test_the_warning_shows_in_evaluate_and_on_the_card_when_ppl_more_than_doubles(session):
+    hc.run(session, "slicegpt", {"variant": "shared"}, 0.25, "uniform", None, *CALIB, [])
+    protocol = {"dataset": "wikitext2", "seqlen": 64, "windows": 2}
+    session.original_evals["perplexity"] = protocol | {"ppl": 20.0}
+    session.run.evals["perplexity"] = protocol | {"ppl": 39.0}
+    assert he.view(session).warning == "" and "nonsense" not in hc.card(session)
+    session.run.evals["perplexity"]["ppl"] = 45.0
+    assert "likely to produce nonsense" in he.view(session).warning
+    assert "likely to produce nonsense" in hc.card(session)
+    session.run.evals["perplexity"]["windows"] = 4  # measured another way: not compared
+    assert he.view(session).warning == "" and "nonsense" not in hc.card(session)
+
+
+MEASURED = {"params_fraction": 0.8, "ppl": 25.1, "dense_ppl": 20.4, "chat_hits": 15, "chat_total": 24,
+            "dense_chat_hits": 17, "lambada": 0.31, "dense_lambada": 0.352, "seconds": 412, "machine": "2-core vm"}
+EXAMPLES = [{"prompt": "What is the capital of France?", "dense": "The capital of France is Paris.",
+             "compressed": "Paris is the\ncapital."}]
+
+
+@pytest.fixture
+def preset_dir(tmp_path, monkeypatch):
+    """assets/ with four presets in recipes/: two demo-* ones (measured) and two others."""
+    from ui import presets
+
+    base = {"method": "slicegpt", "ratio": 0.25, "calibration": dict(zip(("source", "nsamples", "seqlen", "seed"),
+                                                                          CALIB))}
+    files = {"alpha": base | {"name": "Alpha"}, "zeta": base | {"name": "Zeta"},
+             "demo-80": base | {"name": "Demo 80%", "ratio": 0.3, "measured": MEASURED, "chat_examples": EXAMPLES,
+                                "calibration": base["calibration"] | {"batch_size": 4}},
+             "demo-90": base | {"name": "Demo 90%", "measured": {"ppl": 21.0, "dense_ppl": 20.0}},
+             "broken": base | {"name": "Broken", "measured": {"ppl": 45.0, "dense_ppl": 20.0}}}
+    (tmp_path / "recipes").mkdir()
+    for stem, data in files.items():
+        (tmp_path / "recipes" / f"{stem}.json").write_text(json.dumps(data))
+    monkeypatch.setattr(presets, "ASSETS", tmp_path)
+    presets.all_presets.cache_clear()
+    yield tmp_path / "recipes"
+    presets.all_presets.cache_clear()  # the next caller reads the real assets again
+
+
+def test_demo_presets_come_first_the_larger_first(preset_dir):
+    from ui import presets
+
+    assert list(presets.all_presets()) == ["Demo 90%", "Demo 80%", "Alpha", "Broken", "Zeta"]
+    assert list(presets.recipe_presets()) == list(presets.all_presets())
+    assert presets.all_presets()["Demo 80%"].measured == MEASURED
+    assert presets.all_presets()["Alpha"].measured == {} and presets.all_presets()["Alpha"].chat_examples == []
+
+
+def test_a_picked_preset_shows_its_measured_quality_and_its_stored_answers(preset_dir):
+    from ui import presets
+
+    s = Session()
+    found = presets.all_presets()
+    view = hc.use_preset(s, found["Demo 80%"])
+    assert s.preset is found["Demo 80%"] and view.controls.ratio == 0.3 and view.controls.method == "slicegpt"
+    assert ("measured: ppl 25.1 vs dense 20.4 (1.23×), chat 15/24 vs 17/24, LAMBADA 31.0% vs 35.2%, 0.80× params, "
+            "412 s on 2-core vm") in view.card
+    assert "nonsense" not in view.card
+    assert "What is the capital of France?" in view.chat_examples and "Paris is the capital." in view.chat_examples
+    assert "The capital of France is Paris." in view.chat_examples
+    only_ppl = hc.use_preset(s, found["Demo 90%"])
+    assert "measured: ppl 21.0 vs dense 20.0 (1.05×)" in only_ppl.card
+    assert "chat" not in only_ppl.card and "LAMBADA" not in only_ppl.card and only_ppl.chat_examples == ""
+    assert "measured" not in hc.use_preset(s, found["Alpha"]).card
+    assert "likely to produce nonsense" in hc.use_preset(s, found["Broken"]).card  # its own figures: 2.25x
+    cleared = hc.use_preset(s, None)
+    assert s.preset is None and cleared.controls is None and cleared.card == cleared.chat_examples == ""
+
+
+def test_a_bad_measured_field_names_the_preset_file(preset_dir):
+    from ui import presets
+
+    (preset_dir / "bad.json").write_text(json.dumps({"method": "slicegpt", "measured": {"ppl": "low"}}))
+    with pytest.raises(ConfigError, match=r"bad.json: 'measured' must map"):
+        presets.load_presets(preset_dir)
+    (preset_dir / "bad.json").write_text(json.dumps({"method": "slicegpt", "chat_examples": [{"prompt": "hi"}]}))
+    with pytest.raises(ConfigError, match=r"bad.json: 'chat_examples' must be a list"):
+        presets.load_presets(preset_dir)
+
+
+def test_a_run_of_a_preset_unchanged_quotes_its_measured_quality(session, preset_dir):
+    from ui import presets
+
+    preset = presets.all_presets()["Demo 80%"]
+    hc.use_preset(session, preset)
+    c = hc.recipe_controls(preset.recipe)
+    calib = [c.calibration[k] for k in ("source", "nsamples", "seqlen", "seed")]
+
+    def run(ratio):
+        return hc.run(session, c.method, c.method_params, ratio, c.schedule, c.schedule_params, *calib, [],
+                      recovery=hc.recovery_spec(*c.recovery, base=preset.recipe.recovery))
+
+    same = run(c.ratio)
+    assert "the preset **Demo 80%**, unchanged" in same.card and "measured: ppl 25.1 vs dense 20.4" in same.card
+    assert session.run.recipe["calibration"]["batch_size"] == 4  # no control for it: the preset's
+    changed = run(0.2)
+    assert "measured" not in changed.card and "Demo 80%" not in changed.card
+
+
+def test_same_run_compares_plans_when_both_have_one_and_everything_else():
+    from dataclasses import replace
+
+    from engine import Plan, Recipe
+
+    a = Recipe(method="slicegpt", ratio=0.25, plan=Plan("uniform", 0.25, [0.25] * 3))
+    b = Recipe(method="slicegpt", ratio=0.25, schedule="manual", plan=Plan("manual", 0.25, [0.25] * 3))
+    assert hc.same_run(a, b)  # the schedule that made a plan is only its provenance
+    assert not hc.same_run(a, replace(b, plan=Plan("manual", 0.25, [0.2, 0.3, 0.25])))
+    assert hc.same_run(Recipe(), Recipe(model="other/model", versions={}))
+    assert not hc.same_run(Recipe(), Recipe(ratio=0.3)) and not hc.same_run(Recipe(), Recipe(schedule="block-influence"))
+    assert not hc.same_run(Recipe(), Recipe(recovery=RecoverySpec(kind="lora")))
+    assert not hc.same_run(Recipe(), Recipe(calibration=replace(Recipe().calibration, batch_size=4)))

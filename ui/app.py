@@ -11,7 +11,7 @@ from types import SimpleNamespace
 
 import gradio as gr
 
-from . import presets
+from . import figures, presets
 from .handlers import chat as chat_handlers
 from .handlers import compress as compress_handlers
 from .handlers import evaluate as evaluate_handlers
@@ -54,9 +54,11 @@ def launch_kwargs() -> dict:
 
 
 def _after_model(session: Session) -> list:
-    """Other tabs after a new base model: nothing derived from the previous one survives."""
+    """Other tabs after a new base model: nothing derived from the previous one survives; the calibration
+    source defaults to chats for a chat model (Compress and Analyze alike, so Analyze's scores are reused)."""
+    source = compress_handlers.default_calibration_source(session)
     return ([compress.NO_RESULT] + compress.adapt_plan(compress_handlers.initial_plan(session))
-            + _after_run(session))
+            + [figures.placeholder(compress_handlers.NO_RECOVERY), source, source] + _after_run(session))
 
 
 def _after_run(session: Session) -> list:
@@ -83,16 +85,18 @@ def build_app(preload_demo: bool = True) -> gr.Blocks:
         loaded = model.wire(ui)
         analyze.wire(ui)
         ran = compress.wire(ui)
-        evaluate.wire(ui)
+        measured = evaluate.wire(ui)
         chat.wire(ui)
         export.wire(ui)
 
         c = ui.compress
-        after_model_outputs = ([c.card, c.plan_table, c.plan_plot, c.plan_note] + evaluate.outputs(ui)
-                               + chat.outputs(ui) + [ui.export.folder])
+        after_model_outputs = ([c.card, c.plan_table, c.plan_plot, c.plan_note, c.recovery_plot, c.source,
+                                ui.analyze.source] + evaluate.outputs(ui) + chat.outputs(ui) + [ui.export.folder])
         after_run_outputs = evaluate.outputs(ui) + chat.outputs(ui) + [ui.export.folder]
         loaded.success(guarded(_after_model), [session], after_model_outputs, api_visibility="private", **LIGHT)
         ran.success(guarded(_after_run), [session], after_run_outputs, api_visibility="private", **LIGHT)
+        # a perplexity measurement may put the 2x warning on the result card
+        measured.success(guarded(compress_handlers.card), [session], [c.card], api_visibility="private", **LIGHT)
         # The demo model is ready without any choice from the user.
         first = app.load(guarded(model_handlers.load, model.adapt), [session, ui.model.spec],
                          model.load_outputs(ui), api_visibility="private", **HEAVY)

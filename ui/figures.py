@@ -175,6 +175,25 @@ def accounting_chart(original: dict, compressed: dict) -> go.Figure:
 
 # --- Evaluate --------------------------------------------------------------
 
+def recovery_curve(report: dict) -> go.Figure:
+    """The distillation loss per optimizer step (a ``RecoveryReport``'s dict), KL apart when hidden states count."""
+    losses = report["losses"]
+    steps = list(range(1, len(losses) + 1))
+    fig = go.Figure(go.Scatter(x=steps, y=losses, mode="lines+markers" if len(losses) <= 40 else "lines",
+                               name="loss", line=dict(color=COMPRESSED),
+                               hovertemplate="step %{x}<br>loss %{y:.4f}<extra></extra>"))
+    if report.get("hidden_matched"):
+        fig.add_trace(go.Scatter(x=steps, y=report["kl"], mode="lines", name="KL part", line=dict(color=ORIGINAL,
+                                 dash="dot"), hovertemplate="step %{x}<br>KL %{y:.4f}<extra></extra>"))
+    fig.update_xaxes(title="optimizer step")
+    fig.update_yaxes(title="KL(original ‖ compressed), nats/token" if not report.get("hidden_matched")
+                     else "KL + weighted hidden-state loss")
+    text = report.get("text") or {}
+    on = f"{text['source']}, {text['nsamples']} × {text['seqlen']} tokens; " if text else ""
+    return _style(fig, f"Recovery ({report['kind']}): distillation loss per step",
+                  f"{on}{report['steps']} steps in {report['seconds']:.0f} s, stopped by {report['stopped_by']}")
+
+
 def perplexity_chart(rows: list[tuple[str, float]], protocol: str) -> go.Figure:
     fig = go.Figure(go.Bar(x=[r[0] for r in rows], y=[r[1] for r in rows],
                            marker_color=[ORIGINAL if r[0] == "original" else COMPRESSED for r in rows],

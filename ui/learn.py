@@ -47,11 +47,20 @@ PLOTS: dict[str, str] = {
         "added more (untied head, shortcut matrices) than slicing removed. This happens with per-layer SliceGPT "
         "on small tied-embedding models such as the demo; the shared-basis variant avoids it."
     ),
+    "recovery": (
+        "**What it shows.** The distillation loss at every optimizer step of the recovery ('heal') that ran after "
+        "compression: the KL divergence from the original model's next-token distribution to the compressed "
+        "model's, on the recovery text (plus the weighted hidden-state match when it is on). **Look for** a curve "
+        "that falls and flattens: more steps past the flat part buy little. LoRA trains small adapters that are "
+        "merged into the weights at the end, so the model keeps its size; full fine-tuning trains the chosen "
+        "groups themselves."
+    ),
     "perplexity": (
         "**What it shows.** Perplexity on WikiText-2 raw test, paper protocol: the text joined by blank lines, "
         "tokenized once, cut into non-overlapping windows of `seqlen` tokens, mean loss over every predicted "
         "token, exponentiated. Lower is better. Figures are comparable only with the same seqlen and number of "
-        "windows (shown with every number); lm-eval's 'wikitext' task is a different metric."
+        "windows (shown with every number); lm-eval's 'wikitext' task is a different metric. A compressed model at "
+        "more than twice the original's perplexity gets a warning: it is likely to produce nonsense."
     ),
     "zeroshot": (
         "**What it shows.** Accuracy on multiple-choice tasks (the model picks the answer it finds most likely), "
@@ -95,7 +104,8 @@ PLOT_TITLES = {
     "spectra_heatmap": "PCA spectrum heatmap (Analyze)", "spectra_lines": "Cumulative explained variance (Analyze)",
     "layer_scores": "Block influence and layer redundancy (Analyze)", "params_by_type": "Parameters per module type",
     "params_per_layer": "Parameters per layer", "plan": "Per-layer plan (Compress)",
-    "accounting": "Original vs compressed parameters (Compress)", "perplexity": "Perplexity (Evaluate)",
+    "accounting": "Original vs compressed parameters (Compress)", "recovery": "Recovery loss curve (Compress)",
+    "perplexity": "Perplexity (Evaluate)",
     "zeroshot": "Zero-shot accuracy (Evaluate)", "speed": "Speed and memory (Evaluate)",
     "history": "History of runs (Evaluate)", "chat": "Chat side by side",
 }

@@ -15,6 +15,8 @@ from typing import Callable, Optional
 
 from engine import CancelToken, CompressionResult, LoadedModel, Plan, ResidualAnalysis, load_model
 
+from .presets import Preset
+
 DEVICE = os.environ.get("SLIMLAB_DEVICE", "auto")
 
 
@@ -60,6 +62,7 @@ class RunRecord:
     summary: dict
     recipe: dict
     evals: dict = field(default_factory=dict)  # "perplexity" | "zeroshot" | "speed" -> results
+    preset: Optional[Preset] = None  # the preset this run replayed unchanged (its measured quality applies)
 
 
 @dataclass
@@ -79,10 +82,11 @@ class Session:
     chats: dict = field(default_factory=lambda: {"original": [], "compressed": []})
     saved: Optional[Path] = None
     cancel: Optional[CancelToken] = None
+    preset: Optional[Preset] = None  # the preset (or recipe file) that last filled the Compress controls
 
     def set_model(self, lm: LoadedModel) -> None:
-        """A new base model invalidates everything derived from the old one."""
-        fresh = Session()
+        """A new base model invalidates everything derived from the old one (not the controls' preset)."""
+        fresh = Session(preset=self.preset)
         self.__dict__.update(fresh.__dict__)
         self.lm = lm
 

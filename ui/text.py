@@ -1,7 +1,7 @@
 """Markdown and table text shown in the UI: model summaries, result cards, number formats."""
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence
 
 
 def m(n: Optional[float]) -> str:
@@ -58,8 +58,10 @@ def verdict(summary: dict) -> str:
             + (f" Added by the method: {', '.join(f'{k} {m(v)}' for k, v in added.items())}." if added else ""))
 
 
-def result_card(summary: dict, original: dict, compressed: dict) -> str:
-    """Verdict, an original-vs-compressed table, and how the run went."""
+def result_card(summary: dict, original: dict, compressed: dict, recovery: Optional[dict] = None,
+                notes: Sequence[str] = ()) -> str:
+    """Verdict, an original-vs-compressed table, how the run went (its recovery too), then ``notes``
+    (warnings, a preset's measured quality)."""
     rows = [
         ("parameters, total", original["params_total"], compressed["params_total"], m),
         ("transformer body (non-embedding)", original["params_non_embedding"], compressed["params_non_embedding"], m),
@@ -79,4 +81,59 @@ def result_card(summary: dict, original: dict, compressed: dict) -> str:
                   if calib else "none")
     run = (f"**Run:** {summary['method']} · ratio {summary['ratio']:.3f} ({summary['schedule']}; {plan}) · "
            f"calibration {calib_text} · {summary['seconds']:.1f} s · peak memory {summary['peak_rss_mb']:.0f} MB")
-    return "\n".join([verdict(summary), "", *table, "", run])
+    heal = ["", recovery_line(recovery)] if recovery else []
+    return "\n".join([verdict(summary), "", *table, "", run, *heal, *(line for n in notes for line in ("", n))])
+
+
+def recovery_line(report: dict) -> str:
+    """What the distillation after compressing did (a ``RecoveryReport``'s dict)."""
+    losses, t = report["losses"], report.get("text") or {}
+    curve = f", loss {losses[0]:.4f} → {losses[-1]:.4f}" if losses else ""
+    on = f" on {t['source']}, {t['nsamples']} × {t['seqlen']} tokens" if t else ""
+    merged = " (LoRA adapters merged: same size)" if report["kind"] == "lora" else ""
+    return (f"**Recovery:** {report['kind']}{merged}, {report['steps']} steps in {report['seconds']:.1f} s "
+            f"(stopped by {report['stopped_by']}){on}{curve}")
+
+
+def warning(message: Optional[str]) -> str:
+    """A warning block, or nothing."""
+    return f"### ⚠️ {message}" if message else ""
+
+
+def measured_line(measured: dict) -> str:
+    """A preset's measured quality, only the keys it has, e.g. ``measured: ppl 25.1 vs dense 20.4 (1.23×),
+    chat 15/24 vs 17/24, LAMBADA 31.0% vs 35.2%, 0.80× params, 412 s on <machine>``."""
+    parts = []
+    ppl, dense = measured.get("ppl"), measured.get("dense_ppl")
+    if ppl is not None:
+        parts.append(f"ppl {ppl:.1f}" + (f" vs dense {dense:.1f} ({ppl / dense:.2f}×)" if dense else ""))
+    total = measured.get("chat_total")
+    if measured.get("chat_hits") is not None and total:
+        dense_hits = measured.get("dense_chat_hits")
+        parts.append(f"chat {measured['chat_hits']}/{total}" + (f" vs {dense_hits}/{total}" if dense_hits is not None
+                                                                  else ""))
+    lam, dense_lam = measured.get("lambada"), measured.get("dense_lambada")
+    if lam is not None:
+        parts.append(f"LAMBADA {100 * lam:.1f}%" + (f" vs {100 * dense_lam:.1f}%" if dense_lam is not None else ""))
+    if measured.get("params_fraction") is not None:
+        parts.append(f"{measured['params_fraction']:.2f}× params")
+    if measured.get("seconds") is not None:
+        parts.append(f"{measured['seconds']:.0f} s" + (f" on {measured['machine']}" if measured.get("machine") else ""))
+    elif measured.get("machine"):
+        parts.append(f"on {measured['machine']}")
+    return "measured: " + ", ".join(parts) if parts else ""
+
+
+def chat_examples(examples: Sequence[dict], title: str) -> str:
+    """A preset's stored answers to the example prompts, dense vs compressed, as Markdown."""
+    if not examples:
+        return ""
+    lines = [f"#### {title}", ""]
+    for e in examples:
+        lines += [f"**{e['prompt']}**", "", f"- *original:* {_one_line(e['dense'])}",
+                  f"- *compressed:* {_one_line(e['compressed'])}", ""]
+    return "\n".join(lines)
+
+
+def _one_line(answer: str) -> str:
+    return " ".join(str(answer).split()) or "(no answer)"

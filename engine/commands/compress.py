@@ -5,8 +5,11 @@ The run is described by a ``Recipe`` built from the flags, or read with ``--reci
 the command line override the file's fields and the others keep the file's values:
 ``--method`` other than the file's starts from that method's defaults, ``--schedule`` other
 than the file's likewise, and any of ``--ratio``/``--schedule``/``--schedule-param``/
-``--slicing-base`` drops the file's explicit plan so the schedule is rebuilt. The recipe is
-validated before the model is loaded, so a bad argument costs no load.
+``--slicing-base`` drops the file's explicit plan so the schedule is rebuilt. The ``--recovery*``
+flags set the recipe's distillation after compressing ("heal") field by field in the same way.
+The recipe is validated before the model is loaded, so a bad argument costs no load. A
+folder's layers stream from disk while it compresses, unless recovery is on: recovery trains
+the compressed model against the whole original, so both must be in memory.
 """
 from __future__ import annotations
 
@@ -17,13 +20,18 @@ from ..compress import compress
 from ..compressed import save_compressed
 from ..errors import ConfigError
 from ..methods import available_methods
-from ..recipes import CalibrationSpec, Recipe
+from ..recipes import RECOVERY_GROUPS, RECOVERY_KINDS, CalibrationSpec, Recipe, RecoverySpec
 from ..schedules import available_schedules
 from .common import MODEL_HELP, add_runtime_args, check_out_dir, emit, load, progress
 
 DEFAULT = Recipe()
 CALIBRATION_FLAGS = {"calib": "source", "nsamples": "nsamples", "seqlen": "seqlen", "seed": "seed",
                      "batch_size": "batch_size"}  # flag dest -> CalibrationSpec field
+# flag dest -> (RecoverySpec field, how its text is read); --recovery itself sets the kind
+RECOVERY_FLAGS = {"recovery_steps": ("steps", "count or none"), "recovery_minutes": ("minutes", "number or none"),
+                  "recovery_lr": ("lr", "number"), "recovery_rank": ("rank", "count"),
+                  "recovery_groups": ("groups", "groups"), "recovery_source": ("source", "text"),
+                  "recovery_nsamples": ("nsamples", "count"), "recovery_seqlen": ("seqlen", "count")}
 
 
 def _owners(registry: dict) -> str:
@@ -57,9 +65,61 @@ def register(sub) -> None:
     for name in ("nsamples", "seqlen", "seed", "batch_size"):
         p.add_argument(f"--{name.replace('_', '-')}", type=int, default=None,
                        help=f"calibration {name} (default {getattr(calib, name)})")
+    add_recovery_args(p)
     p.add_argument("--out", default=None, help="save the compressed model to this folder")
     p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     p.set_defaults(func=run)
+
+
+def add_recovery_args(p) -> None:
+    heal = RecoverySpec()
+    g = p.add_argument_group("recovery", "distillation from the original after compressing (\"heal\"); the run stops "
+                                         "at the steps or the minutes bound, whichever comes first")
+    g.add_argument("--recovery", default=None, metavar="|".join(RECOVERY_KINDS),
+                   help="lora: adapters merged at the end (same structure); full: fine-tune the groups' parameters "
+                        f"(default {heal.kind})")
+    g.add_argument("--recovery-steps", default=None, metavar="N|none", help=f"optimizer steps (default {heal.steps})")
+    g.add_argument("--recovery-minutes", default=None, metavar="M|none", help="time bound in minutes (default none)")
+    g.add_argument("--recovery-lr", default=None, metavar="LR", help="learning rate (default 5e-4 lora, 5e-5 full)")
+    g.add_argument("--recovery-rank", default=None, metavar="R", help=f"LoRA rank (default {heal.rank})")
+    g.add_argument("--recovery-groups", default=None, metavar="A+B",
+                   help=f"what is trained, from {'+'.join(RECOVERY_GROUPS)} (default {'+'.join(heal.groups)})")
+    g.add_argument("--recovery-source", default=None, metavar="SOURCE",
+                   help="text to distil on, e.g. alpaca-chat (default: the calibration source)")
+    g.add_argument("--recovery-nsamples", default=None, metavar="N", help=f"windows of text (default {heal.nsamples})")
+    g.add_argument("--recovery-seqlen", default=None, metavar="N", help=f"tokens per window (default {heal.seqlen})")
+
+
+def _recovery_value(text: str, flag: str, how: str):
+    """A recovery flag's text as the RecoverySpec field wants it (ranges are checked by the recipe)."""
+    text = text.strip()
+    if how in ("count or none", "number or none") and text.lower() == "none":
+        return None
+    if how == "groups":
+        return [g.strip() for g in text.replace(",", "+").split("+") if g.strip()]
+    if how == "text":
+        return text
+    try:
+        return int(text) if how.startswith("count") else float(text)
+    except ValueError:
+        wanted = {"count": "a whole number", "count or none": "a whole number or none", "number": "a number",
+                  "number or none": "a number or none"}[how]
+        raise ConfigError(f"--{flag.replace('_', '-')} takes {wanted} (got '{text}').") from None
+
+
+def recovery_from_args(args, base: RecoverySpec) -> RecoverySpec:
+    """``base`` (the recipe file's recovery, or the default) with the ``--recovery*`` flags given applied."""
+    changes = {field: _recovery_value(getattr(args, flag), flag, how)
+               for flag, (field, how) in RECOVERY_FLAGS.items() if getattr(args, flag) is not None}
+    if args.recovery is not None:
+        if args.recovery not in RECOVERY_KINDS:
+            raise ConfigError(f"--recovery takes {', '.join(RECOVERY_KINDS)} (got '{args.recovery}').")
+        changes["kind"] = args.recovery
+    spec = replace(base, **changes)
+    given = [f"--{flag.replace('_', '-')}" for flag in RECOVERY_FLAGS if getattr(args, flag) is not None]
+    if given and not spec.enabled:
+        raise ConfigError(f"{', '.join(given)} set(s) a recovery that is off; add --recovery lora or --recovery full.")
+    return spec
 
 
 def parse_pairs(pairs: list[str], flag: str) -> dict:
@@ -94,6 +154,7 @@ def recipe_from_args(args) -> Recipe:
         method_params=recipe.method_params | parse_pairs(args.param, "--param"),
         schedule_params=recipe.schedule_params | schedule_params,
         calibration=replace(recipe.calibration, **calibration),
+        recovery=recovery_from_args(args, recipe.recovery),
     )
 
 
@@ -119,5 +180,19 @@ def run(args) -> int:
         f"params {a.params_total:,} vs {o:,} original: {verdict}",
         f"non-embedding {a.params_non_embedding:,}; added {a.params_added:,} {a.added_detail or ''}",
         f"FLOPs/token {a.flops_per_token:,} vs {result.original.flops_per_token:,}",
-    ] + ([f"saved to {args.out} ({summary['bytes_on_disk']:,} bytes)"] if args.out else [])
+    ] + recovery_lines(result.plots.get("recovery")) + (
+        [f"saved to {args.out} ({summary['bytes_on_disk']:,} bytes)"] if args.out else [])
+    if "recovery" in result.plots:
+        summary["recovery"] = {k: v for k, v in result.plots["recovery"].items() if k != "lora_modules"}
     return emit(args, lines, summary)
+
+
+def recovery_lines(report: "dict | None") -> list[str]:
+    """One line on what the distillation did (a RecoveryReport's dict), or none."""
+    if not report:
+        return []
+    losses = report["losses"]
+    curve = f", loss {losses[0]:.4f} -> {losses[-1]:.4f}" if losses else ""
+    return [f"recovery: {report['kind']}, {report['steps']} steps in {report['seconds']:.1f} s "
+            f"(stopped by {report['stopped_by']}){curve}, {report['trained_params']:,} parameters trained"
+            + (" (LoRA, merged)" if report["kind"] == "lora" else "")]

@@ -1,10 +1,13 @@
-"""`slimlab eval MODEL [--compare OTHER] [--ppl] [--tasks ...] [--bench] [--out DIR]`:
-perplexity, zero-shot accuracy, speed and memory, as a before/after report."""
+"""`slimlab eval MODEL [--compare OTHER] [--ppl] [--tasks ...] [--bench] [--chat-check] [--out DIR]`:
+perplexity, zero-shot accuracy, speed and memory, the chat check, as a before/after report.
+
+With ``--compare`` and ``--ppl``, a compared model whose ppl is more than twice the base's gets
+the same warning as in the UI (``nonsense_warning``)."""
 from __future__ import annotations
 
 import gc
 
-from ..evaluate import perplexity
+from ..evaluate import chat_check, nonsense_warning, perplexity
 from ..evaluate.report import build_report, model_entry, render_text, write_report
 from ..evaluate.zeroshot import PAPER_TASKS, TASK_SOURCES, TASKS, check_tasks, run_zeroshot
 from .bench import add_bench_args, apply_threads, bench_model, check_bench_args, specs
@@ -29,6 +32,9 @@ def register(sub) -> None:
     p.add_argument("--seqlen", type=int, default=2048, help="perplexity window length")
     p.add_argument("--max-windows", type=int, default=None, help="perplexity: first N windows only")
     p.add_argument("--bench", action="store_true", help="also speed and memory (see `slimlab bench`)")
+    p.add_argument("--chat-check", action="store_true",
+                   help="also the chat check: greedy answers to short factual questions (assets/chat_check.json), "
+                        "the share that contains the expected keyword; needs a chat template")
     add_bench_args(p)
     p.add_argument("--out", default=None, metavar="DIR", help="write report.json, report.md and plots/*.csv here")
     p.set_defaults(func=run)
@@ -37,7 +43,7 @@ def register(sub) -> None:
 def _selected_tasks(args) -> list[str]:
     if args.tasks:
         return check_tasks(args.tasks)
-    return [] if (args.ppl or args.bench) else list(PAPER_TASKS)
+    return [] if (args.ppl or args.bench or args.chat_check) else list(PAPER_TASKS)
 
 
 def _evaluate(args, spec: str, tasks: list[str], bar) -> dict:
@@ -52,8 +58,25 @@ def _evaluate(args, spec: str, tasks: list[str], bar) -> dict:
     if tasks:
         zeroshot = run_zeroshot(lm.model, lm.tokenizer, tasks, args.limit, args.batch_size, args.data_dir,
                                 args.seed, progress=bar, source=args.task_source)
-    return model_entry(spec, accounting=model_summary(lm), recipe=(lm.meta or {}).get("recipe"),
-                       perplexity=ppl, zeroshot=zeroshot, speed=speed)
+    entry = model_entry(spec, accounting=model_summary(lm), recipe=(lm.meta or {}).get("recipe"),
+                        perplexity=ppl, zeroshot=zeroshot, speed=speed)
+    if args.chat_check:
+        entry["chat_check"] = chat_check(lm.model, lm.tokenizer, progress=bar).to_dict()
+    return entry
+
+
+def chat_check_line(entry: dict) -> str:
+    c = entry["chat_check"]
+    return (f"chat check {entry['label']}: {c['hits']}/{c['total']} answers contain the expected keyword "
+            f"({100 * c['share']:.0f}%; greedy, {c['max_new_tokens']} new tokens)")
+
+
+def warning_lines(entries: list[dict]) -> list[str]:
+    """The 2x-perplexity warning for a compared model, when both perplexities are there."""
+    if len(entries) != 2 or not all(e.get("perplexity") for e in entries):
+        return []
+    warning = nonsense_warning(entries[0]["perplexity"]["ppl"], entries[1]["perplexity"]["ppl"])
+    return [f"warning: {entries[1]['label']}: {warning}"] if warning else []
 
 
 def run(args) -> int:
@@ -76,7 +99,11 @@ def run(args) -> int:
     for table in report["plots"].values():
         lines += render_text(table) + [""]
     lines += [f"{name}: {text}" for name, text in report["protocols"].items()]
+    lines += [chat_check_line(e) for e in entries if e.get("chat_check")] + warning_lines(entries)
     payload = {"report": report}
+    if args.chat_check:
+        payload["chat_check"] = [{"spec": e["spec"], **{k: v for k, v in e["chat_check"].items() if k != "answers"}}
+                                 for e in entries]
     zs = entries[0]["zeroshot"]
     if zs:
         payload |= {"tasks": zs["tasks"], "mean": zs["mean"], "summary_metric_rule": zs["summary_metric_rule"]}

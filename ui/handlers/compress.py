@@ -6,24 +6,32 @@ manual one, whose plan the UI takes from its editable table instead of a file.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Optional, Sequence, Union
 
 import plotly.graph_objects as go
 
 from engine import (
-    CalibrationSpec, ConfigError, Plan, Recipe, Reporter, available_methods, available_schedules, block_influence,
-    build_plan, check_ratio, compress, get_method, get_schedule, make_calibration, num_layers,
+    RECOVERY_GROUPS, CalibrationSpec, ConfigError, Plan, Recipe, RecoverySpec, Reporter, available_methods,
+    available_schedules, block_influence, build_plan, check_ratio, compress, get_method, get_schedule,
+    has_chat_template, make_calibration, nonsense_warning, num_layers,
 )
 
 from .. import figures, text
+from ..presets import Preset
 from ..state import Session
 from .analyze import calibration_key, calibration_spec
 from .common import Progress, data_dir, job, need_model, status_line
+from .evaluate import quality_warning
 
 DEFAULT_SCHEDULE = "uniform"
 TABLE_SCHEDULE = "manual"  # in the UI the manual plan is the edited table, not a file
 TABLE_LABEL = "Manual (edit the plan table)"
+NO_RESULT = "No compressed model yet. Choose a method and a ratio, then press **Run**."
+CHAT_SOURCE, TEXT_SOURCE = "alpaca-chat", "wikitext2:validation"  # calibration defaults, with and without a template
+RECOVERY_CHOICES = [("none", "none"), ("LoRA (merged at the end: same size)", "lora"), ("full fine-tuning", "full")]
+RECOVERY_FIELDS = ("kind", "steps", "minutes", "lr", "rank", "groups", "source", "nsamples", "seqlen")  # controls
+SAME_TEXT = "same as calibration"  # the recovery text control's value for source=None
 
 Keys = Sequence[tuple[str, str]]  # (owner, param) for each control, owners being methods or schedules
 
@@ -69,6 +77,60 @@ def params_from_controls(owner: str, keys: Keys, values: Sequence) -> dict:
 def control_values(owner: str, params: dict, keys: Keys, keep: Any = None) -> list:
     """One value per control: the owner's params, ``keep`` (leave the control alone) for the other owners."""
     return [params.get(param) if who == owner else keep for who, param in keys]
+
+
+def default_calibration_source(session: Session) -> str:
+    """Chats through the template for a chat model (what it runs on in use), Wikipedia text otherwise."""
+    return CHAT_SOURCE if has_chat_template(need_model(session)) else TEXT_SOURCE
+
+
+def recovery_group_choices() -> list[str]:
+    return list(RECOVERY_GROUPS)
+
+
+def recovery_values(spec: "RecoverySpec | dict") -> list:
+    """One value per recovery control (``RECOVERY_FIELDS``), from a spec; None shows as a blank."""
+    d = spec.to_dict() if isinstance(spec, RecoverySpec) else dict(spec)
+    values = {**d, "lr": "" if d["lr"] is None else f"{d['lr']:g}", "source": d["source"] or SAME_TEXT}
+    return [values[name] for name in RECOVERY_FIELDS]
+
+
+def _blank(value) -> bool:
+    return value is None or (isinstance(value, str) and not value.strip())
+
+
+def _number(value, what: str, whole: bool = False, zero_is_off: bool = False):
+    """A control's number, None for a blank (or 0 where 0 means off)."""
+    if _blank(value):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"Recovery {what} must be a number (got {value!r}).") from None
+    if zero_is_off and number == 0:
+        return None
+    if whole:
+        if number != int(number):
+            raise ConfigError(f"Recovery {what} must be a whole number (got {value!r}).")
+        return int(number)
+    return number
+
+
+def recovery_spec(kind, steps, minutes, lr, rank, groups, source, nsamples, seqlen,
+                  base: Optional[RecoverySpec] = None) -> RecoverySpec:
+    """The recovery the controls describe, over ``base`` (a preset's: the fields with no control, such as
+    the hidden-state weight and the seed, come from it). Steps or minutes blank or 0: that bound is off;
+    learning rate blank: the kind's default; text ``same as calibration``: the calibration's source.
+    With the kind ``none`` the other controls are not read (blank bounds are fine then)."""
+    if not kind or kind == "none":
+        return replace(base or RecoverySpec(), kind="none")
+    source = None if _blank(source) or source == SAME_TEXT else str(source).strip()
+    return replace(base or RecoverySpec(), kind=kind,
+                   steps=_number(steps, "steps", whole=True, zero_is_off=True),
+                   minutes=_number(minutes, "minutes", zero_is_off=True), lr=_number(lr, "learning rate"),
+                   rank=_number(rank, "LoRA rank", whole=True), groups=list(groups or []), source=source,
+                   nsamples=_number(nsamples, "samples", whole=True), seqlen=_number(seqlen, "tokens per sample",
+                                                                                     whole=True))
 
 
 @dataclass
@@ -158,12 +220,17 @@ class CompressView:
     accounting: go.Figure
     plan: PlanView
     status: str
+    recovery: go.Figure  # the distillation loss curve, or a placeholder when recovery was off
 
 
 def make_recipe(session: Session, method: str, params: dict, ratio, schedule: str, schedule_params: Optional[dict],
-                calib: CalibrationSpec, rows: Sequence[Sequence]) -> Recipe:
-    """The run as a validated recipe; the plan comes from the table, or from the preview if nothing changed."""
+                calib: CalibrationSpec, rows: Sequence[Sequence], recovery: Optional[RecoverySpec] = None) -> Recipe:
+    """The run as a validated recipe; the plan comes from the table, or from the preview if nothing changed.
+    What has no control (the calibration batch size, any recipe field the UI does not show) comes from the
+    preset that filled the controls."""
     lm = need_model(session)
+    base = session.preset.recipe if session.preset is not None else Recipe()
+    calib = replace(calib, batch_size=base.calibration.batch_size)
     schedule_params = dict(schedule_params or {})
     plan = None
     if schedule == TABLE_SCHEDULE:
@@ -171,28 +238,83 @@ def make_recipe(session: Session, method: str, params: dict, ratio, schedule: st
         ratio = plan.target
     elif session.plan is not None and session.plan_key == _plan_key(schedule, ratio, schedule_params, calib):
         plan = session.plan  # the previewed plan, scores already computed
-    recipe = Recipe(model=lm.spec, method=method, method_params=dict(params), ratio=check_ratio(ratio, "target ratio"),
-                    schedule=schedule, schedule_params=schedule_params, plan=plan, calibration=calib).validate()
+    recipe = replace(base, model=lm.spec, method=method, method_params=dict(params),
+                     ratio=check_ratio(ratio, "target ratio"), schedule=schedule, schedule_params=schedule_params,
+                     plan=plan, calibration=calib, recovery=recovery or RecoverySpec()).validate()
     recipe.check_layers(num_layers(lm))
     return recipe
 
 
 def run(session: Session, method: str, params: dict, ratio, schedule: str, schedule_params: Optional[dict],
-        source: str, nsamples, seqlen, seed, rows: Sequence[Sequence], progress: Progress = None) -> CompressView:
-    """Compress the session's model (the original stays untouched) and keep the result as a new run."""
+        source: str, nsamples, seqlen, seed, rows: Sequence[Sequence], progress: Progress = None,
+        recovery: Optional[RecoverySpec] = None) -> CompressView:
+    """Compress the session's model (the original stays untouched), heal it if ``recovery`` says so, and
+    keep the result as a new run. A Stop (or an error), in the recovery too, leaves the session's
+    previous run as it was: nothing of this one is kept."""
     lm = need_model(session)
     calib = calibration_spec(source, nsamples, seqlen, seed)
-    recipe = make_recipe(session, method, params, ratio, schedule, schedule_params, calib, rows)
+    recipe = make_recipe(session, method, params, ratio, schedule, schedule_params, calib, rows, recovery)
     reporter = job(session, progress)
     cached = session.scores.get(calibration_key(calib))  # block influence from Analyze or an earlier preview
     result = compress(lm, recipe, scores=None if cached is None else lambda: cached, data_dir=data_dir(),
                       progress=reporter.callback, cancel=reporter.cancel)
     session.set_result(result, result.recipe.label())
-    summary = result.summary()
+    session.run.preset = _preset_measured(session.preset, recipe)
     original, compressed = result.original.to_dict(), result.accounting.to_dict()
-    return CompressView(card=text.result_card(summary, original, compressed),
-                        accounting=figures.accounting_chart(original, compressed),
-                        plan=plan_view(result.recipe.plan, result.widths), status=status_line(session))
+    report = result.plots.get("recovery")
+    return CompressView(card=card(session), accounting=figures.accounting_chart(original, compressed),
+                        plan=plan_view(result.recipe.plan, result.widths), status=status_line(session),
+                        recovery=figures.recovery_curve(report) if report else figures.placeholder(NO_RECOVERY))
+
+
+NO_RECOVERY = "Recovery was off for this run: turn it on under 'Recovery (distillation)' to see its loss curve."
+
+
+def _core(recipe: Recipe) -> tuple[dict, Optional[list]]:
+    """What decides a run's outcome (every recipe field but the model and the versions), and its plan's ratios."""
+    d = recipe.validate().to_dict()
+    for key in ("model", "versions", "format_version"):
+        d.pop(key)
+    plan = d.pop("plan")
+    return d, None if plan is None else [round(x, 4) for x in plan["ratios"]]
+
+
+def same_run(a: Recipe, b: Recipe) -> bool:
+    """Whether two recipes compress alike. With both plans explicit the plans must agree (the schedule
+    that made a plan is only its provenance); else the schedules, their params and the ratio."""
+    (core_a, plan_a), (core_b, plan_b) = _core(a), _core(b)
+    if plan_a is not None and plan_b is not None:
+        for core in (core_a, core_b):
+            for key in ("schedule", "schedule_params", "ratio"):
+                core.pop(key)
+        return plan_a == plan_b and core_a == core_b
+    return core_a == core_b
+
+
+def _preset_measured(preset: Optional[Preset], recipe: Recipe) -> Optional[Preset]:
+    """The preset whose measured quality this run may quote: only when the run is that preset, unchanged."""
+    return preset if preset is not None and preset.measured and same_run(preset.recipe, recipe) else None
+
+
+def measured_notes(preset: Preset) -> list[str]:
+    """A preset's measured quality (and the 2x warning when its own figures call for it), or nothing."""
+    m = preset.measured
+    if not m:
+        return []
+    return [text.measured_line(m), text.warning(nonsense_warning(m.get("dense_ppl"), m.get("ppl")))]
+
+
+def card(session: Session) -> str:
+    """The result card of the session's compressed model: accounting, the run, its recovery, and the
+    warnings and measured quality known so far (refreshed after a perplexity measurement)."""
+    if session.result is None:
+        return NO_RESULT
+    result, preset = session.result, session.run.preset
+    notes = [text.warning(quality_warning(session))]
+    if preset is not None:
+        notes += [f"This run is the preset **{preset.name}**, unchanged."] + measured_notes(preset)
+    return text.result_card(result.summary(), result.original.to_dict(), result.accounting.to_dict(),
+                            result.plots.get("recovery"), [n for n in notes if n])
 
 
 @dataclass
@@ -206,6 +328,7 @@ class RecipeControls:
     schedule_params: dict
     calibration: dict  # CalibrationSpec.to_dict()
     plan: Optional[PlanView]  # a recipe with an explicit plan fills the table (the manual schedule)
+    recovery: list  # one value per recovery control (RECOVERY_FIELDS)
 
 
 def recipe_controls(recipe: Union[Recipe, dict]) -> RecipeControls:
@@ -215,4 +338,24 @@ def recipe_controls(recipe: Union[Recipe, dict]) -> RecipeControls:
     if r.plan is not None and r.plan.ratios:
         schedule, params, view = TABLE_SCHEDULE, {}, plan_view(r.plan)
     return RecipeControls(r.method, dict(r.method_params), r.ratio, schedule, dict(params), r.calibration.to_dict(),
-                          view)
+                          view, recovery_values(r.recovery))
+
+
+@dataclass
+class PresetView:
+    """A picked preset (or an uploaded recipe): the controls it fills, its card, its stored chat answers."""
+
+    controls: RecipeControls
+    card: str
+    chat_examples: str
+
+
+def use_preset(session: Session, preset: Optional[Preset]) -> PresetView:
+    """Make ``preset`` the one the controls hold; None (no preset picked) keeps the controls and clears it."""
+    session.preset = preset
+    if preset is None:
+        return PresetView(None, "", "")
+    lines = [f"**{preset.name}** · {preset.recipe.label()}"] + measured_notes(preset)
+    answers = text.chat_examples(preset.chat_examples, f"Answers stored with the preset {preset.name} "
+                                                      "(greedy, when it was measured)")
+    return PresetView(recipe_controls(preset.recipe), "\n\n".join(line for line in lines if line), answers)

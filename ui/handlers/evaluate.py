@@ -10,7 +10,7 @@ import plotly.graph_objects as go
 
 from engine import (
     ConfigError, ProgressEvent, Reporter, Subject, build_report, evaluate_perplexity, evaluate_speed, evaluate_zeroshot,
-    model_entry, model_summary, params_total, write_report,
+    model_entry, model_summary, nonsense_warning, params_total, write_report,
 )
 
 from .. import figures, text
@@ -23,6 +23,7 @@ PPL_DATASETS = ["wikitext2", "wikitext2:test"]
 
 @dataclass
 class EvalView:
+    warning: str  # the 2x-perplexity warning, or ""
     table: list[list]
     perplexity: go.Figure
     zeroshot: go.Figure
@@ -115,6 +116,15 @@ def _change(new, old, lower_is_better: bool = False) -> str:
     return f"{change:+.1f}%" + (" (better)" if (change < 0) == lower_is_better else " (worse)")
 
 
+def quality_warning(session: Session) -> Optional[str]:
+    """The 2x-perplexity warning for the session's compressed model (both measured alike), or None."""
+    po = session.original_evals.get("perplexity")
+    pc = (session.run.evals if session.run is not None else {}).get("perplexity")
+    if not po or not pc or ppl_protocol(po) != ppl_protocol(pc):
+        return None
+    return nonsense_warning(po["ppl"], pc["ppl"])
+
+
 def comparison_rows(original: dict, compressed: dict) -> list[list]:
     """[metric, original, compressed, change] for every measurement either model has."""
     rows = []
@@ -178,6 +188,7 @@ def view(session: Session) -> EvalView:
     sp = {n: m["speed"] for n, m in models.items() if m.get("speed")}
     points = history_points(session)
     return EvalView(
+        warning=text.warning(quality_warning(session)),
         table=comparison_rows(original, compressed),
         perplexity=figures.perplexity_chart(ppl_rows, " | ".join(sorted(protocols)))
         if ppl_rows else figures.placeholder("Press 'Perplexity' to measure."),

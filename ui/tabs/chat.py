@@ -27,6 +27,7 @@ def build() -> SimpleNamespace:
         stop_btn = stop_button()
         clear = gr.Button("Clear", scale=0, min_width=90)
     gr.Examples([[p] for p in presets.example_prompts()], inputs=[prompt], label="Example prompts")
+    preset_answers = gr.Markdown("", elem_id="preset-answers")  # a picked preset's stored answers (Compress tab)
     with gr.Accordion("Sampling (the same for both models)", open=False):
         with gr.Row():
             max_new_tokens = gr.Slider(1, 512, value=96, step=1, label="Max new tokens")
@@ -39,7 +40,7 @@ def build() -> SimpleNamespace:
     return SimpleNamespace(original=original, compressed=compressed, original_stats=original_stats,
                            compressed_stats=compressed_stats, prompt=prompt, send=send, stop=stop_btn, clear=clear,
                            max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
-                           repetition_penalty=repetition_penalty, seed=seed)
+                           repetition_penalty=repetition_penalty, seed=seed, preset_answers=preset_answers)
 
 
 def outputs(ui) -> list:

@@ -8,6 +8,8 @@ from typing import Callable, Sequence
 
 import gradio as gr
 
+from engine import RecoverySpec
+
 from .. import presets
 from ..handlers import compress as handlers
 from ..handlers.analyze import CALIBRATION_SOURCES
@@ -15,8 +17,13 @@ from ..wiring import HEAVY, LIGHT, guarded, stop
 from .common import plot, stop_button
 
 DEFAULT_METHOD = "slicegpt"
-NO_RESULT = "No compressed model yet. Choose a method and a ratio, then press **Run**."
+NO_RESULT = handlers.NO_RESULT
 CALIBRATION_FIELDS = ("source", "nsamples", "seqlen", "seed")  # the order of the calibration inputs
+RECOVERY_INFO = ("After compressing, train the compressed model to match the original's next-token distribution "
+                 "(logit distillation) on the text below, for at most the steps or the minutes given (whichever "
+                 "comes first; blank or 0 turns a bound off). **LoRA** trains small adapters and merges them into the "
+                 "weights, so the model keeps its size; **full** trains the chosen groups themselves. Stop cancels "
+                 "the whole run and keeps the previous result.")
 
 
 def control(param: dict) -> gr.components.Component:
@@ -57,9 +64,10 @@ def build() -> SimpleNamespace:
     methods = handlers.method_schemas()
     default = DEFAULT_METHOD if DEFAULT_METHOD in methods else next(iter(methods))
     with gr.Row():
-        preset = gr.Dropdown(list(presets.recipe_presets()), value=None, label="Preset", scale=3,
+        preset = gr.Dropdown(list(presets.all_presets()), value=None, label="Preset", scale=3,
                              info="fills the controls below; you can change anything afterwards")
         recipe_file = gr.UploadButton("Replay a recipe (.json/.yaml)", file_types=[".json", ".yaml", ".yml"], scale=1)
+    preset_card = gr.Markdown("", elem_id="preset-card")
     with gr.Row():
         with gr.Column(scale=2):
             method = gr.Dropdown(handlers.method_choices(), value=default, label="Method")
@@ -72,12 +80,14 @@ def build() -> SimpleNamespace:
             schedule_info = gr.Markdown(handlers.schedule_markdown(handlers.DEFAULT_SCHEDULE), elem_classes="explain")
             schedule_controls = control_groups(handlers.schedule_schemas(), handlers.DEFAULT_SCHEDULE)
             with gr.Accordion("Calibration data", open=False):
-                source = gr.Dropdown(CALIBRATION_SOURCES, value="wikitext2:validation", allow_custom_value=True,
-                                     label="Source")
+                source = gr.Dropdown(CALIBRATION_SOURCES, value=handlers.TEXT_SOURCE, allow_custom_value=True,
+                                     label="Source", info="alpaca-chat (chats through the model's template) is the "
+                                                          "default for a chat model")
                 with gr.Row():
                     nsamples = gr.Number(16, precision=0, minimum=1, label="Samples")
                     seqlen = gr.Number(256, precision=0, minimum=8, label="Tokens per sample")
                     seed = gr.Number(42, precision=0, label="Seed")
+            recovery = recovery_controls()
             with gr.Row():
                 preview = gr.Button("Preview plan")
                 run = gr.Button("Run", variant="primary")
@@ -92,11 +102,33 @@ def build() -> SimpleNamespace:
     card = gr.Markdown(NO_RESULT, elem_id="result-card")
     accounting = plot("The parameter comparison appears after a run.", "Parameters: original vs compressed",
                       "accounting")
-    return SimpleNamespace(preset=preset, recipe_file=recipe_file, method=method, method_info=method_info,
-                           methods=method_controls, ratio=ratio, schedule=schedule, schedule_info=schedule_info,
-                           schedules=schedule_controls, source=source, nsamples=nsamples, seqlen=seqlen, seed=seed,
-                           preview=preview, run=run, stop=stop_btn, plan_note=plan_note, plan_plot=plan_plot,
-                           plan_table=plan_table, card=card, accounting=accounting)
+    recovery_plot = plot(handlers.NO_RECOVERY, "Recovery: distillation loss", "recovery")
+    return SimpleNamespace(preset=preset, preset_card=preset_card, recipe_file=recipe_file, method=method,
+                           method_info=method_info, methods=method_controls, ratio=ratio, schedule=schedule,
+                           schedule_info=schedule_info, schedules=schedule_controls, source=source, nsamples=nsamples,
+                           seqlen=seqlen, seed=seed, recovery=recovery, preview=preview, run=run, stop=stop_btn,
+                           plan_note=plan_note, plan_plot=plan_plot, plan_table=plan_table, card=card,
+                           accounting=accounting, recovery_plot=recovery_plot)
+
+
+def recovery_controls() -> list[gr.components.Component]:
+    """The recovery inputs, in ``handlers.RECOVERY_FIELDS`` order, showing ``RecoverySpec``'s defaults."""
+    kind, steps, minutes, lr, rank, groups, source, nsamples, seqlen = handlers.recovery_values(RecoverySpec())
+    with gr.Accordion("Recovery (distillation)", open=False):
+        gr.Markdown(RECOVERY_INFO, elem_classes="explain")
+        controls = [gr.Radio(handlers.RECOVERY_CHOICES, value=kind, label="Recovery")]
+        with gr.Row():
+            controls += [gr.Number(steps, precision=0, minimum=0, label="Steps", info="blank or 0: no step bound"),
+                         gr.Number(minutes, minimum=0, label="Minutes", info="blank or 0: no time bound"),
+                         gr.Textbox(lr, label="Learning rate", placeholder="blank: 5e-4 for LoRA, 5e-5 for full"),
+                         gr.Number(rank, precision=0, minimum=1, label="LoRA rank")]
+        controls.append(gr.CheckboxGroup(handlers.recovery_group_choices(), value=groups, label="Trained groups"))
+        with gr.Row():
+            controls += [gr.Dropdown([handlers.SAME_TEXT] + CALIBRATION_SOURCES, value=source, allow_custom_value=True,
+                                     label="Text", scale=2),
+                         gr.Number(nsamples, precision=0, minimum=1, label="Samples"),
+                         gr.Number(seqlen, precision=0, minimum=8, label="Tokens per sample")]
+    return controls
 
 
 def _signed(fn: Callable, fixed: Sequence[str], keys: Sequence[tuple[str, str]], name: str) -> Callable:
@@ -133,15 +165,19 @@ def _preview_from_controls(schedules: ControlGroups) -> Callable:
 
 
 def _run_from_controls(methods: ControlGroups, schedules: ControlGroups) -> Callable:
-    """A run function whose inputs are the fixed controls, every method's controls, then every schedule's."""
-    fixed = ("session", "method", "ratio", "schedule") + CALIBRATION_FIELDS + ("plan",)
+    """A run function whose inputs are the fixed controls (recovery's last), every method's controls, then
+    every schedule's."""
+    recovery = tuple(f"recovery_{name}" for name in handlers.RECOVERY_FIELDS)
+    fixed = ("session", "method", "ratio", "schedule") + CALIBRATION_FIELDS + ("plan",) + recovery
 
     def run(*args):
-        (session, method, ratio, schedule, *calib, plan), (mv, sv), progress = _split(args, len(fixed),
-                                                                                    [methods, schedules])
+        (session, method, ratio, schedule, *rest), (mv, sv), progress = _split(args, len(fixed),
+                                                                             [methods, schedules])
+        calib, plan, heal = rest[:len(CALIBRATION_FIELDS)], rest[len(CALIBRATION_FIELDS)], rest[-len(recovery):]
+        base = session.preset.recipe.recovery if session.preset is not None else None
         return handlers.run(session, method, handlers.params_from_controls(method, methods.keys, mv), ratio,
                             schedule, handlers.params_from_controls(schedule, schedules.keys, sv), *calib, plan,
-                            progress)
+                            progress, recovery=handlers.recovery_spec(*heal, base=base))
 
     return _signed(run, fixed, methods.keys + schedules.keys, "compress")
 
@@ -173,19 +209,26 @@ def wire(ui) -> gr.events.Dependency:
     _switch(t.schedule, t.schedule_info, t.schedules, handlers.schedule_markdown)
     calib = [t.source, t.nsamples, t.seqlen, t.seed]
 
-    def apply(recipe) -> list:
-        c = handlers.recipe_controls(recipe)
-        keep = gr.update()
-        return ([c.method, c.ratio, c.schedule] + [c.calibration[k] for k in CALIBRATION_FIELDS]
+    def apply(view: handlers.PresetView) -> list:
+        c, keep = view.controls, gr.update()
+        if c is None:  # the preset was cleared: the controls stay as they are
+            return [keep] * (len(recipe_outputs) - 2) + [view.card, view.chat_examples]
+        return ([c.method, c.ratio, c.schedule] + [c.calibration[k] for k in CALIBRATION_FIELDS] + c.recovery
                 + handlers.control_values(c.method, c.method_params, t.methods.keys, keep)
                 + handlers.control_values(c.schedule, c.schedule_params, t.schedules.keys, keep)
-                + (adapt_plan(c.plan) if c.plan else [keep] * 3))
+                + (adapt_plan(c.plan) if c.plan else [keep] * 3) + [view.card, view.chat_examples])
 
-    recipe_outputs = ([t.method, t.ratio, t.schedule] + calib + t.methods.controls + t.schedules.controls
-                      + plan_outputs(t))
-    t.preset.input(guarded(lambda name: apply(presets.recipe_presets()[name])), [t.preset], recipe_outputs,
-                   api_visibility="private", **LIGHT)
-    t.recipe_file.upload(guarded(lambda path: apply(presets.read_recipe(path))), [t.recipe_file], recipe_outputs,
+    recipe_outputs = ([t.method, t.ratio, t.schedule] + calib + t.recovery + t.methods.controls
+                      + t.schedules.controls + plan_outputs(t) + [t.preset_card, ui.chat.preset_answers])
+
+    def pick(session, name):
+        return handlers.use_preset(session, presets.all_presets()[name] if name else None)
+
+    def upload(session, path):
+        return handlers.use_preset(session, presets.Preset.read(path))
+
+    t.preset.input(guarded(pick, apply), [ui.session, t.preset], recipe_outputs, api_visibility="private", **LIGHT)
+    t.recipe_file.upload(guarded(upload, apply), [ui.session, t.recipe_file], recipe_outputs,
                          api_visibility="private", **LIGHT)
 
     t.preview.click(guarded(_preview_from_controls(t.schedules), adapt_plan),
@@ -197,10 +240,10 @@ def wire(ui) -> gr.events.Dependency:
     t.stop.click(stop, [ui.session], None, api_name="stop_compress", **LIGHT)
 
     def adapt(view: handlers.CompressView) -> list:
-        return [view.card, view.accounting] + adapt_plan(view.plan) + [view.status]
+        return [view.card, view.accounting] + adapt_plan(view.plan) + [view.recovery, view.status]
 
     return t.run.click(guarded(_run_from_controls(t.methods, t.schedules), adapt),
-                       [ui.session, t.method, t.ratio, t.schedule] + calib + [t.plan_table] + t.methods.controls
-                       + t.schedules.controls,
-                       [t.card, t.accounting] + plan_outputs(t) + [ui.status], api_name="compress",
+                       [ui.session, t.method, t.ratio, t.schedule] + calib + [t.plan_table] + t.recovery
+                       + t.methods.controls + t.schedules.controls,
+                       [t.card, t.accounting] + plan_outputs(t) + [t.recovery_plot, ui.status], api_name="compress",
                        scroll_to_output=True, **HEAVY)

@@ -38,6 +38,7 @@ def build() -> SimpleNamespace:
                 prefill = gr.Number(128, precision=0, minimum=1, label="Prefill tokens")
                 decode = gr.Number(32, precision=0, minimum=1, label="Decode tokens")
             speed_run = gr.Button("Speed", variant="primary")
+    warning = gr.Markdown("", elem_id="evaluate-warning")
     table = gr.Dataframe(headers=["measurement", "original", "compressed", "change"], type="array",
                          interactive=False, label="Original vs compressed")
     with gr.Row():
@@ -54,7 +55,7 @@ def build() -> SimpleNamespace:
     with gr.Row():
         report = gr.Button("Build report (Markdown + JSON)")
         report_files = gr.File(label="Report", file_count="multiple", interactive=False, height=120)
-    return SimpleNamespace(which=which, stop=stop_btn, ppl_dataset=ppl_dataset, ppl_seqlen=ppl_seqlen,
+    return SimpleNamespace(which=which, stop=stop_btn, warning=warning, ppl_dataset=ppl_dataset, ppl_seqlen=ppl_seqlen,
                            ppl_windows=ppl_windows, ppl_run=ppl_run, zs_tasks=zs_tasks, zs_limit=zs_limit,
                            zs_run=zs_run, prefill=prefill, decode=decode, speed_run=speed_run, table=table,
                            ppl_plot=ppl_plot, zs_plot=zs_plot, speed_plot=speed_plot, history_plot=history_plot,
@@ -63,16 +64,17 @@ def build() -> SimpleNamespace:
 
 def outputs(ui) -> list:
     t = ui.evaluate
-    return [t.table, t.ppl_plot, t.zs_plot, t.speed_plot, t.history_plot, t.history]
+    return [t.warning, t.table, t.ppl_plot, t.zs_plot, t.speed_plot, t.history_plot, t.history]
 
 
 def adapt(view: handlers.EvalView) -> list:
-    return [view.table, view.perplexity, view.zeroshot, view.speed, view.history, view.history_rows]
+    return [view.warning, view.table, view.perplexity, view.zeroshot, view.speed, view.history, view.history_rows]
 
 
-def wire(ui) -> None:
+def wire(ui) -> gr.events.Dependency:
+    """Returns the Perplexity event so the app can refresh the Compress result card (its 2x warning) after it."""
     t = ui.evaluate
-    t.ppl_run.click(guarded(handlers.run_perplexity, adapt),
+    measured = t.ppl_run.click(guarded(handlers.run_perplexity, adapt),
                     [ui.session, t.which, t.ppl_dataset, t.ppl_seqlen, t.ppl_windows], outputs(ui),
                     api_name="perplexity", **HEAVY)
     t.zs_run.click(guarded(handlers.run_zeroshot, adapt), [ui.session, t.which, t.zs_tasks, t.zs_limit],
@@ -81,3 +83,4 @@ def wire(ui) -> None:
                       api_name="speed", **HEAVY)
     t.stop.click(stop, [ui.session], None, api_name="stop_evaluate", **LIGHT)
     t.report.click(guarded(handlers.report_files), [ui.session], [t.report_files], api_name="report", **LIGHT)
+    return measured
