@@ -18,13 +18,14 @@ import torch
 from .analysis import Accounting, account
 from .analysis.layer_scores import block_influence
 from .data import calibration_windows, load_text
-from .errors import SlimLabError
+from .errors import ConfigError, SlimLabError
 from .memory import keep_freed_memory, peak_mb, reset_peak
 from .methods import Calibration, Plan, Structure, get_method
 from .models import LoadedModel
 from .progress import CancelToken, Reporter
 from .recipes import CalibrationSpec, Recipe, current_versions
 from .schedules import build_plan, get_schedule, split_schedule
+from .transforms.compensation import CompensationStructure, CompensationUnsupported
 from .workspace import OriginalLayers, Workspace
 
 
@@ -44,6 +45,7 @@ class CompressionResult:
     calibrated: bool = True  # False when neither the method nor the schedule needed calibration data
     spooled: list[Path] = field(default_factory=list)  # streamed: the layers' files, in order
     workspace: Optional[Workspace] = field(default=None, repr=False)  # keeps the spool alive
+    compensation: Optional[CompensationStructure] = None  # the side branches' ranks (None: no compensation)
 
     @property
     def method(self) -> str:
@@ -141,9 +143,14 @@ def compress(
         stages["plan"] = time.perf_counter() - t
     reporter.check()
 
-    work = Workspace(lm)
+    work = Workspace(lm, compensation=recipe.compensation)
     try:
         out = impl.compress(work, calib, plan, recipe.method_params, reporter)
+        compensation = work.compensation_structure()
+    except CompensationUnsupported as exc:
+        raise ConfigError(f"Compensation does not apply to method '{recipe.method}': {exc}. It corrects methods "
+                          "that prune inside each layer through the sequential driver (e.g. fasp, wanda-sp); "
+                          "set the compensation rank to 0.") from None
     except torch.OutOfMemoryError as exc:
         raise SlimLabError(
             f"Out of memory while compressing with {recipe.method} ({str(exc).splitlines()[0][:160]}). Use fewer "
@@ -151,22 +158,37 @@ def compress(
         ) from None
     work.check_original(recipe.method)
     stages.update(out.stage_seconds)
+    structure, added, plots = _with_compensation(out, compensation, work.compensated)
     work.model.eval()
     ran = replace(recipe, model=lm.spec, plan=plan, calibration=_described(recipe.calibration, calib),
                   versions=current_versions())
     result = CompressionResult(
-        model=work.model, tokenizer=lm.tokenizer, recipe=ran, widths=out.widths, structure=out.structure,
-        accounting=account(work.model, lm.adapter, added=out.params_added),
+        model=work.model, tokenizer=lm.tokenizer, recipe=ran, widths=out.widths, structure=structure,
+        accounting=account(work.model, lm.adapter, added=added),
         original=account(lm.model, lm.adapter, lm.path, lm.meta.get("params_added_detail")),
         seconds=time.perf_counter() - t0, stage_seconds=stages, peak_memory_mb=peak_mb(lm.compute_device),
-        plots=out.plots, calibrated=calib is not None, spooled=work.spooled_files(),
-        workspace=work if work.spool is not None else None,
+        plots=plots, calibrated=calib is not None, spooled=work.spooled_files(),
+        workspace=work if work.spool is not None else None, compensation=compensation,
     )
     if ran.recovery.enabled:  # distillation from the original ("heal"); a cancel there discards the run
         from .recovery import recover_result
 
         recover_result(lm, result, lambda spec: make_calibration(lm, spec, data_dir).tokens, reporter)
     return result
+
+
+def _with_compensation(out, compensation: Optional[CompensationStructure], applied) -> tuple[Structure, dict, dict]:
+    """The method's structure, added parameters and plots, with the side branches' share: their
+    parameters are added parameters (so sizes compare honestly), and a folder with branches is no
+    plain transformers checkpoint (``from_pretrained`` would drop them)."""
+    if compensation is None:
+        return out.structure, out.params_added, out.plots
+    structure = out.structure
+    if getattr(structure, "transformers_checkpoint", False):
+        structure = replace(structure, transformers_checkpoint=False)
+    added = dict(out.params_added) | ({"compensation branches": applied.params} if applied.params else {})
+    plots = dict(out.plots) | {"compensation": {"ranks": compensation.ranks, "remaining_error": applied.remaining}}
+    return structure, added, plots
 
 
 def _described(spec: CalibrationSpec, calib: Optional[Calibration]) -> CalibrationSpec:

@@ -148,6 +148,46 @@ class RecoverySpec:
         return f"{self.kind} heal {budget}"
 
 
+COMPENSATION_HALVES = ("mlp", "attention", "both")
+
+
+@dataclass
+class CompensationSpec:
+    """Training-free low-rank compensation (EoRA-style, ``transforms.compensation``): each compressed
+    half of ``halves`` gets a rank-``rank`` side branch fitted to its output error on the
+    calibration data; ``rank`` 0 turns it off. Its parameters count as added parameters."""
+
+    rank: int = 0
+    halves: str = "mlp"
+
+    @property
+    def enabled(self) -> bool:
+        return self.rank > 0
+
+    @property
+    def half_names(self) -> tuple[str, ...]:
+        """The driver's half names (``attention``, ``mlp``) this spec compensates."""
+        return ("attention", "mlp") if self.halves == "both" else (self.halves,)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Any) -> "CompensationSpec":
+        if not isinstance(d, dict):
+            raise ConfigError(f"recipe field 'compensation' must be a mapping (got {d!r}).")
+        return cls(**_known_keys(d, cls, "compensation"))
+
+    def check(self) -> None:
+        _int_at_least(self.rank, "compensation rank", 0)
+        if self.halves not in COMPENSATION_HALVES:
+            raise ConfigError(f"compensation halves must be one of {', '.join(COMPENSATION_HALVES)} "
+                              f"(got {self.halves!r}).")
+
+    def label(self) -> str:
+        return f"EoRA r{self.rank} {self.halves}"
+
+
 def check_source(spec: Any) -> None:
     """A known text source name (``wikitext2:test``, ``file:PATH``: the file must exist); no data is read."""
     from .data.sources import parse_source  # lazy: engine.data pulls in the model stack
@@ -167,7 +207,7 @@ def check_source(spec: Any) -> None:
 PRESET_KEYS = ("name", "measured", "chat_examples")
 
 _FIELD_TYPES = {"method_params": dict, "schedule_params": dict, "calibration": dict, "versions": dict, "recovery": dict,
-                "model": str, "method": str, "schedule": str}
+                "compensation": dict, "model": str, "method": str, "schedule": str}
 
 
 @dataclass
@@ -184,6 +224,7 @@ class Recipe:
     plan: Optional[Plan] = None  # an explicit per-layer plan; overrides the schedule
     calibration: CalibrationSpec = field(default_factory=CalibrationSpec)
     recovery: RecoverySpec = field(default_factory=RecoverySpec)  # distillation after compressing (off by default)
+    compensation: CompensationSpec = field(default_factory=CompensationSpec)  # low-rank error correction (off)
     versions: dict = field(default_factory=current_versions)
     format_version: int = RECIPE_VERSION
 
@@ -199,6 +240,7 @@ class Recipe:
             raise ConfigError(f"ratio must be a number in [0, 1) (got {self.ratio!r}).") from None
         self.calibration.check()
         self.recovery.check()
+        self.compensation.check()
         if self.plan is None:
             schedule, schedule_params = resolve_schedule(self.schedule, ratio, self.schedule_params)
         else:  # the plan is what runs; the schedule is its provenance, so only its names are checked
@@ -226,6 +268,7 @@ class Recipe:
                 "schedule_params": dict(self.schedule_params),
                 "plan": self.plan.to_dict() if self.plan is not None else None,
                 "calibration": self.calibration.to_dict(), "recovery": self.recovery.to_dict(),
+                "compensation": self.compensation.to_dict(),
                 "versions": dict(self.versions)}
 
     @classmethod
@@ -254,6 +297,8 @@ class Recipe:
             d["calibration"] = CalibrationSpec.from_dict(d["calibration"])
         if "recovery" in d:
             d["recovery"] = RecoverySpec.from_dict(d["recovery"])
+        if "compensation" in d:
+            d["compensation"] = CompensationSpec.from_dict(d["compensation"])
         if d.get("plan") is not None:
             d["plan"] = _plan(d["plan"])
         d.setdefault("versions", {})  # parsed, not produced here: no versions claimed
@@ -275,7 +320,8 @@ class Recipe:
         extras += _non_default(schedule_params, get_schedule(name).params)
         ratio = self.plan.target if self.plan is not None else self.ratio
         heal = f" + {self.recovery.label()}" if self.recovery.enabled else ""
-        return f"{self.method} {ratio:.0%} {name}" + (f" ({', '.join(extras)})" if extras else "") + heal
+        comp = f" + {self.compensation.label()}" if self.compensation.enabled else ""
+        return f"{self.method} {ratio:.0%} {name}" + (f" ({', '.join(extras)})" if extras else "") + comp + heal
 
 
 def _method(name: Any):

@@ -10,6 +10,13 @@ outside parts.
 
 Copy-on-write: a method that changes an outside part must give it a new ``Parameter``
 (never write ``.data`` or in place); ``Workspace.check_original`` proves it did.
+
+The Workspace also carries the recipe's compensation (``transforms.compensation``): each method
+builds its own driver pass inside its ``compress``, and the one object every compressing pass
+hands the driver is its layer source, this Workspace, so the driver asks it to wrap the pass
+(``wrap_pass``) and no method changes. Passes over other sources (the original's layers for
+block influence, SliceGPT's shared statistics) are not wrapped; a method that takes layers
+without a driver pass over the Workspace is refused at the first ``open``.
 """
 from __future__ import annotations
 
@@ -29,7 +36,9 @@ from .errors import SlimLabError
 from .models.adapters import Adapter
 from .models.loaded import LoadedModel
 from .models.streaming import layers_prefix, write_layer
-from .stats import LayerInputs, capture_layer_inputs
+from .stats import LayerHooks, LayerInputs, capture_layer_inputs
+from .transforms.compensation import (CompensatedPass, CompensationRequest, CompensationStructure,
+                                      CompensationUnsupported)
 
 
 def shell_copy(model: nn.Module, adapter: Adapter) -> nn.Module:
@@ -101,7 +110,8 @@ class OriginalLayers:
 class Workspace:
     """The shell of the compressed model and the layer source a compressing pass runs on."""
 
-    def __init__(self, lm: LoadedModel, device: Optional[torch.device] = None):
+    def __init__(self, lm: LoadedModel, device: Optional[torch.device] = None,
+                 compensation: Optional[CompensationRequest] = None):
         self.lm = lm
         self.adapter = lm.adapter
         self.device = device or lm.compute_device
@@ -114,6 +124,26 @@ class Workspace:
             self.spool = Path(tempfile.mkdtemp(prefix="layers-", dir=root))
             weakref.finalize(self, shutil.rmtree, self.spool, True)
         self._fingerprint = _fingerprint(lm.model)
+        self.compensation = compensation if compensation is not None and compensation.enabled else None
+        self.compensated: Optional[CompensatedPass] = None  # the wrapped pass, once the driver ran it
+
+    def wrap_pass(self, hooks: LayerHooks) -> LayerHooks:
+        """The pass the driver runs over this workspace: ``hooks``, compensated if the recipe says so."""
+        if self.compensation is None:
+            return hooks
+        if self.compensated is not None:
+            raise CompensationUnsupported("it runs more than one pass over the layers")
+        spec = self.compensation
+        self.compensated = CompensatedPass(hooks, self.adapter, spec.rank, spec.half_names)
+        return self.compensated
+
+    def compensation_structure(self) -> Optional[CompensationStructure]:
+        """The branches the run attached (None when compensation is off)."""
+        if self.compensation is None:
+            return None
+        if self.compensated is None:
+            raise CompensationUnsupported("it never ran a driver pass over the layers")
+        return self.compensated.structure()
 
     @property
     def originals(self) -> OriginalLayers:
@@ -139,6 +169,9 @@ class Workspace:
     # --- LayerSource -------------------------------------------------------
     def open(self, index: int) -> nn.Module:
         """A private copy of original layer ``index`` on the compute device."""
+        if self.compensation is not None and self.compensated is None:
+            raise CompensationUnsupported("it builds its layers without the per-half driver pass the "
+                                          "correction is fitted in")
         original = self.adapter.layers(self.lm.model)[index]
         if self.lm.layer_reader is not None:
             return self.lm.layer_reader.read(index, original, self.device)

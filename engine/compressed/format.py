@@ -20,9 +20,11 @@ import torch
 from ..errors import ConfigError, CorruptWeightsError
 from ..models.adapters import adapter_for_config
 from ..models.loaded import SLIMLAB_META, LoadedModel, resolve_device, resolve_dtype
+from ..models.side_branches import rebuild_branches
 from ..models.streaming import INDEX, checkpoint_files
+from ..transforms.compensation import CompensationStructure
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: side branches (``compensation``); a folder without them is still written as 1
 
 
 def is_compressed(path: "str | Path") -> bool:
@@ -69,8 +71,9 @@ def save_compressed(result, out: "str | Path", force: bool = False) -> Path:
     from safetensors.torch import save_model
 
     model = result.model
+    compensation = getattr(result, "compensation", None)
     meta = {
-        "format_version": FORMAT_VERSION,
+        "format_version": FORMAT_VERSION if compensation is not None else 1,
         "method": result.method,
         "recipe": result.recipe.to_dict(),
         "widths": result.widths,
@@ -82,6 +85,8 @@ def save_compressed(result, out: "str | Path", force: bool = False) -> Path:
         "tied_embeddings": result.accounting.tied_embeddings,
         "versions": _versions(),
     }
+    if compensation is not None:  # an older SlimLab refuses the folder (format 2) instead of dropping them
+        meta["compensation"] = compensation.to_dict()
     with atomic_dir(out, force) as tmp:
         model.config.save_pretrained(tmp)
         if result.spooled:
@@ -168,6 +173,9 @@ def load_compressed(path: "str | Path", device: str = "auto", dtype="auto", spec
         try:
             method = get_method(meta["method"])
             method.rebuild(model, adapter, method.read_structure(meta["structure"]))
+            if "compensation" in meta:  # after the method's shapes: the branches hook onto its modules
+                compensation = CompensationStructure.from_dict(meta["compensation"])
+                rebuild_branches(model, adapter, compensation.ranks, compensation.bias)
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             raise CorruptWeightsError(
                 f"'{path}/{SLIMLAB_META}' is malformed or from an incompatible SlimLab version "

@@ -12,10 +12,15 @@ layers with calibration data.
 
 Layers come from a ``LayerSource``: the original's own layers for a read-only pass, or
 working copies (built one at a time, read from disk for a streamed model) when compressing.
-Only the layer being processed and the activations live on the compute device.
+Only the layer being processed and the activations live on the compute device. A source may
+wrap the pass (``wrap_pass``): the ``Workspace`` adds compensation that way.
+
+A layer with side branches (``models.side_branches``: fitted low-rank corrections) is run with
+their hooks suspended, and each branch is added to its half's output here, as the model adds it.
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from typing import Optional, Protocol
 
@@ -24,6 +29,7 @@ from torch import nn
 
 from ..memory import release_freed_memory
 from ..models.adapters import Adapter, LayerParts, normalize
+from ..models.side_branches import side_branches
 from ..progress import Reporter
 from .collectors import InputStats, bypassed
 
@@ -113,16 +119,22 @@ class HalfStep:
     residual: list[torch.Tensor]  # the half's input (the residual stream), per batch
     inner: list[torch.Tensor]  # the input of the half's output projection, per batch
     fused: bool = False  # sum the output in one GEMM (see ``LayerHooks.exact``)
+    side: Optional[list[torch.Tensor]] = None  # the layer's side branch on this half, per batch (usually none)
     _stats: dict = field(default_factory=dict, repr=False)
 
     def output(self, residual: Optional[list[torch.Tensor]] = None,
                columns: Optional[torch.Tensor] = None) -> list[torch.Tensor]:
-        """``residual + writer(inner)`` per batch (``residual`` defaults to the half's input).
+        """``residual + writer(inner)`` per batch (``residual`` defaults to the half's input), plus
+        the side branch where the layer has one.
 
         Unfused, in the model's own order of operations; fused, one ``addmm``."""
         residual = self.residual if residual is None else residual
         if self.fused or columns is not None:
+            if self.side is not None:
+                residual = [r + s for r, s in zip(residual, self.side)]
             return residual_plus(residual, self.inner, self.writer, columns)
+        if self.side is not None:
+            return [r + (self.writer(x) + s) for r, x, s in zip(residual, self.inner, self.side)]
         return [r + self.writer(x) for r, x in zip(residual, self.inner)]
 
     @property
@@ -191,6 +203,8 @@ class LayerSource(Protocol):
     def close(self, index: int, layer: nn.Module) -> None:
         """Done with it: keep it (compressing) or let it go (reading)."""
 
+    # optional: ``wrap_pass(hooks) -> hooks``, the pass to run in place of ``hooks`` over this source
+
 
 class ModelLayers:
     """A model's own layers, read in place: for read-only passes over a model in memory."""
@@ -212,6 +226,9 @@ def run_sequential(inputs: LayerInputs, adapter: Adapter, source: LayerSource, h
     """Push ``inputs`` through every layer of ``source``, calling ``hooks`` at each half.
 
     Returns the last layer's output (None when the hooks do not need it)."""
+    wrap = getattr(source, "wrap_pass", None)
+    if wrap is not None:
+        hooks = wrap(hooks)
     x = hooks.start(inputs.hidden)
     n = source.num_layers
     for i in range(n):
@@ -236,13 +253,23 @@ def _run_half(adapter: Adapter, index: int, half: str, layer: nn.Module, x: list
     parts = adapter.parts_of(layer)
     norm, _readers, writer = parts.half(half)
     apply_norm = norm if hooks.exact else (lambda h: normalize(norm, h))
-    # the writer bypassed: the half returns its input, and its matmul is done once, below
-    with bypassed(layer, writer):
-        inner = [adapter.run_half(half, layer, apply_norm(h), kw) for h, kw in zip(x, kwargs)]
-    step = HalfStep(index, half, layer, parts, x, inner, fused=not hooks.exact)
-    outcome = hooks.half(step) or HalfOutcome()
-    if outcome.residual is not None:
-        return outcome.residual
-    if last:
-        return None
-    return step.output(columns=outcome.columns)
+    branches = side_branches(layer)
+    branch = branches[half] if branches is not None and half in branches else None
+    with branches.suspended() if branches is not None else contextlib.nullcontext():
+        # the writer bypassed: the half returns its input, and its matmul is done once, below
+        with bypassed(layer, writer):
+            if branch is None:
+                inner = [adapter.run_half(half, layer, apply_norm(h), kw) for h, kw in zip(x, kwargs)]
+                side = None
+            else:  # the branch reads what the half's first linears read
+                normed = [apply_norm(h) for h in x]
+                inner = [adapter.run_half(half, layer, n, kw) for n, kw in zip(normed, kwargs)]
+                side = [branch(n) for n in normed]
+                del normed
+        step = HalfStep(index, half, layer, parts, x, inner, fused=not hooks.exact, side=side)
+        outcome = hooks.half(step) or HalfOutcome()
+        if outcome.residual is not None:
+            return outcome.residual
+        if last:
+            return None
+        return step.output(columns=outcome.columns)
