@@ -38,11 +38,13 @@ sys.path.insert(0, str(REPO))
 
 from engine import CalibrationSpec, Recipe, compress, load_model, params_total, perplexity  # noqa: E402
 from engine.evaluate import run_zeroshot  # noqa: E402
-from engine.evaluate.chat_check import chat_check  # noqa: E402
+from engine.evaluate.chat_check import Question, chat_check  # noqa: E402
 from engine.evaluate.lambada import lambada  # noqa: E402
 from engine.recipes import RecoverySpec  # noqa: E402
 
 ZEROSHOT_TASKS = ("piqa", "arc_easy", "winogrande", "hellaswag")
+EXAMPLE_PROMPTS = json.loads((REPO / "assets" / "prompts.json").read_text())  # the Chat tab's examples
+EXAMPLE_TOKENS = 64
 
 # EoRA-style compensation arrives later (the lead's): a name -> how it changes the recipe.
 COMPENSATIONS: dict[str, Callable[[Recipe], Recipe]] = {"none": lambda recipe: recipe}
@@ -53,8 +55,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--model", default="demo")
     p.add_argument("--sizes", default="0.9,0.8,0.7", help="fractions of the dense total parameters")
     p.add_argument("--methods", default="fasp,wanda-sp,slicegpt:shared",
-                   help="comma-separated method[:variant][@ratio] (variant sets the method's 'variant' parameter; "
-                        "an explicit ratio skips the search for the size's ratio)")
+                   help="comma-separated method[:variant][/param=value...][@ratio] (variant sets the method's "
+                        "'variant' parameter; an explicit ratio skips the search for the size's ratio)")
     p.add_argument("--schedules", default="uniform", help="comma-separated schedule names")
     p.add_argument("--calibs", default="wikitext2:validation,alpaca-chat", help="comma-separated calibration sources")
     p.add_argument("--nsamples", type=int, default=64)
@@ -85,11 +87,12 @@ def split(text: str) -> list[str]:
 
 
 def method_recipe(name: str, model: str) -> tuple[Recipe, Optional[float]]:
-    """The recipe of ``method[:variant][@ratio]`` and the explicit ratio, if any."""
+    """The recipe of ``method[:variant][/param=value...][@ratio]`` and the explicit ratio, if any."""
     name, _, ratio = name.partition("@")
+    name, *settings = name.split("/")
     method, _, variant = name.partition(":")
-    recipe = Recipe(model=model, method=method, method_params={"variant": variant} if variant else {})
-    return recipe, float(ratio) if ratio else None
+    params = dict(setting.split("=", 1) for setting in settings) | ({"variant": variant} if variant else {})
+    return Recipe(model=model, method=method, method_params=params), float(ratio) if ratio else None
 
 
 def recovery_spec(kind: str, minutes: float, args) -> RecoverySpec:
@@ -153,6 +156,8 @@ def measure(model, tokenizer, args) -> dict:
     check = chat_check(model, tokenizer)
     row["chat_hits"], row["chat_total"] = check.hits, check.total
     row["chat_answers"] = [a["answer"] for a in check.answers]
+    examples = chat_check(model, tokenizer, [Question(p, ()) for p in EXAMPLE_PROMPTS], EXAMPLE_TOKENS)
+    row["examples"] = [a["answer"] for a in examples.answers]
     row["eval_s"] = time.perf_counter() - t
     return row
 
@@ -259,6 +264,24 @@ def one_row(lm, recipe: Recipe, key: str, size: float, comp: str, dense_params: 
     return row
 
 
+def preset(row: dict, dense: dict, proto: dict) -> dict:
+    """A shipped-preset file of a row: its replayable recipe (no plan: the schedule rebuilds it; no
+    versions: the replaying SlimLab stamps its own), the quality measured here beside the dense
+    model's, and the answers to the Chat tab's example prompts."""
+    recipe = {k: v for k, v in row["recipe"].items() if k not in ("plan", "versions", "model")}
+    measured = {"params_fraction": round(row["fraction"], 4), "ppl": round(row["ppl"], 2),
+                "dense_ppl": round(dense["ppl"], 2), "chat_hits": row["chat_hits"], "chat_total": row["chat_total"],
+                "dense_chat_hits": dense["chat_hits"], "seconds": round(row.get("seconds", 0.0))}
+    for key in ("lambada", "zeroshot"):
+        if row.get(key) is not None:
+            measured[key], measured[f"dense_{key}"] = round(row[key], 4), round(dense[key], 4)
+    measured["protocol"] = proto | {"machine": machine()}
+    examples = [{"prompt": p, "dense": d, "compressed": c}
+                for p, d, c in zip(EXAMPLE_PROMPTS, dense.get("examples", []), row.get("examples", []))]
+    return {"name": f"{row['label']} ({row['fraction']:.2f}x params)"} | recipe | {
+        "measured": measured, "chat_examples": examples}
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     args = parse_args(argv)
     rows = run(args)
@@ -273,7 +296,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         folder = Path(args.save_best)
         folder.mkdir(parents=True, exist_ok=True)
         for size, r in best.items():
-            (folder / f"frontier-{round(100 * size)}.json").write_text(json.dumps(r["recipe"], indent=2) + "\n")
+            (folder / f"frontier-{round(100 * size)}.json").write_text(json.dumps(preset(r, dense, protocol(args)), indent=2) + "\n")
     return 0
 
 

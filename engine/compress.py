@@ -18,6 +18,7 @@ import torch
 from .analysis import Accounting, account
 from .analysis.layer_scores import block_influence
 from .data import calibration_windows, load_text
+from .data.sources import mixture_counts, mixture_parts
 from .errors import ConfigError, SlimLabError
 from .memory import keep_freed_memory, peak_mb, reset_peak
 from .methods import Calibration, Plan, Structure, get_method
@@ -82,15 +83,22 @@ class CompressionResult:
 
 
 def make_calibration(lm: LoadedModel, spec: CalibrationSpec, data_dir: Optional[str] = None) -> Calibration:
+    """Token windows of ``spec``; a mixture ``A+B`` takes its windows evenly from each source."""
+    parts = mixture_parts(spec.source)
+    tokens = torch.cat([_windows(lm, source, n, spec.seqlen, spec.seed, data_dir)
+                        for source, n in zip(parts, mixture_counts(spec.nsamples, len(parts))) if n])
+    return Calibration(spec.source, spec.nsamples, spec.seqlen, spec.seed, tokens, spec.batch_size)
+
+
+def _windows(lm: LoadedModel, source: str, nsamples: int, seqlen: int, seed: int,
+             data_dir: Optional[str]) -> torch.Tensor:
     from .data.chat import chat_windows, is_chat_source
     from .data.generated import sample_text
 
-    if is_chat_source(spec.source):  # rendered through the chat template, packed from whole chats
-        tokens = chat_windows(lm, spec.source, spec.nsamples, spec.seqlen, spec.seed, data_dir)
-    else:
-        text = load_text(spec.source, data_dir, generate=lambda: sample_text(lm, spec.nsamples, spec.seqlen, spec.seed))
-        tokens = calibration_windows(lm.tokenizer, text, spec.nsamples, spec.seqlen, spec.seed)
-    return Calibration(spec.source, spec.nsamples, spec.seqlen, spec.seed, tokens, spec.batch_size)
+    if is_chat_source(source):  # rendered through the chat template, packed from whole chats
+        return chat_windows(lm, source, nsamples, seqlen, seed, data_dir)
+    text = load_text(source, data_dir, generate=lambda: sample_text(lm, nsamples, seqlen, seed))
+    return calibration_windows(lm.tokenizer, text, nsamples, seqlen, seed)
 
 
 def compress(

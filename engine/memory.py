@@ -57,13 +57,35 @@ def keep_freed_memory() -> bool:
     return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
 
 
-def release_freed_memory() -> bool:
-    """Hand the heap's free pages back to the OS (glibc's ``malloc_trim``), wherever they are.
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
+                 "keepcost")]
+
+
+def free_heap_bytes() -> "int | None":
+    """Bytes the C heap holds free (glibc's ``mallinfo2().fordblks``); None without glibc 2.33+."""
+    try:
+        mallinfo2 = ctypes.CDLL(None).mallinfo2
+    except (OSError, AttributeError, TypeError):
+        return None
+    mallinfo2.restype = _MallInfo2
+    return int(mallinfo2().fordblks)
+
+
+def release_freed_memory(keep_bytes: int = 0) -> bool:
+    """Hand the heap's free pages back to the OS (glibc's ``malloc_trim``) once it holds more
+    than ``keep_bytes`` free.
 
     ``keep_freed_memory`` keeps freed buffers for the next batch; between layers the shapes of
-    the next layer's buffers rarely fit the holes, and without this the heap crept up by about
-    a fifth of a layer per layer on a 1.1B model. Called once per layer, so the page faults it
-    costs are one batch's worth, not every batch's. False where there is no glibc."""
+    the next layer's buffers rarely fit the holes, and without trimming the heap crept up by
+    about a fifth of a layer per layer on a 1.1B model. But a trim also gives back the pool
+    the next layer would reuse, and faulting it in again cost about 10% of a SliceGPT run on
+    the demo model; so a caller passes its working set as ``keep_bytes`` and only the creep
+    beyond it is trimmed. False when nothing was trimmed or there is no glibc."""
+    free = free_heap_bytes()
+    if free is not None and free <= keep_bytes:
+        return False
     try:
         return bool(ctypes.CDLL(None).malloc_trim(0))
     except (OSError, AttributeError, TypeError):

@@ -190,16 +190,17 @@ class CompensationSpec:
 
 def check_source(spec: Any) -> None:
     """A known text source name (``wikitext2:test``, ``file:PATH``: the file must exist); no data is read."""
-    from .data.sources import parse_source  # lazy: engine.data pulls in the model stack
+    from .data.sources import mixture_parts, parse_source  # lazy: engine.data pulls in the model stack
 
     if not isinstance(spec, str) or not spec.strip():
         raise ConfigError(f"expected a text source name (got {spec!r}).")
-    try:
-        src = parse_source(spec)
-    except DataError as exc:
-        raise ConfigError(str(exc)) from None
-    if src.path is not None and not Path(src.path).is_file():
-        raise ConfigError(f"file not found: {src.path}")
+    for part in mixture_parts(spec):
+        try:
+            src = parse_source(part)
+        except DataError as exc:
+            raise ConfigError(str(exc)) from None
+        if src.path is not None and not Path(src.path).is_file():
+            raise ConfigError(f"file not found: {src.path}")
 
 
 # what a preset file carries beside the recipe: its title, the quality measured when it was made

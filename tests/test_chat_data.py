@@ -7,7 +7,7 @@ import torch
 from engine import CalibrationSpec, compress, make_calibration
 from engine.data import load_text, parse_source
 from engine.data.chat import load_chats, pack_chats, render_chats
-from engine.errors import DataError
+from engine.errors import ConfigError, DataError
 from engine.models import LoadedModel
 from engine.models.adapters import adapter_for
 from engine.recipes import Recipe
@@ -128,3 +128,13 @@ def test_lambada_scores_a_seeded_subset(tiny_lm, data_dir):
     first = lambada(tiny_lm.model, tiny_lm.tokenizer, limit=8, data_dir=data_dir)
     assert first.n == 8 and 0 <= first.acc <= 1 and first.ppl > 1
     assert first.acc == lambada(tiny_lm.model, tiny_lm.tokenizer, limit=8, data_dir=data_dir).acc
+
+
+def test_a_mixture_shares_the_windows_between_its_sources(tiny_lm):
+    mixed = make_calibration(tiny_lm, CalibrationSpec("wikitext2:validation+alpaca-chat", 5, 64, 0)).tokens
+    wiki = make_calibration(tiny_lm, CalibrationSpec("wikitext2:validation", 3, 64, 0)).tokens
+    chat = make_calibration(tiny_lm, CalibrationSpec("alpaca-chat", 2, 64, 0)).tokens
+    assert torch.equal(mixed, torch.cat([wiki, chat]))  # 3 + 2: the first source takes the odd window
+    Recipe(model="tiny", method="fasp", calibration=CalibrationSpec("wikitext2:validation+alpaca-chat")).validate()
+    with pytest.raises(ConfigError, match="calibration source"):
+        Recipe(model="tiny", method="fasp", calibration=CalibrationSpec("wikitext2:validation+nosuch")).validate()

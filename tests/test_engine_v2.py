@@ -174,3 +174,16 @@ def test_unshare_gives_the_result_private_outside_tensors_and_keeps_its_ties(tin
     with torch.no_grad():
         emb.add_(1.0)
     assert not torch.equal(emb, model.get_input_embeddings().weight)
+
+
+def test_freed_heap_is_trimmed_only_beyond_the_pool_a_layer_reuses():
+    from engine.memory import free_heap_bytes, release_freed_memory
+
+    if free_heap_bytes() is None:
+        pytest.skip("no glibc mallinfo2 here")
+    block = torch.empty(64 * 2**20 // 4)  # 64 MB through the heap (under the mmap threshold set for passes)
+    del block
+    assert not release_freed_memory(keep_bytes=2**50)  # a pool this large is never trimmed
+    before = free_heap_bytes()
+    release_freed_memory(keep_bytes=0)
+    assert free_heap_bytes() <= before

@@ -105,6 +105,37 @@ def test_restoration_lowers_the_output_error_and_is_exact_when_nothing_is_pruned
     torch.testing.assert_close(b3, b.double(), rtol=1e-4, atol=1e-4)
 
 
+def _held_out_error(w, b, kept, damp, n_fit, seed=5):
+    """Output error on fresh rows of a refit made from ``n_fit`` rows: channels are correlated,
+    and the dropped ones carry signal the kept ones can only partly predict (so a fit with few
+    rows per column overfits)."""
+    g = torch.Generator().manual_seed(seed)
+    mix = torch.randn(40, 40, generator=g)
+
+    def rows(n):
+        return (torch.randn(n, 40, generator=g) @ mix).float()
+
+    stats = InputStats.of([rows(n_fit)], gram=True, sums=b is not None)
+    w2, b2 = restore_columns(w, b, stats, kept, damp=damp)
+    x = rows(4000).double()
+    y = x @ w.double().T + (b.double() if b is not None else 0)
+    fit = x[:, kept] @ w2.T + (b2 if b2 is not None else 0)
+    return float((y - fit).norm())
+
+
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_damping_chosen_by_cross_validation_holds_up_on_unseen_rows(with_bias):
+    g = torch.Generator().manual_seed(4)
+    w = torch.randn(6, 40, generator=g)
+    b = torch.randn(6, generator=g) if with_bias else None
+    kept = torch.arange(0, 40, 2)  # 20 of 40 columns
+    # few rows per kept column: the undamped fit overfits, GCV damps it
+    assert _held_out_error(w, b, kept, None, 24) < 0.8 * _held_out_error(w, b, kept, 1e-6, 24)
+    # many rows: a well-posed fit, where heavy damping only biases it and GCV does not
+    assert _held_out_error(w, b, kept, None, 4000) < 0.8 * _held_out_error(w, b, kept, 1.0, 4000)
+    assert _held_out_error(w, b, kept, None, 4000) <= 1.01 * _held_out_error(w, b, kept, 1e-6, 4000)
+
+
 def test_symmetric_solve_handles_definite_and_indefinite_matrices():
     g = torch.Generator().manual_seed(3)
     x = torch.randn(20, 6, generator=g, dtype=torch.float64)

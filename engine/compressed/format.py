@@ -21,7 +21,7 @@ from ..errors import ConfigError, CorruptWeightsError
 from ..models.adapters import adapter_for_config
 from ..models.loaded import SLIMLAB_META, LoadedModel, resolve_device, resolve_dtype
 from ..models.side_branches import rebuild_branches
-from ..models.streaming import INDEX, checkpoint_files
+from ..models.streaming import INDEX, checkpoint_files, tensor_names
 from ..transforms.compensation import CompensationStructure
 
 FORMAT_VERSION = 2  # 2: side branches (``compensation``); a folder without them is still written as 1
@@ -102,8 +102,6 @@ def save_compressed(result, out: "str | Path", force: bool = False) -> Path:
 def _save_shards(model, layer_files: list[Path], folder: Path) -> None:
     """A streamed result: its layers are already on disk, one file each (the driver wrote
     them as it went); add the parts outside the layers and a transformers-style index."""
-    import shutil
-
     from safetensors.torch import save_file
 
     total = len(layer_files) + 1
@@ -114,16 +112,9 @@ def _save_shards(model, layer_files: list[Path], folder: Path) -> None:
     weight_map.update({k: names[0] for k in outside})
     for name, src in zip(names[1:], layer_files):
         shutil.copyfile(src, folder / name)
-        weight_map.update({k: name for k in checkpoint_files_of(folder / name)})
+        weight_map.update({k: name for k in tensor_names(folder / name)})
     size = sum((folder / n).stat().st_size for n in names)
     (folder / INDEX).write_text(json.dumps({"metadata": {"total_size": size}, "weight_map": weight_map}, indent=2))
-
-
-def checkpoint_files_of(path: Path) -> list[str]:
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as f:
-        return list(f.keys())
 
 
 def _dedupe(state: dict) -> dict:

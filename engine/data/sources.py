@@ -1,7 +1,8 @@
 """Named text sources: a local data dir first (offline, reproducible), then the Hub.
 
 A source spec is ``name[:split]`` (``wikitext2:test``, ``c4``, ``alpaca``, ``ptb``),
-``file:PATH`` (txt, jsonl, json) or ``generated`` (text sampled from the model itself).
+``file:PATH`` (txt, jsonl, json) or ``generated`` (text sampled from the model itself), or a
+mixture ``A+B`` of such sources sharing the windows evenly (e.g. encyclopedic text and chats).
 Chat sources (``alpaca-chat``, ``chat:file:PATH``, ``generated-chat``) are conversations, not
 text: they are rendered through a model's chat template (``engine.data.chat``), so only a
 caller that has the tokenizer can use them (calibration, recovery).
@@ -47,6 +48,20 @@ class SourceSpec:
 _DEFAULT_SPLIT = {"wikitext2": "test", "c4": "validation", "ptb": "test", "alpaca": "train", "generated": "",
                   "alpaca-chat": "train", "generated-chat": ""}
 _ALIASES = {"wikitext": "wikitext2", "alpacachat": "alpaca-chat", "generatedchat": "generated-chat"}
+
+
+def mixture_parts(spec: str) -> list[str]:
+    """``wikitext2:train+alpaca-chat`` -> its sources (a mixture shares the windows evenly);
+    a single source, or a file path that itself holds a ``+``, is one part."""
+    spec = spec.strip()
+    if "+" not in spec or (spec.startswith(("file:", "chat:file:")) and Path(spec.split("file:", 1)[1]).exists()):
+        return [spec]
+    return [part.strip() for part in spec.split("+")]
+
+
+def mixture_counts(total: int, parts: int) -> list[int]:
+    """Windows per part of a mixture: as even as possible, the first parts taking the remainder."""
+    return [total // parts + (i < total % parts) for i in range(parts)]
 
 
 def parse_source(spec: str) -> SourceSpec:

@@ -83,7 +83,8 @@ class PairPruningPass(LayerHooks):
         if not self.restore:
             return None
         self._stats(step)
-        return restore_columns(step.writer.weight, step.writer.bias, step.release_stats(), cols, self.params["damp"])
+        return restore_columns(step.writer.weight, step.writer.bias, step.release_stats(), cols,
+                               None if self.params["damping"] == "gcv" else self.params["damp"])
 
     def _prune_values(self, step: HalfStep, k: int) -> torch.Tensor:
         """Keep ``k`` value dims per KV group; a dim's score sums over the query heads it feeds."""
@@ -114,8 +115,10 @@ class PairPruning(Method):
             Param("round_to", "int", 8, "round MLP widths to a multiple of this", minimum=1, maximum=256),
             Param("score", "choice", score, "channel importance: " + "; ".join(
                 f"{s.name}: {s.help}" for s in SCORES.values()), choices=tuple(SCORES)),
-        ) + ((Param("damp", "float", 0.01, "least-squares damping, as a fraction of the mean kept-channel energy",
-                    minimum=0.0, maximum=10.0),) if restore else ())
+        ) + ((Param("damping", "choice", "fixed", "how the least-squares damping is set: chosen per layer from the "
+                    "data by generalized cross-validation (gcv), or the fixed fraction 'damp'", choices=("gcv", "fixed")),
+              Param("damp", "float", 0.01, "fixed least-squares damping, as a fraction of the mean kept-channel energy",
+                    minimum=0.0, maximum=10.0)) if restore else ())
 
     @torch.no_grad()
     def compress(self, work, calibration: Calibration, plan: Plan, params: dict, progress: Reporter) -> MethodOutput:

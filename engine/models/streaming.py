@@ -23,8 +23,6 @@ INDEX = "model.safetensors.index.json"
 
 def checkpoint_files(folder: Path) -> dict[str, Path]:
     """Tensor name -> the safetensors file holding it (sharded or single-file checkpoints)."""
-    from safetensors import safe_open
-
     index = folder / INDEX
     if index.exists():
         weight_map = json.loads(index.read_text())["weight_map"]
@@ -32,8 +30,15 @@ def checkpoint_files(folder: Path) -> dict[str, Path]:
     single = folder / "model.safetensors"
     if not single.exists():
         return {}
-    with safe_open(str(single), framework="pt") as f:
-        return {name: single for name in f.keys()}
+    return {name: single for name in tensor_names(single)}
+
+
+def tensor_names(path: Path) -> list[str]:
+    """The tensor names in one safetensors file (its header only is read)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return list(f.keys())
 
 
 def read_tensors(files: dict[str, Path], names: dict[str, str], dtype: torch.dtype) -> dict[str, torch.Tensor]:

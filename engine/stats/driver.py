@@ -231,9 +231,11 @@ def run_sequential(inputs: LayerInputs, adapter: Adapter, source: LayerSource, h
         hooks = wrap(hooks)
     x = hooks.start(inputs.hidden)
     n = source.num_layers
+    pool = 0
     for i in range(n):
         reporter(stage, i, n, f"layer {i}")
         layer = source.open(i)
+        pool = pool or _activation_pool(adapter.parts_of(layer), inputs)
         layer_in = x if hooks.observes_layers else None
         for half in HALVES:
             last = i + 1 == n and half == "mlp" and not hooks.needs_last_output
@@ -241,10 +243,18 @@ def run_sequential(inputs: LayerInputs, adapter: Adapter, source: LayerSource, h
         hooks.end_layer(i, layer, layer_in, x)
         del layer_in
         source.close(i, layer)
-        release_freed_memory()
+        release_freed_memory(keep_bytes=pool)
         reporter.check()
     reporter(stage, n, n, "done")
     return x
+
+
+def _activation_pool(parts: LayerParts, inputs: LayerInputs) -> int:
+    """Bytes of the buffers a layer's pass reuses batch after batch: about four activations of
+    the widest of the residual and the MLP (its input, gate, up and their product)."""
+    hidden = inputs.hidden[0]
+    width = max(hidden.shape[-1], parts.mlp_out.in_features)
+    return 4 * inputs.num_tokens * width * hidden.element_size()
 
 
 def _run_half(adapter: Adapter, index: int, half: str, layer: nn.Module, x: list[torch.Tensor],

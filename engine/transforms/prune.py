@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from ..stats import InputStats
+from .ridge import gcv_damping
 
 
 def keep_top(scores: torch.Tensor, k: int) -> torch.Tensor:
@@ -28,17 +29,21 @@ def keep_top_per_group(scores: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def restore_columns(weight: torch.Tensor, bias: Optional[torch.Tensor], stats: InputStats, kept: torch.Tensor,
-                    damp: float) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-    """Least-squares refit ``W' = W H[:,M] (H[M,M] + λI)⁻¹`` with ``λ = damp·mean diag H[M,M]``.
+                    damp: Optional[float]) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """Least-squares refit ``W' = W H[:,M] (H[M,M] + λI)⁻¹`` with ``λ = damp·mean diag H[M,M]``;
+    ``damp=None`` chooses it from the data by generalized cross-validation (``ridge.gcv_damping``).
 
     ``H`` is the Gram of the writer's input (``stats`` needs ``gram=True``, and ``sums=True``
     with a bias: then ``X̃ = [X, 1]`` and the bias is refitted as one more column, not damped).
     ``H[:, M]`` (n × m) is never formed, and ``stats`` is let go before the solve: a caller that
     hands over its only reference frees the Gram there (at an MLP width of 5632 these are the
     largest buffers of a pass). Returns (weight, bias) in float64; the caller casts."""
-    a, rhs = _normal_equations(weight, bias, stats, kept)
+    count = stats.count
+    a, rhs, energy = _normal_equations(weight, bias, stats, kept, energy=damp is None)
     del stats
     m = kept.numel()
+    if damp is None:
+        damp = gcv_damping(a, rhs, energy, count)
     idx = torch.arange(m, device=a.device)
     a[idx, idx] += damp * a[idx, idx].mean()
     solution = solve_symmetric(a, rhs.T).T
@@ -49,9 +54,11 @@ CHUNK_BYTES = 64 * 2**20  # the largest slice of H[:, M] formed at once
 
 
 def _normal_equations(weight: torch.Tensor, bias: Optional[torch.Tensor], stats: InputStats,
-                      kept: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(X̃_Mᵀ X̃_M, W̃ X̃ᵀ X̃_M)``, the right side in column slices of at most ``CHUNK_BYTES``
-    (one slice, one GEMM, for small layers such as the demo model's).
+                      kept: torch.Tensor, energy: bool = False) -> tuple[torch.Tensor, torch.Tensor, Optional[float]]:
+    """``(X̃_Mᵀ X̃_M, W̃ X̃ᵀ X̃_M, ‖X̃ W̃ᵀ‖² or None)``, the right side in column slices of at most
+    ``CHUNK_BYTES`` (one slice, one GEMM, for small layers such as the demo model's). The
+    target energy ``tr(W̃ X̃ᵀX̃ W̃ᵀ)`` (asked for by a GCV choice of damping) costs one more
+    product over all columns.
 
     With a bias, ``X̃ᵀX̃ = [[H, s], [sᵀ, N]]`` (``s`` the column sums, ``N`` the token count)."""
     h = stats.gram.h
@@ -60,12 +67,18 @@ def _normal_equations(weight: torch.Tensor, bias: Optional[torch.Tensor], stats:
     a = h[rows[:, None], rows[None, :]]
     chunk = max(1, CHUNK_BYTES // (h.shape[0] * h.element_size()))
     rhs = torch.cat([w @ h[:, part] for part in rows.split(chunk)], 1)
+    target = None
+    if energy:
+        target = sum(float((w[:, part] * (w @ h[:, part])).sum())
+                     for part in torch.arange(h.shape[0], device=h.device).split(chunk))
     if bias is None:
-        return a, rhs
+        return a, rhs, target
     b, s, n = bias.detach().double().to(h.device), stats.sum[rows], float(stats.count)
     a = torch.cat([torch.cat([a, s[:, None]], 1), torch.cat([s, s.new_tensor([n])])[None]], 0)
     rhs = torch.cat([rhs + b[:, None] * s[None], (w @ stats.sum + b * n)[:, None]], 1)
-    return a, rhs
+    if energy:  # ‖XWᵀ + 1bᵀ‖² = tr(WHWᵀ) + 2 bᵀW s + N‖b‖²
+        target += 2 * float(b @ (w @ stats.sum)) + n * float(b @ b)
+    return a, rhs, target
 
 
 def solve_symmetric(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
