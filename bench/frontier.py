@@ -36,7 +36,7 @@ from typing import Callable, Optional
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from engine import CalibrationSpec, Recipe, compress, load_model, params_total, perplexity  # noqa: E402
+from engine import CalibrationSpec, CompensationSpec, Recipe, compress, load_model, params_total, perplexity  # noqa: E402
 from engine.evaluate import run_zeroshot  # noqa: E402
 from engine.evaluate.chat_check import Question, chat_check  # noqa: E402
 from engine.evaluate.lambada import lambada  # noqa: E402
@@ -46,8 +46,11 @@ ZEROSHOT_TASKS = ("piqa", "arc_easy", "winogrande", "hellaswag")
 EXAMPLE_PROMPTS = json.loads((REPO / "assets" / "prompts.json").read_text())  # the Chat tab's examples
 EXAMPLE_TOKENS = 64
 
-# EoRA-style compensation arrives later (the lead's): a name -> how it changes the recipe.
-COMPENSATIONS: dict[str, Callable[[Recipe], Recipe]] = {"none": lambda recipe: recipe}
+# compensation name -> how it changes the recipe: ``eoraR`` (MLP halves) / ``eoraR-both`` (and attention)
+COMPENSATIONS: dict[str, Callable[[Recipe], Recipe]] = {"none": lambda recipe: recipe} | {
+    f"eora{rank}{suffix}": (lambda recipe, rank=rank, halves=halves: replace(
+        recipe, compensation=CompensationSpec(rank=rank, halves=halves)))
+    for rank in (8, 16, 32, 64) for suffix, halves in (("", "mlp"), ("-both", "both"))}
 
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:

@@ -33,13 +33,14 @@ from .loader import load_model
 from .models import LoadedModel
 from .progress import CancelToken, ProgressEvent, Reporter
 from .publish import check_repo_id, model_card, push_folder, read_meta
-from .recipes import PRESET_KEYS, RECOVERY_GROUPS, RECOVERY_KINDS, CalibrationSpec, Recipe, RecoverySpec
+from .recipes import (PRESET_KEYS, RECOVERY_GROUPS, RECOVERY_KINDS, CalibrationSpec, CompensationSpec, Recipe,
+                      RecoverySpec)
 from .schedules import Plan, available_schedules, build_plan, check_ratio, get_schedule
 
 __all__ = [
     # models, compression, saved format
     "LoadedModel", "load_model", "compress", "CompressionResult", "Recipe", "CalibrationSpec", "Calibration",
-    "RecoverySpec", "RECOVERY_KINDS", "RECOVERY_GROUPS", "PRESET_KEYS", "make_calibration", "Plan", "build_plan",
+    "RecoverySpec", "CompensationSpec", "RECOVERY_KINDS", "RECOVERY_GROUPS", "PRESET_KEYS", "make_calibration", "Plan", "build_plan",
     "check_ratio", "available_methods", "get_method", "available_schedules", "get_schedule", "save_compressed",
     "load_compressed",
     # analysis and accounting

@@ -38,6 +38,13 @@ def _known_keys(data: dict, cls: type, what: str) -> dict:
     return data
 
 
+def _spec_of(cls: type, d: Any, what: str):
+    """A recipe field's dataclass from its mapping; a non-mapping or an unknown key is a ConfigError."""
+    if not isinstance(d, dict):
+        raise ConfigError(f"recipe field '{what}' must be a mapping (got {d!r}).")
+    return cls(**_known_keys(d, cls, what))
+
+
 def _int_at_least(value: Any, what: str, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ConfigError(f"{what} must be an integer >= {minimum} (got {value!r}).")
@@ -112,9 +119,7 @@ class RecoverySpec:
 
     @classmethod
     def from_dict(cls, d: Any) -> "RecoverySpec":
-        if not isinstance(d, dict):
-            raise ConfigError(f"recipe field 'recovery' must be a mapping (got {d!r}).")
-        return cls(**_known_keys(d, cls, "recovery"))
+        return _spec_of(cls, d, "recovery")
 
     def check(self) -> None:
         """Types and ranges; a known source (no data is read)."""
@@ -174,9 +179,7 @@ class CompensationSpec:
 
     @classmethod
     def from_dict(cls, d: Any) -> "CompensationSpec":
-        if not isinstance(d, dict):
-            raise ConfigError(f"recipe field 'compensation' must be a mapping (got {d!r}).")
-        return cls(**_known_keys(d, cls, "compensation"))
+        return _spec_of(cls, d, "compensation")
 
     def check(self) -> None:
         _int_at_least(self.rank, "compensation rank", 0)

@@ -538,8 +538,9 @@ def test_the_default_calibration_is_chats_for_a_chat_model(session):
 
     from ui.app import _after_model
 
-    assert hc.default_calibration_source(session) == "alpaca-chat"  # the tiny tokenizer has a chat template
-    assert _after_model(session)[5:7] == ["alpaca-chat", "alpaca-chat"]  # Compress and Analyze sources
+    chats = "wikitext2:validation+alpaca-chat"
+    assert hc.default_calibration_source(session) == chats  # the tiny tokenizer has a chat template
+    assert _after_model(session)[5:7] == [chats, chats]  # Compress and Analyze sources
     no_template = Session(lm=SimpleNamespace(tokenizer=SimpleNamespace(chat_template=None)))
     assert hc.default_calibration_source(no_template) == "wikitext2:validation"
 

@@ -11,7 +11,7 @@ from .. import figures
 from ..state import Session
 from .common import Progress, data_dir, job, need_model
 
-CALIBRATION_SOURCES = ["alpaca-chat", "wikitext2:validation", "wikitext2:test", "c4", "alpaca", "generated",
+CALIBRATION_SOURCES = ["wikitext2:validation+alpaca-chat", "alpaca-chat", "wikitext2:validation", "wikitext2:test", "c4", "alpaca", "generated",
                        "generated-chat"]  # the *-chat ones render chats through the model's template
 
 

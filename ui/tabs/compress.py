@@ -8,7 +8,7 @@ from typing import Callable, Sequence
 
 import gradio as gr
 
-from engine import RecoverySpec
+from engine import CalibrationSpec, RecoverySpec
 
 from .. import presets
 from ..handlers import compress as handlers
@@ -81,11 +81,11 @@ def build() -> SimpleNamespace:
             schedule_controls = control_groups(handlers.schedule_schemas(), handlers.DEFAULT_SCHEDULE)
             with gr.Accordion("Calibration data", open=False):
                 source = gr.Dropdown(CALIBRATION_SOURCES, value=handlers.TEXT_SOURCE, allow_custom_value=True,
-                                     label="Source", info="alpaca-chat (chats through the model's template) is the "
-                                                          "default for a chat model")
+                                     label="Source", info="A+B mixes sources; a chat model's default is Wikipedia "
+                                                          "text plus chats through its template (alpaca-chat)")
                 with gr.Row():
-                    nsamples = gr.Number(16, precision=0, minimum=1, label="Samples")
-                    seqlen = gr.Number(256, precision=0, minimum=8, label="Tokens per sample")
+                    nsamples = gr.Number(CalibrationSpec().nsamples, precision=0, minimum=1, label="Samples")
+                    seqlen = gr.Number(CalibrationSpec().seqlen, precision=0, minimum=8, label="Tokens per sample")
                     seed = gr.Number(42, precision=0, label="Seed")
             recovery = recovery_controls()
             with gr.Row():
