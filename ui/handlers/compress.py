@@ -91,9 +91,12 @@ def recovery_group_choices() -> list[str]:
 
 
 def recovery_values(spec: "RecoverySpec | dict") -> list:
-    """One value per recovery control (``RECOVERY_FIELDS``), from a spec; None shows as a blank."""
+    """One value per recovery control (``RECOVERY_FIELDS``), from a spec: an unset bound shows as 0 (a
+    number control needs a value, or the app's API takes it as a required argument), the default
+    learning rate as a blank."""
     d = spec.to_dict() if isinstance(spec, RecoverySpec) else dict(spec)
-    values = {**d, "lr": "" if d["lr"] is None else f"{d['lr']:g}", "source": d["source"] or SAME_TEXT}
+    values = {**d, "steps": d["steps"] or 0, "minutes": d["minutes"] or 0,
+              "lr": "" if d["lr"] is None else f"{d['lr']:g}", "source": d["source"] or SAME_TEXT}
     return [values[name] for name in RECOVERY_FIELDS]
 
 
