@@ -66,11 +66,13 @@ def _normal_equations(weight: torch.Tensor, bias: Optional[torch.Tensor], stats:
     w = weight.detach().double().to(h.device)
     a = h[rows[:, None], rows[None, :]]
     chunk = max(1, CHUNK_BYTES // (h.shape[0] * h.element_size()))
-    rhs = torch.cat([w @ h[:, part] for part in rows.split(chunk)], 1)
     target = None
-    if energy:
-        target = sum(float((w[:, part] * (w @ h[:, part])).sum())
-                     for part in torch.arange(h.shape[0], device=h.device).split(chunk))
+    if energy:  # W H over all columns once: its trace with W is the energy, its kept columns the right side
+        wh = torch.cat([w @ h[:, part] for part in torch.arange(h.shape[0], device=h.device).split(chunk)], 1)
+        target, rhs = float((w * wh).sum()), wh[:, rows]
+        del wh
+    else:
+        rhs = torch.cat([w @ h[:, part] for part in rows.split(chunk)], 1)
     if bias is None:
         return a, rhs, target
     b, s, n = bias.detach().double().to(h.device), stats.sum[rows], float(stats.count)
