@@ -1,12 +1,8 @@
 """Calibration statistics of the inputs of chosen linears, shared by methods and analysis.
 
-Two ways to get a linear's inputs during a pass:
-
-- ``record_inputs``: the linear runs as usual and a recorder sees its input on the way
-  (for passes that need the full output, e.g. an analysis forward).
-- ``bypassed``: the linear is replaced by the identity, so the pass *returns* its input and
-  skips its matmul (pruning methods need the input of ``down_proj``/``o_proj``, not their
-  output, before deciding what to keep).
+``bypassed`` replaces a linear by the identity, so a pass *returns* its input and skips its
+matmul (pruning methods need the input of ``down_proj``/``o_proj``, not their output, before
+deciding what to keep).
 
 ``InputStats`` accumulates in float64 (per-batch float32 partials, like ``stats.gram.Gram``):
 per-channel squared norms always; the Gram matrix ``XᵀX`` and the column sums (the ones
@@ -61,21 +57,6 @@ class InputStats:
         sq = torch.diagonal(self.gram.h) if self.gram is not None else self.sq_sum
         return sq.clamp_min(0).sqrt()
 
-    def cross_gram(self, columns: Optional[torch.Tensor] = None, ones: bool = False) -> torch.Tensor:
-        """``X̃ᵀ X̃[:, columns]`` in float64, with ``X̃ = [X, 1]`` when ``ones`` (for a bias).
-
-        Needs ``gram=True`` (and ``sums=True`` for ``ones``)."""
-        if self.gram is None or (ones and self.sum is None):
-            raise ValueError("InputStats needs gram=True (and sums=True for a ones column) to give this Gram matrix.")
-        device = self.sq_sum.device
-        cols = torch.arange(self.dim, device=device) if columns is None else columns.to(device)
-        h = self.gram.h[:, cols]
-        if not ones:
-            return h
-        top = torch.cat([h, self.sum[:, None]], 1)
-        bottom = torch.cat([self.sum[cols], torch.tensor([float(self.count)], dtype=torch.float64, device=device)])
-        return torch.cat([top, bottom[None]], 0)
-
 
 def _parent_of(root: nn.Module, module: nn.Module) -> tuple[nn.Module, str]:
     for sub in root.modules():
@@ -95,28 +76,6 @@ def _swapped(root: nn.Module, replacements: Mapping[nn.Module, nn.Module]) -> It
     finally:
         for (parent, attr), old, _new in places:
             setattr(parent, attr, old)
-
-
-class _Recorder(nn.Module):
-    def __init__(self, linear: nn.Module, stats: InputStats):
-        super().__init__()
-        self.linear, self.stats = linear, stats
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.stats.add(x)
-        return self.linear(x)
-
-
-@contextlib.contextmanager
-def record_inputs(root: nn.Module, linears: Mapping[str, nn.Linear],
-                  gram: bool = False) -> Iterator[dict[str, InputStats]]:
-    """Collect ``InputStats`` of each named linear under ``root`` while the block runs as usual
-    (with column sums where the linear has a bias)."""
-    stats = {name: InputStats(lin.in_features, lin.weight.device, gram, sums=lin.bias is not None)
-             for name, lin in linears.items()}
-    recorders = {lin: _Recorder(lin, stats[name]) for name, lin in linears.items()}
-    with _swapped(root, recorders):
-        yield stats
 
 
 @contextlib.contextmanager

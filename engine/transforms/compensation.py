@@ -222,15 +222,6 @@ class CompensatedPass(LayerHooks):
         return CompensationStructure({h: list(r) for h, r in self.ranks.items()}, self.bias)
 
 
-def planned_params(adapter: Adapter, config, rank: int, halves: tuple[str, ...], bias: bool = BIAS) -> int:
-    """The most parameters compensation adds to a model of ``config`` (every chosen half of every
-    layer gets rank ``rank``; halves a method leaves untouched get none): what a rank costs against
-    the width it could buy at the same total size."""
-    hidden = adapter.hidden_size(config)  # a half reads and writes the residual width
-    per_branch = rank * 2 * hidden + (hidden if bias else 0)
-    return per_branch * len(halves) * config.num_hidden_layers
-
-
 @dataclass
 class CompensationStructure:
     """What ``rebuild_branches`` needs: the branch rank of every layer's halves (0: no branch).

@@ -112,12 +112,3 @@ def fuse_outside(model: nn.Module, adapter: Adapter, fold_final: bool = True):
         return scale, shift
     _fold_into([adapter.head(model)], scale, shift)
     return None
-
-
-@torch.no_grad()
-def fuse_norms(model: nn.Module, adapter: Adapter, fold_final: bool = True):
-    """Fuse a whole model in place (``fuse_outside`` + ``fuse_layer`` for every layer)."""
-    hidden = adapter.hidden_size(model.config)
-    for layer in adapter.layers(model):
-        fuse_layer(layer, adapter, hidden)
-    return fuse_outside(model, adapter, fold_final)
