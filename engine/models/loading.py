@@ -5,7 +5,6 @@ checkpoint or a SlimLab compressed folder), or a ``.gguf`` file.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional
 
@@ -14,6 +13,7 @@ from torch import nn
 
 from ..errors import CorruptWeightsError, ModelNotFoundError, SlimLabError
 from .adapters import adapter_for_config
+from .converted import cached_gguf, store_gguf
 from .demo import ensure_demo
 from .hub import hub_reachable
 from .loaded import SLIMLAB_META, LoadedModel, resolve_device, resolve_dtype
@@ -55,7 +55,7 @@ def load_pretrained(
         if path.is_file():
             if path.suffix != ".gguf":
                 raise ModelNotFoundError(f"'{spec}' is a file but not a .gguf; give its folder instead.")
-            return _load_gguf(path, spec, dev, dtype)
+            return _load_gguf(path, spec, dev, dtype, stream, log)
         if not (path / "config.json").exists():
             raise ModelNotFoundError(f"Folder '{spec}' has no config.json, so it is not a model checkpoint.")
         return _load_folder(path, spec, dev, dtype, trust_remote_code, stream)
@@ -138,8 +138,22 @@ def _load_folder(path: Path, spec: str, dev, dtype, trust_remote_code: bool, str
     return _finish(model, tokenizer, spec, path)
 
 
-def _load_gguf(path: Path, spec: str, dev, dtype) -> LoadedModel:
-    from transformers import AutoTokenizer
+def _load_gguf(path: Path, spec: str, dev, dtype, stream: bool = False, log=print) -> LoadedModel:
+    """A GGUF is dequantized once (float32) and kept in the cache; later loads read that checkpoint."""
+    cached = cached_gguf(path)
+    if cached is None:
+        log(f"Dequantizing '{path.name}' once; later loads read the converted copy from the cache ...")
+        model, tokenizer = _dequantize_gguf(path)
+        cached = store_gguf(path, model, tokenizer)
+        del model
+    lm = _load_folder(cached, spec, dev, dtype, False, stream)
+    lm.path = path
+    return lm
+
+
+def _dequantize_gguf(path: Path):
+    """The GGUF's weights in float32 on the CPU, with its tokenizer; errors name the file."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
         config = _load_config(path.parent, False, gguf_file=path.name)
@@ -149,16 +163,13 @@ def _load_gguf(path: Path, spec: str, dev, dtype) -> LoadedModel:
             "It may be truncated or not a GGUF model; download it again."
         ) from exc
     adapter_for_config(config)
-    torch_dtype = resolve_dtype(dtype, dev, config)
     try:
-        model = _from_pretrained(path.parent, config, dev, torch_dtype, False, gguf_file=path.name)
+        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, config=config,
+                                                     dtype=torch.float32)
         tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-    except CorruptWeightsError:
-        raise
     except Exception as exc:  # noqa: BLE001
         raise CorruptWeightsError(f"Could not load GGUF weights from '{path}': {str(exc)[:300]}") from exc
-    model.config.quantization_config = None
-    return _finish(model, tokenizer, spec, path)
+    return model, tokenizer
 
 
 def _load_hub(repo_id: str, dev, dtype, trust_remote_code: bool) -> LoadedModel:
