@@ -7,7 +7,9 @@ exist to dodge an import cycle or a heavy dependency, which is exactly where lay
 - ``ui/`` reaches the engine only through ``from engine import <public name>`` and never
   touches a model's insides (``.adapter``, ``<x>.model``);
 - the engine's subpackages (``engine.models``, ``engine.methods``, ...; a top-level module
-  such as ``engine.compress`` counts as its own unit) import each other without cycles.
+  such as ``engine.compress`` counts as its own unit) import each other without cycles;
+- methods, analysis and transforms learn architecture facts (config keys, module names) from
+  the adapter (``engine/models/adapters.py``), never by reading them themselves.
 """
 from __future__ import annotations
 
@@ -18,6 +20,12 @@ from typing import Iterator, NamedTuple
 REPO = Path(__file__).resolve().parents[1]
 GUI_PACKAGES = {"gradio", "gradio_client"}
 UI_NAMESPACE = "ui"  # the tabs' SimpleNamespace: ``ui.model`` is the Model tab, not a torch module
+ADAPTED = ("engine/methods", "engine/analysis", "engine/transforms")  # code that works on any architecture
+CONFIG_NAMES = {"config", "cfg"}
+# attributes that name one architecture's modules: only an adapter may reach for them
+ARCHITECTURE_ATTRS = {"layer_idx", "self_attn", "q_proj", "k_proj", "v_proj", "o_proj", "out_proj",
+                      "gate_proj", "up_proj", "down_proj", "fc1", "fc2", "lm_head", "embed_tokens",
+                      "input_layernorm", "post_attention_layernorm"}
 
 
 class Import(NamedTuple):
@@ -79,6 +87,31 @@ def ui_violations(public: set[str], root: Path = REPO) -> list[str]:
                     isinstance(node.value, ast.Name) and node.value.id == UI_NAMESPACE)):
                 bad.append(f"{path.relative_to(root)}:{node.lineno} reads .{node.attr} (use an engine API helper)")
     return bad
+
+
+def _is_config(node: ast.AST) -> bool:
+    return (isinstance(node, ast.Name) and node.id in CONFIG_NAMES
+            or isinstance(node, ast.Attribute) and node.attr == "config")
+
+
+def architecture_reads(root: Path = REPO) -> list[str]:
+    """Config keys and architecture-specific module attributes read outside the adapters."""
+    bad = []
+    for path in sorted(p for folder in ADAPTED for p in (root / folder).rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            key = None
+            if isinstance(node, ast.Attribute) and _is_config(node.value):
+                key = node.attr
+            elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+                  and node.func.id in ("getattr", "setattr", "hasattr") and node.args
+                  and (_is_config(node.args[0]) or len(node.args) > 1 and isinstance(node.args[1], ast.Constant)
+                       and node.args[1].value in ARCHITECTURE_ATTRS)):
+                key = ast.unparse(node.args[1]) if len(node.args) > 1 else "?"
+            elif isinstance(node, ast.Attribute) and node.attr in ARCHITECTURE_ATTRS:
+                key = node.attr
+            if key is not None:
+                bad.append((str(path.relative_to(root)), node.lineno, node.col_offset, key))
+    return [f"{p}:{line} reads {key} (ask the adapter)" for p, line, _col, key in sorted(bad)]
 
 
 def unit_of(module: str, packages: set[str]) -> str:
@@ -153,6 +186,24 @@ def test_engine_subpackages_import_each_other_without_cycles():
     assert "engine.models" in graph and "engine.methods" in graph  # the parser saw the engine
     found = cycles(graph)
     assert not found, "import cycles:\n" + "\n".join(describe(c, graph) for c in found)
+
+
+def test_methods_analysis_and_transforms_ask_the_adapter_for_architecture_facts():
+    assert architecture_reads() == []
+
+
+def test_the_architecture_check_catches_direct_reads(tmp_path):
+    files = {"engine/methods/m.py": ("def f(model, layer, adapter, config):\n"
+                                     "    n = model.config.num_hidden_layers + adapter.heads(model.config)[0]\n"
+                                     "    layer.self_attn.layer_idx = getattr(config, 'hidden_size')\n"
+                                     "    return getattr(layer, 'fc1', None)\n"),
+             "engine/analysis/a.py": "", "engine/transforms/t.py": ""}
+    for name, body in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(body)
+    assert [v.split(" ", 1)[1] for v in architecture_reads(tmp_path)] == [
+        "reads num_hidden_layers (ask the adapter)", "reads layer_idx (ask the adapter)",
+        "reads self_attn (ask the adapter)", "reads 'hidden_size' (ask the adapter)", "reads 'fc1' (ask the adapter)"]
 
 
 def test_the_checks_catch_violations(tmp_path):

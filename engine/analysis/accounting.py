@@ -83,9 +83,9 @@ def account(
     param = next(model.parameters())
     added = dict(added or {})
     return Accounting(
-        architecture=cfg.model_type,
+        architecture=adapter.model_type(cfg),
         num_layers=len(layers),
-        hidden_size=cfg.hidden_size,
+        hidden_size=adapter.hidden_size(cfg),
         num_heads=n_heads,
         num_kv_heads=n_kv,
         head_dim=head_dim,

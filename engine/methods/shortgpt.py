@@ -26,14 +26,6 @@ class ShortGPTStructure(Structure):
     transformers_checkpoint: bool = True
 
 
-def renumber_layers(model: nn.Module, adapter: Adapter) -> None:
-    """Give every ``layer_idx`` (the KV-cache slot) the layer's new position, as if built with fewer layers."""
-    for new, layer in enumerate(adapter.layers(model)):
-        for module in layer.modules():
-            if isinstance(getattr(module, "layer_idx", None), int):
-                module.layer_idx = new
-
-
 @register
 class ShortGPT(Method):
     name = "shortgpt"
@@ -65,7 +57,7 @@ class ShortGPT(Method):
         for i in kept:
             work.close(i, work.open(i))
             progress.check()
-        renumber_layers(work.model, adapter)
+        adapter.renumber_layers(work.model)
         adapter.set_num_layers(work.model.config, kept)
         return MethodOutput(
             widths={"layer_kept": [int(i not in drop) for i in range(num_layers)]},

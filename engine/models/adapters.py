@@ -129,11 +129,21 @@ class Adapter:
         setattr(layer, self.norm_names[0], attn_norm)
         setattr(layer, self.norm_names[1], mlp_norm)
 
-    # --- running the two halves of a layer separately ---------------------
     @staticmethod
-    def run_attention(layer: nn.Module, normed: torch.Tensor, kwargs: dict) -> torch.Tensor:
+    def attention(layer: nn.Module) -> nn.Module:
+        return layer.self_attn
+
+    def renumber_layers(self, model: nn.Module) -> None:
+        """Give every layer's attention its position as KV-cache slot (``layer_idx``), as if the
+        model were built with its present layers: after layers are removed, a cache would otherwise
+        hold slots for layers that are gone."""
+        for index, layer in enumerate(self.layers(model)):
+            self.attention(layer).layer_idx = index
+
+    # --- running the two halves of a layer separately ---------------------
+    def run_attention(self, layer: nn.Module, normed: torch.Tensor, kwargs: dict) -> torch.Tensor:
         """Self-attention output (before the residual add) for already-normed input."""
-        return layer.self_attn(hidden_states=normed, **kwargs)[0]
+        return self.attention(layer)(hidden_states=normed, **kwargs)[0]
 
     def run_mlp(self, layer: nn.Module, normed: torch.Tensor) -> torch.Tensor:
         """MLP output (before the residual add) for already-normed input."""
@@ -149,6 +159,11 @@ class Adapter:
         return self.run_attention(layer, normed, kwargs) if half == "attention" else self.run_mlp(layer, normed)
 
     # --- shapes -----------------------------------------------------------
+    @staticmethod
+    def model_type(config) -> str:
+        """The architecture's name in the config (``llama``, ``qwen2``, ``opt``, ...)."""
+        return config.model_type
+
     @staticmethod
     def hidden_size(config) -> int:
         return config.hidden_size
