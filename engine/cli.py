@@ -27,6 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if getattr(args, "precheck", None):
+            args.precheck(args)
         return int(args.func(args) or 0)
     except SlimLabError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -112,6 +112,12 @@ def no_load(monkeypatch):
     (["eval", "demo", "--bench", "--repeats", "0"], "--repeats takes an integer >= 1"),
     (["bench", "demo", "--batch-sizes", "0,4"], "--batch-sizes takes positive integers"),
     (["bench", "demo", "--threads", "0"], "--threads takes an integer >= 1"),
+    (["info", "demo", "--dtype", "float8"], "Unknown dtype 'float8'"),
+    (["compress", "demo", "--dtype", "half-ish"], "Unknown dtype 'half-ish'"),
+    (["eval", "demo", "--dtype", "int4", "--ppl"], "Unknown dtype 'int4'"),
+    (["eval", "demo", "--compare", "./no/such/model", "--ppl"], "No such file or folder: './no/such/model'"),
+    (["eval", "./no/such/base", "--compare", "demo", "--ppl"], "No such file or folder: './no/such/base'"),
+    (["bench", "demo", "--compare", "/no/such/model.gguf"], "No such file or folder"),
 ])
 def test_bad_arguments_fail_in_one_line_before_any_load(argv, match, no_load, capsys):
     t = time.perf_counter()
@@ -121,6 +127,22 @@ def test_bad_arguments_fail_in_one_line_before_any_load(argv, match, no_load, ca
     assert len(err) == 1 and err[0].startswith("error: "), err
     assert re.search(match, err[0]), err[0]
     assert seconds < 5
+
+
+def test_eval_refuses_an_unwritable_report_or_a_compared_non_model_before_loading(tmp_path, no_load, capsys):
+    a_file = tmp_path / "report"
+    a_file.write_text("not a folder")
+    not_a_model = tmp_path / "weights.bin"
+    not_a_model.write_text("")
+    for argv, match in [(["--out", str(a_file)], "is a file; give a folder"),
+                        (["--out", str(a_file / "sub")], "is not a writable folder"),
+                        (["--compare", str(not_a_model)], "is a file but not a .gguf"),
+                        (["--compare", str(tmp_path)], "has no config.json")]:
+        t = time.perf_counter()
+        assert main(["eval", "demo", "--ppl", *argv]) == 2
+        assert time.perf_counter() - t < 5
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and match in err[0], (argv, err)
 
 
 def test_a_bad_recipe_file_fails_before_loading(tmp_path, no_load, capsys):

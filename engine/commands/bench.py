@@ -8,7 +8,7 @@ import torch
 from ..errors import ConfigError
 from ..evaluate.report import build_report, model_entry, render_text
 from ..evaluate.speed import measure_speed
-from .common import add_model_args, emit, load, progress, require_at_least
+from .common import add_model_args, check_specs, emit, load, progress, require_at_least
 from .info import model_summary
 
 
@@ -60,16 +60,13 @@ def bench_model(args, lm, bar) -> dict:
                          args.repeats, args.warmup, progress=bar, decode_context=args.decode_context)
 
 
-def specs(args) -> list[str]:
-    return [args.model] + ([args.compare] if args.compare else [])
-
-
 def run(args) -> int:
     check_bench_args(args)
     apply_threads(args)
+    model_specs = check_specs(args.model, args.compare)
     bar = progress(args)
     entries = []
-    for spec in specs(args):
+    for spec in model_specs:
         lm = load(args, spec)
         entries.append(model_entry(spec, accounting=model_summary(lm), speed=bench_model(args, lm, bar)))
         del lm  # one model in memory at a time: the second one's peak RSS does not hold the first

@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any, Iterable, Optional
 
 from ..errors import ConfigError
-from ..loader import load_model
-from ..models import LoadedModel
+from ..loader import check_model_spec, load_model
+from ..models import LoadedModel, check_dtype, resolve_device
 from ..progress import TqdmProgress
 from ..recipes import check_source
 
@@ -29,6 +29,34 @@ def add_runtime_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", default=None, help="local data dir (default: $SLIMLAB_DATA_DIR)")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(precheck=check_runtime_args)
+
+
+def check_runtime_args(args) -> None:
+    """``--dtype`` and ``--device``, refused before a command does anything (``cli.main`` calls it)."""
+    check_dtype(args.dtype)
+    resolve_device(args.device)
+
+
+def check_specs(*specs: Optional[str]) -> list[str]:
+    """The model specs given, each refused now if no load could succeed, before the first loads."""
+    given = [s for s in specs if s]
+    for spec in given:
+        check_model_spec(spec)
+    return given
+
+
+def check_report_dir(out: Optional[str]) -> None:
+    """A report folder that could not be written, refused before any model is loaded: a file in
+    its place, or a nearest existing parent that is no writable folder."""
+    if out is None:
+        return
+    path = Path(out).expanduser()
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"--out '{out}' is a file; give a folder for the report.")
+    parent = next(p for p in (path, *path.parents) if p.exists())
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"--out '{out}' cannot be written ('{parent}' is not a writable folder).")
 
 
 def require_at_least(args, minimum: int, *names: str) -> None:

@@ -10,8 +10,9 @@ import gc
 from ..evaluate import chat_check, nonsense_warning, perplexity
 from ..evaluate.report import build_report, model_entry, render_text, write_report
 from ..evaluate.zeroshot import PAPER_TASKS, TASK_SOURCES, TASKS, check_tasks, run_zeroshot
-from .bench import add_bench_args, apply_threads, bench_model, check_bench_args, specs
-from .common import add_model_args, check_dataset, emit, load, progress, require_at_least
+from .bench import add_bench_args, apply_threads, bench_model, check_bench_args
+from .common import (add_model_args, check_dataset, check_report_dir, check_specs, emit, load, progress,
+                     require_at_least)
 from .info import model_summary
 
 
@@ -87,10 +88,12 @@ def run(args) -> int:
         check_dataset(args.ppl_dataset, "--ppl-dataset")
     if args.bench:
         check_bench_args(args)
+    check_report_dir(args.out)
     apply_threads(args)
+    model_specs = check_specs(args.model, args.compare)
     bar = progress(args)
     entries = []
-    for spec in specs(args):
+    for spec in model_specs:
         entries.append(_evaluate(args, spec, tasks, bar))
         gc.collect()  # the model is gone with _evaluate's frame; free it before the next one loads
     bar.close()

@@ -75,8 +75,13 @@ def resolve_dtype(dtype: "str | torch.dtype", device: torch.device, config=None)
         if stored in (torch.float16, torch.bfloat16):
             return stored
         return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float16
-    if dtype not in _DTYPES:
-        raise SlimLabError(f"Unknown dtype '{dtype}'. Use auto, float32, float16, bfloat16 (or float64 for checks).")
+    check_dtype(dtype)
     return _DTYPES[dtype]
+
+
+def check_dtype(dtype: "str | torch.dtype") -> None:
+    """Refuse a dtype name no loader knows, before anything is loaded."""
+    if not isinstance(dtype, torch.dtype) and dtype != "auto" and dtype not in _DTYPES:
+        raise SlimLabError(f"Unknown dtype '{dtype}'. Use auto, float32, float16, bfloat16 (or float64 for checks).")
 
 

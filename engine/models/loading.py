@@ -39,27 +39,38 @@ def load_pretrained(
     read each layer from disk when a pass reaches it (compressing a model bigger than memory);
     other specs load whole."""
     spec = str(spec).strip()
-    if not spec:
-        raise ModelNotFoundError("No model given. Use 'demo', a Hugging Face id, a local folder or a .gguf file.")
+    check_local_spec(spec)
     dev = resolve_device(device)
     if spec == "demo":
         path = ensure_demo(log)
         return _load_folder(path, spec, dev, dtype, trust_remote_code, stream)
     if _looks_like_path(spec):
         path = Path(spec).expanduser()
-        if not path.exists():
-            raise ModelNotFoundError(
-                f"No such file or folder: '{spec}'. Give a local folder with config.json, a .gguf file, "
-                "a Hugging Face id like 'org/name', or 'demo'."
-            )
         if path.is_file():
-            if path.suffix != ".gguf":
-                raise ModelNotFoundError(f"'{spec}' is a file but not a .gguf; give its folder instead.")
             return _load_gguf(path, spec, dev, dtype, stream, log)
-        if not (path / "config.json").exists():
-            raise ModelNotFoundError(f"Folder '{spec}' has no config.json, so it is not a model checkpoint.")
         return _load_folder(path, spec, dev, dtype, trust_remote_code, stream)
     return _load_hub(spec, dev, dtype, trust_remote_code)
+
+
+def check_local_spec(spec: str) -> None:
+    """The refusals a base model spec earns without reading a weight: a missing path, a file that is
+    not a ``.gguf``, a folder without ``config.json``. ``demo`` and Hub ids pass (the Hub answers
+    only when asked)."""
+    spec = str(spec).strip()
+    if not spec:
+        raise ModelNotFoundError("No model given. Use 'demo', a Hugging Face id, a local folder or a .gguf file.")
+    if spec == "demo" or not _looks_like_path(spec):
+        return
+    path = Path(spec).expanduser()
+    if not path.exists():
+        raise ModelNotFoundError(
+            f"No such file or folder: '{spec}'. Give a local folder with config.json, a .gguf file, "
+            "a Hugging Face id like 'org/name', or 'demo'."
+        )
+    if path.is_file() and path.suffix != ".gguf":
+        raise ModelNotFoundError(f"'{spec}' is a file but not a .gguf; give its folder instead.")
+    if path.is_dir() and not (path / "config.json").exists():
+        raise ModelNotFoundError(f"Folder '{spec}' has no config.json, so it is not a model checkpoint.")
 
 
 def _load_config(source, trust_remote_code: bool, **kwargs):
