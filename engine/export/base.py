@@ -99,7 +99,8 @@ def get_format(name: str) -> ExportFormat:
 
 
 def read_result(source: "str | Path") -> dict:
-    """The slimlab.json of a SlimLab result folder, or a clear refusal."""
+    """The slimlab.json of a SlimLab result folder, with the folder's config.json under ``config``
+    (what a format's ``check`` needs to judge the architecture), or a clear refusal."""
     path = Path(source)
     if not path.exists():
         raise ConfigError(f"'{source}' does not exist.")
@@ -107,9 +108,12 @@ def read_result(source: "str | Path") -> dict:
         raise ConfigError(f"'{source}' is not a SlimLab result (no {SLIMLAB_META}); export takes a folder "
                           "written by `slimlab compress --out`.")
     try:
-        return json.loads((path / SLIMLAB_META).read_text())
+        meta = json.loads((path / SLIMLAB_META).read_text())
+        config = path / "config.json"
+        return meta | {"config": json.loads(config.read_text()) if config.is_file() else {}}
     except (OSError, ValueError) as exc:
-        raise CorruptWeightsError(f"'{path / SLIMLAB_META}' cannot be read ({exc}). Compress the model again.") from exc
+        raise CorruptWeightsError(f"'{path}' has an unreadable {SLIMLAB_META} or config.json ({exc}). "
+                                  "Compress the model again.") from exc
 
 
 def default_output(source: Path, fmt: ExportFormat, dtype: str) -> Path:
