@@ -19,8 +19,8 @@ from .analysis import Accounting, account
 from .analysis.layer_scores import block_influence
 from .data import calibration_windows, load_text
 from .data.sources import mixture_counts, mixture_parts
-from .errors import ConfigError, SlimLabError
-from .memory import keep_freed_memory, peak_mb, reset_peak
+from .errors import ConfigError
+from .memory import keep_freed_memory, out_of_memory_as_error, peak_mb, reset_peak
 from .methods import Calibration, Plan, Structure, get_method
 from .models import LoadedModel
 from .progress import CancelToken, Reporter
@@ -153,17 +153,14 @@ def compress(
 
     work = Workspace(lm, compensation=recipe.compensation)
     try:
-        out = impl.compress(work, calib, plan, recipe.method_params, reporter)
+        with out_of_memory_as_error(f"compressing with {recipe.method}", "Use fewer calibration samples "
+                                    "(--nsamples), a smaller --batch-size, or the CPU; the original model is unchanged."):
+            out = impl.compress(work, calib, plan, recipe.method_params, reporter)
         compensation = work.compensation_structure()
     except CompensationUnsupported as exc:
         raise ConfigError(f"Compensation does not apply to method '{recipe.method}': {exc}. It corrects methods "
                           "that prune inside each layer through the sequential driver (e.g. fasp, wanda-sp); "
                           "set the compensation rank to 0.") from None
-    except torch.OutOfMemoryError as exc:
-        raise SlimLabError(
-            f"Out of memory while compressing with {recipe.method} ({str(exc).splitlines()[0][:160]}). Use fewer "
-            "calibration samples (--nsamples), a smaller --batch-size, or the CPU; the original model is unchanged."
-        ) from None
     work.check_original(recipe.method)
     stages.update(out.stage_seconds)
     structure, added, plots = _with_compensation(out, compensation, work.compensated)

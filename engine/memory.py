@@ -2,12 +2,16 @@
 that keeps layer-wise passes from paying for fresh pages over and over."""
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import resource
 from pathlib import Path
+from typing import Iterator
 
 import torch
+
+from .errors import SlimLabError
 
 
 def reset_peak(device: torch.device) -> None:
@@ -90,3 +94,15 @@ def release_freed_memory(keep_bytes: int = 0) -> bool:
         return bool(ctypes.CDLL(None).malloc_trim(0))
     except (OSError, AttributeError, TypeError):
         return False
+
+EVAL_OOM_ADVICE = "Use a shorter --seqlen, fewer windows or items, or the CPU; the model is unchanged."
+
+
+@contextlib.contextmanager
+def out_of_memory_as_error(what: str, advice: str) -> Iterator[None]:
+    """torch's out-of-memory error as one message that says what ran out of memory and what to try;
+    also a decorator. Nothing the caller passed in (the original model above all) has changed by then."""
+    try:
+        yield
+    except torch.OutOfMemoryError as exc:
+        raise SlimLabError(f"Out of memory while {what} ({str(exc).splitlines()[0][:160]}). {advice}") from None

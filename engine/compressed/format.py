@@ -7,16 +7,14 @@ Safetensors only: nothing is unpickled.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import shutil
-import tempfile
-import time
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Optional
 
 import torch
 
+from ..atomic import atomic_dir
 from ..errors import ConfigError, CorruptWeightsError
 from ..models.adapters import adapter_for_config
 from ..models.loaded import SLIMLAB_META, LoadedModel, resolve_device, resolve_dtype
@@ -30,25 +28,6 @@ FORMAT_VERSION = 2  # 2: side branches (``compensation``); a folder without them
 def is_compressed(path: "str | Path") -> bool:
     """A folder written by ``save_compressed``."""
     return (Path(path) / SLIMLAB_META).is_file()
-
-
-@contextlib.contextmanager
-def atomic_dir(out: "str | Path", force: bool = False) -> Iterator[Path]:
-    """Yield a temp folder beside ``out``; on success it replaces ``out`` in one rename."""
-    out = Path(out)
-    if out.exists() and any(out.iterdir()) and not force:
-        raise ConfigError(f"'{out}' already exists and is not empty; pass --force to overwrite it.")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        yield tmp
-        backup = out.with_name(f".{out.name}.old-{int(time.time())}")
-        if out.exists():
-            out.rename(backup)
-        tmp.rename(out)
-        shutil.rmtree(backup, ignore_errors=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _versions() -> dict:
@@ -151,9 +130,13 @@ def load_compressed(path: "str | Path", device: str = "auto", dtype="auto", spec
     from ..methods import get_method
 
     path = Path(path)
-    meta = json.loads((path / SLIMLAB_META).read_text())
+    try:
+        meta = json.loads((path / SLIMLAB_META).read_text())
+    except (OSError, ValueError) as exc:
+        raise CorruptWeightsError(f"'{path / SLIMLAB_META}' cannot be read ({exc}). Compress the model again.") from None
     if meta.get("format_version", 0) > FORMAT_VERSION:
-        raise ConfigError(f"'{path}' was saved by a newer SlimLab (format {meta['format_version']}); upgrade.")
+        raise ConfigError(f"'{path / SLIMLAB_META}' was written by a newer SlimLab (format {meta['format_version']}, "
+                          f"this one reads up to {FORMAT_VERSION}); upgrade SlimLab to load it.")
     config = AutoConfig.from_pretrained(path)
     adapter = adapter_for_config(config)
     dev = resolve_device(device)
@@ -177,11 +160,17 @@ def load_compressed(path: "str | Path", device: str = "auto", dtype="auto", spec
     try:
         model.load_state_dict({k: v.to(torch_dtype) for k, v in state.items()}, strict=True, assign=True)
     except RuntimeError as exc:
-        raise CorruptWeightsError(f"'{path}' does not match its slimlab.json ({str(exc)[:300]}).") from exc
+        raise CorruptWeightsError(f"The weights in '{path}' do not match the shapes that its config.json and "
+                                  f"{SLIMLAB_META} describe ({' '.join(str(exc).split())[:300]}). Compress the model again.") from None
     if meta.get("tied_embeddings"):
         model.get_output_embeddings().weight = model.get_input_embeddings().weight
     model.to(dev).eval()
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as exc:
+        raise CorruptWeightsError(f"The tokenizer files in '{path}' (tokenizer.json, tokenizer_config.json) are "
+                                  f"missing or damaged ({str(exc).splitlines()[0][:160]}). Copy them from the "
+                                  "original model's folder.") from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return LoadedModel(model=model, tokenizer=tokenizer, spec=spec or str(path), adapter=adapter, path=path, meta=meta)

@@ -18,6 +18,7 @@ import torch
 
 from ..data.chat import require_template
 from ..progress import Reporter, as_reporter
+from ..memory import EVAL_OOM_ADVICE, out_of_memory_as_error
 
 QUESTIONS_FILE = Path(__file__).resolve().parents[2] / "assets" / "chat_check.json"
 STAGE = "chat check"
@@ -54,6 +55,7 @@ def load_questions(path: "str | Path" = QUESTIONS_FILE) -> tuple[list[Question],
 
 
 @torch.inference_mode()
+@out_of_memory_as_error("running the chat check", EVAL_OOM_ADVICE)
 def chat_check(model, tokenizer, questions: Optional[list[Question]] = None, max_new_tokens: Optional[int] = None,
                batch_size: int = 16, progress=None) -> ChatCheckResult:
     """Greedy answers to every question (batched, left-padded) and the count of keyword hits."""

@@ -20,6 +20,7 @@ from ..errors import DataError
 from ..progress import as_reporter
 from .tasks.local import data_root
 from .zeroshot import subsample_indices
+from ..memory import EVAL_OOM_ADVICE, out_of_memory_as_error
 
 LAMBADA_FILE = "lambada/llmfoundry_lambada_openai.jsonl"
 LAMBADA_ITEMS = 5153
@@ -57,6 +58,7 @@ def _encode(tokenizer, item: dict) -> tuple[list[int], list[int]]:
 
 
 @torch.inference_mode()
+@out_of_memory_as_error("running LAMBADA", EVAL_OOM_ADVICE)
 def lambada(model, tokenizer, limit: Optional[int] = None, data_dir=None, seed: int = 1234, batch_size: int = 16,
             progress=None) -> LambadaResult:
     """Accuracy and last-word perplexity on all items, or a seeded subset of ``limit``."""

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from ..data import eval_windows, load_text
 from ..progress import Reporter, as_reporter
+from ..memory import EVAL_OOM_ADVICE, out_of_memory_as_error
 
 
 @dataclass
@@ -66,6 +67,7 @@ def window_nll(model, windows: torch.Tensor, batch_size: int = 1, progress: "Rep
     return total, count
 
 
+@out_of_memory_as_error("computing perplexity", EVAL_OOM_ADVICE)
 def perplexity(
     model,
     tokenizer,

@@ -23,7 +23,7 @@ from typing import Callable, Optional
 import torch
 
 from ..errors import ConfigError
-from ..memory import peak_mb, reset_peak
+from ..memory import EVAL_OOM_ADVICE, out_of_memory_as_error, peak_mb, reset_peak
 from ..progress import CancelToken, Reporter, as_reporter
 
 STAGE = "speed"
@@ -101,6 +101,7 @@ def _vocab(model, tokenizer) -> int:
 
 
 @torch.inference_mode()
+@out_of_memory_as_error("measuring speed", EVAL_OOM_ADVICE)
 def measure_speed(
     model,
     tokenizer,

@@ -21,6 +21,7 @@ from ..models.hub import hub_reachable
 from ..progress import CancelToken, Reporter, as_reporter
 from .tasks import LOCAL_TASKS, build_task
 from .tasks.local import data_root
+from ..memory import EVAL_OOM_ADVICE, out_of_memory_as_error
 
 TASKS: tuple[str, ...] = tuple(LOCAL_TASKS)
 PAPER_TASKS: tuple[str, ...] = ("piqa", "hellaswag", "arc_easy", "arc_challenge", "winogrande")
@@ -170,6 +171,7 @@ def check_tasks(tasks: "list[str] | str") -> list[str]:
     return list(dict.fromkeys(names))
 
 
+@out_of_memory_as_error("running zero-shot tasks", EVAL_OOM_ADVICE)
 def run_zeroshot(
     model,
     tokenizer,

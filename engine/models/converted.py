@@ -13,12 +13,12 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from ..atomic import atomic_dir
 from ..cache import cache_root
 
 SOURCE_FILE = "slimlab_source.json"
@@ -51,9 +51,7 @@ def cached_gguf(path: Path) -> Optional[Path]:
 def save_converted(model, tokenizer, target: Path, source: dict) -> Path:
     """Write a checkpoint folder atomically (temp folder renamed into place), without any
     quantization config, with ``source`` recorded beside it."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    try:
+    with atomic_dir(target, force=True) as tmp:
         model.config.quantization_config = None
         if hasattr(model, "hf_quantizer"):
             model.hf_quantizer = None
@@ -65,11 +63,6 @@ def save_converted(model, tokenizer, target: Path, source: dict) -> Path:
             del config["quantization_config"]
             config_path.write_text(json.dumps(config, indent=2))
         (tmp / SOURCE_FILE).write_text(json.dumps(source, indent=2))
-        if target.exists():
-            shutil.rmtree(target)
-        tmp.rename(target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 

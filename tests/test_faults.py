@@ -1,0 +1,186 @@
+"""Faults while saving, loading and compressing: nothing half-written, nothing lost, one clear message.
+
+A save is killed (SIGKILL) midway, the disk fills up, a saved folder is damaged, memory runs out:
+each leaves the previous result (or nothing) in place and says what happened, naming the file."""
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from engine import compress, load_compressed, load_model, save_compressed
+from engine.cli import main
+from engine.errors import ConfigError, CorruptWeightsError, SlimLabError
+from engine.methods import Calibration
+
+TESTS = Path(__file__).resolve().parent
+
+
+def _calibration(vocab: int) -> Calibration:
+    g = torch.Generator().manual_seed(0)
+    return Calibration("random", 8, 32, 0, torch.randint(3, vocab, (8, 32), generator=g), batch_size=4)
+
+
+def _logits(model) -> torch.Tensor:
+    with torch.no_grad():
+        return model(input_ids=torch.arange(3, 19)[None], use_cache=False).logits
+
+
+@pytest.fixture
+def saved(tiny_dirs, tmp_path):
+    """A tiny llama compressed by FASP and saved: (result, folder)."""
+    lm = load_model(str(tiny_dirs["llama"]), device="cpu")
+    result = compress(lm, "fasp", 0.3, calibration=_calibration(lm.model.config.vocab_size))
+    return result, save_compressed(result, tmp_path / "out")
+
+
+def _leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.parent.iterdir() if p.name.startswith(f".{folder.name}."))
+
+
+KILLED_SAVE = textwrap.dedent("""
+    import sys, time, torch, safetensors.torch as st
+    sys.path.insert(0, {tests!r})
+    from engine import compress, load_model, save_compressed
+    from test_faults import _calibration
+    lm = load_model({model!r}, device="cpu")
+    result = compress(lm, "fasp", 0.5, calibration=_calibration(lm.model.config.vocab_size))
+    def stalled(model, filename, *a, **k):  # half a file, then wait for the kill
+        open(filename, "wb").write(b"partial")
+        open({marker!r}, "w").write("saving")
+        time.sleep(120)
+    st.save_model = stalled
+    save_compressed(result, {out!r}, force=True)
+""")
+
+
+def test_a_save_killed_midway_leaves_the_previous_result(saved, tiny_dirs, tmp_path):
+    result, out = saved
+    before = _logits(load_compressed(out, device="cpu").model)
+    marker = tmp_path / "marker"
+    script = KILLED_SAVE.format(tests=str(TESTS), model=str(tiny_dirs["llama"]), marker=str(marker), out=str(out))
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=TESTS.parent)
+    deadline = time.time() + 120
+    while not marker.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    assert marker.exists(), "the child never reached the save"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    torch.testing.assert_close(_logits(load_compressed(out, device="cpu").model), before, rtol=0, atol=0)
+    assert _leftovers(out)  # the killed save's temp folder is still there ...
+    save_compressed(result, out, force=True)  # ... until the next save of the same folder clears it
+    assert _leftovers(out) == []
+    torch.testing.assert_close(_logits(load_compressed(out, device="cpu").model), before, rtol=0, atol=0)
+
+
+def test_a_full_disk_leaves_nothing_and_says_so(saved, monkeypatch):
+    import safetensors.torch as st
+
+    result, out = saved
+    before = sorted(p.name for p in out.iterdir())
+
+    def full(model, filename, *a, **k):
+        Path(filename).write_bytes(b"x" * 100)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(st, "save_model", full)
+    with pytest.raises(SlimLabError, match="No space left on device") as info:
+        save_compressed(result, out, force=True)
+    assert str(out) in str(info.value)
+    assert sorted(p.name for p in out.iterdir()) == before and _leftovers(out) == []
+    fresh = out.with_name("fresh")
+    with pytest.raises(SlimLabError):
+        save_compressed(result, fresh)
+    assert not fresh.exists() and _leftovers(fresh) == []
+
+
+def test_a_save_interrupted_between_the_renames_is_restored(saved):
+    """The one moment the folder is absent: the old copy is renamed aside, the new one not yet in place."""
+    result, out = saved
+    before = _logits(load_compressed(out, device="cpu").model)
+    aside = out.with_name(f".{out.name}.old-123")
+    out.rename(aside)
+    save_compressed(result, out.with_name("other"))  # unrelated saves leave it alone
+    assert aside.exists()
+    with pytest.raises(ConfigError):  # the restored folder is there again, so overwriting needs force
+        save_compressed(result, out)
+    torch.testing.assert_close(_logits(load_compressed(out, device="cpu").model), before, rtol=0, atol=0)
+    assert _leftovers(out) == []
+
+
+def _damage(out: Path, how: str) -> str:
+    """Damage the saved folder one way; returns the file the error must name."""
+    if how == "truncated weights":
+        weights = out / "model.safetensors"
+        weights.write_bytes(weights.read_bytes()[:1000])
+        return "model.safetensors"
+    if how == "future format":
+        meta = json.loads((out / "slimlab.json").read_text())
+        meta["format_version"] = 99
+        (out / "slimlab.json").write_text(json.dumps(meta))
+        return "slimlab.json"
+    if how == "malformed meta":
+        (out / "slimlab.json").write_text("{not json")
+        return "slimlab.json"
+    if how == "missing tokenizer":
+        for f in out.glob("tokenizer*"):
+            f.unlink()
+        return "tokenizer"
+    if how == "config disagrees":
+        config = json.loads((out / "config.json").read_text())
+        config["hidden_size"] *= 2
+        (out / "config.json").write_text(json.dumps(config))
+        return "config.json"
+    raise AssertionError(how)
+
+
+@pytest.mark.parametrize("how", ["truncated weights", "future format", "malformed meta", "missing tokenizer",
+                                 "config disagrees"])
+def test_a_damaged_folder_gets_a_message_naming_the_file(saved, how, capsys):
+    _, out = saved
+    named = _damage(out, how)
+    with pytest.raises(SlimLabError) as info:
+        load_compressed(out, device="cpu")
+    assert named in str(info.value)
+    assert main(["info", str(out), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and named in err[0] and "Traceback" not in err[0]
+
+
+def test_out_of_memory_while_compressing_keeps_the_original(tiny_dirs, monkeypatch):
+    from engine.methods import get_method
+
+    lm = load_model(str(tiny_dirs["llama"]), device="cpu")
+    before = {k: v.clone() for k, v in lm.model.state_dict().items()}
+    impl = type(get_method("fasp"))
+
+    def oom(self, *args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(impl, "compress", oom)
+    with pytest.raises(SlimLabError, match="Out of memory.*original model is unchanged"):
+        compress(lm, "fasp", 0.3, calibration=_calibration(lm.model.config.vocab_size))
+    after = lm.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_out_of_memory_while_evaluating_is_a_clear_error(tiny_dirs, monkeypatch, data_dir):
+    from engine import api
+
+    lm = load_model(str(tiny_dirs["llama"]), device="cpu")
+
+    def oom(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 8.00 GiB")
+
+    monkeypatch.setattr(lm.model, "forward", oom)
+    with pytest.raises(SlimLabError, match="[Oo]ut of memory"):
+        api.evaluate_perplexity(lm, seqlen=64, max_windows=2)
