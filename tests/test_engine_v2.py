@@ -17,7 +17,7 @@ from engine.stats import LayerHooks, ModelLayers, capture_layer_inputs, run_sequ
 from engine.progress import Reporter
 
 METHOD_PARAMS = {"slicegpt": [{"variant": "per-layer"}, {"variant": "shared"}], "fasp": [{}], "wanda-sp": [{}],
-                 "shortgpt": [{}]}
+                 "shortgpt": [{}], "modegpt": [{}]}
 
 
 def _calibration(vocab: int, n: int = 8, seqlen: int = 32) -> Calibration:
@@ -74,7 +74,7 @@ def test_every_registered_method_is_covered_here():
 
 @pytest.mark.parametrize("arch,method,params", [
     ("llama", "fasp", {}), ("opt", "fasp", {}), ("llama", "slicegpt", {}), ("qwen2", "slicegpt", {"variant": "shared"}),
-    ("llama", "shortgpt", {}),
+    ("llama", "shortgpt", {}), ("qwen2", "modegpt", {}),
 ])
 def test_streamed_compression_equals_in_memory(tiny_dirs, tmp_path, arch, method, params):
     folder = tiny_dirs[arch]

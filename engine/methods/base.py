@@ -8,6 +8,7 @@ Adding a method is one new file in this package (see docs/ADDING_A_METHOD.md).
 """
 from __future__ import annotations
 
+import time
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, ClassVar, Optional
@@ -21,6 +22,7 @@ from ..workspace import Workspace
 from ..params import Param, resolve_params, schema
 from ..progress import Reporter
 from ..schedules import Plan
+from ..stats import LayerHooks, run_sequential
 
 
 @dataclass
@@ -98,6 +100,19 @@ class Method(ABC):
 
     def schema(self) -> list[dict]:
         return schema(self.params)
+
+
+def timed_pass(work: Workspace, calibration: Calibration, hooks: LayerHooks, progress: Reporter, stage: str,
+               label: str) -> dict[str, float]:
+    """Capture layer 0's calibration inputs and run ``hooks`` over ``work`` through the driver;
+    returns the seconds of both stages (``label`` names the pass) for ``MethodOutput.stage_seconds``."""
+    t = time.perf_counter()
+    inputs = work.capture(calibration)
+    stages = {"capture inputs": time.perf_counter() - t}
+    t = time.perf_counter()
+    run_sequential(inputs, work.adapter, work, hooks, progress, stage)
+    stages[label] = time.perf_counter() - t
+    return stages
 
 
 REGISTRY: dict[str, Method] = {}

@@ -17,7 +17,6 @@ KV group, so one narrower value head width serves the whole layer.
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import Optional
 
@@ -27,12 +26,12 @@ from torch import nn
 from ..models.adapters import Adapter
 from ..params import Param
 from ..progress import Reporter
-from ..stats import HalfOutcome, HalfStep, LayerHooks, run_sequential
+from ..stats import HalfOutcome, HalfStep, LayerHooks
 from ..transforms.importance import SCORES, Importance
 from ..transforms.prune import keep_top, keep_top_per_group, prune_pair, restore_columns
 from ..transforms.value_heads import narrow_values, output_columns
 from ..transforms.widths import kept_mlp_width, kept_value_dims
-from .base import Calibration, Method, MethodOutput, Plan, Structure, register
+from .base import Calibration, Method, MethodOutput, Plan, Structure, register, timed_pass
 
 
 @dataclass
@@ -122,15 +121,11 @@ class PairPruning(Method):
 
     @torch.no_grad()
     def compress(self, work, calibration: Calibration, plan: Plan, params: dict, progress: Reporter) -> MethodOutput:
-        t = time.perf_counter()
         adapter = work.adapter
         heads = adapter.heads(work.model.config)
-        inputs = work.capture(calibration)
-        stages = {"capture inputs": time.perf_counter() - t}
-        t = time.perf_counter()
         hooks = PairPruningPass(adapter, heads, plan, params, SCORES[params["score"]], self.restore)
-        run_sequential(inputs, adapter, work, hooks, progress, self.name)
-        stages["prune" + (" + restore" if self.restore else "")] = time.perf_counter() - t
+        stages = timed_pass(work, calibration, hooks, progress, self.name,
+                            "prune" + (" + restore" if self.restore else ""))
         plain = all(v is None for v in hooks.value_kept) and len(set(hooks.mlp_widths)) == 1
         if plain:  # uniform MLP-only: the config can say it, so the folder is a transformers checkpoint
             adapter.set_intermediate_size(work.model.config, hooks.mlp_widths[0])

@@ -97,6 +97,7 @@ class Adapter:
     norm_names: tuple[str, str]  # attribute names of the attention and MLP norms in a layer
     mlp_activation: Callable[[nn.Module], Callable[[torch.Tensor], torch.Tensor]]
     mlp_width_key: str  # the config key of the MLP width
+    rotary: bool = True  # RoPE rotates query/key dims i and i + head_dim/2 together (transformers' rotate_half)
 
     # --- where things are -------------------------------------------------
     def layers(self, model: nn.Module) -> nn.ModuleList:
@@ -195,6 +196,12 @@ class Adapter:
         return n_heads, n_kv, head_dim
 
     @staticmethod
+    def has_qk_norm(layer: nn.Module) -> bool:
+        """Per-head norms on queries and keys (Qwen3): dropping head dims would change what they divide by."""
+        attn = getattr(layer, "self_attn", None)
+        return getattr(attn, "q_norm", None) is not None or getattr(attn, "k_norm", None) is not None
+
+    @staticmethod
     def is_tied(model: nn.Module) -> bool:
         head = model.get_output_embeddings()
         emb = model.get_input_embeddings()
@@ -245,6 +252,7 @@ OPT = Adapter(
     norm_names=("self_attn_layer_norm", "final_layer_norm"),
     mlp_activation=lambda layer: layer.activation_fn,
     mlp_width_key="ffn_dim",
+    rotary=False,  # learned absolute positions
 )
 
 ADAPTERS: tuple[Adapter, ...] = (LLAMA, OPT)

@@ -120,6 +120,7 @@ class HalfStep:
     inner: list[torch.Tensor]  # the input of the half's output projection, per batch
     fused: bool = False  # sum the output in one GEMM (see ``LayerHooks.exact``)
     side: Optional[list[torch.Tensor]] = None  # the layer's side branch on this half, per batch (usually none)
+    kwargs: list[dict] = field(default_factory=list)  # the layer's keyword arguments per batch (positions, masks)
     _stats: dict = field(default_factory=dict, repr=False)
 
     def output(self, residual: Optional[list[torch.Tensor]] = None,
@@ -278,7 +279,7 @@ def _run_half(adapter: Adapter, index: int, half: str, layer: nn.Module, x: list
                 inner = [adapter.run_half(half, layer, n, kw) for n, kw in zip(normed, kwargs)]
                 side = [branch(n) for n in normed]
                 del normed
-        step = HalfStep(index, half, layer, parts, x, inner, fused=not hooks.exact, side=side)
+        step = HalfStep(index, half, layer, parts, x, inner, fused=not hooks.exact, side=side, kwargs=kwargs)
         outcome = hooks.half(step) or HalfOutcome()
         if outcome.residual is not None:
             return outcome.residual

@@ -73,8 +73,14 @@ def narrow_values(value: nn.Linear, out: nn.Linear, kept_values: torch.Tensor, h
 
     The indices stay on ``kept_values``'s device (weights may still be empty meta tensors)."""
     _n_heads, n_kv, head_dim = heads
-    value.__class__ = ScatterLinear
-    value.full = n_kv * head_dim
-    value.register_buffer("index", kept_values, persistent=False)
+    scatter_outputs(value, kept_values, n_kv * head_dim)
     out.__class__ = GatherLinear
     out.register_buffer("index", output_columns(kept_values, heads), persistent=False)
+
+
+def scatter_outputs(linear: nn.Linear, index: torch.Tensor, full: int) -> None:
+    """Turn an already row-pruned linear into a ``ScatterLinear`` whose outputs land at ``index``
+    of a zero vector of width ``full`` (the places of its kept rows in the unpruned output)."""
+    linear.__class__ = ScatterLinear
+    linear.full = full
+    linear.register_buffer("index", index, persistent=False)
