@@ -136,9 +136,10 @@ def compress(
     recipe.check_layers(num_layers)
 
     schedule_name, _ = split_schedule(recipe.schedule, recipe.schedule_params)
-    needs_scores = recipe.plan is None and get_schedule(schedule_name).needs_scores
+    schedule = get_schedule(schedule_name)
+    needs_data = recipe.plan is None and (schedule.needs_scores or schedule.needs_run)
     calib = calibration
-    if calib is None and (impl.needs_calibration or needs_scores):
+    if calib is None and (impl.needs_calibration or needs_data):
         calib = make_calibration(lm, recipe.calibration, data_dir)
         stages["calibration data"] = time.perf_counter() - t0
     plan = recipe.plan
@@ -147,7 +148,8 @@ def compress(
         plan = build_plan(recipe.schedule, recipe.ratio, num_layers, params=recipe.schedule_params,
                           scores=scores or (lambda: block_influence(lm.model, lm.adapter, calib.tokens,
                                                                     calib.batch_size, reporter,
-                                                                    source=OriginalLayers(lm, lm.compute_device))))
+                                                                    source=OriginalLayers(lm, lm.compute_device))),
+                          run=_search_run(lm, recipe, calib, data_dir, reporter) if schedule.needs_run else None)
         stages["plan"] = time.perf_counter() - t
     reporter.check()
 
@@ -180,6 +182,15 @@ def compress(
 
         recover_result(lm, result, lambda spec: make_calibration(lm, spec, data_dir).tokens, reporter)
     return result
+
+
+def _search_run(lm: LoadedModel, recipe: Recipe, calib: Optional[Calibration], data_dir: Optional[str],
+                reporter: Reporter):
+    """What a searched schedule plans on: this run's model, method and calibration."""
+    from .search.run import SearchRun  # lazy: only searched plans need it
+
+    return SearchRun(lm, recipe.method, recipe.method_params, calib, recipe.calibration,
+                     lambda spec: make_calibration(lm, spec, data_dir).tokens, reporter)
 
 
 def _with_compensation(out, compensation: Optional[CompensationStructure], applied) -> tuple[Structure, dict, dict]:

@@ -80,7 +80,8 @@ def test_errors():
 
 def test_the_registry_lists_every_schedule_with_a_schema():
     schedules = available_schedules()
-    assert list(schedules) == ["uniform", "layer-redundancy", "block-influence", "manual"]
+    assert list(schedules) == ["uniform", "layer-redundancy", "block-influence", "manual", "searched"]
+    assert {n for n, s in schedules.items() if s.needs_run} == {"searched"}
     assert {n for n, s in schedules.items() if s.needs_scores} == {"layer-redundancy", "block-influence"}
     lr = {p["name"]: p for p in get_schedule("layer-redundancy").schema()}
     assert lr["slicing_base"]["default"] is None and lr["max_ratio"]["default"] == 0.9

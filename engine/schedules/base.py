@@ -81,6 +81,7 @@ class Schedule(ABC):
     label: ClassVar[str]
     summary: ClassVar[str]  # one plain-language paragraph for listings and the Learn panel
     needs_scores: ClassVar[bool] = False  # True: ``build`` calls ``scores()`` (needs calibration data)
+    needs_run: ClassVar[bool] = False  # True: the plan is made on the run itself (``build_for_run``)
     params: ClassVar[tuple[Param, ...]] = ()
 
     def resolve_params(self, given: Optional[dict]) -> dict:
@@ -92,6 +93,11 @@ class Schedule(ABC):
     @abstractmethod
     def build(self, target: float, num_layers: int, scores: Scores, params: dict) -> Plan:
         """The plan for ``num_layers`` layers; ``params`` is resolved and checked."""
+
+    def build_for_run(self, target: float, run, params: dict) -> Plan:
+        """The plan for one compression run (``engine.search.run.SearchRun``: model, method,
+        calibration); only schedules with ``needs_run`` implement it."""
+        raise NotImplementedError
 
     @classmethod
     def schema(cls) -> list[dict]:
@@ -139,10 +145,13 @@ def resolve_schedule(spec: str, target: float, params: Optional[dict] = None) ->
 
 
 def build_plan(schedule: str, target: float, num_layers: int, scores: Scores = None,
-               params: Optional[dict] = None) -> Plan:
-    """``scores`` lazily computes block influence per layer (only schedules that need it call it)."""
+               params: Optional[dict] = None, run=None) -> Plan:
+    """``scores`` lazily computes block influence per layer (only schedules that need it call it);
+    ``run`` is the compression run a searched schedule plans on (``compress()`` passes it)."""
     target = check_ratio(target, "target ratio")
     impl, resolved = resolve_schedule(schedule, target, params)
+    if impl.needs_run and run is not None:
+        return impl.build_for_run(target, run, resolved)
     if impl.needs_scores and scores is None:
         raise ConfigError(f"Schedule '{impl.name}' needs calibration data to score layers.")
     return impl.build(target, num_layers, scores, resolved)

@@ -1,0 +1,126 @@
+"""A searched plan for one compression run: build (or resume) the level database, score the dense
+model once, evolve the per-layer levels under the run's parameter budget, return a ``Plan``.
+
+``compress()`` calls ``search_plan`` through the ``searched`` schedule with a ``SearchRun``
+(the model, the method and its params, the calibration), so the found plan is an ordinary
+plan: the method then runs with it as with any other, and the recipe keeps it with the search
+settings, seed, trace and timings in ``plan.options``.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, replace
+from typing import Callable, Optional
+
+import torch
+
+from ..errors import ConfigError
+from ..methods import Calibration, Plan, get_method
+from ..models import LoadedModel
+from ..progress import Reporter
+from ..recipes import CalibrationSpec
+from .database import DatabaseSpec, LevelDatabase, build_level, default_root
+from .evolution import Generation, SearchSettings, Stage, evolve, level_space
+from .fitness import KLScorer, dense_targets
+
+LOGITS_BYTES = 2 ** 28  # a scoring batch's logits stay under ~256 MB
+
+
+@dataclass
+class SearchRun:
+    """What a searched schedule needs beyond the target: the run it plans for."""
+
+    lm: LoadedModel
+    method: str
+    method_params: dict
+    calibration: Optional[Calibration]  # the method's calibration (builds the database)
+    calibration_spec: CalibrationSpec
+    tokens_of: Callable[[CalibrationSpec], torch.Tensor]  # token windows of a calibration spec
+    reporter: Reporter
+    on_generation: Optional[Callable[[Generation], None]] = None  # e.g. a live chart
+
+    def search(self, target: float, params: dict) -> Plan:
+        return search_plan(self, target, params)
+
+
+def level_grid(step: float, top: float) -> tuple[float, ...]:
+    """0, step, 2 step ... up to ``top`` (rounded so 0.1 steps stay 0.1, 0.2, ...)."""
+    count = int(math.floor(top / step + 1e-9))
+    return tuple(round(k * step, 6) for k in range(count + 1))
+
+
+def settings_of(params: dict) -> SearchSettings:
+    last = Stage(params["tokens"], 1)
+    first = Stage(params["first_tokens"], params["survivors"])
+    stages = (first, last) if params["first_tokens"] < params["tokens"] else (last,)
+    return SearchSettings(stages=stages, offspring=params["offspring"], generations=params["generations"] or None,
+                          minutes=params["minutes"], seed=params["seed"])
+
+
+def budget_of(costs: list[list[int]], levels: tuple[float, ...], target: float) -> float:
+    """Total parameters the layers keep at ``target``, each layer interpolated between its two levels."""
+    k = max(j for j, r in enumerate(levels) if r <= target + 1e-9)
+    if k == len(levels) - 1 or abs(levels[k] - target) < 1e-9:
+        return float(sum(c[k] for c in costs))
+    w = (target - levels[k]) / (levels[k + 1] - levels[k])
+    return sum((1 - w) * c[k] + w * c[k + 1] for c in costs)
+
+
+def open_database(run: SearchRun, params: dict) -> LevelDatabase:
+    levels = level_grid(params["level_step"], params["max_level"])
+    calib = run.calibration.describe() if run.calibration is not None else {}
+    spec = DatabaseSpec(run.lm.spec, len(run.lm.adapter.layers(run.lm.model)), run.method, dict(run.method_params),
+                        levels, calib)
+    return LevelDatabase(params["database"] or default_root(spec), spec)
+
+
+def fitness_tokens(run: SearchRun, tokens: int) -> torch.Tensor:
+    """Held-out windows for the fitness: the calibration's source, drawn with another seed."""
+    spec = run.calibration_spec
+    return run.tokens_of(replace(spec, nsamples=max(1, math.ceil(tokens / spec.seqlen)), seed=spec.seed + 1))
+
+
+def search_plan(run: SearchRun, target: float, params: dict) -> Plan:
+    method = get_method(run.method)
+    if not method.uses_plan:
+        raise ConfigError(f"Method '{run.method}' picks its own per-layer amounts; a searched plan needs a method "
+                          "that follows the plan (e.g. fasp, wanda-sp).")
+    if run.lm.streamed:
+        raise ConfigError("A searched plan runs the model on every candidate; load it in memory (without --stream).")
+    settings = settings_of(params)
+    settings.check()
+    if target > params["max_level"]:
+        raise ConfigError(f"Target {target} is above the deepest level {params['max_level']}; raise max_level.")
+    t0 = time.perf_counter()
+    db = open_database(run, params)
+    missing = db.missing()
+    for done, level in enumerate(missing):
+        run.reporter("level database", done, len(missing), f"level {db.spec.levels[level]:.2f}")
+        build_level(run.lm, db, level, run.calibration, run.reporter)
+    build_seconds = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    costs = db.params(run.lm)
+    space = level_space(costs, budget_of(costs, db.spec.levels, target))
+    tokens = fitness_tokens(run, params["tokens"])
+    vocab = run.lm.model.config.vocab_size
+    batch = max(1, LOGITS_BYTES // (4 * tokens.shape[1] * vocab))
+    targets = dense_targets(run.lm, tokens, params["topk"], batch, run.reporter)
+    total = settings.generations or 0
+
+    def report(g: Generation) -> None:
+        run.reporter("search", min(g.index, total), total, f"generation {g.index}: KL {g.fitness:.4f}")
+        if run.on_generation is not None:
+            run.on_generation(g)
+
+    result = evolve(space, KLScorer(run.lm, db, targets, batch, run.reporter), settings, on_generation=report)
+    ratios = [db.spec.levels[k] for k in result.levels]
+    options = {
+        "levels": list(db.spec.levels), "level_index": list(result.levels), "seed": settings.seed,
+        "generations_run": result.generations, "stopped_by": result.stopped_by, "fitness": result.fitness,
+        "fitness_tokens": int(tokens.numel()), "params_budget": space.budget, "params_kept": space.total(result.levels),
+        "history": [[g.index, g.fitness, round(g.seconds, 3)] for g in result.history],
+        "database": str(db.root), "levels_built": len(missing), "build_seconds": round(build_seconds, 3),
+        "search_seconds": round(time.perf_counter() - t1, 3),
+    }
+    return Plan("searched", target, ratios, options=options)

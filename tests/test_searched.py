@@ -1,0 +1,118 @@
+"""The searched schedule on a tiny model: level database, KL fitness, the plan through compress()."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from engine import compress
+from engine.errors import ConfigError
+from engine.models import LoadedModel
+from engine.models.adapters import adapter_for
+from engine.progress import Reporter
+from engine.recipes import CalibrationSpec
+from engine.schedules import build_plan, get_schedule
+from engine.search.database import DatabaseSpec, LevelDatabase, assemble
+from engine.search.fitness import coarse_kl, _log_tail
+from engine.search.run import SearchRun, open_database, search_plan
+from engine.workspace import shell_copy
+
+CALIB = CalibrationSpec("wikitext2:validation", nsamples=8, seqlen=32, seed=0, batch_size=4)
+
+
+@pytest.fixture(scope="module")
+def lm():
+    from tiny import make_model
+
+    model, tok = make_model("llama", num_hidden_layers=4)
+    return LoadedModel(model=model, tokenizer=tok, spec="tiny-llama", adapter=adapter_for(model))
+
+
+@pytest.fixture(scope="module")
+def db_dir(tmp_path_factory):
+    """One level database for the module (the compress() test resumes it: same model, method, calibration)."""
+    return tmp_path_factory.mktemp("levels") / "db"
+
+
+def _params(db_dir, **over):
+    base = {"level_step": 0.25, "max_level": 0.5, "generations": 3, "offspring": 4, "tokens": 128,
+            "first_tokens": 64, "survivors": 2, "database": str(db_dir), "seed": 1}
+    return get_schedule("searched").resolve_params(base | over)
+
+
+def _run(lm, data_dir):
+    from engine.compress import make_calibration
+    from engine.methods import get_method
+
+    method_params = get_method("fasp").resolve_params({})
+    return SearchRun(lm, "fasp", method_params, make_calibration(lm, CALIB, str(data_dir)), CALIB,
+                     lambda spec: make_calibration(lm, spec, str(data_dir)).tokens, Reporter())
+
+
+def test_coarse_kl_is_the_full_kl_when_k_is_the_vocabulary():
+    g = torch.Generator().manual_seed(0)
+    dense, cand = torch.randn(2, 5, 11, generator=g), torch.randn(2, 5, 11, generator=g)
+    logp = torch.log_softmax(dense, -1)
+    full = (logp.exp() * (logp - torch.log_softmax(cand, -1))).sum(-1)
+    top = logp.topk(11, -1)
+    assert torch.allclose(coarse_kl(cand, top.values, top.indices, _log_tail(top.values)), full, atol=1e-4)
+    top3 = logp.topk(3, -1)
+    coarse = coarse_kl(cand, top3.values, top3.indices, _log_tail(top3.values))
+    assert (coarse <= full + 1e-5).all() and (coarse >= -1e-6).all()  # a lower bound, never negative
+    assert coarse_kl(dense, top3.values, top3.indices, _log_tail(top3.values)).abs().max() < 1e-5
+
+
+def test_database_layers_are_the_uniform_runs_layers(lm, data_dir, db_dir):
+    run = _run(lm, data_dir)
+    params = _params(db_dir)
+    plan = search_plan(run, 0.25, params)
+    db = open_database(run, params)
+    assert db.missing() == [] and plan.options["levels_built"] == 2
+    assert sorted(p.name for p in db_dir.iterdir()) == ["database.json", "level-01", "level-02"]
+    params_table = db.params(lm)
+    assert all(row[0] > row[1] > row[2] for row in params_table)
+    tokens = run.calibration.tokens[:2]
+    for level, ratio in ((1, 0.25), (2, 0.5)):
+        uniform = compress(lm, "fasp", ratio, calibration=run.calibration, method_params=run.method_params)
+        assembled = assemble(shell_copy(lm.model, lm.adapter).eval(), lm, db, (level,) * 4)
+        with torch.no_grad():
+            assert torch.allclose(assembled(tokens).logits, uniform.model(tokens).logits, atol=1e-5)
+        assert sum(row[level] for row in params_table) == sum(
+            p.numel() for layer in lm.adapter.layers(uniform.model) for p in layer.parameters())
+    again = search_plan(run, 0.25, params)  # resumed from the database: nothing rebuilt, same plan (same seed)
+    assert again.options["levels_built"] == 0 and again.ratios == plan.ratios
+    with pytest.raises(ConfigError, match="built for another run"):
+        LevelDatabase(db_dir, DatabaseSpec("other", 4, "fasp", {}, (0.0, 0.5), {}))
+
+
+def test_searched_plan_through_compress_keeps_the_budget(lm, data_dir, db_dir):
+    params = _params(db_dir, generations=4, seed=3)
+    result = compress(lm, "fasp", 0.25, schedule="searched", schedule_params=dict(params), calibration=CALIB,
+                      data_dir=str(data_dir))
+    plan = result.plan
+    assert plan.schedule == "searched" and set(plan.ratios) <= {0.0, 0.25, 0.5}
+    assert sum(plan.ratios) / 4 == pytest.approx(0.25)
+    assert plan.options["seed"] == 3 and plan.options["generations_run"] == 4
+    history = plan.options["history"]
+    assert [h[0] for h in history] == list(range(5)) and history[0][1] >= 0
+    assert plan.options["params_kept"] == plan.options["params_budget"] and plan.options["levels_built"] == 0
+    uniform = compress(lm, "fasp", 0.25, calibration=CALIB, data_dir=str(data_dir))
+    assert result.accounting.params_total == uniform.accounting.params_total
+    assert result.recipe.schedule_params["seed"] == 3 and result.recipe.plan.options["levels"] == [0.0, 0.25, 0.5]
+
+
+def test_searched_needs_the_run_and_a_method_that_follows_plans(lm, data_dir, tmp_path):
+    with pytest.raises(ConfigError, match="press Run"):
+        build_plan("searched", 0.2, 4)
+    with pytest.raises(ConfigError, match="deepest level"):
+        build_plan("searched", 0.7, 4)
+    with pytest.raises(ConfigError, match="picks its own"):
+        compress(lm, "shortgpt", 0.25, schedule="searched", schedule_params={"database": str(tmp_path / "d")},
+                 calibration=CALIB, data_dir=str(data_dir))
+
+
+def test_the_ui_gets_the_searched_controls_from_its_schema():
+    from ui.handlers import compress as handlers
+
+    assert "searched" in [name for _label, name in handlers.schedule_choices()]
+    names = [p["name"] for p in handlers.schedule_schemas()["searched"]]
+    assert {"generations", "minutes", "seed", "tokens", "level_step", "max_level"} <= set(names)
