@@ -6,51 +6,16 @@ import json
 import gguf
 import pytest
 import torch
+from export_fixtures import lm_of as _lm
+from export_fixtures import results  # noqa: F401  (a fixture)
 from gguf_reference import gguf_logits
 
 from engine.cli import main
-from engine.compress import compress
-from engine.compressed import load_compressed, save_compressed
+from engine.compressed import load_compressed
 from engine.export import export
 from engine.export.gguf_file import write_gguf
 from engine.export.gguf_vocab import pre_tokenizer_name
-from engine.methods import Calibration, Plan
-from engine.models import LoadedModel
-from engine.models.adapters import adapter_for
 from engine.transforms.prune import prune_pair
-
-RESULTS = {  # name: (method, ratio or plan, params)
-    "fasp-mixed": ("fasp", Plan("manual", 0.3, [0.1, 0.5, 0.3]), {}),
-    "fasp-mlp-uniform": ("fasp", 0.25, {"parts": "mlp"}),
-    "wanda-values": ("wanda-sp", 0.3, {"parts": "value"}),
-    "shortgpt": ("shortgpt", 0.34, {}),
-}
-
-
-def _lm(tiny, **overrides) -> LoadedModel:
-    model, tok = tiny("llama", **overrides)
-    return LoadedModel(model=model, tokenizer=tok, spec="tiny-llama", adapter=adapter_for(model))
-
-
-def _calibration(vocab: int) -> Calibration:
-    tokens = torch.randint(3, vocab, (8, 32), generator=torch.Generator().manual_seed(0))
-    return Calibration("random", 8, 32, 0, tokens, batch_size=4)
-
-
-@pytest.fixture(scope="module")
-def results(tmp_path_factory):
-    from tiny import make_model
-
-    root = tmp_path_factory.mktemp("results")
-    out = {}
-    for name, (method, ratio, params) in RESULTS.items():
-        lm = _lm(make_model)
-        plan = ratio if isinstance(ratio, Plan) else None
-        result = compress(lm, method, None if plan else ratio, plan=plan, calibration=_calibration(len(lm.tokenizer)),
-                          method_params=params)
-        out[name] = save_compressed(result, root / name)
-    return out
-
 
 def _fields(path) -> dict:
     reader = gguf.GGUFReader(path)

@@ -29,6 +29,9 @@ def register(sub) -> None:
     add_model_args(p)
     p.add_argument("--compare", default=None, metavar="OTHER", help="a second model measured in the same run")
     add_bench_args(p)
+    p.add_argument("--engine", default="torch", choices=("torch", "llamacpp"),
+                   help="llamacpp: time both models as GGUF files in llama.cpp (decode at batch 1; the llamacpp extra)")
+    p.add_argument("--gguf-dtype", default="f16", choices=("f32", "f16", "bf16"), help="GGUF weights for --engine llamacpp")
     p.set_defaults(func=run)
 
 
@@ -61,6 +64,10 @@ def bench_model(args, lm, bar) -> dict:
 
 
 def run(args) -> int:
+    if args.engine == "llamacpp":
+        from .bench_llamacpp import run_llamacpp
+
+        return run_llamacpp(args)
     check_bench_args(args)
     apply_threads(args)
     model_specs = check_specs(args.model, args.compare)
