@@ -51,6 +51,9 @@ def _int_at_least(value: Any, what: str, minimum: int = 1) -> int:
     return value
 
 
+MAX_CALIBRATION_TOKENS = 100_000_000  # ~400x the papers' 128 x 2048: a typo, not a plan
+
+
 @dataclass
 class CalibrationSpec:
     """Which text calibrates a run, and how much: part of every recipe and saved model."""
@@ -72,6 +75,9 @@ class CalibrationSpec:
         """Types and ranges, and a known text source."""
         for name, minimum in (("nsamples", 1), ("seqlen", 2), ("seed", 0), ("batch_size", 1)):
             _int_at_least(getattr(self, name), f"calibration {name}", minimum)
+        if self.nsamples * self.seqlen > MAX_CALIBRATION_TOKENS:
+            raise ConfigError(f"calibration of {self.nsamples} x {self.seqlen} = {self.nsamples * self.seqlen:,} tokens "
+                              f"is more than {MAX_CALIBRATION_TOKENS:,}; the papers calibrate on 128 x 2048.")
         try:
             check_source(self.source)
         except ConfigError as exc:
