@@ -9,6 +9,8 @@ MLP+value parameters, of layers) and some methods add parameters back.
     python bench/compare_methods.py                       # full run (slow on CPU: hours)
     python bench/compare_methods.py --windows 4 --ratios 0.2 --methods fasp,wanda-sp
     python bench/compare_methods.py --update --ratios 0.2,0.3 --methods fasp   # re-measure some rows
+    python bench/compare_methods.py --runs modegpt=0.25,fasp=0.285 --skip-dense  # chosen points (equal totals)
+    python bench/compare_methods.py --runs modegpt@block-influence=0.25        # with a schedule (max_ratio 0.8)
 
 Writes ``OUT.json`` (rows, protocol), ``OUT.figure.json`` (plotly figure) and ``OUT.html``.
 Rows are saved after every run, so an interrupted run keeps what it measured.
@@ -35,6 +37,10 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--model", default="demo")
     p.add_argument("--methods", default=None, help="comma-separated (default: every registered method)")
     p.add_argument("--ratios", default="0.1,0.2,0.3", help="comma-separated nominal ratios, run in this order")
+    p.add_argument("--runs", default=None,
+                   help="comma-separated NAME[@SCHEDULE]=RATIO points, run in this order, instead of --methods x "
+                        "--ratios (e.g. ratios that give two methods the same total; block-influence is capped at 0.8)")
+    p.add_argument("--skip-dense", action="store_true", help="do not measure the dense model (saves one ppl run)")
     p.add_argument("--windows", type=int, default=40, help="evaluation windows (first N of the raw test split)")
     p.add_argument("--seqlen", type=int, default=2048, help="evaluation window length")
     p.add_argument("--calib", default="wikitext2:validation")
@@ -57,13 +63,30 @@ def variants(method) -> list[dict]:
     return [{}]
 
 
-def label(name: str, params: dict) -> str:
-    return name + (f" ({params['variant']})" if "variant" in params else "")
+def label(name: str, params: dict, schedule: str = "uniform") -> str:
+    return name + (f" ({params['variant']})" if "variant" in params else "") + \
+        ("" if schedule == "uniform" else f" [{schedule}]")
 
 
-def row_for(name: str, params: dict, ratio: float, acc, ppl, seconds: float | None, error: str | None = None) -> dict:
+def planned_runs(args, registry) -> list[tuple[str, dict, str, float]]:
+    """(method, params, schedule, ratio) in run order: ``--runs`` as given, else every variant of
+    every method at every ratio."""
+    if args.runs:
+        runs = []
+        for item in args.runs.split(","):
+            head, _, ratio = item.partition("=")
+            name, _, schedule = head.partition("@")
+            runs.extend((name, params, schedule or "uniform", float(ratio)) for params in variants(registry[name]))
+        return runs
+    names = args.methods.split(",") if args.methods else list(registry)
+    return [(name, params, "uniform", float(ratio)) for ratio in args.ratios.split(",") for name in names
+            for params in variants(registry[name])]
+
+
+def row_for(name: str, params: dict, ratio: float, acc, ppl, seconds: float | None, error: str | None = None,
+            schedule: str = "uniform") -> dict:
     return {
-        "method": label(name, params), "ratio": ratio, "params": params,
+        "method": label(name, params, schedule), "ratio": ratio, "params": params,
         "params_total": acc.params_total if acc else None,
         "params_non_embedding": acc.params_non_embedding if acc else None,
         "params_added": acc.params_added if acc else None,
@@ -133,8 +156,7 @@ def main() -> int:
     os.environ["SLIMLAB_DATA_DIR"] = args.data_dir
     out = Path(args.out)
     registry = available_methods()
-    names = args.methods.split(",") if args.methods else list(registry)
-    ratios = [float(r) for r in args.ratios.split(",")]
+    runs = planned_runs(args, registry)
     lm = load_model(args.model, device=args.device)
     spec = CalibrationSpec(args.calib, args.nsamples, args.calib_seqlen)
     calib = make_calibration(lm, spec, args.data_dir)
@@ -148,25 +170,25 @@ def main() -> int:
 
     dense_acc = account(lm.model, lm.adapter, lm.path)
     rows = previous_rows(out, protocol) if args.update else []
-    if not any(r["method"] == "dense" for r in rows):
+    if not args.skip_dense and not any(r["method"] == "dense" for r in rows):
         rows.insert(0, row_for("dense", {}, 0.0, dense_acc, ppl_of(lm.model), None) | {"method": "dense"})
-    print(f"dense: {dense_acc.params_total:,} params, ppl {rows[0]['ppl']:.2f}", flush=True)
+        print(f"dense: {dense_acc.params_total:,} params, ppl {rows[0]['ppl']:.2f}", flush=True)
     save(out, rows, meta)
-    for ratio in ratios:
-        for name in names:
-            for params in variants(registry[name]):
-                try:
-                    result = compress(lm, name, ratio, calibration=calib, method_params=params)
-                    ppl = ppl_of(result.model)
-                    row = row_for(name, params, ratio, result.accounting, ppl, result.seconds)
-                    del result
-                except Exception as exc:  # noqa: BLE001 - one failing method must not stop the comparison
-                    row = row_for(name, params, ratio, None, None, None, f"{type(exc).__name__}: {exc}")
-                rows = [r for r in rows if (r["method"], r["ratio"]) != (row["method"], row["ratio"])] + [row]
-                status = row["error"] or (f"{row['params_total']:,} params, ppl {row['ppl']:.2f}, "
-                                          f"compressed in {row['compress_s']:.0f} s")
-                print(f"{row['method']} @ {ratio}: {status}", flush=True)
-                save(out, rows, meta)
+    for name, params, schedule, ratio in runs:
+        capped = {"max_ratio": 0.8} if schedule == "block-influence" else None  # MoDeGPT's cap
+        try:
+            result = compress(lm, name, ratio, calibration=calib, method_params=params, schedule=schedule,
+                              schedule_params=capped or {})
+            ppl = ppl_of(result.model)
+            row = row_for(name, params, ratio, result.accounting, ppl, result.seconds, schedule=schedule)
+            del result
+        except Exception as exc:  # noqa: BLE001 - one failing method must not stop the comparison
+            row = row_for(name, params, ratio, None, None, None, f"{type(exc).__name__}: {exc}", schedule)
+        rows = [r for r in rows if (r["method"], r["ratio"]) != (row["method"], row["ratio"])] + [row]
+        status = row["error"] or (f"{row['params_total']:,} params ({row['params_total'] / dense_acc.params_total:.4f}"
+                                  f"x), ppl {row['ppl']:.2f}, compressed in {row['compress_s']:.0f} s")
+        print(f"{row['method']} @ {ratio}: {status}", flush=True)
+        save(out, rows, meta)
     print("\n" + protocol + "\n" + table(rows, dense_acc.params_total))
     print(f"\nwrote {out.with_suffix('.json')}, {out.with_suffix('.html')}", flush=True)
     return 0 if all(math.isfinite(r["ppl"] or math.nan) for r in rows) else 1

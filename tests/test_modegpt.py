@@ -14,7 +14,7 @@ from engine.models.adapters import adapter_for, normalize
 from engine.stats import InputStats, capture_layer_inputs
 from engine.transforms.importance import ridge_leverage
 from engine.transforms.prune import keep_top, prune_pair, restore_columns
-from engine.transforms.query_key import damped_gram, narrow_query_key, query_key_rows, select_pairs
+from engine.transforms.query_key import damped_gram, input_gram, narrow_query_key, query_key_rows, select_pairs
 from engine.transforms.value_heads import narrow_values
 from engine.transforms.value_svd import set_value_output, value_places, whitened_value_output
 
@@ -57,7 +57,7 @@ class Attention:
         parts = self.adapter.parts_of(self.layer)
         self.normed = [normalize(parts.attn_norm, h) for h in self.inputs.hidden]
         ones = parts.query.bias is not None
-        self.gram = InputStats.of(self.normed, gram=True, sums=ones).cross_gram(ones=ones)
+        self.gram = input_gram(InputStats.of(self.normed, gram=True, sums=ones), ones)
         self.target = self.run(self.layer)
 
     @torch.no_grad()
@@ -69,6 +69,16 @@ class Attention:
 
 
 # --- Q/K: CR decomposition with RoPE pairs ---------------------------------------
+
+def test_input_gram_appends_the_ones_column():
+    g = torch.Generator().manual_seed(1)
+    batches = [torch.randn(2, 5, 6, generator=g) for _ in range(3)]
+    x = torch.cat([b.reshape(-1, 6) for b in batches]).double()
+    xt = torch.cat([x, torch.ones(30, 1, dtype=torch.float64)], 1)
+    stats = InputStats.of(batches, gram=True, sums=True)
+    torch.testing.assert_close(input_gram(stats, True), xt.T @ xt, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(input_gram(stats, False), x.T @ x, rtol=1e-5, atol=1e-5)
+
 
 def test_query_key_rows_keep_rope_partners_and_share_them_in_a_group():
     heads = (4, 2, 8)  # two query heads per KV group, head dim 8: pairs (i, i+4)

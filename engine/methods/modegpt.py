@@ -30,7 +30,7 @@ from ..progress import Reporter
 from ..stats import HalfOutcome, HalfStep, InputStats, LayerHooks
 from ..transforms.importance import ridge_leverage
 from ..transforms.prune import keep_top, prune_pair, restore_columns
-from ..transforms.query_key import damped_gram, narrow_query_key, select_pairs
+from ..transforms.query_key import damped_gram, input_gram, narrow_query_key, select_pairs
 from ..transforms.value_heads import narrow_values
 from ..transforms.value_svd import set_value_output, value_places, whitened_value_output
 from ..transforms.widths import kept_mlp_width, kept_value_dims
@@ -98,7 +98,7 @@ class ModeGPTPass(LayerHooks):
         normed = [normalize(parts.attn_norm, r) for r in step.residual]
         ones = any(lin.bias is not None for lin in parts.attn_in)
         stats = InputStats.of(normed, gram=True, sums=ones)
-        gram = stats.cross_gram(ones=ones)
+        gram = input_gram(stats, ones)
         del stats
         if do_qk:
             kept = select_pairs(parts.query, parts.key, damped_gram(gram, self.params["ridge_qk"], parts.query.in_features),

@@ -16,11 +16,28 @@ and the softmax scale stays that of the original head dim. Without RoPE (OPT) a 
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 
 from .prune import keep_rows, keep_top_per_group
 from .value_heads import scatter_outputs
+
+if TYPE_CHECKING:  # statistics are built on transforms: no runtime import back into stats
+    from ..stats import InputStats
+
+
+def input_gram(stats: "InputStats", ones: bool) -> torch.Tensor:
+    """``X̃ᵀX̃`` (float64) with ``X̃ = [X, 1]`` when ``ones`` (projections with biases): the Gram, then
+    the column sums and the token count as its last row/column. ``stats`` needs ``gram=True``
+    (and ``sums=True`` for ``ones``)."""
+    h = stats.gram.h
+    if not ones:
+        return h
+    s = stats.sum.to(h.device)
+    corner = torch.tensor([[float(stats.count)]], dtype=h.dtype, device=h.device)
+    return torch.cat([torch.cat([h, s[:, None]], 1), torch.cat([s[None], corner], 1)], 0)
 
 
 def damped_gram(gram: torch.Tensor, ridge: float, inputs: int) -> torch.Tensor:
