@@ -102,9 +102,13 @@ def push_folder(folder: "str | Path", repo_id: str, token: str, private: bool = 
         if not hub_reachable():
             raise SlimLabError("The Hugging Face Hub is unreachable from here; save the folder and push it later.")
         api = HfApi(token=token.strip())
-    api.create_repo(repo_id=repo_id, repo_type="model", private=private, exist_ok=True)
-    api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="model",
-                      commit_message="Upload SlimLab compressed model", ignore_patterns=["README.md"])
-    api.upload_file(path_or_fileobj=card.encode(), path_in_repo="README.md", repo_id=repo_id, repo_type="model",
-                    commit_message="Add model card")
+    try:
+        api.create_repo(repo_id=repo_id, repo_type="model", private=private, exist_ok=True)
+        api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="model",
+                          commit_message="Upload SlimLab compressed model", ignore_patterns=["README.md"])
+        api.upload_file(path_or_fileobj=card.encode(), path_in_repo="README.md", repo_id=repo_id, repo_type="model",
+                        commit_message="Add model card")
+    except Exception as exc:  # noqa: BLE001 - the Hub client raises many types; none may echo the token
+        text = " ".join(str(exc).split()).replace(token.strip(), "<token>")[:300]
+        raise SlimLabError(f"Pushing to '{repo_id}' failed ({type(exc).__name__}: {text}).") from None
     return f"https://huggingface.co/{repo_id}"

@@ -145,8 +145,24 @@ def _load_folder(path: Path, spec: str, dev, dtype, trust_remote_code: bool, str
         lm = _finish(model, tokenizer, spec, path)
         lm.layer_reader, lm.compute = reader, dev
         return lm
-    model = _from_pretrained(path, config, dev, torch_dtype, trust_remote_code)
+    _require_safetensors(path, spec)
+    model = _from_pretrained(path, config, dev, torch_dtype, trust_remote_code, use_safetensors=True)
     return _finish(model, tokenizer, spec, path)
+
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+def _require_safetensors(path: Path, spec: str) -> None:
+    """Weights from a user's folder are read from safetensors only: unpickling a file can run code."""
+    if any(path.glob("*.safetensors")):
+        return
+    pickles = sorted(f.name for f in path.iterdir() if f.suffix in PICKLE_SUFFIXES)
+    found = f"only pickled weights ({', '.join(pickles[:3])})" if pickles else "no weights"
+    raise ModelNotFoundError(
+        f"'{spec}' has {found}; SlimLab reads safetensors only, because unpickling a file can run code. "
+        "Convert it where you trust it: AutoModelForCausalLM.from_pretrained(folder).save_pretrained(folder)."
+    )
 
 
 def _load_gguf(path: Path, spec: str, dev, dtype, stream: bool = False, log=print) -> LoadedModel:
