@@ -30,6 +30,7 @@ from .evaluate import (
 from .generate import Generation, SamplingSettings
 from .methods import Calibration, available_methods, get_method
 from .loader import load_model
+from .planning import PlannedSize, default_calibration, planned_size, starter_recipe
 from .models import LoadedModel
 from .progress import CancelToken, ProgressEvent, Reporter
 from .publish import check_repo_id, model_card, push_folder, read_meta
@@ -43,7 +44,8 @@ __all__ = [
     "RecoverySpec", "CompensationSpec", "RECOVERY_KINDS", "RECOVERY_GROUPS", "PRESET_KEYS", "make_calibration", "Plan", "build_plan",
     "check_ratio", "available_methods", "get_method", "available_schedules", "get_schedule", "save_compressed",
     "load_compressed",
-    # analysis and accounting
+    # analysis and accounting, sizes before a run
+    "planned_size", "PlannedSize", "starter_recipe", "default_calibration",
     "Accounting", "account", "ModuleParams", "ResidualAnalysis", "cut_width", "Subject", "num_layers",
     "model_summary", "params_total", "module_params", "residual_analysis", "block_influence", "has_chat_template",
     # evaluation, reports, chat, publishing

@@ -199,6 +199,37 @@ def test_compress_reports_plainly_when_the_model_grows(session):
     assert [r.run_id for r in session.history] == [1, 2] and "variant=shared" in session.run.label
 
 
+def test_a_choice_that_grows_the_model_is_flagged_with_its_size_before_running(session):
+    grows = hc.size_from_controls(session, "slicegpt", {"variant": "per-layer"}, 0.05, "uniform", None, *CALIB, [])
+    shrinks = hc.size_from_controls(session, "slicegpt", {"variant": "shared"}, 0.25, "uniform", None, *CALIB, [])
+    assert session.result is None and session.scores == {}  # nothing was computed
+    assert "BIGGER" in grows and "Planned size" in shrinks and "BIGGER" not in shrinks
+    view = hc.run(session, "slicegpt", {"variant": "per-layer"}, 0.05, "uniform", None, *CALIB, [])
+    summary = session.result.summary()
+    assert f"{text.m(summary['params_total'])} parameters vs {text.m(summary['params_original'])}" in grows
+    assert text.m(summary["params_total"]) in view.card  # the flag said what the run gave
+    refused = hc.size_from_controls(session, "shortgpt", {}, 0.9, "uniform", None, *CALIB, [])
+    assert "Cannot run as set" in refused and "all 3 layers" in refused
+
+
+def test_the_compress_tab_opens_on_a_recipe_that_shrinks_the_model(session, monkeypatch):
+    from dataclasses import replace
+
+    from ui import presets
+
+    start = hc.starting_point(session)  # no preset measured on this model: the engine's starter recipe
+    assert start.name is None and start.controls.method == "fasp" and session.preset.recipe.method == "fasp"
+    assert "Planned size" in start.size and "BIGGER" not in start.size
+    assert len(start.controls.plan.rows) == 3  # the plan table fits the new model
+    demo = presets.for_model("demo")
+    assert demo.path.stem == "demo-90" and presets.for_model("org/other") is None
+    monkeypatch.setattr(session, "lm", replace(session.lm, spec="demo"))
+    opened = hc.starting_point(session)  # the demo opens on its measured preset
+    assert opened.name == demo.name and session.preset is demo
+    assert opened.controls.method == demo.recipe.method and opened.controls.ratio == demo.recipe.ratio
+    assert "measured:" in opened.card and "Planned size" in opened.size
+
+
 def test_compress_applies_the_edited_plan_and_leaves_the_original(session):
     before = _state(session.lm.model)
     hc.preview_plan(session, "uniform", 0.25, None, *CALIB)
@@ -543,7 +574,8 @@ def test_the_default_calibration_is_chats_for_a_chat_model(session):
 
     chats = "wikitext2:validation+alpaca-chat"
     assert hc.default_calibration_source(session) == chats  # the tiny tokenizer has a chat template
-    assert _after_model(session)[5:7] == [chats, chats]  # Compress and Analyze sources
+    assert _after_model(session)[2] == chats  # Analyze's source (the Compress tab opens on a recipe with it)
+    assert hc.starting_point(session).controls.calibration["source"] == chats
     no_template = Session(lm=SimpleNamespace(tokenizer=SimpleNamespace(chat_template=None)))
     assert hc.default_calibration_source(no_template) == "wikitext2:validation"
 

@@ -54,11 +54,12 @@ def launch_kwargs() -> dict:
 
 
 def _after_model(session: Session) -> list:
-    """Other tabs after a new base model: nothing derived from the previous one survives; the calibration
-    source defaults to chats for a chat model (Compress and Analyze alike, so Analyze's scores are reused)."""
+    """Other tabs after a new base model: nothing derived from the previous one survives; Analyze's
+    calibration source is the engine's default for the model (text plus chats for a chat model: what the
+    Compress tab opens on too, so Analyze's scores are reused). ``compress.start`` refills the Compress tab."""
     source = compress_handlers.default_calibration_source(session)
-    return ([compress.NO_RESULT] + compress.adapt_plan(compress_handlers.initial_plan(session))
-            + [figures.placeholder(compress_handlers.NO_RECOVERY), source, source] + _after_run(session))
+    return ([compress.NO_RESULT, figures.placeholder(compress_handlers.NO_RECOVERY), source]
+            + _after_run(session))
 
 
 def _after_run(session: Session) -> list:
@@ -90,10 +91,11 @@ def build_app(preload_demo: bool = True) -> gr.Blocks:
         export.wire(ui)
 
         c = ui.compress
-        after_model_outputs = ([c.card, c.plan_table, c.plan_plot, c.plan_note, c.recovery_plot, c.source,
-                                ui.analyze.source] + evaluate.outputs(ui) + chat.outputs(ui) + [ui.export.folder])
+        after_model_outputs = ([c.card, c.recovery_plot, ui.analyze.source] + evaluate.outputs(ui) + chat.outputs(ui)
+                               + [ui.export.folder])
         after_run_outputs = evaluate.outputs(ui) + chat.outputs(ui) + [ui.export.folder]
         loaded.success(guarded(_after_model), [session], after_model_outputs, api_visibility="private", **LIGHT)
+        compress.start(ui, loaded)
         ran.success(guarded(_after_run), [session], after_run_outputs, api_visibility="private", **LIGHT)
         # a perplexity measurement may put the 2x warning on the result card
         measured.success(guarded(compress_handlers.card), [session], [c.card], api_visibility="private", **LIGHT)
@@ -101,5 +103,6 @@ def build_app(preload_demo: bool = True) -> gr.Blocks:
         first = app.load(guarded(model_handlers.load, model.adapt), [session, ui.model.spec],
                          model.load_outputs(ui), api_visibility="private", **HEAVY)
         first.success(guarded(_after_model), [session], after_model_outputs, api_visibility="private", **LIGHT)
+        compress.start(ui, first)
         first.failure(lambda: LOAD_FAILED, None, [status], api_visibility="private", **LIGHT)
     return app

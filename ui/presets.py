@@ -96,6 +96,13 @@ def all_presets() -> dict[str, Preset]:
     return load_presets(ASSETS / "recipes")
 
 
+def for_model(spec: str) -> Optional[Preset]:
+    """The first shipped preset measured on the model ``spec`` (files named ``<spec>-*``, e.g. ``demo-90``
+    for the demo), or None."""
+    return next((p for p in all_presets().values() if p.path is not None and p.path.stem.startswith(f"{spec}-")),
+                None)
+
+
 def recipe_presets() -> dict[str, Recipe]:
     """Preset name -> recipe, from the files ``slimlab compress --recipe`` replays as well."""
     return {name: preset.recipe for name, preset in all_presets().items()}

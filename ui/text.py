@@ -58,6 +58,21 @@ def verdict(summary: dict) -> str:
             + (f" Added by the method: {', '.join(f'{k} {m(v)}' for k, v in added.items())}." if added else ""))
 
 
+def planned_size(planned: int, original: int, exact: bool = True) -> str:
+    """Beside Run: the size a run will have, flagged plainly when it is bigger than the original."""
+    about = "" if exact else "about "
+    if planned > original:
+        return (f"**⚠ This run makes the model BIGGER:** {about}{m(planned)} parameters vs {m(original)} original "
+                f"({pct_change(planned, original)}). Pick a larger ratio or a method that adds less "
+                "(FASP, or SliceGPT with variant = shared).")
+    return (f"**Planned size:** {about}{m(planned)} parameters, {planned / original:.2f}× the original's "
+            f"{m(original)} ({pct_change(planned, original)}).")
+
+
+def not_sized(reason: str) -> str:
+    return f"**Cannot run as set:** {reason}"
+
+
 def result_card(summary: dict, original: dict, compressed: dict, recovery: Optional[dict] = None,
                 notes: Sequence[str] = ()) -> str:
     """Verdict, an original-vs-compressed table, how the run went (its recovery too), then ``notes``

@@ -95,6 +95,12 @@ class Method(ABC):
     def rebuild(self, model: nn.Module, adapter: Adapter, structure: Any) -> None:
         """Recreate the compressed shapes on a freshly built base model (weights come after)."""
 
+    def plan_shapes(self, model: nn.Module, adapter: Adapter, plan: Plan, params: dict) -> bool:
+        """Give ``model`` (a meta-device copy of the original: shapes, no data) the shapes ``plan`` would
+        produce, so a front end can show the size a run will have before anything is computed (a choice
+        that grows the model is flagged at once). Returns False when the method cannot tell before it runs."""
+        return False
+
     def read_structure(self, data: dict) -> Structure:
         return self.structure_type.from_dict(data)
 

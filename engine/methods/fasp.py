@@ -42,6 +42,16 @@ class PairPruningStructure(Structure):
     transformers_checkpoint: bool = False  # uniform MLP-only: the config alone says the shapes
 
 
+def kept_mlp(width: int, ratio: float, params: dict) -> int:
+    """The MLP width a layer keeps at ``ratio`` (all of it when only values are pruned)."""
+    return kept_mlp_width(width, ratio, params["round_to"]) if "mlp" in params["parts"] else width
+
+
+def kept_values(head_dim: int, ratio: float, params: dict) -> int:
+    """The value dims per head a layer keeps at ``ratio`` (all of them when only the MLP is pruned)."""
+    return kept_value_dims(head_dim, ratio) if "value" in params["parts"] else head_dim
+
+
 class PairPruningPass(LayerHooks):
     """The driver pass: at each half, score the writer's input channels, keep the best, refit."""
 
@@ -52,7 +62,6 @@ class PairPruningPass(LayerHooks):
                  score: Importance, restore: bool):
         self.adapter, self.heads, self.plan, self.params = adapter, heads, plan, params
         self.score, self.restore = score, restore
-        self.prune_mlp, self.prune_value = "mlp" in params["parts"], "value" in params["parts"]
         self.mlp_widths: list[int] = []
         self.value_widths: list[int] = []
         self.value_kept: list[Optional[list[int]]] = []
@@ -61,13 +70,13 @@ class PairPruningPass(LayerHooks):
         ratio = self.plan.ratios[step.index]
         if step.half == "attention":
             head_dim = self.heads[2]
-            dv = kept_value_dims(head_dim, ratio) if self.prune_value else head_dim
+            dv = kept_values(head_dim, ratio, self.params)
             kept_v = self._prune_values(step, dv) if dv < head_dim else None
             self.value_kept.append(kept_v.tolist() if kept_v is not None else None)
             self.value_widths.append(step.parts.value.out_features)
             return HalfOutcome(columns=step.writer.index if kept_v is not None else None)
         width = step.writer.in_features
-        k = kept_mlp_width(width, ratio, self.params["round_to"]) if self.prune_mlp else width
+        k = kept_mlp(width, ratio, self.params)
         kept = self._prune_mlp(step, k) if k < width else None
         self.mlp_widths.append(step.writer.in_features)
         return HalfOutcome(columns=kept)
@@ -134,6 +143,19 @@ class PairPruning(Method):
             structure=PairPruningStructure(hooks.mlp_widths, hooks.value_kept, list(heads), plain),
             stage_seconds=stages,
         )
+
+    def plan_shapes(self, model, adapter, plan, params) -> bool:
+        """The widths ``compress`` would keep; which value dims survive does not change the size, so the
+        first ones of each KV group stand in."""
+        heads = adapter.heads(model.config)
+        n_kv, head_dim = heads[1], heads[2]
+        mlp, value_kept = [], []
+        for layer, ratio in zip(adapter.layers(model), plan.ratios):
+            mlp.append(kept_mlp(adapter.parts_of(layer).mlp_out.in_features, ratio, params))
+            dv = kept_values(head_dim, ratio, params)
+            value_kept.append([g * head_dim + j for g in range(n_kv) for j in range(dv)] if dv < head_dim else None)
+        self.rebuild(model, adapter, PairPruningStructure(mlp, value_kept, list(heads)))
+        return True
 
     @torch.no_grad()
     def rebuild(self, model: nn.Module, adapter: Adapter, structure: PairPruningStructure) -> None:

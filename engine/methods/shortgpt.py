@@ -26,6 +26,14 @@ class ShortGPTStructure(Structure):
     transformers_checkpoint: bool = True
 
 
+def _dropped(plan: Plan, num_layers: int) -> int:
+    """How many layers the plan's target removes (all of them is refused)."""
+    n_drop = round(plan.target * num_layers)
+    if n_drop >= num_layers:
+        raise ConfigError(f"Ratio {plan.target} would remove all {num_layers} layers; use a smaller ratio.")
+    return n_drop
+
+
 @register
 class ShortGPT(Method):
     name = "shortgpt"
@@ -42,9 +50,7 @@ class ShortGPT(Method):
     def compress(self, work, calibration: Calibration, plan: Plan, params: dict, progress: Reporter) -> MethodOutput:
         adapter = work.adapter
         num_layers = work.num_layers
-        n_drop = round(plan.target * num_layers)
-        if n_drop >= num_layers:
-            raise ConfigError(f"Ratio {plan.target} would remove all {num_layers} layers; use a smaller ratio.")
+        n_drop = _dropped(plan, num_layers)
         t = time.perf_counter()
         if plan.schedule == "block-influence" and plan.scores is not None:
             bi = list(plan.scores)  # the plan already scored these layers on the same model
@@ -65,6 +71,14 @@ class ShortGPT(Method):
             stage_seconds=stages,
             plots={"block_influence": bi},
         )
+
+    def plan_shapes(self, model, adapter, plan, params) -> bool:
+        """Every layer has the same shapes, so dropping the first ``n`` says the size of dropping any ``n``."""
+        layers = adapter.layers(model)
+        n_drop = _dropped(plan, len(layers))
+        adapter.set_num_layers(model.config, list(range(n_drop, len(layers))))
+        del layers[:n_drop]
+        return True
 
     def rebuild(self, model: nn.Module, adapter: Adapter, structure: ShortGPTStructure) -> None:
         """Nothing to do: the saved config already has the reduced layer count."""

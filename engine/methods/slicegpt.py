@@ -209,13 +209,26 @@ class SliceGPT(Method):
     # --- compression ------------------------------------------------------
     def compress(self, work, calibration: Calibration, plan: Plan, params: dict,
                  progress: Reporter) -> MethodOutput:
-        hidden = work.adapter.hidden_size(work.model.config)
-        widths = plan_widths(hidden, plan.ratios, params["round_to"])
+        widths = _widths(work.adapter.hidden_size(work.model.config), plan, params)
         if params["variant"] == "shared":
-            if len(set(widths)) != 1:
-                raise ConfigError("The shared-basis variant needs one width for every layer; use the uniform schedule.")
             return self._compress_shared(work, calibration, widths[0], params, progress)
         return self._compress_per_layer(work, calibration, widths, params, progress)
+
+    def plan_shapes(self, model, adapter, plan, params) -> bool:
+        """The structure ``compress`` would record (widths from the plan alone), rebuilt on the meta copy."""
+        hidden = adapter.hidden_size(model.config)
+        widths = _widths(hidden, plan, params)
+        # an untied head takes the final norm's shift as a bias when the norm is folded into it
+        head_bias = adapter.head(model).bias is not None or getattr(adapter.final_norm(model), "bias", None) is not None
+        if params["variant"] == "shared":
+            tied = adapter.is_tied(model) and adapter.norm_kind != "layer"  # as _compress_shared decides
+            structure = SliceGPTStructure("shared", hidden, widths, widths[0], head_bias and not tied, tied=tied)
+        else:
+            head = _output_width(widths, len(widths) - 1, hidden, params["slice_head"])
+            structure = SliceGPTStructure("per-layer", hidden, widths, head, head_bias, slice_head=params["slice_head"])
+        with torch.device("meta"):
+            self.rebuild(model, adapter, structure)
+        return True
 
     def _compress_per_layer(self, work, calibration, widths, params, progress) -> MethodOutput:
         adapter, model = work.adapter, work.model
@@ -324,6 +337,14 @@ class SliceGPT(Method):
         adapter.set_final_norm(model, RMSN(hidden, eps))
         adapter.set_tied(model.config, False)
         _resize(head, head.out_features, d_head, bias=structure.head_bias)
+
+
+def _widths(hidden: int, plan: Plan, params: dict) -> list[int]:
+    """Each layer's residual width; the shared basis needs one width for all."""
+    widths = plan_widths(hidden, plan.ratios, params["round_to"])
+    if params["variant"] == "shared" and len(set(widths)) != 1:
+        raise ConfigError("The shared-basis variant needs one width for every layer; use the uniform schedule.")
+    return widths
 
 
 def _output_width(widths: list[int], i: int, hidden: int, slice_head: bool) -> int:

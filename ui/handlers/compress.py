@@ -13,11 +13,11 @@ import plotly.graph_objects as go
 
 from engine import (
     RECOVERY_GROUPS, CalibrationSpec, ConfigError, Plan, Recipe, RecoverySpec, Reporter, available_methods,
-    available_schedules, block_influence, build_plan, check_ratio, compress, get_method, get_schedule,
-    has_chat_template, make_calibration, nonsense_warning, num_layers,
+    available_schedules, block_influence, build_plan, check_ratio, compress, default_calibration, get_method,
+    get_schedule, make_calibration, nonsense_warning, num_layers, planned_size, starter_recipe,
 )
 
-from .. import figures, text
+from .. import figures, presets, text
 from ..presets import Preset
 from ..state import Session
 from .analyze import calibration_key, calibration_spec
@@ -28,9 +28,6 @@ DEFAULT_SCHEDULE = "uniform"
 TABLE_SCHEDULE = "manual"  # in the UI the manual plan is the edited table, not a file
 TABLE_LABEL = "Manual (edit the plan table)"
 NO_RESULT = "No compressed model yet. Choose a method and a ratio, then press **Run**."
-# calibration defaults, with and without a chat template: half encyclopedic text, half chats through the
-# template (on the demo, chats alone doubled the wikitext ppl of FASP at 0.8x; text alone lost the answers)
-CHAT_SOURCE, TEXT_SOURCE = "wikitext2:validation+alpaca-chat", "wikitext2:validation"
 RECOVERY_CHOICES = [("none", "none"), ("LoRA (merged at the end: same size)", "lora"), ("full fine-tuning", "full")]
 RECOVERY_FIELDS = ("kind", "steps", "minutes", "lr", "rank", "groups", "source", "nsamples", "seqlen")  # controls
 SAME_TEXT = "same as calibration"  # the recovery text control's value for source=None
@@ -82,8 +79,8 @@ def control_values(owner: str, params: dict, keys: Keys, keep: Any = None) -> li
 
 
 def default_calibration_source(session: Session) -> str:
-    """Chats through the template for a chat model (what it runs on in use), Wikipedia text otherwise."""
-    return CHAT_SOURCE if has_chat_template(need_model(session)) else TEXT_SOURCE
+    """The engine's default for this model: text plus chats through the template for a chat model."""
+    return default_calibration(need_model(session)).source
 
 
 def recovery_group_choices() -> list[str]:
@@ -348,11 +345,14 @@ def recipe_controls(recipe: Union[Recipe, dict]) -> RecipeControls:
 
 @dataclass
 class PresetView:
-    """A picked preset (or an uploaded recipe): the controls it fills, its card, its stored chat answers."""
+    """A picked preset (or an uploaded recipe): the controls it fills, its card, its stored chat answers,
+    the planned size beside Run, and the preset dropdown's value (None: no shipped preset)."""
 
-    controls: RecipeControls
+    controls: Optional[RecipeControls]
     card: str
     chat_examples: str
+    size: str = ""
+    name: Optional[str] = None
 
 
 def use_preset(session: Session, preset: Optional[Preset]) -> PresetView:
@@ -363,4 +363,48 @@ def use_preset(session: Session, preset: Optional[Preset]) -> PresetView:
     lines = [f"**{preset.name}** · {preset.recipe.label()}"] + measured_notes(preset)
     answers = text.chat_examples(preset.chat_examples, f"Answers stored with the preset {preset.name} "
                                                       "(greedy, when it was measured)")
-    return PresetView(recipe_controls(preset.recipe), "\n\n".join(line for line in lines if line), answers)
+    name = preset.name if presets.all_presets().get(preset.name) is preset else None
+    return PresetView(recipe_controls(preset.recipe), "\n\n".join(line for line in lines if line), answers,
+                      size_note(session, preset.recipe), name)
+
+
+def starting_point(session: Session) -> PresetView:
+    """What the Compress tab opens on for the session's model: its measured preset (``demo-90`` for the
+    demo), else the engine's starter recipe; either way a recipe that shrinks the model, its plan sized
+    to the model's layers."""
+    lm = need_model(session)
+    preset = presets.for_model(lm.spec) or Preset(f"Starter recipe for {lm.spec}", starter_recipe(lm))
+    view = use_preset(session, preset)
+    if view.controls.plan is None:
+        view.controls.plan = initial_plan(session, preset.recipe.ratio)
+    return view
+
+
+def size_note(session: Session, recipe: Recipe) -> str:
+    """The size the run will have, from shapes alone (milliseconds, nothing computed), flagged when it
+    would make the model bigger; a recipe that cannot run says why instead."""
+    lm = session.lm
+    if lm is None:
+        return ""
+    cached = session.scores.get(calibration_key(recipe.calibration))
+    try:
+        size = planned_size(lm, recipe, scores=None if cached is None else lambda: cached)
+    except ConfigError as exc:
+        return text.not_sized(str(exc))
+    if size is None:
+        return ""
+    return text.planned_size(size.planned.params_total, size.original.params_total, size.exact)
+
+
+def size_from_controls(session: Session, method: str, params: dict, ratio, schedule: str,
+                       schedule_params: Optional[dict], source: str, nsamples, seqlen, seed,
+                       rows: Sequence[Sequence]) -> str:
+    """``size_note`` for what the controls hold now (refreshed as the user changes them)."""
+    if session.lm is None:
+        return ""
+    try:
+        recipe = make_recipe(session, method, params, ratio, schedule, schedule_params,
+                             calibration_spec(source, nsamples, seqlen, seed), rows)
+    except ConfigError as exc:
+        return text.not_sized(str(exc))
+    return size_note(session, recipe)

@@ -8,7 +8,7 @@ from typing import Callable, Sequence
 
 import gradio as gr
 
-from engine import CalibrationSpec, RecoverySpec
+from engine import Recipe
 
 from .. import presets
 from ..handlers import compress as handlers
@@ -16,7 +16,7 @@ from ..handlers.analyze import CALIBRATION_SOURCES
 from ..wiring import HEAVY, LIGHT, guarded, stop
 from .common import plot, stop_button
 
-DEFAULT_METHOD = "slicegpt"
+DEMO = "demo"  # the model the app preloads
 NO_RESULT = handlers.NO_RESULT
 CALIBRATION_FIELDS = ("source", "nsamples", "seqlen", "seed")  # the order of the calibration inputs
 RECOVERY_INFO = ("After compressing, train the compressed model to match the original's next-token distribution "
@@ -26,18 +26,20 @@ RECOVERY_INFO = ("After compressing, train the compressed model to match the ori
                  "the whole run and keeps the previous result.")
 
 
-def control(param: dict) -> gr.components.Component:
-    """One input built from a parameter schema, so a new method or schedule needs no UI change."""
+def control(param: dict, value=None) -> gr.components.Component:
+    """One input built from a parameter schema, so a new method or schedule needs no UI change; it shows
+    ``value``, else the schema's default."""
     common = dict(label=param["name"], info=param["help"])
     kind = param["kind"]
+    value = param["default"] if value is None else value
     if kind == "choice":
-        return gr.Radio(param["choices"], value=param["default"], **common)
+        return gr.Radio(param["choices"], value=value, **common)
     if kind == "bool":
-        return gr.Checkbox(value=param["default"], **common)
+        return gr.Checkbox(value=value, **common)
     if kind in ("int", "float"):
-        return gr.Number(param["default"], precision=0 if kind == "int" else None, minimum=param["minimum"],
+        return gr.Number(value, precision=0 if kind == "int" else None, minimum=param["minimum"],
                          maximum=param["maximum"], **common)
-    return gr.Textbox(param["default"], **common)
+    return gr.Textbox(value, **common)
 
 
 @dataclass
@@ -49,45 +51,50 @@ class ControlGroups:
     controls: list[gr.components.Component] = field(default_factory=list)
 
 
-def control_groups(schemas: dict[str, list[dict]], selected: str) -> ControlGroups:
+def control_groups(schemas: dict[str, list[dict]], selected: str, values: dict) -> ControlGroups:
+    """Every owner's controls; the selected owner's show ``values`` (its params in the opening recipe)."""
     built = ControlGroups()
     for owner, schema in schemas.items():
         with gr.Column(visible=owner == selected) as group:
             for param in schema:
                 built.keys.append((owner, param["name"]))
-                built.controls.append(control(param))
+                built.controls.append(control(param, values.get(param["name"]) if owner == selected else None))
         built.groups[owner] = group
     return built
 
 
 def build() -> SimpleNamespace:
-    methods = handlers.method_schemas()
-    default = DEFAULT_METHOD if DEFAULT_METHOD in methods else next(iter(methods))
+    """The tab, opening on the demo's preset (the model the app preloads); ``start`` refills it for
+    whatever model loads."""
+    first = presets.for_model(DEMO)
+    c = handlers.recipe_controls(first.recipe if first else Recipe())
     with gr.Row():
-        preset = gr.Dropdown(list(presets.all_presets()), value=None, label="Preset", scale=3,
-                             info="fills the controls below; you can change anything afterwards")
+        preset = gr.Dropdown(list(presets.all_presets()), value=first.name if first else None, label="Preset",
+                             scale=3, info="fills the controls below; you can change anything afterwards")
         recipe_file = gr.UploadButton("Replay a recipe (.json/.yaml)", file_types=[".json", ".yaml", ".yml"], scale=1)
     preset_card = gr.Markdown("", elem_id="preset-card")
     with gr.Row():
         with gr.Column(scale=2):
-            method = gr.Dropdown(handlers.method_choices(), value=default, label="Method")
-            method_info = gr.Markdown(handlers.method_markdown(default))
-            method_controls = control_groups(methods, default)
+            method = gr.Dropdown(handlers.method_choices(), value=c.method, label="Method")
+            method_info = gr.Markdown(handlers.method_markdown(c.method))
+            method_controls = control_groups(handlers.method_schemas(), c.method, c.method_params)
         with gr.Column(scale=2):
-            ratio = gr.Slider(0.0, 0.9, value=0.25, step=0.01, label="Target ratio",
+            ratio = gr.Slider(0.0, 0.9, value=c.ratio, step=0.01, label="Target ratio",
                               info="mean fraction of each layer's width to remove")
-            schedule = gr.Radio(handlers.schedule_choices(), value=handlers.DEFAULT_SCHEDULE, label="Schedule")
-            schedule_info = gr.Markdown(handlers.schedule_markdown(handlers.DEFAULT_SCHEDULE), elem_classes="explain")
-            schedule_controls = control_groups(handlers.schedule_schemas(), handlers.DEFAULT_SCHEDULE)
+            schedule = gr.Radio(handlers.schedule_choices(), value=c.schedule, label="Schedule")
+            schedule_info = gr.Markdown(handlers.schedule_markdown(c.schedule), elem_classes="explain")
+            schedule_controls = control_groups(handlers.schedule_schemas(), c.schedule, c.schedule_params)
+            calib = c.calibration
             with gr.Accordion("Calibration data", open=False):
-                source = gr.Dropdown(CALIBRATION_SOURCES, value=handlers.TEXT_SOURCE, allow_custom_value=True,
+                source = gr.Dropdown(CALIBRATION_SOURCES, value=calib["source"], allow_custom_value=True,
                                      label="Source", info="A+B mixes sources; a chat model's default is Wikipedia "
                                                           "text plus chats through its template (alpaca-chat)")
                 with gr.Row():
-                    nsamples = gr.Number(CalibrationSpec().nsamples, precision=0, minimum=1, label="Samples")
-                    seqlen = gr.Number(CalibrationSpec().seqlen, precision=0, minimum=8, label="Tokens per sample")
-                    seed = gr.Number(42, precision=0, label="Seed")
-            recovery = recovery_controls()
+                    nsamples = gr.Number(calib["nsamples"], precision=0, minimum=1, label="Samples")
+                    seqlen = gr.Number(calib["seqlen"], precision=0, minimum=8, label="Tokens per sample")
+                    seed = gr.Number(calib["seed"], precision=0, label="Seed")
+            recovery = recovery_controls(c.recovery)
+            size = gr.Markdown("", elem_id="planned-size")
             with gr.Row():
                 preview = gr.Button("Preview plan")
                 run = gr.Button("Run", variant="primary")
@@ -106,14 +113,15 @@ def build() -> SimpleNamespace:
     return SimpleNamespace(preset=preset, preset_card=preset_card, recipe_file=recipe_file, method=method,
                            method_info=method_info, methods=method_controls, ratio=ratio, schedule=schedule,
                            schedule_info=schedule_info, schedules=schedule_controls, source=source, nsamples=nsamples,
-                           seqlen=seqlen, seed=seed, recovery=recovery, preview=preview, run=run, stop=stop_btn,
+                           seqlen=seqlen, seed=seed, recovery=recovery, size=size, preview=preview, run=run,
+                           stop=stop_btn,
                            plan_note=plan_note, plan_plot=plan_plot, plan_table=plan_table, card=card,
                            accounting=accounting, recovery_plot=recovery_plot)
 
 
-def recovery_controls() -> list[gr.components.Component]:
-    """The recovery inputs, in ``handlers.RECOVERY_FIELDS`` order, showing ``RecoverySpec``'s defaults."""
-    kind, steps, minutes, lr, rank, groups, source, nsamples, seqlen = handlers.recovery_values(RecoverySpec())
+def recovery_controls(values: Sequence) -> list[gr.components.Component]:
+    """The recovery inputs, in ``handlers.RECOVERY_FIELDS`` order, showing ``values``."""
+    kind, steps, minutes, lr, rank, groups, source, nsamples, seqlen = values
     with gr.Accordion("Recovery (distillation)", open=False):
         gr.Markdown(RECOVERY_INFO, elem_classes="explain")
         controls = [gr.Radio(handlers.RECOVERY_CHOICES, value=kind, label="Recovery")]
@@ -164,22 +172,31 @@ def _preview_from_controls(schedules: ControlGroups) -> Callable:
     return _signed(preview, fixed, schedules.keys, "preview_plan")
 
 
-def _run_from_controls(methods: ControlGroups, schedules: ControlGroups) -> Callable:
-    """A run function whose inputs are the fixed controls (recovery's last), every method's controls, then
-    every schedule's."""
+def _from_run_controls(methods: ControlGroups, schedules: ControlGroups, name: str, body: Callable) -> Callable:
+    """A function of the Run inputs (the fixed controls, recovery's last, every method's controls, then
+    every schedule's) that hands ``body`` the selected owners' params:
+    ``body(session, method, method_params, ratio, schedule, schedule_params, calib, plan, recovery, progress)``."""
     recovery = tuple(f"recovery_{name}" for name in handlers.RECOVERY_FIELDS)
     fixed = ("session", "method", "ratio", "schedule") + CALIBRATION_FIELDS + ("plan",) + recovery
 
-    def run(*args):
+    def call(*args):
         (session, method, ratio, schedule, *rest), (mv, sv), progress = _split(args, len(fixed),
                                                                              [methods, schedules])
         calib, plan, heal = rest[:len(CALIBRATION_FIELDS)], rest[len(CALIBRATION_FIELDS)], rest[-len(recovery):]
-        base = session.preset.recipe.recovery if session.preset is not None else None
-        return handlers.run(session, method, handlers.params_from_controls(method, methods.keys, mv), ratio,
-                            schedule, handlers.params_from_controls(schedule, schedules.keys, sv), *calib, plan,
-                            progress, recovery=handlers.recovery_spec(*heal, base=base))
+        return body(session, method, handlers.params_from_controls(method, methods.keys, mv), ratio, schedule,
+                    handlers.params_from_controls(schedule, schedules.keys, sv), calib, plan, heal, progress)
 
-    return _signed(run, fixed, methods.keys + schedules.keys, "compress")
+    return _signed(call, fixed, methods.keys + schedules.keys, name)
+
+
+def _run(session, method, params, ratio, schedule, schedule_params, calib, plan, heal, progress):
+    base = session.preset.recipe.recovery if session.preset is not None else None
+    return handlers.run(session, method, params, ratio, schedule, schedule_params, *calib, plan, progress,
+                        recovery=handlers.recovery_spec(*heal, base=base))
+
+
+def _size(session, method, params, ratio, schedule, schedule_params, calib, plan, heal, progress):
+    return handlers.size_from_controls(session, method, params, ratio, schedule, schedule_params, *calib, plan)
 
 
 def plan_outputs(t) -> list:
@@ -202,24 +219,41 @@ def _switch(selector: gr.components.Component, info: gr.Markdown, controls: Cont
                     **LIGHT)
 
 
+def recipe_outputs(ui) -> list:
+    """What a preset, an uploaded recipe or the starting point fills (``apply``'s outputs)."""
+    t = ui.compress
+    return ([t.preset, t.method, t.ratio, t.schedule, t.source, t.nsamples, t.seqlen, t.seed] + t.recovery
+            + t.methods.controls + t.schedules.controls + plan_outputs(t)
+            + [t.preset_card, ui.chat.preset_answers, t.size])
+
+
+def apply(t, view: handlers.PresetView) -> list:
+    """``recipe_outputs`` from a preset view; a cleared preset keeps the controls."""
+    c, keep = view.controls, gr.update()
+    if c is None:
+        outputs = len(t.recovery) + len(t.methods.controls) + len(t.schedules.controls) + 3 + 8
+        return [keep] * outputs + [view.card, view.chat_examples, keep]
+    return ([view.name, c.method, c.ratio, c.schedule] + [c.calibration[k] for k in CALIBRATION_FIELDS] + c.recovery
+            + handlers.control_values(c.method, c.method_params, t.methods.keys, keep)
+            + handlers.control_values(c.schedule, c.schedule_params, t.schedules.keys, keep)
+            + (adapt_plan(c.plan) if c.plan else [keep] * 3) + [view.card, view.chat_examples, view.size])
+
+
+def start(ui, loaded: gr.events.Dependency) -> None:
+    """After a model loads, the tab opens on a recipe that shrinks it (its preset, or the engine's starter)."""
+    loaded.success(guarded(handlers.starting_point, lambda view: apply(ui.compress, view)), [ui.session],
+                   recipe_outputs(ui), api_visibility="private", **LIGHT)
+
+
 def wire(ui) -> gr.events.Dependency:
     """Returns the Run event so the app can refresh the other tabs after it."""
     t = ui.compress
     _switch(t.method, t.method_info, t.methods, handlers.method_markdown)
     _switch(t.schedule, t.schedule_info, t.schedules, handlers.schedule_markdown)
     calib = [t.source, t.nsamples, t.seqlen, t.seed]
-
-    def apply(view: handlers.PresetView) -> list:
-        c, keep = view.controls, gr.update()
-        if c is None:  # the preset was cleared: the controls stay as they are
-            return [keep] * (len(recipe_outputs) - 2) + [view.card, view.chat_examples]
-        return ([c.method, c.ratio, c.schedule] + [c.calibration[k] for k in CALIBRATION_FIELDS] + c.recovery
-                + handlers.control_values(c.method, c.method_params, t.methods.keys, keep)
-                + handlers.control_values(c.schedule, c.schedule_params, t.schedules.keys, keep)
-                + (adapt_plan(c.plan) if c.plan else [keep] * 3) + [view.card, view.chat_examples])
-
-    recipe_outputs = ([t.method, t.ratio, t.schedule] + calib + t.recovery + t.methods.controls
-                      + t.schedules.controls + plan_outputs(t) + [t.preset_card, ui.chat.preset_answers])
+    run_inputs = ([ui.session, t.method, t.ratio, t.schedule] + calib + [t.plan_table] + t.recovery
+                  + t.methods.controls + t.schedules.controls)
+    outputs = recipe_outputs(ui)
 
     def pick(session, name):
         return handlers.use_preset(session, presets.all_presets()[name] if name else None)
@@ -227,23 +261,29 @@ def wire(ui) -> gr.events.Dependency:
     def upload(session, path):
         return handlers.use_preset(session, presets.Preset.read(path))
 
-    t.preset.input(guarded(pick, apply), [ui.session, t.preset], recipe_outputs, api_visibility="private", **LIGHT)
-    t.recipe_file.upload(guarded(upload, apply), [ui.session, t.recipe_file], recipe_outputs,
+    filled = lambda view: apply(t, view)  # noqa: E731
+    t.preset.input(guarded(pick, filled), [ui.session, t.preset], outputs, api_visibility="private", **LIGHT)
+    t.recipe_file.upload(guarded(upload, filled), [ui.session, t.recipe_file], outputs,
                          api_visibility="private", **LIGHT)
+
+    # the size beside Run follows every choice that changes it, before anything is computed
+    size = guarded(_from_run_controls(t.methods, t.schedules, "planned_size", _size))
+    for control in [t.method, t.ratio, t.schedule] + t.methods.controls + t.schedules.controls:
+        control.input(size, run_inputs, [t.size], api_visibility="private", trigger_mode="always_last", **LIGHT)
 
     t.preview.click(guarded(_preview_from_controls(t.schedules), adapt_plan),
                     [ui.session, t.schedule, t.ratio] + calib + t.schedules.controls, plan_outputs(t),
-                    api_name="preview_plan", **HEAVY)
+                    api_name="preview_plan", **HEAVY).success(size, run_inputs, [t.size], api_visibility="private",
+                                                              **LIGHT)
     t.plan_table.input(guarded(lambda s, rows: adapt_plan(handlers.edit_plan(s, rows)) + [handlers.TABLE_SCHEDULE]),
                        [ui.session, t.plan_table], [t.plan_table, t.plan_plot, t.plan_note, t.schedule],
-                       api_visibility="private", **LIGHT)
+                       api_visibility="private", **LIGHT).success(size, run_inputs, [t.size],
+                                                                  api_visibility="private", **LIGHT)
     t.stop.click(stop, [ui.session], None, api_name="stop_compress", **LIGHT)
 
     def adapt(view: handlers.CompressView) -> list:
         return [view.card, view.accounting] + adapt_plan(view.plan) + [view.recovery, view.status]
 
-    return t.run.click(guarded(_run_from_controls(t.methods, t.schedules), adapt),
-                       [ui.session, t.method, t.ratio, t.schedule] + calib + [t.plan_table] + t.recovery
-                       + t.methods.controls + t.schedules.controls,
+    return t.run.click(guarded(_from_run_controls(t.methods, t.schedules, "compress", _run), adapt), run_inputs,
                        [t.card, t.accounting] + plan_outputs(t) + [t.recovery_plot, ui.status], api_name="compress",
                        scroll_to_output=True, **HEAVY)
