@@ -63,15 +63,15 @@ def planned_size(lm: LoadedModel, recipe: Recipe,
     """What ``compress(lm, recipe)`` will weigh, from shapes alone; None when the method cannot tell.
 
     A score-driven schedule (block influence) is built from ``scores`` when given, else sized as the
-    uniform plan at the same target (``exact`` False). Compensation branches are not counted. Bad
+    uniform plan at the same target (``exact`` False), as is a plan searched on the run itself. Compensation branches are not counted. Bad
     recipes raise the ConfigError ``compress`` would raise."""
     recipe = recipe.validate()
     num_layers = len(lm.adapter.layers(lm.model))
     recipe.check_layers(num_layers)
     plan, exact = recipe.plan, True
     if plan is None:
-        needs_scores = get_schedule(split_schedule(recipe.schedule, recipe.schedule_params)[0]).needs_scores
-        if needs_scores and scores is None:
+        schedule = get_schedule(split_schedule(recipe.schedule, recipe.schedule_params)[0])
+        if schedule.needs_run or (schedule.needs_scores and scores is None):
             plan, exact = build_plan("uniform", recipe.ratio, num_layers), False
         else:
             plan = build_plan(recipe.schedule, recipe.ratio, num_layers, scores=scores,

@@ -44,6 +44,9 @@ def test_score_driven_plans_are_sized_as_uniform_until_scores_exist(models):
     recipe = Recipe(method="fasp", ratio=0.3, schedule="layer-redundancy")
     assert not planned_size(lm, recipe).exact
     assert planned_size(lm, recipe, scores=lambda: [0.1, 0.5, 0.2]).exact
+    searched = planned_size(lm, Recipe(method="fasp", ratio=0.3, schedule="searched"))  # planned on the run itself
+    uniform = planned_size(lm, Recipe(method="fasp", ratio=0.3))
+    assert not searched.exact and searched.planned.params_total == uniform.planned.params_total
 
 
 def test_planned_size_refuses_what_compress_refuses(models):
