@@ -14,6 +14,7 @@ RESULTS = {  # name: (method, ratio or plan, params)
     "fasp-mlp-uniform": ("fasp", 0.25, {"parts": "mlp"}),  # a plain checkpoint
     "wanda-values": ("wanda-sp", 0.3, {"parts": "value"}),  # uniform, narrowed value heads
     "shortgpt": ("shortgpt", 0.34, {}),  # one layer fewer
+    "slicegpt-shared": ("slicegpt", 0.25, {"variant": "shared"}),  # narrower residual, tied head behind a mix
 }
 
 

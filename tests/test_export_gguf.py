@@ -31,7 +31,8 @@ def _same_logits(folder, path, atol=1e-4):
 
 
 @pytest.mark.parametrize("name, arch", [("fasp-mixed", "deci"), ("fasp-mlp-uniform", "llama"),
-                                        ("wanda-values", "llama"), ("shortgpt", "llama")])
+                                        ("wanda-values", "llama"), ("shortgpt", "llama"),
+                                        ("slicegpt-shared", "llama")])
 def test_each_result_runs_with_llama_cpp_semantics(results, tmp_path, name, arch):
     report = export(results[name], "gguf", "f32", tmp_path / "m.gguf")
     assert report.architecture == arch
@@ -47,6 +48,15 @@ def test_per_layer_widths_use_deci_and_padding_is_reported(results, tmp_path):
     assert fields["deci.attention.key_length"] == fields["deci.attention.value_length"] == 16
     assert report.details["padded_zeros"] > 0
     assert any("zero-padded" in n and "MB on disk" in n for n in report.notes)
+
+
+def test_slicegpt_shared_folds_its_norms_exactly(results, tmp_path):
+    report = export(results["slicegpt-shared"], "gguf", "f32", tmp_path / "m.gguf")
+    fields = _fields(tmp_path / "m.gguf")
+    assert fields["llama.embedding_length"] == 48  # 64 less 25%
+    assert fields["llama.attention.layer_norm_rms_epsilon"] == pytest.approx(1e-6 * 64 / 48)
+    assert "output.weight" in {t.name for t in gguf.GGUFReader(tmp_path / "m.gguf").tensors}
+    assert any("untied output matrix" in n for n in report.notes)
 
 
 def test_shortgpt_writes_fewer_blocks(results, tmp_path):
@@ -108,7 +118,7 @@ def test_a_layer_without_mlp_keeps_its_attention(tiny, tmp_path):
 def test_results_llama_cpp_cannot_express_are_refused_before_loading(results, tmp_path, capsys):
     meta_path = results["fasp-mixed"] / "slimlab.json"
     meta = json.loads(meta_path.read_text())
-    for change, message in [({"method": "slicegpt"}, "SliceGPT"), ({"compensation": {"ranks": {}}}, "side branches")]:
+    for change, message in [({"method": "slicegpt"}, "SliceGPT per-layer"), ({"compensation": {"ranks": {}}}, "side branches")]:
         folder = tmp_path / message.replace(" ", "-")
         folder.mkdir()
         (folder / "slimlab.json").write_text(json.dumps(meta | change))

@@ -30,8 +30,8 @@ def check(meta: dict) -> None:
     """Refuse, before loading, what no llama/deci GGUF can hold."""
     if meta.get("compensation"):
         raise not_expressible("low-rank side branches (compensation)")
-    if meta.get("method") == "slicegpt":
-        raise not_expressible("SliceGPT's narrower, rotated residual stream (per-layer widths, shortcut matrices)")
+    if meta.get("method") == "slicegpt" and meta.get("structure", {}).get("variant") != "shared":
+        raise not_expressible("SliceGPT per-layer (a residual width per layer, shortcut matrices)")
     config = meta.get("config", {})
     if config.get("model_type") != "llama":
         raise not_expressible(f"the '{config.get('model_type')}' architecture with this exporter (llama only)")
@@ -105,6 +105,9 @@ def write_gguf(path: Path, lm: LoadedModel, tokenizer_dir: Path, dtype: str, nam
         size = shapes.padded * (4 if dtype == "f32" else 2)
         notes.append(f"pruned value dims are zero-padded back to the full head width (exact): "
                      f"{shapes.padded:,} zeros, {size / 1e6:.2f} MB on disk")
+    if shapes.folded_mix:
+        notes.append(f"the final norm's mix is folded into an untied output matrix: +{shapes.head.numel():,} "
+                     "weights on disk (llama.cpp has no matrix between the final norm and a tied head)")
     if shapes.stand_ins:
         notes.append(f"layers {shapes.stand_ins} have no MLP; each has a zero width-1 MLP (deci's n_ff = 0 would "
                      "skip the attention too)")
@@ -126,7 +129,7 @@ GGUF = register_format(ExportFormat(
     name="gguf",
     label="GGUF (llama.cpp)",
     expresses="llama-family results of ShortGPT, FASP and Wanda-SP (any plan; per-layer widths use the deci "
-              "architecture)",
+              "architecture) and SliceGPT variant=shared",
     writes="file",
     suffix=".gguf",
     check=check,

@@ -12,12 +12,17 @@ What it does to get there, and why each step is exact:
   llama.cpp cannot say (one head width for Q, K and V). The kept V rows go back to their places
   among zero rows and O gets zero columns where V has zero rows: the attention output is
   identical, at the cost of the zeros on disk (``padded``).
+- **SliceGPT's shared basis**: the residual stream is narrower (``d'`` instead of ``d``) and its
+  weightless norms divide by the original ``d``. llama.cpp's RMSNorm divides by the width it
+  sees, so each norm gets the weight ``sqrt(d/d')`` and the file the eps ``eps·d/d'``:
+  ``x/sqrt(Σx²/d + eps) = sqrt(d/d')·x/sqrt(Σx²/d' + eps·d/d')``, exactly. The final norm's
+  ``d'×d'`` mix before a tied head is folded into an untied output matrix ``E·mixᵀ``.
 - **Removed blocks**: an empty attention becomes ``n_head = 0`` (deci skips it); an empty MLP
   becomes a width-1 MLP whose down column is zero, because deci's ``n_ff = 0`` skips the
   *whole* layer, attention included.
 
-Anything else (a shortcut matrix, a side branch, a bias, a hidden width that is not the
-model's) is refused by name, never approximated.
+Anything else (a shortcut matrix, a side branch, a bias, residual widths that differ between
+layers) is refused by name, never approximated.
 """
 from __future__ import annotations
 
@@ -26,12 +31,14 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from ..methods.slicegpt import MixedNorm
 from ..models.adapters import Adapter
 from ..models.loaded import LoadedModel
+from ..transforms.fusion import RMSN, norm_eps
 from ..transforms.value_heads import GatherLinear, ScatterLinear
 from .base import NotExpressible
 
-EXPORTABLE = ("ShortGPT", "FASP and Wanda-SP (any parts and any per-layer plan)")
+EXPORTABLE = ("ShortGPT", "FASP and Wanda-SP (any parts and any per-layer plan)", "SliceGPT variant=shared")
 LAYER_WEIGHTS = {  # what a llama-family layer may hold, by state-dict name
     "input_layernorm.weight", "post_attention_layernorm.weight",
     "self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight", "self_attn.o_proj.weight",
@@ -56,15 +63,16 @@ class Block:
 
 @dataclass
 class Layout:
-    hidden: int
+    hidden: int  # the residual width the file's layers read and write
     head_dim: int
-    eps: float
+    eps: float  # llama.cpp has one RMSNorm eps for the whole model
     embedding: torch.Tensor
     final_norm: torch.Tensor
     head: "torch.Tensor | None"  # None: tied to the embedding
     blocks: list[Block]
     padded: int = 0  # zeros added for narrowed value heads (elements)
     stand_ins: list[int] = field(default_factory=list)  # layers whose removed MLP is a zero width-1 MLP
+    folded_mix: bool = False  # SliceGPT shared: the final mix became an untied output matrix
 
     @property
     def uniform(self) -> bool:
@@ -111,29 +119,49 @@ def layout(lm: LoadedModel) -> Layout:
     config = model.config
     if adapter.name != "llama":
         raise not_expressible(f"the '{config.model_type}' architecture with this exporter")
-    n_heads, _n_kv, head_dim = adapter.heads(config)
-    hidden = adapter.hidden_size(config)
+    _n_heads, _n_kv, head_dim = adapter.heads(config)
     embedding = adapter.token_embedding(model).weight.detach()
-    if embedding.shape[1] != hidden:
-        raise not_expressible("a residual width other than the model's (SliceGPT)")
-    out = Layout(hidden=hidden, head_dim=head_dim, eps=float(config.rms_norm_eps), embedding=embedding,
-                 final_norm=_norm_weight(adapter.final_norm(model), "the final norm"),
-                 head=None if adapter.is_tied(model) else adapter.head(model).weight.detach(), blocks=[])
+    hidden = embedding.shape[1]
+    final = adapter.final_norm(model)
+    head = None if adapter.is_tied(model) else adapter.head(model).weight.detach()
+    if isinstance(final, MixedNorm):  # n(x)·mix·Eᵀ = n(x)·(E·mixᵀ)ᵀ
+        head = (adapter.head(model).weight.detach().double() @ final.mix.detach().double().T).to(embedding.dtype)
+        final = final.norm
+    final_weight, eps = _norm(final, hidden, "the final norm")
+    out = Layout(hidden=hidden, head_dim=head_dim, eps=eps, embedding=embedding, final_norm=final_weight,
+                 head=head, blocks=[], folded_mix=isinstance(adapter.final_norm(model), MixedNorm))
     for i, layer in enumerate(adapter.layers(model)):
         _check_layer(layer, i)
         out.blocks.append(_block(adapter, layer, i, head_dim, out))
     return out
 
 
-def _norm_weight(norm: nn.Module, what: str) -> torch.Tensor:
+def _norm(norm: nn.Module, width: int, what: str) -> tuple[torch.Tensor, float]:
+    """(weight, eps) of an RMSNorm over ``width`` dims as llama.cpp computes it."""
+    if isinstance(norm, RMSN):  # divides by the original width: fold the ratio into weight and eps
+        ratio = norm.mean_dim / width
+        return torch.full((width,), ratio ** 0.5), norm.eps * ratio
     weight = getattr(norm, "weight", None)
-    if weight is None or getattr(norm, "bias", None) is not None:
-        raise not_expressible(f"{what} without an RMSNorm scale")
-    return weight.detach()
+    if weight is None or getattr(norm, "bias", None) is not None or weight.shape[0] != width:
+        raise not_expressible(f"{what} ({type(norm).__name__}) as an RMSNorm over the residual width {width}")
+    return weight.detach(), norm_eps(norm)
+
+
+def _norm_weight(norm: nn.Module, what: str, out: Layout) -> torch.Tensor:
+    """A layer norm's weight; its eps must be the model's (llama.cpp has one)."""
+    weight, eps = _norm(norm, out.hidden, what)
+    if abs(eps - out.eps) > 1e-6 * out.eps:
+        raise not_expressible(f"{what} with an eps ({eps:g}) other than the final norm's ({out.eps:g})")
+    return weight
 
 
 def _block(adapter: Adapter, layer: nn.Module, index: int, head_dim: int, out: Layout) -> Block:
     parts = adapter.parts_of(layer)
+    widths = {lin.in_features for lin in parts.attn_in + parts.mlp_in} | {parts.attn_out.out_features,
+                                                                          parts.down.out_features}
+    if widths != {out.hidden}:
+        raise not_expressible(f"layer {index}'s residual widths {sorted(widths)} beside the embedding's "
+                              f"{out.hidden} (SliceGPT per-layer)")
     tensors: dict[str, torch.Tensor] = {}
     n_head = parts.query.out_features // head_dim
     n_kv = parts.key.out_features // head_dim
@@ -141,7 +169,7 @@ def _block(adapter: Adapter, layer: nn.Module, index: int, head_dim: int, out: L
         value, pad_v = scatter_rows(parts.value)
         output, pad_o = gather_columns(parts.attn_out, n_head * head_dim)
         out.padded += pad_v + pad_o
-        tensors |= {"attn_norm": _norm_weight(parts.attn_norm, f"layer {index}'s attention norm"),
+        tensors |= {"attn_norm": _norm_weight(parts.attn_norm, f"layer {index}'s attention norm", out),
                     "attn_q": rope_interleave(parts.query.weight.detach(), n_head),
                     "attn_k": rope_interleave(parts.key.weight.detach(), n_kv),
                     "attn_v": value, "attn_output": output}
@@ -149,6 +177,6 @@ def _block(adapter: Adapter, layer: nn.Module, index: int, head_dim: int, out: L
     if gate.shape[0] == 0:  # deci's n_ff = 0 would skip the attention too
         gate, up, down = gate.new_zeros(1, out.hidden), up.new_zeros(1, out.hidden), down.new_zeros(out.hidden, 1)
         out.stand_ins.append(index)
-    tensors |= {"ffn_norm": _norm_weight(parts.mlp_norm, f"layer {index}'s MLP norm"),
+    tensors |= {"ffn_norm": _norm_weight(parts.mlp_norm, f"layer {index}'s MLP norm", out),
                 "ffn_gate": gate, "ffn_up": up, "ffn_down": down}
     return Block(n_head=n_head, n_kv=n_kv if n_head else 0, n_ff=gate.shape[0], tensors=tensors)
