@@ -158,9 +158,11 @@ def _count(layer: nn.Module) -> int:
 
 
 def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=str))
-    tmp.replace(path)
+    """Atomically, through a temp file of its own (several processes may write the same manifest)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
+    with open(fd, "w") as f:
+        f.write(json.dumps(data, indent=1, default=str))
+    Path(tmp).replace(path)
 
 
 @torch.no_grad()

@@ -20,6 +20,7 @@ from ..methods import Calibration, Plan, get_method
 from ..models import LoadedModel
 from ..progress import Reporter
 from ..recipes import CalibrationSpec
+from . import cluster
 from .database import DatabaseSpec, LevelDatabase, build_level, default_root
 from .evolution import Generation, SearchSettings, Stage, evolve, level_space
 from .fitness import KLScorer, dense_targets
@@ -95,9 +96,10 @@ def search_plan(run: SearchRun, target: float, params: dict) -> Plan:
     t0 = time.perf_counter()
     db = open_database(run, params)
     missing = db.missing()
-    for done, level in enumerate(missing):
+    for done, level in enumerate(cluster.mine(missing)):  # in a process group, each builds its share
         run.reporter("level database", done, len(missing), f"level {db.spec.levels[level]:.2f}")
         build_level(run.lm, db, level, run.calibration, run.reporter)
+    cluster.barrier()
     build_seconds = time.perf_counter() - t0
     t1 = time.perf_counter()
     costs = db.params(run.lm)
@@ -113,7 +115,9 @@ def search_plan(run: SearchRun, target: float, params: dict) -> Plan:
         if run.on_generation is not None:
             run.on_generation(g)
 
-    result = evolve(space, KLScorer(run.lm, db, targets, batch, run.reporter), settings, on_generation=report)
+    scorer = KLScorer(run.lm, db, targets, batch, run.reporter)
+    search = cluster.evolve_on_group if cluster.active() else evolve
+    result = search(space, scorer, settings, on_generation=report)
     ratios = [db.spec.levels[k] for k in result.levels]
     options = {
         "levels": list(db.spec.levels), "level_index": list(result.levels), "seed": settings.seed,
