@@ -66,3 +66,21 @@ def atomic_dir(out: "str | Path", force: bool = False) -> Iterator[Path]:
                            "the folder that was there, if any, is unchanged.") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def atomic_file(out: "str | Path") -> Iterator[Path]:
+    """Yield a temp file path beside ``out``; on success it replaces ``out`` in one rename, on a
+    failure nothing of it is left (an OSError, a full disk above all, becomes one message)."""
+    out = Path(out)
+    handle, name = tempfile.mkstemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=out.parent)
+    os.close(handle)
+    tmp = Path(name)
+    try:
+        yield tmp
+        os.replace(tmp, out)
+    except OSError as exc:
+        raise SlimLabError(f"Could not write '{out}': {exc.strerror or exc}. Nothing was written; "
+                           "the file that was there, if any, is unchanged.") from None
+    finally:
+        tmp.unlink(missing_ok=True)

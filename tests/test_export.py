@@ -7,7 +7,7 @@ import json
 import pytest
 
 from engine.cli import main
-from engine.errors import ConfigError
+from engine.errors import ConfigError, SlimLabError
 from engine.export import ExportFormat, ExportReport, NotExpressible, export, register_format, unregister_format
 
 
@@ -65,7 +65,7 @@ def test_existing_output_needs_force(tmp_path, toy_format):
 
 def test_failed_write_leaves_no_partial_file(tmp_path, toy_format):
     src = _result(tmp_path, fail=True)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(SlimLabError, match="disk full. Nothing was written"):
         export(src, "toy", "f16", tmp_path / "out.toy")
     assert _only(tmp_path) == ["result"]
 
@@ -131,7 +131,7 @@ def test_a_folder_format_is_written_whole_or_not_at_all(tmp_path):
         assert _only(tmp_path / "result-dir") == ["config.json"]
         bad = tmp_path / "bad"
         bad.mkdir()
-        with pytest.raises(OSError):
+        with pytest.raises(SlimLabError, match="disk full. Nothing was written"):
             export(_result(bad, fail=True), "dir")
         assert _only(bad) == ["result"]
     finally:

@@ -9,13 +9,13 @@ renamed into place only when the write finished, so a failure leaves no partial 
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from ..compressed import atomic_dir, is_compressed
+from ..atomic import atomic_dir, atomic_file
+from ..compressed import is_compressed
 from ..errors import ConfigError, CorruptWeightsError
 from ..models.loaded import SLIMLAB_META
 
@@ -170,17 +170,13 @@ def export(source: "str | Path", format_name: str, dtype: Optional[str] = None, 
 
 
 def _write_file(fmt: ExportFormat, job: ExportJob) -> ExportReport:
-    handle, name = tempfile.mkstemp(prefix=f".{job.target.name}.tmp-", dir=job.target.parent)
-    os.close(handle)
-    tmp, final = Path(name), job.target
-    try:
+    final = job.target
+    with atomic_file(final) as tmp:
         job.target = tmp
-        report = fmt.write(job)
-        os.replace(tmp, final)
-    finally:
-        job.target = final
-        tmp.unlink(missing_ok=True)
-    return report
+        try:
+            return fmt.write(job)
+        finally:
+            job.target = final
 
 
 def _size(path: Path) -> int:
