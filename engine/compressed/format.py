@@ -3,7 +3,8 @@
 
 Loading builds the base model with empty weights, lets the method reshape it, then assigns
 the saved tensors strictly, so a shape the method did not recreate is an error, not a guess.
-Safetensors only: nothing is unpickled.
+Safetensors only: nothing is unpickled. A result whose shapes a stock config cannot say also gets
+``modeling_slimlab.py`` and ``auto_map`` (``export.hf_remote``), so it loads with transformers alone.
 """
 from __future__ import annotations
 
@@ -49,6 +50,8 @@ def save_compressed(result, out: "str | Path", force: bool = False) -> Path:
     """Write a CompressionResult to ``out`` atomically; refuses to overwrite without ``force``."""
     from safetensors.torch import save_model
 
+    from ..export.hf_remote import write_remote_code  # here: engine.export imports this package
+
     model = result.model
     compensation = getattr(result, "compensation", None)
     meta = {
@@ -75,6 +78,7 @@ def save_compressed(result, out: "str | Path", force: bool = False) -> Path:
         if result.tokenizer is not None:
             result.tokenizer.save_pretrained(tmp)
         (tmp / SLIMLAB_META).write_text(json.dumps(meta, indent=2, default=str))
+        write_remote_code(tmp, strict=False)  # shapes a stock config cannot say: a transformers folder anyway
     return Path(out)
 
 
@@ -122,14 +126,8 @@ def _read_state(path: Path) -> dict:
     return state
 
 
-def load_compressed(path: "str | Path", device: str = "auto", dtype="auto", spec: Optional[str] = None) -> LoadedModel:
-    """Reload a saved compressed model into one that ``generate()`` and lm-eval accept."""
-    from accelerate import init_empty_weights
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
-    from ..methods import get_method
-
-    path = Path(path)
+def read_meta(path: Path) -> dict:
+    """A result's slimlab.json; a folder from a newer SlimLab is refused."""
     try:
         meta = json.loads((path / SLIMLAB_META).read_text())
     except (OSError, ValueError) as exc:
@@ -137,13 +135,23 @@ def load_compressed(path: "str | Path", device: str = "auto", dtype="auto", spec
     if meta.get("format_version", 0) > FORMAT_VERSION:
         raise ConfigError(f"'{path / SLIMLAB_META}' was written by a newer SlimLab (format {meta['format_version']}, "
                           f"this one reads up to {FORMAT_VERSION}); upgrade SlimLab to load it.")
-    config = AutoConfig.from_pretrained(path)
+    return meta
+
+
+def build_empty(path: "str | Path", config=None, dtype: torch.dtype = torch.float32):
+    """A saved result's model with empty weights: the base architecture reshaped by the method's
+    ``rebuild`` (and the side branches); ``load_compressed`` fills it, exporters read its shapes."""
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from ..methods import get_method
+
+    path = Path(path)
+    meta = read_meta(path)
+    config = config if config is not None else AutoConfig.from_pretrained(path)
     adapter = adapter_for_config(config)
-    dev = resolve_device(device)
-    torch_dtype = resolve_dtype(dtype, dev, config)
-    state = _read_state(path)
     with init_empty_weights(include_buffers=False):
-        model = AutoModelForCausalLM.from_config(config, dtype=torch_dtype)
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
         try:
             method = get_method(meta["method"])
             method.rebuild(model, adapter, method.read_structure(meta["structure"]))
@@ -155,6 +163,21 @@ def load_compressed(path: "str | Path", device: str = "auto", dtype="auto", spec
                 f"'{path}/{SLIMLAB_META}' is malformed or from an incompatible SlimLab version "
                 f"({type(exc).__name__}: {exc}). Compress the model again."
             ) from exc
+    return model, meta
+
+
+def load_compressed(path: "str | Path", device: str = "auto", dtype="auto", spec: Optional[str] = None) -> LoadedModel:
+    """Reload a saved compressed model into one that ``generate()`` and lm-eval accept."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    path = Path(path)
+    read_meta(path)  # a newer or unreadable slimlab.json is refused before the weights are read
+    config = AutoConfig.from_pretrained(path)
+    adapter = adapter_for_config(config)
+    dev = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, dev, config)
+    state = _read_state(path)
+    model, meta = build_empty(path, config, torch_dtype)
     if meta.get("tied_embeddings"):
         _fill_tied(state, model)
     try:
