@@ -33,6 +33,8 @@ CASES = {
     "qwen2-wanda-sp-mlp": ("qwen2", "wanda-sp", {"parts": "mlp"}, UNEVEN, 0, True),
     "llama-fasp-compensated": ("llama", "fasp", {}, None, 4, True),
     "qwen2-fasp-compensated": ("qwen2", "fasp", {"parts": "mlp"}, UNEVEN, 4, True),
+    "llama-modegpt": ("llama", "modegpt", {}, UNEVEN, 0, True),
+    "qwen2-modegpt": ("qwen2", "modegpt", {}, UNEVEN, 0, True),
     "llama-shortgpt": ("llama", "shortgpt", {}, None, 0, False),
     "qwen2-shortgpt": ("qwen2", "shortgpt", {}, None, 0, False),
     "qwen2-fasp-uniform-mlp": ("qwen2", "fasp", {"parts": "mlp"}, None, 0, False),
