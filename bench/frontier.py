@@ -15,7 +15,7 @@ and every row reports the fraction it really reached. Each row is measured on:
 - compress + recovery seconds.
 
     python bench/frontier.py --sizes 0.8 --methods fasp --calibs alpaca-chat --recovery none,lora \\
-        --recovery-minutes 3 --windows 40 --zeroshot-limit 0
+        --recovery-steps 40 --windows 40 --zeroshot-limit 0
     python bench/frontier.py --model tests-folder --windows 2 --seqlen 128 ...   # a quick try on any model
 
 Rows are saved to ``OUT.json`` after each run, so the bench runs in pieces (rows already
@@ -66,12 +66,14 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--calib-seqlen", type=int, default=512)
     p.add_argument("--compensations", default="none", help=f"comma-separated: {', '.join(COMPENSATIONS)}")
     p.add_argument("--recovery", default="none", help="comma-separated recovery kinds: none, lora, full")
-    p.add_argument("--recovery-minutes", default="3", help="comma-separated time budgets of a recovery")
+    p.add_argument("--recovery-steps", default="40",
+                   help="comma-separated step budgets of a recovery (steps, not minutes: a saved preset then does "
+                        "the same work on every machine)")
     p.add_argument("--recovery-source", default=None, help="recovery text (default: the calibration source)")
     p.add_argument("--recovery-groups", default=None, help="e.g. attention+mlp+norms (default: the spec's)")
-    p.add_argument("--recovery-lr", type=float, default=None)
-    p.add_argument("--recovery-seqlen", type=int, default=512)
-    p.add_argument("--recovery-nsamples", type=int, default=256)
+    p.add_argument("--recovery-lr", default=None)
+    p.add_argument("--recovery-seqlen", default="512")
+    p.add_argument("--recovery-nsamples", default="256")
     p.add_argument("--windows", type=int, default=40, help="ppl windows (first N of the raw test split)")
     p.add_argument("--seqlen", type=int, default=2048, help="ppl window length")
     p.add_argument("--lambada-limit", type=int, default=1000, help="LAMBADA items (0: skip; -1: all 5153)")
@@ -98,14 +100,13 @@ def method_recipe(name: str, model: str) -> tuple[Recipe, Optional[float]]:
     return Recipe(model=model, method=method, method_params=params), float(ratio) if ratio else None
 
 
-def recovery_spec(kind: str, minutes: float, args) -> RecoverySpec:
+def recovery_spec(kind: str, steps: int, args) -> RecoverySpec:
     if kind == "none":
         return RecoverySpec()
-    spec = RecoverySpec(kind=kind, steps=None, minutes=minutes, source=args.recovery_source, lr=args.recovery_lr,
-                        seqlen=args.recovery_seqlen, nsamples=args.recovery_nsamples, seed=args.seed)
-    if args.recovery_groups:
-        spec = replace(spec, groups=args.recovery_groups.split("+"))
-    return spec
+    given = {"source": args.recovery_source, "lr": args.recovery_lr, "groups": args.recovery_groups,
+             "seqlen": args.recovery_seqlen, "nsamples": args.recovery_nsamples}
+    return RecoverySpec.from_fields({"kind": kind, "steps": steps, "seed": args.seed} |
+                                    {k: v for k, v in given.items() if v is not None})
 
 
 class RatioFinder:
@@ -235,13 +236,12 @@ def run(args) -> list[dict]:
                 for calib in split(args.calibs):
                     for comp in split(args.compensations):
                         for kind in split(args.recovery):
-                            for minutes in ([0.0] if kind == "none" else [float(m) for m in
-                                                                         split(args.recovery_minutes)]):
+                            for steps in ([0.0] if kind == "none" else [int(s) for s in split(args.recovery_steps)]):
                                 recipe = COMPENSATIONS[comp](replace(
                                     base, ratio=ratio, schedule=schedule,
                                     calibration=CalibrationSpec(calib, args.nsamples, args.calib_seqlen, args.seed),
-                                    recovery=recovery_spec(kind, minutes, args)))
-                                key = json.dumps([size, name, schedule, calib, comp, kind, minutes])
+                                    recovery=recovery_spec(kind, steps, args)))
+                                key = json.dumps([size, name, schedule, calib, comp, kind, steps])
                                 if key in done and not args.redo:
                                     continue
                                 rows = [r for r in rows if r["key"] != key] + [

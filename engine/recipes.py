@@ -7,6 +7,7 @@ neither torch nor the methods at import time (the method registry is read lazily
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, fields, replace
 from importlib import metadata
 from pathlib import Path
@@ -95,8 +96,14 @@ class RecoverySpec:
     ``kind``: ``lora`` (adapters on the linears of ``groups``, merged at the end, so the
     structure is unchanged) or ``full`` (the parameters of ``groups`` themselves). The run
     stops at ``steps`` optimizer steps or after ``minutes``, whichever comes first (None: that
-    bound is off; at least one is set). The text is ``source`` (None: the calibration's) in ``nsamples`` windows of
-    ``seqlen`` tokens, seeded by ``seed`` like every sampled thing."""
+    bound is off; at least one is set; only the step bound does the same work on every machine). The text
+    is ``source`` (None: the calibration's) in ``nsamples`` windows of ``seqlen`` tokens, seeded by ``seed``
+    like every sampled thing.
+
+    Memory: each step's ``batch_size`` windows go through the student ``micro_batch`` at a time
+    (gradients accumulated); the teacher's next-token distributions are stored once as their
+    ``top_k`` most likely tokens plus the tail mass; ``checkpointing`` recomputes each layer's
+    activations in the backward pass instead of keeping them."""
 
     kind: str = "none"
     steps: Optional[int] = 200
@@ -111,6 +118,9 @@ class RecoverySpec:
     nsamples: int = 128
     seqlen: int = 512
     batch_size: int = 4
+    micro_batch: int = 1
+    top_k: int = 128
+    checkpointing: bool = True
 
     @property
     def enabled(self) -> bool:
@@ -127,13 +137,28 @@ class RecoverySpec:
     def from_dict(cls, d: Any) -> "RecoverySpec":
         return _spec_of(cls, d, "recovery")
 
+    @classmethod
+    def from_fields(cls, values: dict, base: Optional["RecoverySpec"] = None) -> "RecoverySpec":
+        """``base`` (default: the defaults) with the fields of ``values`` set from what a CLI flag, a UI
+        control or a bench option gives: a number or its text; blank or ``none`` for an unset bound, learning
+        rate or source; groups as a list or ``a+b``; a switch as a bool or on/off. Ranges are ``check()``'s."""
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ConfigError(f"recovery has unknown field(s) {', '.join(unknown)}; it takes: {', '.join(names)}.")
+        return replace(base or cls(), **{name: _recovery_field(name, value) for name, value in values.items()})
+
     def check(self) -> None:
-        """Types and ranges; a known source (no data is read)."""
+        """Types and ranges; a known source (no data is read). Off (kind ``none``), only the kind is read."""
         if self.kind not in RECOVERY_KINDS:
             raise ConfigError(f"recovery kind must be one of {', '.join(RECOVERY_KINDS)} (got {self.kind!r}).")
-        for name, minimum in (("rank", 1), ("seed", 0), ("nsamples", 1), ("seqlen", 2), ("batch_size", 1)) + \
-                ((("steps", 1),) if self.steps is not None else ()):
+        if not self.enabled:
+            return
+        for name, minimum in (("rank", 1), ("seed", 0), ("nsamples", 1), ("seqlen", 2), ("batch_size", 1),
+                              ("micro_batch", 1), ("top_k", 1)) + ((("steps", 1),) if self.steps is not None else ()):
             _int_at_least(getattr(self, name), f"recovery {name}", minimum)
+        if not isinstance(self.checkpointing, bool):
+            raise ConfigError(f"recovery checkpointing must be true or false (got {self.checkpointing!r}).")
         if self.steps is None and self.minutes is None:
             raise ConfigError("recovery needs a bound: steps, minutes or both.")
         for name, value, low in (("minutes", self.minutes, 0.0), ("lr", self.lr, 0.0),
@@ -157,6 +182,37 @@ class RecoverySpec:
         budget = " / ".join(([f"{self.steps} steps"] if self.steps else []) +
                             ([f"{self.minutes:g} min"] if self.minutes else []))
         return f"{self.kind} heal {budget}"
+
+
+_UNSETTABLE = ("steps", "minutes", "lr", "source")  # recovery fields whose None means "off" or "the default"
+_WHOLE = ("steps", "rank", "seed", "nsamples", "seqlen", "batch_size", "micro_batch", "top_k")
+_SWITCH = {"on": True, "true": True, "yes": True, "1": True, "off": False, "false": False, "no": False, "0": False}
+
+
+def _recovery_field(name: str, value: Any) -> Any:
+    """One RecoverySpec field from a number, a text or a list, as ``RecoverySpec.from_fields`` reads it."""
+    text = value.strip() if isinstance(value, str) else value
+    if name in _UNSETTABLE and (text is None or (isinstance(text, str) and text.lower() in ("", "none"))):
+        return None
+    if name == "groups":
+        return [g.strip() for g in text.replace(",", "+").split("+") if g.strip()] if isinstance(text, str) \
+            else list(text or [])
+    if name in ("kind", "source"):
+        return text
+    if name == "checkpointing":
+        switch = _SWITCH.get(str(text).lower()) if not isinstance(text, bool) else text
+        if switch is None:
+            raise ConfigError(f"recovery checkpointing must be on or off (got {value!r}).")
+        return switch
+    whole = name in _WHOLE
+    try:
+        number = float(text)
+    except (TypeError, ValueError):
+        number = math.nan
+    if not math.isfinite(number) or (whole and number != int(number)):
+        wanted = ("a whole number" if whole else "a number") + (" or none" if name in _UNSETTABLE else "")
+        raise ConfigError(f"recovery {name} must be {wanted} (got {value!r}).")
+    return int(number) if whole else number
 
 
 COMPENSATION_HALVES = ("mlp", "attention", "both")

@@ -35,7 +35,7 @@ from .cache import cache_root
 from .errors import SlimLabError
 from .models.adapters import Adapter
 from .models.loaded import LoadedModel
-from .models.streaming import layers_prefix, write_layer
+from .models.streaming import SafetensorsLayers, layers_prefix, tensor_names, write_layer
 from .stats import LayerHooks, LayerInputs, capture_layer_inputs
 from .transforms.compensation import (CompensatedPass, CompensationRequest, CompensationStructure,
                                       CompensationUnsupported)
@@ -52,21 +52,6 @@ def shell_copy(model: nn.Module, adapter: Adapter) -> nn.Module:
 
 def _offloaded(layer: nn.Module) -> bool:
     return any(hasattr(m, "_hf_hook") for m in layer.modules())
-
-
-def unshare(model: nn.Module, original: nn.Module) -> int:
-    """Give ``model`` private copies of the tensors it still shares with ``original`` (before
-    training it: an optimizer step writes in place). Ties inside ``model`` are kept. Returns
-    how many tensors were copied."""
-    theirs = {t.data_ptr() for t in original.parameters()}
-    copies: dict[int, nn.Parameter] = {}
-    for module in model.modules():
-        for name, p in list(module.named_parameters(recurse=False)):
-            if p.data_ptr() in theirs:
-                if id(p) not in copies:
-                    copies[id(p)] = nn.Parameter(p.detach().clone(), requires_grad=p.requires_grad)
-                setattr(module, name, copies[id(p)])
-    return len(copies)
 
 
 def materialized_copy(layer: nn.Module, device: torch.device) -> nn.Module:
@@ -182,10 +167,18 @@ class Workspace:
         kept = self.adapter.layers(self.model)
         if self.spool is not None:
             write_layer(self.spool, len(kept), layer, layers_prefix(self.model, kept))
-            layer = layer.to("meta")
+            layer = _to_meta_keeping_loose_buffers(layer)
         else:
             layer = layer.to(self._storage_device())
         kept.append(layer)
+
+    def load_spooled(self) -> None:
+        """Read the spooled layers back into the shell, which is then whole in memory (to be trained)."""
+        kept = self.adapter.layers(self.model)
+        files = {name: path for path in self.spooled_files() for name in tensor_names(path)}
+        reader = SafetensorsLayers(files, layers_prefix(self.model, kept), lambda name: name, self.lm.dtype)
+        for i in range(len(kept)):
+            kept[i] = reader.read(i, kept[i], self._storage_device())
 
     def _storage_device(self) -> torch.device:
         return self.adapter.token_embedding(self.lm.model).weight.device
@@ -199,6 +192,17 @@ class Workspace:
         if _fingerprint(self.lm.model) != self._fingerprint:
             raise SlimLabError(f"Internal error: method '{method}' modified the original model in place. "
                                "Please report it; reload the model before going on.")
+
+
+def _to_meta_keeping_loose_buffers(layer: nn.Module) -> nn.Module:
+    """``layer`` with its weights on the meta device, but the small buffers its file leaves out (non-persistent,
+    e.g. value-pruning indices) kept, so ``load_spooled`` can make it whole again."""
+    loose = [(m, name, b) for m in layer.modules() for name, b in m._buffers.items()
+             if b is not None and name in m._non_persistent_buffers_set]
+    layer = layer.to("meta")
+    for module, name, buffer in loose:
+        module._buffers[name] = buffer
+    return layer
 
 
 def _fingerprint(model: nn.Module) -> list[tuple[int, int]]:

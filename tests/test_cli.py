@@ -234,9 +234,9 @@ def test_a_shipped_preset_replays_on_a_model_folder(preset, tiny_dirs, data_dir,
 @pytest.mark.parametrize("argv, match", [
     (["--recovery", "magic"], "--recovery takes none, lora, full"),
     (["--recovery", "lora", "--recovery-steps", "0"], "recovery steps must be an integer >= 1"),
-    (["--recovery", "lora", "--recovery-steps", "ten"], "--recovery-steps takes a whole number or none"),
+    (["--recovery", "lora", "--recovery-steps", "ten"], "recovery steps must be a whole number or none"),
     (["--recovery", "lora", "--recovery-steps", "none"], "recovery needs a bound"),
-    (["--recovery", "full", "--recovery-minutes", "soon"], "--recovery-minutes takes a number or none"),
+    (["--recovery", "full", "--recovery-minutes", "soon"], "recovery minutes must be a number or none"),
     (["--recovery", "lora", "--recovery-minutes", "-2"], "recovery minutes must be a positive number"),
     (["--recovery", "lora", "--recovery-lr", "0"], "recovery lr must be a positive number"),
     (["--recovery", "lora", "--recovery-rank", "0"], "recovery rank must be an integer >= 1"),
@@ -274,9 +274,10 @@ def test_recovery_flags_override_the_recipe_file_field_by_field(tmp_path):
     assert _recipe([]).recovery == RecoverySpec()  # no flags: off
 
 
-@pytest.mark.parametrize("flags, streamed", [([], True), (["--recovery", "lora"], False)])
-def test_compress_streams_the_folder_unless_recovery_needs_it_in_memory(flags, streamed, monkeypatch, tmp_path):
-    """Recovery trains against the whole original: the folder must be loaded, not streamed from disk."""
+@pytest.mark.parametrize("recovery, streamed", [(None, True), ({"kind": "lora"}, True),
+                                                ({"kind": "full", "hidden_weight": 0.5}, False)])
+def test_compress_streams_the_folder_unless_recovery_needs_it_in_memory(recovery, streamed, monkeypatch, tmp_path):
+    """Recovery stores the original's outputs first, so the folder streams; matching hidden states needs it whole."""
     import engine.commands.compress as command
 
     seen = {}
@@ -289,6 +290,10 @@ def test_compress_streams_the_folder_unless_recovery_needs_it_in_memory(flags, s
         raise Loaded
 
     monkeypatch.setattr(command, "load", load)
+    flags = []
+    if recovery is not None:
+        (tmp_path / "heal.json").write_text(json.dumps({"method": "fasp", "recovery": recovery}))
+        flags = ["--recipe", str(tmp_path / "heal.json")]
     args = build_parser().parse_args(["compress", str(tmp_path), "--method", "fasp", *flags])
     with pytest.raises(Loaded):
         command.run(args)

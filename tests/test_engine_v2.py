@@ -159,23 +159,6 @@ def test_an_accelerate_offloaded_model_can_be_compressed(tiny_dirs, tmp_path):
     torch.testing.assert_close(_logits(b.model, ids), _logits(a.model, ids), rtol=1e-5, atol=1e-5)
 
 
-def test_unshare_gives_the_result_private_outside_tensors_and_keeps_its_ties(tiny):
-    from engine.workspace import unshare
-
-    model, tok = tiny("llama")
-    lm = LoadedModel(model, tok, "tiny", adapter_for(model))
-    result = compress(lm, "fasp", 0.3, calibration=_calibration(model.config.vocab_size))
-    emb = result.model.get_input_embeddings().weight
-    assert emb is model.get_input_embeddings().weight  # shared copy-on-write: no second embedding in memory
-    assert unshare(result.model, model) >= 1
-    emb = result.model.get_input_embeddings().weight
-    assert emb.data_ptr() != model.get_input_embeddings().weight.data_ptr()
-    assert result.model.get_output_embeddings().weight is emb  # the tie survives
-    with torch.no_grad():
-        emb.add_(1.0)
-    assert not torch.equal(emb, model.get_input_embeddings().weight)
-
-
 def test_freed_heap_is_trimmed_only_beyond_the_pool_a_layer_reuses():
     from engine.memory import free_heap_bytes, release_freed_memory
 

@@ -92,7 +92,7 @@ def test_lora_merge_gives_the_adapted_logits(held_out):
 
 
 @pytest.mark.parametrize("kind", ["lora", "full"])
-def test_cancel_mid_recovery_leaves_both_models_as_they_were(teacher, held_out, kind):
+def test_cancel_mid_recovery_leaves_the_original_untouched(teacher, held_out, kind):
     original = _state(teacher.model)
     result = _pruned(teacher)
     compressed = _logits(result.model, held_out)
@@ -106,8 +106,12 @@ def test_cancel_mid_recovery_leaves_both_models_as_they_were(teacher, held_out, 
     tokens = held_out.repeat(2, 1)
     spec = _spec(kind, groups=["attention", "mlp", "norms", "embeddings"])
     with pytest.raises(Cancelled):
-        recover(result.model, teacher.model, teacher.adapter, tokens, spec, reporter)
-    assert torch.allclose(_logits(result.model, held_out), compressed, atol=0, rtol=0)  # as before recovery
+        recover(result.model, teacher, tokens, spec, reporter)
+    if kind == "lora":  # the adapters are gone: as before recovery
+        assert torch.allclose(_logits(result.model, held_out), compressed, atol=0, rtol=0)
+    else:  # the trained layers keep their changes (no second copy to undo them), the shared tensors are put back
+        embedding = teacher.adapter.token_embedding
+        assert embedding(result.model).weight is embedding(teacher.model).weight
     assert not any("lora" in n for n, _ in result.model.named_parameters())
     assert all(torch.equal(v, teacher.model.state_dict()[k]) for k, v in original.items())
     # inside compress() a cancel discards the whole run; the original is still intact
@@ -158,12 +162,14 @@ def test_hidden_matching_only_where_shapes_agree(teacher):
 
 
 def test_recovery_spec_is_checked_and_round_trips():
+    assert RecoverySpec(kind="none", steps=None, minutes=None, rank=0).check() is None  # off: only the kind counts
     spec = RecoverySpec(kind="lora", steps=10, minutes=2.5, groups=["mlp"], source="alpaca-chat")
     recipe = Recipe(method="fasp", ratio=0.2, recovery=spec).validate()
     assert Recipe.from_dict(recipe.to_dict()).recovery == spec
     assert Recipe.from_dict({"method": "fasp"}).recovery.kind == "none"  # older recipes: no recovery
     for bad in (dict(kind="magic"), dict(kind="lora", steps=0), dict(kind="full", groups=["eyes"]),
-                dict(kind="lora", minutes=-1), dict(kind="lora", source="nonsense"), dict(kind="lora", groups=[])):
+                dict(kind="lora", minutes=-1), dict(kind="lora", source="nonsense"), dict(kind="lora", groups=[]),
+                dict(kind="lora", micro_batch=0), dict(kind="full", top_k=0), dict(kind="full", checkpointing="yes")):
         with pytest.raises(ConfigError, match="recovery"):
             Recipe(method="fasp", recovery=RecoverySpec(**bad)).validate()
     with pytest.raises(ConfigError, match="unknown field"):
@@ -186,3 +192,129 @@ def test_a_recipe_with_recovery_replays_from_the_cli(tiny_dirs, data_dir, tmp_pa
     assert meta["recipe"]["recovery"]["kind"] == "lora" and meta["recipe"]["recovery"]["steps"] == 2
     back = load_compressed(out, device="cpu")
     assert back.meta["recipe"]["calibration"]["source"] == "alpaca-chat"
+
+
+def test_one_parser_reads_recovery_settings_from_text_numbers_and_lists():
+    base = RecoverySpec(kind="lora", hidden_weight=0.5)
+    spec = RecoverySpec.from_fields({"kind": "full", "steps": "40", "minutes": "none", "lr": "", "groups": "mlp+norms",
+                                     "nsamples": 8.0, "checkpointing": "on", "top_k": " 16 "}, base)
+    assert spec == RecoverySpec(kind="full", steps=40, minutes=None, lr=None, groups=["mlp", "norms"], nsamples=8,
+                                checkpointing=True, top_k=16, hidden_weight=0.5)
+    for values, match in (({"steps": "ten"}, "steps must be a whole number or none"), ({"rank": 2.5}, "rank must be"),
+                          ({"lr": "fast"}, "lr must be a number or none"), ({"checkpointing": "maybe"}, "on or off"),
+                          ({"epochs": 3}, "unknown field")):
+        with pytest.raises(ConfigError, match=match):
+            RecoverySpec.from_fields(values)
+
+
+# --- lean recovery: stored teacher outputs, chunked KL, accumulation, checkpointing --------------------------
+
+def _student_setup(teacher, held_out, top_k, micro_batch=1, checkpointing=False, kind="full"):
+    from engine.recovery.heal import _plain_tensors
+    from engine.recovery.teacher import teacher_targets
+    from engine.recovery.train import Student
+
+    spec = _spec(kind, top_k=top_k, micro_batch=micro_batch, checkpointing=checkpointing, batch_size=4)
+    result = _pruned(teacher)
+    _plain_tensors(result.model)
+    targets = teacher_targets(teacher, held_out, list(range(held_out.shape[0])), spec, Reporter())
+    params = [p for n, p in result.model.named_parameters() if "layers" in n]
+    for p in params:
+        p.requires_grad_(True)
+    return Student(result.model, teacher.adapter, targets), params, spec
+
+
+def _step_grads(student, params, tokens, spec, **kw):
+    from engine.recovery.train import accumulate, checkpointed
+
+    for p in params:
+        p.grad = None
+    with checkpointed(student.adapter.layers(student.plain), spec.checkpointing):
+        kl, _ = accumulate(student, tokens, torch.arange(4), spec, **kw)
+    return kl, [p.grad.clone() for p in params]
+
+
+def _same_grads(ours, theirs):
+    """Equal up to float32 rounding (sums taken in another order), relative to each gradient's scale."""
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-5 * float(b.abs().max()))
+
+
+def test_stored_top_k_with_the_whole_vocabulary_is_the_full_kl(teacher, held_out):
+    vocab = teacher.model.config.vocab_size
+    student, params, spec = _student_setup(teacher, held_out, top_k=vocab)
+    kl, _ = _step_grads(student, params, held_out, spec)
+    with torch.no_grad():
+        full = mean_kl(student.model, teacher.model, held_out[:4], micro_batch=4)
+    assert kl == pytest.approx(full, rel=1e-5)
+    assert student.targets.tail_mass == 0.0
+    fewer, params8, spec8 = _student_setup(teacher, held_out, top_k=8)
+    coarse, _ = _step_grads(fewer, params8, held_out, spec8)
+    assert 0 < coarse < kl and 0 < fewer.targets.tail_mass < 1  # coarsening never adds divergence
+
+
+def test_chunked_kl_equals_unchunked(teacher, held_out):
+    student, params, spec = _student_setup(teacher, held_out, top_k=16)
+    whole, grads = _step_grads(student, params, held_out, spec, kl_chunk=10 ** 9)
+    chunked, chunked_grads = _step_grads(student, params, held_out, spec, kl_chunk=7)
+    assert chunked == pytest.approx(whole, rel=1e-6)
+    _same_grads(grads, chunked_grads)
+
+
+def test_accumulated_micro_batches_equal_one_big_batch(teacher, held_out):
+    from dataclasses import replace
+
+    student, params, spec = _student_setup(teacher, held_out, top_k=16)
+    small, small_grads = _step_grads(student, params, held_out, replace(spec, micro_batch=1))
+    big, big_grads = _step_grads(student, params, held_out, replace(spec, micro_batch=4))
+    assert small == pytest.approx(big, rel=1e-6)
+    _same_grads(small_grads, big_grads)
+
+
+def test_checkpointing_gives_the_same_gradients(teacher, held_out):
+    from dataclasses import replace
+
+    student, params, spec = _student_setup(teacher, held_out, top_k=16)
+    plain, grads = _step_grads(student, params, held_out, replace(spec, checkpointing=False))
+    saved, saved_grads = _step_grads(student, params, held_out, replace(spec, checkpointing=True))
+    assert saved == plain
+    for a, b in zip(grads, saved_grads):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert all("forward" not in layer.__dict__ for layer in student.adapter.layers(student.model))  # undone
+
+
+def test_a_streamed_folder_heals_like_the_same_model_in_memory(tiny_dirs, data_dir, tmp_path):
+    """The teacher's outputs are computed layer by layer from disk and the spooled student is read back."""
+    import json
+
+    from engine import load_model
+    from engine.cli import main
+
+    recovery = RecoverySpec(kind="lora", steps=3, nsamples=8, seqlen=32, batch_size=2, source="wikitext2:validation")
+    recipe = Recipe(method="fasp", ratio=0.3, calibration=CalibrationSpec("wikitext2:validation", 4, 32, 0),
+                    recovery=recovery)
+    streamed = load_model(str(tiny_dirs["llama"]), device="cpu", stream=True)
+    assert streamed.streamed
+    healed = compress(streamed, recipe)
+    assert not healed.spooled and not any(p.is_meta for p in healed.model.parameters())
+    whole = compress(load_model(str(tiny_dirs["llama"]), device="cpu"), recipe)
+    assert healed.plots["recovery"]["losses"] == pytest.approx(whole.plots["recovery"]["losses"], rel=1e-5)
+    out = tmp_path / "healed"
+    assert main(["compress", str(tiny_dirs["llama"]), "--method", "fasp", "--ratio", "0.3", "--nsamples", "4",
+                 "--seqlen", "32", "--calib", "wikitext2:validation", "--recovery", "lora", "--recovery-steps", "3",
+                 "--recovery-nsamples", "8", "--recovery-seqlen", "32", "--out", str(out), "--quiet"]) == 0
+    assert json.loads((out / "slimlab.json").read_text())["recipe"]["recovery"]["kind"] == "lora"
+    back = load_compressed(out, device="cpu")
+    ids = torch.randint(0, back.model.config.vocab_size, (1, 16))
+    assert torch.isfinite(_logits(back.model, ids)).all()
+
+
+def test_hidden_matching_refuses_a_streamed_original(tiny_dirs, data_dir):
+    from engine import load_model
+    from engine.errors import SlimLabError
+
+    streamed = load_model(str(tiny_dirs["llama"]), device="cpu", stream=True)
+    recipe = Recipe(method="fasp", ratio=0.3, calibration=CalibrationSpec("wikitext2:validation", 4, 32, 0),
+                    recovery=_spec("full", steps=1, nsamples=4, seqlen=32, hidden_weight=1.0))
+    with pytest.raises(SlimLabError, match="hidden states needs the original's layers in memory"):
+        compress(streamed, recipe)

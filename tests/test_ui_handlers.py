@@ -522,13 +522,15 @@ def test_recovery_controls_read_blanks_and_refuse_bad_values():
     spec = hc.recovery_spec(*HEAL)
     assert spec == RecoverySpec(kind="lora", steps=3, minutes=None, lr=None, rank=4, groups=["attention", "mlp"],
                                 source=None, nsamples=8, seqlen=32)
-    assert hc.recovery_spec("full", 0, 2.5, "1e-4", 4, ["mlp"], "alpaca-chat", 8, 32) == RecoverySpec(
+    assert hc.recovery_spec("full", "", "2.5", "1e-4", 4, ["mlp"], "alpaca-chat", 8, 32) == RecoverySpec(
         kind="full", steps=None, minutes=2.5, lr=1e-4, rank=4, groups=["mlp"], source="alpaca-chat", nsamples=8,
-        seqlen=32)  # 0 steps: no step bound
+        seqlen=32)  # blank steps: no step bound
     assert hc.recovery_spec(*HEAL, base=RecoverySpec(hidden_weight=0.5, seed=3)).hidden_weight == 0.5
     assert hc.recovery_spec("none", None, None, "", None, [], "", None, None) == RecoverySpec()  # off: not read
     assert hc.recovery_spec(*hc.recovery_values(spec)) == spec  # the controls show a spec back as it is
-    with pytest.raises(ConfigError, match="learning rate must be a number"):
+    with pytest.raises(ConfigError, match="recovery steps must be an integer >= 1"):
+        hc.recovery_spec("lora", 0, None, "", 4, ["mlp"], "", 8, 32).check()  # 0 is no longer "off"
+    with pytest.raises(ConfigError, match="lr must be a number"):
         hc.recovery_spec("lora", 3, None, "fast", 4, ["mlp"], "", 8, 32)
     with pytest.raises(ConfigError, match="steps must be a whole number"):
         hc.recovery_spec("lora", 2.5, None, "", 4, ["mlp"], "", 8, 32)
@@ -689,7 +691,7 @@ def test_a_run_of_a_preset_unchanged_quotes_its_measured_quality(session, preset
     assert "the preset **Demo 80%**, unchanged" in same.card and "measured: ppl 25.1 vs dense 20.4" in same.card
     assert session.run.recipe["calibration"]["batch_size"] == 4  # no control for it: the preset's
     changed = run(0.2)
-    assert "measured" not in changed.card and "Demo 80%" not in changed.card
+    assert "measured: ppl" not in changed.card and "this run differs, so they are not quoted" in changed.card
 
 
 def test_same_run_compares_plans_when_both_have_one_and_everything_else():
@@ -705,3 +707,18 @@ def test_same_run_compares_plans_when_both_have_one_and_everything_else():
     assert not hc.same_run(Recipe(), Recipe(ratio=0.3)) and not hc.same_run(Recipe(), Recipe(schedule="block-influence"))
     assert not hc.same_run(Recipe(), Recipe(recovery=RecoverySpec(kind="lora")))
     assert not hc.same_run(Recipe(), Recipe(calibration=replace(Recipe().calibration, batch_size=4)))
+
+
+def test_preset_figures_apply_only_on_their_model_and_with_a_step_bound():
+    from dataclasses import replace
+
+    from engine import Recipe
+    from ui.presets import Preset
+
+    recipe = Recipe(method="fasp", ratio=0.2, recovery=RecoverySpec(kind="lora", steps=3))
+    preset = Preset("P", recipe, {"ppl": 30.0, "machine": "2-core vm", "protocol": {"model": "demo"}})
+    assert hc._preset_measured(preset, recipe, "demo") is preset
+    assert hc._preset_measured(preset, recipe, "other/model") is None  # measured on another model
+    timed = replace(recipe, recovery=replace(recipe.recovery, minutes=2.0))
+    assert hc._preset_measured(replace(preset, recipe=timed), timed, "demo") is None  # a time bound: other work
+    assert "(model demo, on 2-core vm)" in hc._not_quoted(preset)

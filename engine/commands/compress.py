@@ -8,8 +8,9 @@ than the file's likewise, and any of ``--ratio``/``--schedule``/``--schedule-par
 ``--slicing-base`` drops the file's explicit plan so the schedule is rebuilt. The ``--recovery*``
 flags set the recipe's distillation after compressing ("heal") field by field in the same way.
 The recipe is validated before the model is loaded, so a bad argument costs no load. A
-folder's layers stream from disk while it compresses, unless recovery is on: recovery trains
-the compressed model against the whole original, so both must be in memory.
+folder's layers stream from disk while it compresses, and while recovery computes the original's
+outputs (the compressed model is then read back into memory to be trained), unless recovery
+matches hidden states, which needs the original's layers in memory.
 """
 from __future__ import annotations
 
@@ -27,11 +28,8 @@ from .common import MODEL_HELP, add_runtime_args, check_out_dir, emit, load, pro
 DEFAULT = Recipe()
 CALIBRATION_FLAGS = {"calib": "source", "nsamples": "nsamples", "seqlen": "seqlen", "seed": "seed",
                      "batch_size": "batch_size"}  # flag dest -> CalibrationSpec field
-# flag dest -> (RecoverySpec field, how its text is read); --recovery itself sets the kind
-RECOVERY_FLAGS = {"recovery_steps": ("steps", "count or none"), "recovery_minutes": ("minutes", "number or none"),
-                  "recovery_lr": ("lr", "number"), "recovery_rank": ("rank", "count"),
-                  "recovery_groups": ("groups", "groups"), "recovery_source": ("source", "text"),
-                  "recovery_nsamples": ("nsamples", "count"), "recovery_seqlen": ("seqlen", "count")}
+RECOVERY_FLAGS = ("steps", "minutes", "lr", "rank", "groups", "source", "nsamples", "seqlen", "micro_batch", "top_k",
+                  "checkpointing")  # RecoverySpec fields set by --recovery-FIELD; --recovery itself sets the kind
 
 
 def _owners(registry: dict) -> str:
@@ -79,7 +77,8 @@ def add_recovery_args(p) -> None:
                    help="lora: adapters merged at the end (same structure); full: fine-tune the groups' parameters "
                         f"(default {heal.kind})")
     g.add_argument("--recovery-steps", default=None, metavar="N|none", help=f"optimizer steps (default {heal.steps})")
-    g.add_argument("--recovery-minutes", default=None, metavar="M|none", help="time bound in minutes (default none)")
+    g.add_argument("--recovery-minutes", default=None, metavar="M|none",
+                   help="time bound in minutes (default none; a step bound does the same work on every machine)")
     g.add_argument("--recovery-lr", default=None, metavar="LR", help="learning rate (default 5e-4 lora, 5e-5 full)")
     g.add_argument("--recovery-rank", default=None, metavar="R", help=f"LoRA rank (default {heal.rank})")
     g.add_argument("--recovery-groups", default=None, metavar="A+B",
@@ -88,37 +87,26 @@ def add_recovery_args(p) -> None:
                    help="text to distil on, e.g. alpaca-chat (default: the calibration source)")
     g.add_argument("--recovery-nsamples", default=None, metavar="N", help=f"windows of text (default {heal.nsamples})")
     g.add_argument("--recovery-seqlen", default=None, metavar="N", help=f"tokens per window (default {heal.seqlen})")
-
-
-def _recovery_value(text: str, flag: str, how: str):
-    """A recovery flag's text as the RecoverySpec field wants it (ranges are checked by the recipe)."""
-    text = text.strip()
-    if how in ("count or none", "number or none") and text.lower() == "none":
-        return None
-    if how == "groups":
-        return [g.strip() for g in text.replace(",", "+").split("+") if g.strip()]
-    if how == "text":
-        return text
-    try:
-        return int(text) if how.startswith("count") else float(text)
-    except ValueError:
-        wanted = {"count": "a whole number", "count or none": "a whole number or none", "number": "a number",
-                  "number or none": "a number or none"}[how]
-        raise ConfigError(f"--{flag.replace('_', '-')} takes {wanted} (got '{text}').") from None
+    g.add_argument("--recovery-micro-batch", default=None, metavar="N",
+                   help=f"windows per forward pass, gradients accumulated over a step (default {heal.micro_batch})")
+    g.add_argument("--recovery-top-k", default=None, metavar="K",
+                   help=f"teacher tokens kept per position, the rest as one tail mass (default {heal.top_k})")
+    g.add_argument("--recovery-checkpointing", default=None, metavar="on|off",
+                   help="recompute layer activations in the backward pass: less memory, about a third more time "
+                        f"(default {'on' if heal.checkpointing else 'off'})")
 
 
 def recovery_from_args(args, base: RecoverySpec) -> RecoverySpec:
     """``base`` (the recipe file's recovery, or the default) with the ``--recovery*`` flags given applied."""
-    changes = {field: _recovery_value(getattr(args, flag), flag, how)
-               for flag, (field, how) in RECOVERY_FLAGS.items() if getattr(args, flag) is not None}
+    given = {name: getattr(args, f"recovery_{name}") for name in RECOVERY_FLAGS
+             if getattr(args, f"recovery_{name}") is not None}
     if args.recovery is not None:
         if args.recovery not in RECOVERY_KINDS:
             raise ConfigError(f"--recovery takes {', '.join(RECOVERY_KINDS)} (got '{args.recovery}').")
-        changes["kind"] = args.recovery
-    spec = replace(base, **changes)
-    given = [f"--{flag.replace('_', '-')}" for flag in RECOVERY_FLAGS if getattr(args, flag) is not None]
+    spec = RecoverySpec.from_fields(given | ({"kind": args.recovery} if args.recovery is not None else {}), base)
     if given and not spec.enabled:
-        raise ConfigError(f"{', '.join(given)} set(s) a recovery that is off; add --recovery lora or --recovery full.")
+        flags = ", ".join(f"--recovery-{name.replace('_', '-')}" for name in given)
+        raise ConfigError(f"{flags} set(s) a recovery that is off; add --recovery lora or --recovery full.")
     return spec
 
 
@@ -161,8 +149,8 @@ def recipe_from_args(args) -> Recipe:
 def run(args) -> int:
     recipe = recipe_from_args(args).validate()
     check_out_dir(args.out, args.force)
-    # a folder's layers are read as the driver reaches them; recovery trains against the whole original
-    lm = load(args, recipe.model, stream=not recipe.recovery.enabled)
+    # a folder's layers are read as the driver reaches them; matching hidden states needs them all in memory
+    lm = load(args, recipe.model, stream=not (recipe.recovery.enabled and recipe.recovery.hidden_weight > 0))
     bar = progress(args)
     result = compress(lm, recipe, data_dir=args.data_dir, progress=bar)
     bar.close()

@@ -5,23 +5,34 @@ The learning rate warms up over the first 5% of the run and then follows a cosin
 run bounded by time still ends at a small rate. Batches are drawn from a ``torch.Generator``
 seeded by the spec, and nothing else samples, so the same seed gives the same loss curve
 (while the step bound is the one that ends the run).
+
+Memory: a step's ``batch_size`` windows go through the student ``micro_batch`` at a time
+with their gradients accumulated; the KL targets come from the stored teacher summaries
+(``teacher.TeacherTargets``), and the student's logits are made ``KL_CHUNK`` tokens at a time
+from its final hidden states (the head's backward runs per chunk into those states, then once
+through the stack), so no [tokens, vocab] tensor outlives its chunk. With ``checkpointing``
+each layer keeps only its input and recomputes the rest in the backward pass.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Iterator, Optional
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
+from ..models.adapters import Adapter
 from ..progress import Reporter
 from ..recipes import RecoverySpec
-from .losses import hidden_loss, kl_loss
+from .losses import hidden_loss, topk_kl
+from .teacher import TeacherTargets
 
 STAGE = "recovery"
-MICRO_TOKENS = 2048  # tokens per forward: bounds the teacher's and student's logits in memory
+KL_CHUNK = 256  # tokens whose student logits exist at once
 
 
 @dataclass
@@ -54,15 +65,27 @@ def lr_factor(progress: float, warmup: float = 0.05) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (progress - warmup) / (1.0 - warmup))))
 
 
-def distill(student: nn.Module, teacher: nn.Module, tokens: torch.Tensor, params: list[nn.Parameter],
-            spec: RecoverySpec, reporter: Reporter, match_hidden: bool) -> TrainLog:
-    """Train ``params`` of ``student`` towards ``teacher`` on ``tokens`` ([n, seqlen]) until the budget ends.
+@dataclass
+class Student:
+    """The model being trained, seen as a decoder stack and a head (found through the adapter), and the
+    teacher's in-memory model when hidden states are matched (None otherwise)."""
 
-    Raises ``Cancelled`` (through the reporter) between steps; the caller undoes the changes."""
-    device = next(student.parameters()).device
-    teacher_device = next(teacher.parameters()).device
+    model: nn.Module  # possibly peft-wrapped
+    adapter: Adapter
+    targets: TeacherTargets
+    teacher: Optional[nn.Module] = None
+
+    @property
+    def plain(self) -> nn.Module:
+        """The transformers model under a peft wrapper (the adapters sit inside its linears)."""
+        return self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+
+
+def distill(student: Student, tokens: torch.Tensor, params: list[nn.Parameter], spec: RecoverySpec,
+            reporter: Reporter) -> TrainLog:
+    """Train ``params`` of the student towards the teacher's targets on ``tokens`` ([n, seqlen]) until the
+    budget ends. Raises ``Cancelled`` (through the reporter) between steps; the caller undoes the changes."""
     optimizer = torch.optim.AdamW(params, lr=spec.learning_rate, betas=(0.9, 0.95), weight_decay=0.0)
-    micro = max(1, min(spec.batch_size, MICRO_TOKENS // tokens.shape[1]))
     budget_s = spec.minutes * 60 if spec.minutes else math.inf
     steps = spec.steps or math.inf
     log = TrainLog()
@@ -71,33 +94,91 @@ def distill(student: nn.Module, teacher: nn.Module, tokens: torch.Tensor, params
     report = _progress(reporter, steps, budget_s)
     report(0, 0.0, "starting")
     step = 0
-    while step < steps:
-        elapsed = time.perf_counter() - t0
-        if elapsed >= budget_s:
-            log.stopped_by = "minutes"
-            break
-        for group in optimizer.param_groups:
-            group["lr"] = spec.learning_rate * lr_factor(max(step / steps, elapsed / budget_s))
-        window = tokens[next(draw)]
-        sums = [0.0, 0.0]
-        for start in range(0, window.shape[0], micro):
-            batch = window[start:start + micro]
-            kl, hid = _micro_step(student, teacher, batch, device, teacher_device, spec, match_hidden)
-            share = batch.shape[0] / window.shape[0]
-            loss = kl + spec.hidden_weight * hid if hid is not None else kl
-            (loss * share).backward()
-            sums[0] += kl.item() * share
-            sums[1] += hid.item() * share if hid is not None else 0.0
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        log.kl.append(sums[0])
-        log.hidden.append(sums[1])
-        log.losses.append(sums[0] + spec.hidden_weight * sums[1])
-        step += 1
-        report(step, time.perf_counter() - t0, f"step {step}, loss {log.losses[-1]:.4f}")
+    with checkpointed(student.adapter.layers(student.plain), spec.checkpointing):
+        while step < steps:
+            elapsed = time.perf_counter() - t0
+            if elapsed >= budget_s:
+                log.stopped_by = "minutes"
+                break
+            for group in optimizer.param_groups:
+                group["lr"] = spec.learning_rate * lr_factor(max(step / steps, elapsed / budget_s))
+            kl, hid = accumulate(student, tokens, next(draw), spec)
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            log.kl.append(kl)
+            log.hidden.append(hid)
+            log.losses.append(kl + spec.hidden_weight * hid)
+            step += 1
+            report(step, time.perf_counter() - t0, f"step {step}, loss {log.losses[-1]:.4f}")
     log.seconds = time.perf_counter() - t0
     return log
+
+
+def accumulate(student: Student, tokens: torch.Tensor, windows: torch.Tensor, spec: RecoverySpec,
+               kl_chunk: int = KL_CHUNK) -> tuple[float, float]:
+    """Add the gradients of one step's loss on ``windows`` (mean KL per token, plus the weighted hidden-state
+    loss) to the trained parameters, ``spec.micro_batch`` windows per forward; returns (KL, hidden loss)."""
+    sums = [0.0, 0.0]
+    for start in range(0, len(windows), spec.micro_batch):
+        part = windows[start:start + spec.micro_batch]
+        kl, hid = _micro_step(student, tokens[part], student.targets.of(part), spec, len(part) / len(windows),
+                              kl_chunk)
+        sums[0] += kl
+        sums[1] += hid
+    return sums[0], sums[1]
+
+
+def _micro_step(student: Student, batch: torch.Tensor, target, spec: RecoverySpec, share: float,
+                kl_chunk: int) -> tuple[float, float]:
+    """Forward and backward of one micro-batch, its loss scaled by its ``share`` of the step's windows."""
+    plain, adapter = student.plain, student.adapter
+    device = next(plain.parameters()).device
+    want_hidden = student.teacher is not None and spec.hidden_weight > 0
+    out = adapter.base(plain)(input_ids=batch.to(device), use_cache=False, output_hidden_states=want_hidden)
+    states = out.last_hidden_state.flatten(0, 1)
+    leaf = states.detach().requires_grad_(True)
+    head, target, scale = adapter.head(plain), target.to(device), share / states.shape[0]
+    kl = 0.0
+    for i in range(0, states.shape[0], kl_chunk):
+        loss = topk_kl(head(leaf[i:i + kl_chunk]), target.rows(slice(i, i + kl_chunk)), spec.kl_temperature) * scale
+        loss.backward()  # into the head (if trained) and ``leaf``; the chunk's logits are freed here
+        kl += loss.item()
+    roots, grads, hid = [states], [leaf.grad], 0.0
+    if want_hidden:
+        with torch.no_grad():
+            theirs = adapter.base(student.teacher)(input_ids=batch.to(device), use_cache=False,
+                                                   output_hidden_states=True).hidden_states
+        matched = hidden_loss(out.hidden_states, [h.to(device) for h in theirs])
+        if matched is not None:
+            roots.append(matched * (spec.hidden_weight * share))
+            grads.append(None)
+            hid = matched.item() * share
+    torch.autograd.backward(roots, grads)
+    return kl, hid
+
+
+@contextlib.contextmanager
+def checkpointed(layers: nn.ModuleList, on: bool):
+    """With ``on``, each layer's forward runs under activation checkpointing (non-reentrant: the same
+    gradients, the layer's activations recomputed in the backward pass instead of kept)."""
+    if not on:
+        yield
+        return
+    for layer in layers:
+        layer.forward = _checkpointing(layer.forward)
+    try:
+        yield
+    finally:
+        for layer in layers:
+            del layer.forward  # the class's forward again
+
+
+def _checkpointing(forward):
+    def run(*args, **kwargs):
+        return checkpoint(forward, *args, use_reentrant=False, **kwargs)
+
+    return run
 
 
 def _progress(reporter: Reporter, steps: float, budget_s: float):
@@ -109,17 +190,3 @@ def _progress(reporter: Reporter, steps: float, budget_s: float):
         reporter(STAGE, step if by_steps else min(int(elapsed), total), total, message)
 
     return report
-
-
-def _micro_step(student: nn.Module, teacher: nn.Module, batch: torch.Tensor, device: torch.device,
-                teacher_device: torch.device, spec: RecoverySpec, match_hidden: bool):
-    """(KL, hidden-state loss or None) of one micro-batch; only the student's graph is kept."""
-    want_hidden = match_hidden and spec.hidden_weight > 0
-    with torch.no_grad():
-        t_out = teacher(input_ids=batch.to(teacher_device), use_cache=False, output_hidden_states=want_hidden)
-    s_out = student(input_ids=batch.to(device), use_cache=False, output_hidden_states=want_hidden)
-    kl = kl_loss(s_out.logits, t_out.logits.to(device), spec.kl_temperature)
-    hid = None
-    if want_hidden:
-        hid = hidden_loss(s_out.hidden_states, [h.to(device) for h in t_out.hidden_states])
-    return kl, hid

@@ -88,51 +88,28 @@ def recovery_group_choices() -> list[str]:
 
 
 def recovery_values(spec: "RecoverySpec | dict") -> list:
-    """One value per recovery control (``RECOVERY_FIELDS``), from a spec: an unset bound shows as 0 (a
-    number control needs a value, or the app's API takes it as a required argument), the default
-    learning rate as a blank."""
+    """One value per recovery control (``RECOVERY_FIELDS``), from a spec: an unset bound or learning rate
+    shows as a blank (those controls are text boxes, so the app's API has a default for each)."""
     d = spec.to_dict() if isinstance(spec, RecoverySpec) else dict(spec)
-    values = {**d, "steps": d["steps"] or 0, "minutes": d["minutes"] or 0,
-              "lr": "" if d["lr"] is None else f"{d['lr']:g}", "source": d["source"] or SAME_TEXT}
+    values = {**d, "steps": _text(d["steps"]), "minutes": _text(d["minutes"]), "lr": _text(d["lr"]),
+              "source": d["source"] or SAME_TEXT}
     return [values[name] for name in RECOVERY_FIELDS]
 
 
-def _blank(value) -> bool:
-    return value is None or (isinstance(value, str) and not value.strip())
-
-
-def _number(value, what: str, whole: bool = False, zero_is_off: bool = False):
-    """A control's number, None for a blank (or 0 where 0 means off)."""
-    if _blank(value):
-        return None
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"Recovery {what} must be a number (got {value!r}).") from None
-    if zero_is_off and number == 0:
-        return None
-    if whole:
-        if number != int(number):
-            raise ConfigError(f"Recovery {what} must be a whole number (got {value!r}).")
-        return int(number)
-    return number
+def _text(value) -> str:
+    return "" if value is None else f"{value:g}"
 
 
 def recovery_spec(kind, steps, minutes, lr, rank, groups, source, nsamples, seqlen,
                   base: Optional[RecoverySpec] = None) -> RecoverySpec:
     """The recovery the controls describe, over ``base`` (a preset's: the fields with no control, such as
-    the hidden-state weight and the seed, come from it). Steps or minutes blank or 0: that bound is off;
-    learning rate blank: the kind's default; text ``same as calibration``: the calibration's source.
-    With the kind ``none`` the other controls are not read (blank bounds are fine then)."""
+    the hidden-state weight and the seed, come from it), read by the engine's one parser of recovery
+    settings: steps or minutes blank, that bound is off; learning rate blank, the kind's default; text
+    ``same as calibration``, the calibration's source. With the kind ``none`` the other controls are not read."""
     if not kind or kind == "none":
         return replace(base or RecoverySpec(), kind="none")
-    source = None if _blank(source) or source == SAME_TEXT else str(source).strip()
-    return replace(base or RecoverySpec(), kind=kind,
-                   steps=_number(steps, "steps", whole=True, zero_is_off=True),
-                   minutes=_number(minutes, "minutes", zero_is_off=True), lr=_number(lr, "learning rate"),
-                   rank=_number(rank, "LoRA rank", whole=True), groups=list(groups or []), source=source,
-                   nsamples=_number(nsamples, "samples", whole=True), seqlen=_number(seqlen, "tokens per sample",
-                                                                                     whole=True))
+    values = dict(zip(RECOVERY_FIELDS, (kind, steps, minutes, lr, rank, groups, source, nsamples, seqlen)))
+    return RecoverySpec.from_fields(values | {"source": None if source == SAME_TEXT else source}, base)
 
 
 @dataclass
@@ -261,7 +238,7 @@ def run(session: Session, method: str, params: dict, ratio, schedule: str, sched
     result = compress(lm, recipe, scores=None if cached is None else lambda: cached, data_dir=data_dir(),
                       progress=reporter.callback, cancel=reporter.cancel)
     session.set_result(result, result.recipe.label())
-    session.run.preset = _preset_measured(session.preset, recipe)
+    session.run.preset = _preset_measured(session.preset, recipe, lm.spec)
     original, compressed = result.original.to_dict(), result.accounting.to_dict()
     report = result.plots.get("recovery")
     return CompressView(card=card(session), accounting=figures.accounting_chart(original, compressed),
@@ -293,9 +270,24 @@ def same_run(a: Recipe, b: Recipe) -> bool:
     return core_a == core_b
 
 
-def _preset_measured(preset: Optional[Preset], recipe: Recipe) -> Optional[Preset]:
-    """The preset whose measured quality this run may quote: only when the run is that preset, unchanged."""
-    return preset if preset is not None and preset.measured and same_run(preset.recipe, recipe) else None
+def _preset_measured(preset: Optional[Preset], recipe: Recipe, model: str) -> Optional[Preset]:
+    """The preset whose measured quality this run may quote: only when the run is that preset, unchanged, on
+    the model it was measured on, with a step-bounded recovery (a time bound does other work elsewhere)."""
+    if preset is None or not preset.measured or not same_run(preset.recipe, recipe):
+        return None
+    measured_on = (preset.measured.get("protocol") or {}).get("model")
+    timed = recipe.recovery.enabled and recipe.recovery.minutes is not None
+    return preset if measured_on in (None, model) and not timed else None
+
+
+def _not_quoted(preset: Preset) -> str:
+    """Why a preset's figures are not on this card, and where they were measured."""
+    m = preset.measured
+    where = ", ".join(part for part in (f"model {(m.get('protocol') or {}).get('model')}"
+                                        if (m.get("protocol") or {}).get("model") else "",
+                                        f"on {m['machine']}" if m.get("machine") else "") if part)
+    return (f"The figures stored with the preset **{preset.name}** were measured for it exactly as shipped"
+            f"{f' ({where})' if where else ''}; this run differs, so they are not quoted here.")
 
 
 def measured_notes(preset: Preset) -> list[str]:
@@ -315,6 +307,8 @@ def card(session: Session) -> str:
     notes = [text.warning(quality_warning(session))]
     if preset is not None:
         notes += [f"This run is the preset **{preset.name}**, unchanged."] + measured_notes(preset)
+    elif session.preset is not None and session.preset.measured:
+        notes.append(_not_quoted(session.preset))
     return text.result_card(result.summary(), result.original.to_dict(), result.accounting.to_dict(),
                             result.plots.get("recovery"), [n for n in notes if n])
 

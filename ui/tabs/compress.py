@@ -21,7 +21,7 @@ NO_RESULT = handlers.NO_RESULT
 CALIBRATION_FIELDS = ("source", "nsamples", "seqlen", "seed")  # the order of the calibration inputs
 RECOVERY_INFO = ("After compressing, train the compressed model to match the original's next-token distribution "
                  "(logit distillation) on the text below, for at most the steps or the minutes given (whichever "
-                 "comes first; blank or 0 turns a bound off). **LoRA** trains small adapters and merges them into the "
+                 "comes first; blank turns a bound off; only steps do the same work on every machine). **LoRA** trains small adapters and merges them into the "
                  "weights, so the model keeps its size; **full** trains the chosen groups themselves. Stop cancels "
                  "the whole run and keeps the previous result.")
 
@@ -126,8 +126,8 @@ def recovery_controls(values: Sequence) -> list[gr.components.Component]:
         gr.Markdown(RECOVERY_INFO, elem_classes="explain")
         controls = [gr.Radio(handlers.RECOVERY_CHOICES, value=kind, label="Recovery")]
         with gr.Row():
-            controls += [gr.Number(steps, precision=0, minimum=0, label="Steps", info="blank or 0: no step bound"),
-                         gr.Number(minutes, minimum=0, label="Minutes", info="blank or 0: no time bound"),
+            controls += [gr.Textbox(steps, label="Steps", placeholder="blank: no step bound"),
+                         gr.Textbox(minutes, label="Minutes", placeholder="blank: no time bound"),
                          gr.Textbox(lr, label="Learning rate", placeholder="blank: 5e-4 for LoRA, 5e-5 for full"),
                          gr.Number(rank, precision=0, minimum=1, label="LoRA rank")]
         controls.append(gr.CheckboxGroup(handlers.recovery_group_choices(), value=groups, label="Trained groups"))
