@@ -10,7 +10,8 @@ flags set the recipe's distillation after compressing ("heal") field by field in
 The recipe is validated before the model is loaded, so a bad argument costs no load. A
 folder's layers stream from disk while it compresses, and while recovery computes the original's
 outputs (the compressed model is then read back into memory to be trained), unless recovery
-matches hidden states, which needs the original's layers in memory.
+matches hidden states, which needs the original's layers in memory, or the plan is searched
+(every candidate runs the whole model).
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from ..compressed import save_compressed
 from ..errors import ConfigError
 from ..methods import available_methods
 from ..recipes import RECOVERY_GROUPS, RECOVERY_KINDS, CalibrationSpec, Recipe, RecoverySpec
-from ..schedules import available_schedules
+from ..schedules import available_schedules, get_schedule
 from .common import MODEL_HELP, add_runtime_args, check_out_dir, emit, load, progress
 
 DEFAULT = Recipe()
@@ -149,8 +150,11 @@ def recipe_from_args(args) -> Recipe:
 def run(args) -> int:
     recipe = recipe_from_args(args).validate()
     check_out_dir(args.out, args.force)
-    # a folder's layers are read as the driver reaches them; matching hidden states needs them all in memory
-    lm = load(args, recipe.model, stream=not (recipe.recovery.enabled and recipe.recovery.hidden_weight > 0))
+    # a folder's layers are read as the driver reaches them; matching hidden states needs them all in memory,
+    # and a searched plan runs the whole model on every candidate
+    whole = (recipe.recovery.enabled and recipe.recovery.hidden_weight > 0) or \
+        (recipe.plan is None and get_schedule(recipe.schedule).needs_run)
+    lm = load(args, recipe.model, stream=not whole)
     bar = progress(args)
     result = compress(lm, recipe, data_dir=args.data_dir, progress=bar)
     bar.close()
