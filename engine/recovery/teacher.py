@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..memory import release_freed_memory
 from ..models.loaded import LoadedModel
 from ..progress import Reporter
 from ..recipes import RecoverySpec
@@ -21,8 +22,8 @@ from ..workspace import OriginalLayers
 from .losses import TopK
 
 STAGE = "teacher outputs"
-TEACHER_TOKENS = 16384  # tokens per pass through the layers: bounds the driver's activations
-HEAD_TOKENS = 512  # tokens per head product: bounds the [tokens, vocab] logits
+TEACHER_TOKENS = 8192  # tokens per pass through the layers: bounds the driver's activations
+HEAD_TOKENS = 128  # tokens per head product: bounds the [tokens, vocab] logits
 
 
 @dataclass
@@ -77,4 +78,6 @@ def teacher_targets(lm: LoadedModel, tokens: torch.Tensor, windows: list[int], s
             parts += [TopK.of(head(norm(hidden[i:i + HEAD_TOKENS])), spec.top_k, spec.kl_temperature)
                       for i in range(0, hidden.shape[0], HEAD_TOKENS)]
     topk = TopK.cat(parts)  # outside inference mode: plain tensors, usable as targets under autograd
+    del parts
+    release_freed_memory()  # the passes' activations: the training that follows allocates other shapes
     return TeacherTargets({w: i for i, w in enumerate(windows)}, topk, tokens.shape[1])

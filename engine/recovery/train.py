@@ -32,7 +32,7 @@ from .losses import hidden_loss, topk_kl
 from .teacher import TeacherTargets
 
 STAGE = "recovery"
-KL_CHUNK = 256  # tokens whose student logits exist at once
+KL_CHUNK = 128  # tokens whose student logits exist at once
 
 
 @dataclass
