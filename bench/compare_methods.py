@@ -11,6 +11,7 @@ MLP+value parameters, of layers) and some methods add parameters back.
     python bench/compare_methods.py --update --ratios 0.2,0.3 --methods fasp   # re-measure some rows
     python bench/compare_methods.py --runs modegpt=0.25,fasp=0.285 --skip-dense  # chosen points (equal totals)
     python bench/compare_methods.py --runs modegpt@block-influence=0.25        # with a schedule (max_ratio 0.8)
+    python bench/compare_methods.py --runs "modegpt/parts=mlp=0.25"            # with method params (/NAME=VALUE)
 
 Writes ``OUT.json`` (rows, protocol), ``OUT.figure.json`` (plotly figure) and ``OUT.html``.
 Rows are saved after every run, so an interrupted run keeps what it measured.
@@ -38,7 +39,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--methods", default=None, help="comma-separated (default: every registered method)")
     p.add_argument("--ratios", default="0.1,0.2,0.3", help="comma-separated nominal ratios, run in this order")
     p.add_argument("--runs", default=None,
-                   help="comma-separated NAME[@SCHEDULE]=RATIO points, run in this order, instead of --methods x "
+                   help="comma-separated NAME[/PARAM=VALUE...][@SCHEDULE]=RATIO points, run in this order, instead of --methods x "
                         "--ratios (e.g. ratios that give two methods the same total; block-influence is capped at 0.8)")
     p.add_argument("--skip-dense", action="store_true", help="do not measure the dense model (saves one ppl run)")
     p.add_argument("--windows", type=int, default=40, help="evaluation windows (first N of the raw test split)")
@@ -64,8 +65,8 @@ def variants(method) -> list[dict]:
 
 
 def label(name: str, params: dict, schedule: str = "uniform") -> str:
-    return name + (f" ({params['variant']})" if "variant" in params else "") + \
-        ("" if schedule == "uniform" else f" [{schedule}]")
+    shown = ", ".join(f"{k}={v}" if k != "variant" else str(v) for k, v in params.items())
+    return name + (f" ({shown})" if shown else "") + ("" if schedule == "uniform" else f" [{schedule}]")
 
 
 def planned_runs(args, registry) -> list[tuple[str, dict, str, float]]:
@@ -74,9 +75,12 @@ def planned_runs(args, registry) -> list[tuple[str, dict, str, float]]:
     if args.runs:
         runs = []
         for item in args.runs.split(","):
-            head, _, ratio = item.partition("=")
-            name, _, schedule = head.partition("@")
-            runs.extend((name, params, schedule or "uniform", float(ratio)) for params in variants(registry[name]))
+            head, _, ratio = item.rpartition("=")
+            head, _, schedule = head.partition("@")
+            name, *given = head.split("/")
+            fixed = dict(g.split("=", 1) for g in given)
+            runs.extend((name, params | fixed, schedule or "uniform", float(ratio))
+                        for params in (variants(registry[name]) if not fixed else [{}]))
         return runs
     names = args.methods.split(",") if args.methods else list(registry)
     return [(name, params, "uniform", float(ratio)) for ratio in args.ratios.split(",") for name in names
