@@ -3,12 +3,13 @@ value/output) and the method, on tiny random models."""
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 
 import pytest
 import torch
 
 from engine import compress, load_compressed, save_compressed
-from engine.methods import Calibration, Plan
+from engine.methods import Calibration, Plan, get_method
 from engine.models import LoadedModel
 from engine.models.adapters import adapter_for, normalize
 from engine.stats import InputStats, capture_layer_inputs
@@ -266,3 +267,29 @@ def test_modegpt_takes_the_block_influence_allocation(tiny):
                       schedule_params={"max_ratio": 0.8}, method_params={"round_to": 1})
     assert max(result.plan.ratios) <= 0.8 + 1e-9 and sum(result.plan.ratios) / 4 == pytest.approx(0.4)
     assert len(set(result.widths["mlp"])) > 1 and len(set(result.widths["value"])) > 1
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_shrunk_heads_equal_the_scattered_graph_and_shrink_the_kv_cache(tiny, arch):
+    """The Llama family runs really narrower heads; the same weights in zero-filled full-width
+    heads (the graph OPT and Qwen3 use) give the same logits, with eager and sdpa attention."""
+    lm = _lm(tiny, arch)
+    plan = Plan("manual", 0.4, [0.2, 0.6, 0.4])
+    result = compress(lm, "modegpt", plan=plan, calibration=_calibration(lm), method_params={"round_to": 1})
+    structure = result.structure
+    assert structure.shrunk
+    scattered = copy.deepcopy(lm.model)
+    get_method("modegpt").rebuild(scattered, lm.adapter, replace(structure, shrunk=False))
+    scattered.load_state_dict(result.model.state_dict())
+    ids = _calibration(lm, seed=1).tokens[:2]
+    reference = _logits(scattered, ids)
+    for backend in ("eager", "sdpa"):
+        result.model.config._attn_implementation = backend
+        torch.testing.assert_close(_logits(result.model, ids), reference, atol=ATOL, rtol=0)
+    with torch.no_grad():
+        cache = result.model(input_ids=ids, use_cache=True).past_key_values
+    head_dim = structure.heads[2]
+    for i, (pairs, rank) in enumerate(zip(structure.qk_pairs, structure.value_rank)):
+        keys, values = cache.layers[i].keys, cache.layers[i].values
+        assert keys.shape[-1] == (2 * len(pairs[0]) if pairs is not None else head_dim) < head_dim
+        assert values.shape[-1] == rank < head_dim

@@ -13,7 +13,9 @@ fits how the module is built (METHODS.md, MoDeGPT):
 Layers run in order through the driver, each compressed on the output of the compressed ones
 before it. The paper's global allocation (softmax of negated block influence, capped at 0.8)
 is the ``block-influence`` schedule: ``--schedule block-influence --schedule-param max_ratio=0.8``.
-Q/K are left whole on models with per-head q/k norms (Qwen3: an RMSNorm over the head dim
+On the Llama family the heads really shrink (``models.shrunk_attention``: projections, attention
+products and KV cache); on OPT and Qwen3 the kept rows are scattered back into full-width heads
+(``transforms.attention_heads``). Q/K are left whole on models with per-head q/k norms (Qwen3: an RMSNorm over the head dim
 would rescale the kept dims) and when ``parts`` excludes them.
 """
 from __future__ import annotations
@@ -30,9 +32,9 @@ from ..progress import Reporter
 from ..stats import HalfOutcome, HalfStep, InputStats, LayerHooks
 from ..transforms.importance import ridge_leverage
 from ..transforms.prune import keep_top, prune_pair, restore_columns
-from ..transforms.query_key import damped_gram, input_gram, narrow_query_key, select_pairs
-from ..transforms.value_heads import narrow_values
-from ..transforms.value_svd import set_value_output, value_places, whitened_value_output
+from ..transforms.attention_heads import narrow_heads
+from ..transforms.query_key import damped_gram, input_gram, select_pairs
+from ..transforms.value_svd import set_value_output, whitened_value_output
 from ..transforms.widths import kept_mlp_width, kept_value_dims
 from .base import Calibration, Method, MethodOutput, Plan, Structure, register, timed_pass
 
@@ -46,6 +48,7 @@ class ModeGPTStructure(Structure):
     qk_pairs: list  # per layer: [KV groups][kept pair indices], or None when Q/K are whole
     heads: list[int]  # (query heads, KV heads, head dim) of the base model
     rotary: bool = True  # pairs are RoPE frequency pairs (else single dims)
+    shrunk: bool = False  # heads really narrower (models.shrunk_attention), else scattered to full width
 
 
 def kept_pairs_count(head_dim: int, ratio: float, rotary: bool) -> int:
@@ -59,11 +62,13 @@ class ModeGPTPass(LayerHooks):
 
     exact = False
 
-    def __init__(self, adapter: Adapter, heads: tuple[int, int, int], plan: Plan, params: dict, qk_ok: bool):
+    def __init__(self, adapter: Adapter, heads: tuple[int, int, int], plan: Plan, params: dict, qk_ok: bool,
+                 shrink: bool):
         self.adapter, self.heads, self.plan, self.params = adapter, heads, plan, params
         self.parts = set(params["parts"].split("+"))
         self.qk_ok = qk_ok and "qk" in self.parts
         self.rotary = adapter.rotary
+        self.shrink = shrink
         self.mlp: list[int] = []
         self.value_rank: list[int] = []
         self.qk_pairs: list[Optional[list[list[int]]]] = []
@@ -100,20 +105,18 @@ class ModeGPTPass(LayerHooks):
         stats = InputStats.of(normed, gram=True, sums=ones)
         gram = input_gram(stats, ones)
         del stats
+        kept = None
         if do_qk:
             kept = select_pairs(parts.query, parts.key, damped_gram(gram, self.params["ridge_qk"], parts.query.in_features),
                                 self.heads, pairs, self.rotary)
-            narrow_query_key(parts.query, parts.key, kept, self.heads, self.rotary)
-            self.qk_pairs.append(kept.tolist())
-        else:
-            self.qk_pairs.append(None)
+        self.qk_pairs.append(kept.tolist() if kept is not None else None)
         if do_vo:
             weights = whitened_value_output(parts.value, parts.attn_out,
                                             damped_gram(gram, self.params["ridge_vo"], parts.value.in_features),
                                             self.heads, rank)
             set_value_output(parts.value, parts.attn_out, weights)
-            narrow_values(parts.value, parts.attn_out, value_places(rank, self.heads, gram.device), self.heads)
         del gram
+        narrow_heads(self.adapter, step.layer, kept, rank, self.heads, self.shrink)
         # the half's output from the compressed attention (the driver's ``inner`` is the original's)
         out = [r + self.adapter.run_attention(step.layer, n, kw) for r, n, kw in zip(step.residual, normed, step.kwargs)]
         return HalfOutcome(residual=out)
@@ -150,15 +153,16 @@ class ModeGPT(Method):
     def compress(self, work, calibration: Calibration, plan: Plan, params: dict, progress: Reporter) -> MethodOutput:
         adapter = work.adapter
         heads = adapter.heads(work.model.config)
-        qk_ok = not adapter.has_qk_norm(adapter.layers(work.lm.model)[0])
-        hooks = ModeGPTPass(adapter, heads, plan, params, qk_ok)
+        first = adapter.layers(work.lm.model)[0]
+        shrink = adapter.shrinks_heads(first)
+        hooks = ModeGPTPass(adapter, heads, plan, params, not adapter.has_qk_norm(first), shrink)
         stages = timed_pass(work, calibration, hooks, progress, self.name, "decompose")
         _n, _kv, head_dim = heads
         full_pairs = head_dim // 2 if adapter.rotary else head_dim
         kept_pairs = [full_pairs if p is None else len(p[0]) for p in hooks.qk_pairs]
         return MethodOutput(
             widths={"mlp": hooks.mlp, "value": hooks.value_rank, "qk_pairs": kept_pairs},
-            structure=ModeGPTStructure(hooks.mlp, hooks.value_rank, hooks.qk_pairs, list(heads), adapter.rotary),
+            structure=ModeGPTStructure(hooks.mlp, hooks.value_rank, hooks.qk_pairs, list(heads), adapter.rotary, shrink),
             stage_seconds=stages,
             plots={"kept RoPE pairs" if adapter.rotary else "kept Q/K dims": kept_pairs, "value rank": hooks.value_rank},
         )
@@ -173,8 +177,8 @@ class ModeGPT(Method):
             if parts.mlp_out.in_features != width:
                 keep = torch.arange(width)
                 prune_pair(parts.mlp_in, parts.mlp_out, keep, keep)
-            if pairs is not None:
-                narrow_query_key(parts.query, parts.key, torch.tensor(pairs, dtype=torch.long), heads, structure.rotary)
             if rank < head_dim:
                 prune_pair([parts.value], parts.attn_out, torch.arange(n_kv * rank), torch.arange(n_heads * rank))
-                narrow_values(parts.value, parts.attn_out, value_places(rank, heads), heads)
+            if pairs is not None or rank < head_dim:
+                kept = torch.tensor(pairs, dtype=torch.long) if pairs is not None else None
+                narrow_heads(adapter, layer, kept, rank, heads, structure.shrunk)

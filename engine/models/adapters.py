@@ -195,6 +195,11 @@ class Adapter:
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // n_heads
         return n_heads, n_kv, head_dim
 
+    def shrinks_heads(self, layer: nn.Module) -> bool:
+        """Whether ``models.shrunk_attention`` can run this layer's attention with narrower heads:
+        transformers' RoPE attention of the Llama family without per-head q/k norms."""
+        return self.rotary and not self.has_qk_norm(layer)
+
     @staticmethod
     def has_qk_norm(layer: nn.Module) -> bool:
         """Per-head norms on queries and keys (Qwen3): dropping head dims would change what they divide by."""
