@@ -181,6 +181,7 @@ def compress(
         from .recovery import recover_result
 
         recover_result(lm, result, lambda spec: make_calibration(lm, spec, data_dir).tokens, reporter)
+    reporter.check()  # a Stop during the last step still discards the run
     return result
 
 
