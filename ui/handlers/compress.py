@@ -124,10 +124,20 @@ def plan_view(plan: Plan, applied: Optional[dict[str, list]] = None) -> PlanView
     rows = [[i, round(r, 4), None if scores is None else round(scores[i], 4)] for i, r in enumerate(plan.ratios)]
     mean = sum(plan.ratios) / len(plan.ratios)
     note = (f"Plan **{plan.schedule}**: {len(plan.ratios)} layers, mean ratio {mean:.3f} "
-            f"(min {min(plan.ratios):.3f}, max {max(plan.ratios):.3f}).")
+            f"(min {min(plan.ratios):.3f}, max {max(plan.ratios):.3f}).") + _search_note(plan.options)
     # a schedule's scores are named after it ("layer-redundancy" ranks layers by layer redundancy)
     label = plan.schedule.replace("-", " ")
     return PlanView(rows, figures.plan_chart(plan.ratios, scores, label, applied), note)
+
+
+def _search_note(options: dict) -> str:
+    """A searched plan's trace in one sentence (``engine.search`` keeps it in the plan's options)."""
+    history = options.get("history")
+    if not history:
+        return ""
+    return (f" Searched over levels {options['levels']} in {options['generations_run']} generations (seed "
+            f"{options['seed']}): KL to the original {history[0][1]:.4f} at the start, {history[-1][1]:.4f} at the "
+            f"end; level database {options['build_seconds']:.0f} s, search {options['search_seconds']:.0f} s.")
 
 
 def table_plan(ratios: Sequence[float]) -> Plan:
