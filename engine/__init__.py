@@ -28,7 +28,7 @@ from .evaluate import (
     nonsense_warning, perplexity, write_report,
 )
 from .generate import Generation, SamplingSettings
-from .methods import Calibration, available_methods, get_method
+from .methods import available_methods, get_method
 from .loader import load_model
 from .planning import PlannedSize, default_calibration, planned_size, starter_recipe
 from .models import LoadedModel
@@ -40,7 +40,7 @@ from .schedules import Plan, available_schedules, build_plan, check_ratio, get_s
 
 __all__ = [
     # models, compression, saved format
-    "LoadedModel", "load_model", "compress", "CompressionResult", "Recipe", "CalibrationSpec", "Calibration",
+    "LoadedModel", "load_model", "compress", "CompressionResult", "Recipe", "CalibrationSpec",
     "RecoverySpec", "CompensationSpec", "RECOVERY_KINDS", "RECOVERY_GROUPS", "PRESET_KEYS", "make_calibration", "Plan", "build_plan",
     "check_ratio", "available_methods", "get_method", "available_schedules", "get_schedule", "save_compressed",
     "load_compressed",

@@ -15,10 +15,10 @@ from .analysis.layer_scores import block_influence as _block_influence
 from .analysis.modules import module_params as _module_params
 from .analysis.spectra import ResidualAnalysis
 from .analysis.spectra import residual_analysis as _residual_analysis
+from .calibration import CalibrationSpec
 from .evaluate import ChatCheckResult, LambadaResult, PerplexityResult, chat_check, lambada, measure_speed, perplexity, \
     run_zeroshot
 from .generate import Generation, SamplingSettings, stream_chat
-from .methods import Calibration
 from .models import LoadedModel
 from .progress import CancelToken, ProgressCallback, Reporter
 
@@ -64,13 +64,13 @@ def module_params(lm: LoadedModel) -> ModuleParams:
     return _module_params(lm.model, lm.adapter)
 
 
-def residual_analysis(lm: LoadedModel, calibration: Calibration,
+def residual_analysis(lm: LoadedModel, calibration: CalibrationSpec,
                       progress: "Reporter | None" = None) -> ResidualAnalysis:
     """Residual spectra at every layer and block influence, in one read-only calibration pass."""
     return _residual_analysis(lm.model, lm.adapter, calibration.tokens, calibration.batch_size, progress)
 
 
-def block_influence(lm: LoadedModel, calibration: Calibration, progress: "Reporter | None" = None) -> list[float]:
+def block_influence(lm: LoadedModel, calibration: CalibrationSpec, progress: "Reporter | None" = None) -> list[float]:
     """Per-layer ``1 - cos(input, output)`` on the calibration tokens (what score-driven schedules rank by)."""
     return _block_influence(lm.model, lm.adapter, calibration.tokens, calibration.batch_size, progress)
 

@@ -21,7 +21,7 @@ from .data import calibration_windows, load_text
 from .data.sources import mixture_counts, mixture_parts
 from .errors import ConfigError
 from .memory import keep_freed_memory, out_of_memory_as_error, peak_mb, reset_peak
-from .methods import Calibration, Plan, Structure, get_method
+from .methods import Plan, Structure, get_method
 from .models import LoadedModel
 from .progress import CancelToken, Reporter
 from .recipes import CalibrationSpec, Recipe, current_versions
@@ -82,12 +82,13 @@ class CompressionResult:
         }
 
 
-def make_calibration(lm: LoadedModel, spec: CalibrationSpec, data_dir: Optional[str] = None) -> Calibration:
-    """Token windows of ``spec``; a mixture ``A+B`` takes its windows evenly from each source."""
+def make_calibration(lm: LoadedModel, spec: CalibrationSpec, data_dir: Optional[str] = None) -> CalibrationSpec:
+    """``spec`` with its token windows drawn (``tokens``); a mixture ``A+B`` takes its windows evenly from each
+    source."""
     parts = mixture_parts(spec.source)
     tokens = torch.cat([_windows(lm, source, n, spec.seqlen, spec.seed, data_dir)
                         for source, n in zip(parts, mixture_counts(spec.nsamples, len(parts))) if n])
-    return Calibration(spec.source, spec.nsamples, spec.seqlen, spec.seed, tokens, spec.batch_size)
+    return replace(spec, tokens=tokens)
 
 
 def _windows(lm: LoadedModel, source: str, nsamples: int, seqlen: int, seed: int,
@@ -106,19 +107,19 @@ def compress(
     recipe: "Recipe | str",
     ratio: Optional[float] = None,
     *,
-    calibration: "Calibration | CalibrationSpec | None" = None,
+    calibration: Optional[CalibrationSpec] = None,
     scores: Optional[Callable[[], list[float]]] = None,
     data_dir: Optional[str] = None,
     progress=None,
     cancel: Optional[CancelToken] = None,
     **fields,
 ) -> CompressionResult:
-    """Run ``recipe`` on ``lm``; ``calibration`` (already tokenized) and ``scores`` (block
+    """Run ``recipe`` on ``lm``; ``calibration`` (with its tokens drawn) and ``scores`` (block
     influence on it) let a caller reuse what it computed before, e.g. the UI's Analyze tab.
 
     The convenience form names a method instead of a recipe: ``compress(lm, "fasp", 0.2,
     schedule=..., method_params=..., schedule_params=..., plan=...)`` builds the recipe."""
-    if isinstance(calibration, CalibrationSpec):
+    if calibration is not None and calibration.tokens is None:  # a description only: the recipe's field
         fields["calibration"], calibration = calibration, None
     if isinstance(recipe, str):
         recipe = Recipe(model=lm.spec, method=recipe, ratio=0.25 if ratio is None else ratio,
@@ -208,8 +209,6 @@ def _with_compensation(out, compensation: Optional[CompensationStructure], appli
     return structure, added, plots
 
 
-def _described(spec: CalibrationSpec, calib: Optional[Calibration]) -> CalibrationSpec:
-    """The calibration that really ran (a caller's pre-made one wins over the recipe's)."""
-    if calib is None:
-        return spec
-    return CalibrationSpec(calib.source, calib.nsamples, calib.seqlen, calib.seed, calib.batch_size)
+def _described(spec: CalibrationSpec, calib: Optional[CalibrationSpec]) -> CalibrationSpec:
+    """The calibration that really ran (a caller's pre-made one wins over the recipe's), without its tokens."""
+    return spec if calib is None else replace(calib, tokens=None)

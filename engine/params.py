@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Optional
 
@@ -94,3 +94,24 @@ def read_settings_file(path: "str | Path", what: str) -> Any:
         return json.loads(text)
     except Exception as exc:  # noqa: BLE001 - any parse error is the user's file
         raise ConfigError(f"{what} {path} is not valid {p.suffix[1:] or 'JSON'}: {exc}") from exc
+
+
+def saved_fields(cls) -> list:
+    """A recipe dataclass's fields that a file holds (not the ones marked ``saved: False``)."""
+    return [f for f in fields(cls) if f.metadata.get("saved", True)]
+
+
+def known_keys(data: dict, cls: type, what: str) -> dict:
+    """``data`` when every key is a saved field of ``cls``, else a ConfigError naming the ones it takes."""
+    names = [f.name for f in saved_fields(cls)]
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        raise ConfigError(f"{what} has unknown field(s) {', '.join(unknown)}; it takes: {', '.join(names)}.")
+    return data
+
+
+def int_at_least(value: Any, what: str, minimum: int = 1) -> int:
+    """``value`` when it is an integer (not a bool) of at least ``minimum``, else a ConfigError."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{what} must be an integer >= {minimum} (got {value!r}).")
+    return value

@@ -13,7 +13,10 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Optional
 
-from .errors import ConfigError, DataError
+from .calibration import CalibrationSpec, check_source
+from .errors import ConfigError
+from .params import int_at_least as _int_at_least
+from .params import known_keys as _known_keys
 from .params import read_settings_file, resolve_params
 from .schedules import Plan, check_ratio, get_schedule, resolve_schedule, split_schedule
 
@@ -31,58 +34,11 @@ def current_versions() -> dict[str, str]:
     return out
 
 
-def _known_keys(data: dict, cls: type, what: str) -> dict:
-    names = [f.name for f in fields(cls)]
-    unknown = sorted(set(data) - set(names))
-    if unknown:
-        raise ConfigError(f"{what} has unknown field(s) {', '.join(unknown)}; it takes: {', '.join(names)}.")
-    return data
-
-
 def _spec_of(cls: type, d: Any, what: str):
     """A recipe field's dataclass from its mapping; a non-mapping or an unknown key is a ConfigError."""
     if not isinstance(d, dict):
         raise ConfigError(f"recipe field '{what}' must be a mapping (got {d!r}).")
     return cls(**_known_keys(d, cls, what))
-
-
-def _int_at_least(value: Any, what: str, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"{what} must be an integer >= {minimum} (got {value!r}).")
-    return value
-
-
-MAX_CALIBRATION_TOKENS = 100_000_000  # ~400x the papers' 128 x 2048: a typo, not a plan
-
-
-@dataclass
-class CalibrationSpec:
-    """Which text calibrates a run, and how much: part of every recipe and saved model."""
-
-    source: str = "wikitext2:validation"
-    nsamples: int = 64
-    seqlen: int = 512
-    seed: int = 42
-    batch_size: int = 8
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "CalibrationSpec":
-        return cls(**_known_keys(d, cls, "calibration"))
-
-    def check(self) -> None:
-        """Types and ranges, and a known text source."""
-        for name, minimum in (("nsamples", 1), ("seqlen", 2), ("seed", 0), ("batch_size", 1)):
-            _int_at_least(getattr(self, name), f"calibration {name}", minimum)
-        if self.nsamples * self.seqlen > MAX_CALIBRATION_TOKENS:
-            raise ConfigError(f"calibration of {self.nsamples} x {self.seqlen} = {self.nsamples * self.seqlen:,} tokens "
-                              f"is more than {MAX_CALIBRATION_TOKENS:,}; the papers calibrate on 128 x 2048.")
-        try:
-            check_source(self.source)
-        except ConfigError as exc:
-            raise ConfigError(f"calibration source: {exc}") from None
 
 
 RECOVERY_KINDS = ("none", "lora", "full")
@@ -251,21 +207,6 @@ class CompensationSpec:
 
     def label(self) -> str:
         return f"EoRA r{self.rank} {self.halves}"
-
-
-def check_source(spec: Any) -> None:
-    """A known text source name (``wikitext2:test``, ``file:PATH``: the file must exist); no data is read."""
-    from .data.sources import mixture_parts, parse_source  # lazy: engine.data pulls in the model stack
-
-    if not isinstance(spec, str) or not spec.strip():
-        raise ConfigError(f"expected a text source name (got {spec!r}).")
-    for part in mixture_parts(spec):
-        try:
-            src = parse_source(part)
-        except DataError as exc:
-            raise ConfigError(str(exc)) from None
-        if src.path is not None and not Path(src.path).is_file():
-            raise ConfigError(f"file not found: {src.path}")
 
 
 # what a preset file carries beside the recipe: its title, the quality measured when it was made

@@ -3,9 +3,10 @@ the export tests (import the ``results`` fixture into a test module)."""
 import pytest
 import torch
 
+from engine import CalibrationSpec
 from engine.compress import compress
 from engine.compressed import save_compressed
-from engine.methods import Calibration, Plan
+from engine.methods import Plan
 from engine.models import LoadedModel
 from engine.models.adapters import adapter_for
 
@@ -23,9 +24,9 @@ def lm_of(make_model, **overrides) -> LoadedModel:
     return LoadedModel(model=model, tokenizer=tok, spec="tiny-llama", adapter=adapter_for(model))
 
 
-def _calibration(vocab: int) -> Calibration:
+def _calibration(vocab: int) -> CalibrationSpec:
     tokens = torch.randint(3, vocab, (8, 32), generator=torch.Generator().manual_seed(0))
-    return Calibration("random", 8, 32, 0, tokens, batch_size=4)
+    return CalibrationSpec("random", 8, 32, 0, 4, tokens=tokens)
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import json
 import pytest
 import torch
 
-from engine import compress, load_compressed, save_compressed
+from engine import CalibrationSpec, compress, load_compressed, save_compressed
 from engine.errors import ConfigError
 from engine.models import LoadedModel
 from engine.models.adapters import adapter_for
@@ -33,9 +33,8 @@ def _lm(tiny, arch: str) -> LoadedModel:
 
 
 def _calibration(lm: LoadedModel, n: int = 16):
-    from engine.methods import Calibration
 
-    return Calibration("random", n, 64, 0, _tokens(lm.model.config.vocab_size, n), batch_size=4)
+    return CalibrationSpec("random", n, 64, 0, 4, tokens=_tokens(lm.model.config.vocab_size, n))
 
 
 def _compressed(lm, rank: int = 0, halves: str = "mlp", method: str = "fasp", ratio: float = 0.4, **params):

@@ -7,9 +7,9 @@ import json
 import pytest
 import torch
 
-from engine import compress, load_compressed, load_model, save_compressed
+from engine import CalibrationSpec, compress, load_compressed, load_model, save_compressed
 from engine.errors import ConfigError
-from engine.methods import Calibration, Method, available_methods, register
+from engine.methods import Method, available_methods, register
 from engine.methods.fasp import PairPruningStructure
 from engine.models.adapters import adapter_for
 from engine.models import LoadedModel
@@ -20,9 +20,9 @@ METHOD_PARAMS = {"slicegpt": [{"variant": "per-layer"}, {"variant": "shared"}], 
                  "shortgpt": [{}], "modegpt": [{}]}
 
 
-def _calibration(vocab: int, n: int = 8, seqlen: int = 32) -> Calibration:
+def _calibration(vocab: int, n: int = 8, seqlen: int = 32) -> CalibrationSpec:
     g = torch.Generator().manual_seed(0)
-    return Calibration("random", n, seqlen, 0, torch.randint(3, vocab, (n, seqlen), generator=g), batch_size=4)
+    return CalibrationSpec("random", n, seqlen, 0, 4, tokens=torch.randint(3, vocab, (n, seqlen), generator=g))
 
 
 def _logits(model, ids):

@@ -17,17 +17,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine import compress, load_compressed, load_model, save_compressed
+from engine import CalibrationSpec, compress, load_compressed, load_model, save_compressed
 from engine.cli import main
 from engine.errors import ConfigError, CorruptWeightsError, SlimLabError
-from engine.methods import Calibration
 
 TESTS = Path(__file__).resolve().parent
 
 
-def _calibration(vocab: int) -> Calibration:
+def _calibration(vocab: int) -> CalibrationSpec:
     g = torch.Generator().manual_seed(0)
-    return Calibration("random", 8, 32, 0, torch.randint(3, vocab, (8, 32), generator=g), batch_size=4)
+    return CalibrationSpec("random", 8, 32, 0, 4, tokens=torch.randint(3, vocab, (8, 32), generator=g))
 
 
 def _logits(model) -> torch.Tensor:

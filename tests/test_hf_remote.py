@@ -12,10 +12,9 @@ import textwrap
 import pytest
 import torch
 
-from engine import compress, load_compressed, save_compressed
+from engine import CalibrationSpec, compress, load_compressed, save_compressed
 from engine.errors import ConfigError
 from engine.export.hf_remote import MODELING_FILE, NotSelfContained, layout_of
-from engine.methods import Calibration
 from engine.models import LoadedModel
 from engine.models.adapters import adapter_for
 from engine.recipes import CompensationSpec
@@ -72,9 +71,9 @@ PLAIN_LOADER = textwrap.dedent('''
 ''')
 
 
-def _calibration(vocab: int) -> Calibration:
+def _calibration(vocab: int) -> CalibrationSpec:
     g = torch.Generator().manual_seed(0)
-    return Calibration("random", 8, 32, 0, torch.randint(3, vocab, (8, 32), generator=g), batch_size=4)
+    return CalibrationSpec("random", 8, 32, 0, 4, tokens=torch.randint(3, vocab, (8, 32), generator=g))
 
 
 def _compress(tiny, arch, method, params, ratios, rank):

@@ -8,8 +8,8 @@ from dataclasses import replace
 import pytest
 import torch
 
-from engine import compress, load_compressed, save_compressed
-from engine.methods import Calibration, Plan, get_method
+from engine import CalibrationSpec, compress, load_compressed, save_compressed
+from engine.methods import Plan, get_method
 from engine.models import LoadedModel
 from engine.models.adapters import adapter_for, normalize
 from engine.stats import InputStats, capture_layer_inputs
@@ -27,10 +27,10 @@ def _lm(tiny, arch: str, **overrides) -> LoadedModel:
     return LoadedModel(model=model, tokenizer=tok, spec=f"tiny-{arch}", adapter=adapter_for(model))
 
 
-def _calibration(lm: LoadedModel, n: int = 8, seqlen: int = 32, seed: int = 0) -> Calibration:
+def _calibration(lm: LoadedModel, n: int = 8, seqlen: int = 32, seed: int = 0) -> CalibrationSpec:
     g = torch.Generator().manual_seed(seed)
     tokens = torch.randint(3, lm.model.config.vocab_size, (n, seqlen), generator=g)
-    return Calibration("random", n, seqlen, seed, tokens, batch_size=4)
+    return CalibrationSpec("random", n, seqlen, seed, 4, tokens=tokens)
 
 
 def _logits(model, ids: torch.Tensor) -> torch.Tensor:
@@ -50,7 +50,7 @@ class Attention:
     the half's output error for a changed copy of the layer."""
 
     @torch.no_grad()
-    def __init__(self, lm: LoadedModel, calib: Calibration):
+    def __init__(self, lm: LoadedModel, calib: CalibrationSpec):
         self.lm, self.adapter = lm, lm.adapter
         self.heads = self.adapter.heads(lm.model.config)
         self.inputs = capture_layer_inputs(lm.model, self.adapter, calib.tokens, calib.batch_size)

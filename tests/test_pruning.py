@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from engine import compress, load_compressed, save_compressed
-from engine.methods import Calibration, Plan
+from engine import CalibrationSpec, compress, load_compressed, save_compressed
+from engine.methods import Plan
 from engine.models.adapters import adapter_for
 from engine.models import LoadedModel
 from engine.stats import InputStats, LayerInputs, bypassed, capture_layer_inputs, residual_plus
@@ -22,10 +22,10 @@ def _lm(tiny, arch: str, **overrides) -> LoadedModel:
     return LoadedModel(model=model, tokenizer=tok, spec=f"tiny-{arch}", adapter=adapter_for(model))
 
 
-def _calibration(lm: LoadedModel, n: int = 8, seqlen: int = 32) -> Calibration:
+def _calibration(lm: LoadedModel, n: int = 8, seqlen: int = 32) -> CalibrationSpec:
     g = torch.Generator().manual_seed(0)
     tokens = torch.randint(3, lm.model.config.vocab_size, (n, seqlen), generator=g)
-    return Calibration("random", n, seqlen, 0, tokens, batch_size=4)
+    return CalibrationSpec("random", n, seqlen, 0, 4, tokens=tokens)
 
 
 @torch.no_grad()
@@ -339,7 +339,7 @@ def test_demo_model_fasp_beats_wanda_sp_at_equal_size(demo_lm, data_dir):
 
     Needs the issue's 64x512 calibration: with 16x256 or 32x512 tokens the least-squares refit of
     1536 columns overfits and FASP loses to Wanda-SP (measured: 47.2 vs 40.4, 39.1 vs 38.7)."""
-    from engine import CalibrationSpec, make_calibration, perplexity
+    from engine import make_calibration, perplexity
 
     cal = make_calibration(demo_lm, CalibrationSpec("wikitext2:validation", nsamples=64, seqlen=512, seed=42))
     ppl, params = {}, {}

@@ -1,5 +1,6 @@
 """Recipes: one parser for flags, presets, downloads and saved folders; validation without a model."""
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -43,6 +44,19 @@ def test_round_trip_through_json_and_yaml(tmp_path):
     (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe.to_dict()))
     assert Recipe.read(tmp_path / "r.yaml") == recipe
     assert recipe.validate() == recipe  # resolving twice changes nothing
+
+
+def test_drawn_tokens_ride_along_but_are_never_saved_or_compared():
+    """One calibration type: the recipe's description, and the same with its windows drawn."""
+    spec = CalibrationSpec("c4", 2, 4, 1, 2)
+    drawn = replace(spec, tokens=[[5, 6, 7, 8], [9, 10, 11, 12]])
+    assert drawn == spec and drawn.to_dict() == spec.to_dict() == {
+        "source": "c4", "nsamples": 2, "seqlen": 4, "seed": 1, "batch_size": 2}
+    assert "tokens" not in repr(drawn)
+    recipe = Recipe(calibration=drawn)
+    assert "tokens" not in json.dumps(recipe.to_dict())
+    with pytest.raises(TypeError):  # tokens are named, never taken for a positional field
+        CalibrationSpec("c4", 2, 4, 1, 2, [[5, 6, 7, 8]])
 
 
 @pytest.mark.parametrize("path", PRESETS, ids=lambda p: p.stem)
@@ -109,6 +123,7 @@ def test_label_names_only_what_differs_from_the_defaults():
     ({"calibration": {"source": "tweets"}}, "calibration source: Unknown text source 'tweets'"),
     ({"calibration": {"source": "file:/no/such.txt"}}, "calibration source: file not found"),
     ({"calibration": {"nsample": 4}}, "calibration has unknown field.*nsample; it takes: source, nsamples"),
+    ({"calibration": {"tokens": [[1, 2]]}}, "calibration has unknown field.*tokens; it takes: .*batch_size\\.$"),
     ({"ratoi": 0.2}, "recipe has unknown field.*ratoi"),
     ({"method_params": "variant=shared"}, "'method_params' must be a mapping"),
     ({"plan": {"ratios": [0.1]}}, "plan has no 'schedule'"),

@@ -6,7 +6,7 @@ import torch
 
 from engine import CancelToken, compress, load_compressed, save_compressed
 from engine.errors import Cancelled, ConfigError
-from engine.methods import Calibration
+from engine import CalibrationSpec
 from engine.models import adapter_for
 from engine.models import LoadedModel
 
@@ -18,9 +18,9 @@ def _lm(tiny, arch):
     return LoadedModel(model, tok, arch, adapter_for(model))
 
 
-def _calibration(vocab: int, n: int = 8, seqlen: int = 32) -> Calibration:
+def _calibration(vocab: int, n: int = 8, seqlen: int = 32) -> CalibrationSpec:
     g = torch.Generator().manual_seed(0)
-    return Calibration("random", n, seqlen, 0, torch.randint(3, vocab, (n, seqlen), generator=g), batch_size=4)
+    return CalibrationSpec("random", n, seqlen, 0, 4, tokens=torch.randint(3, vocab, (n, seqlen), generator=g))
 
 
 def _logits(model, tokens):

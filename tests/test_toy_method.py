@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from engine import CalibrationSpec, ConfigError, Recipe, compress, load_compressed, load_model, save_compressed
-from engine.methods import Calibration, Method, MethodOutput, Plan, Structure, register, unregister
+from engine.methods import Method, MethodOutput, Plan, Structure, register, unregister
 from engine.models.adapters import Adapter
 from engine.params import Param
 from engine.progress import Reporter
@@ -64,7 +64,7 @@ class Loudest(Method):
     )
     structure_type = LoudestStructure
 
-    def compress(self, work, calibration: Calibration, plan: Plan, params: dict, progress: Reporter) -> MethodOutput:
+    def compress(self, work, calibration: CalibrationSpec, plan: Plan, params: dict, progress: Reporter) -> MethodOutput:
         hooks = LoudestPass(plan, params)
         run_sequential(work.capture(calibration), work.adapter, work, hooks, progress, self.name)
         return MethodOutput(widths={"mlp": hooks.widths}, structure=LoudestStructure(hooks.widths))

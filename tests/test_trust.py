@@ -8,9 +8,8 @@ import logging
 import pytest
 import torch
 
-from engine import compress, load_model, save_compressed
+from engine import CalibrationSpec, compress, load_model, save_compressed
 from engine.errors import ModelNotFoundError, SlimLabError
-from engine.methods import Calibration
 from engine.publish import push_folder
 from tiny import make_model
 
@@ -75,7 +74,8 @@ def test_a_token_is_never_echoed_logged_or_written(tiny_dirs, tmp_path, monkeypa
     monkeypatch.setenv("SLIMLAB_CACHE", str(tmp_path / "cache"))
     lm = load_model(str(tiny_dirs["llama"]), device="cpu")
     g = torch.Generator().manual_seed(0)
-    calib = Calibration("random", 4, 16, 0, torch.randint(3, lm.model.config.vocab_size, (4, 16), generator=g))
+    tokens = torch.randint(3, lm.model.config.vocab_size, (4, 16), generator=g)
+    calib = CalibrationSpec("random", 4, 16, 0, tokens=tokens)
     folder = save_compressed(compress(lm, "shortgpt", 0.34, calibration=calib), tmp_path / "out")
     token = "hf_SECRETSECRETSECRET1234"
     with caplog.at_level(logging.DEBUG), pytest.raises(SlimLabError, match="Pushing to 'me/x' failed") as info:

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from engine import (
-    Calibration, RecoverySpec, SlimLabError, account, block_influence, cut_width, load_compressed, load_model,
+    CalibrationSpec, RecoverySpec, SlimLabError, account, block_influence, cut_width, load_compressed, load_model,
     residual_analysis,
 )
 from engine.analysis.modules import module_params
@@ -120,7 +120,7 @@ def test_steps_before_their_prerequisites_say_what_to_do(data_dir):
 def test_residual_analysis_matches_block_influence_and_energy(session):
     lm = session.lm
     tokens = torch.randint(0, 300, (4, 32), generator=torch.Generator().manual_seed(0))
-    calib = Calibration("random", 4, 32, 0, tokens, batch_size=2)
+    calib = CalibrationSpec("random", 4, 32, 0, 2, tokens=tokens)
     result = residual_analysis(lm, calib)
     assert result.points[0] == "embeddings" and len(result.points) == 4
     assert result.block_influence == pytest.approx(block_influence(lm, calib), rel=1e-9)

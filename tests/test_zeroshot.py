@@ -205,14 +205,14 @@ def test_lm_eval_does_not_retie_an_untied_head(tiny):
 
 def sliced_model(model, tok):
     """A SliceGPT-30% copy of a tiny model (untied head, shortcut matrices); also used by test_speed_report."""
+    from engine import CalibrationSpec
     from engine.compress import compress
-    from engine.methods import Calibration
     from engine.models.adapters import adapter_for
     from engine.models import LoadedModel
 
     tokens = torch.randint(3, len(tok), (8, 32), generator=torch.Generator().manual_seed(0))
     return compress(LoadedModel(model, tok, "tiny", adapter_for(model)), "slicegpt", 0.3,
-                    calibration=Calibration("random", 8, 32, 0, tokens, 4)).model
+                    calibration=CalibrationSpec("random", 8, 32, 0, 4, tokens=tokens)).model
 
 
 def test_slicegpt_result_keeps_its_untied_head_under_lm_eval(tiny):

@@ -12,7 +12,7 @@ from ..errors import ConfigError
 from ..loader import check_model_spec, load_model
 from ..models import LoadedModel, check_dtype, resolve_device
 from ..progress import TqdmProgress
-from ..recipes import check_source
+from ..calibration import check_source
 
 MODEL_HELP = "'demo', a Hugging Face id, a local folder, a .gguf file, or a SlimLab output folder"
 

@@ -16,6 +16,7 @@ from typing import Any, ClassVar, Optional
 import torch
 from torch import nn
 
+from ..calibration import CalibrationSpec
 from ..errors import ConfigError
 from ..models.adapters import Adapter
 from ..workspace import Workspace
@@ -23,21 +24,6 @@ from ..params import Param, resolve_params, schema
 from ..progress import Reporter
 from ..schedules import Plan
 from ..stats import LayerHooks, run_sequential
-
-
-@dataclass
-class Calibration:
-    """Calibration batch plus its provenance (part of every recipe and saved model)."""
-
-    source: str
-    nsamples: int
-    seqlen: int
-    seed: int
-    tokens: torch.Tensor  # [nsamples, seqlen] token ids
-    batch_size: int = 8
-
-    def describe(self) -> dict:
-        return {"source": self.source, "nsamples": self.nsamples, "seqlen": self.seqlen, "seed": self.seed}
 
 
 @dataclass
@@ -87,7 +73,7 @@ class Method(ABC):
         return resolve_params("Method", self.name, self.params, given)
 
     @abstractmethod
-    def compress(self, work: Workspace, calibration: Optional[Calibration], plan: Plan, params: dict,
+    def compress(self, work: Workspace, calibration: Optional[CalibrationSpec], plan: Plan, params: dict,
                  progress: Reporter) -> MethodOutput:
         """Build ``work.model`` layer by layer (``run_sequential`` over ``work``, or ``work.open``/``close``)."""
 
@@ -108,7 +94,7 @@ class Method(ABC):
         return schema(self.params)
 
 
-def timed_pass(work: Workspace, calibration: Calibration, hooks: LayerHooks, progress: Reporter, stage: str,
+def timed_pass(work: Workspace, calibration: CalibrationSpec, hooks: LayerHooks, progress: Reporter, stage: str,
                label: str) -> dict[str, float]:
     """Capture layer 0's calibration inputs and run ``hooks`` over ``work`` through the driver;
     returns the seconds of both stages (``label`` names the pass) for ``MethodOutput.stage_seconds``."""

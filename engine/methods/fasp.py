@@ -23,6 +23,7 @@ from typing import Optional
 import torch
 from torch import nn
 
+from ..calibration import CalibrationSpec
 from ..models.adapters import Adapter
 from ..params import Param
 from ..progress import Reporter
@@ -31,7 +32,7 @@ from ..transforms.importance import SCORES, Importance
 from ..transforms.prune import keep_top, keep_top_per_group, prune_pair, restore_columns
 from ..transforms.value_heads import narrow_values, output_columns
 from ..transforms.widths import kept_mlp_width, kept_value_dims
-from .base import Calibration, Method, MethodOutput, Plan, Structure, register, timed_pass
+from .base import Method, MethodOutput, Plan, Structure, register, timed_pass
 
 
 @dataclass
@@ -129,7 +130,7 @@ class PairPruning(Method):
                     minimum=0.0, maximum=10.0)) if restore else ())
 
     @torch.no_grad()
-    def compress(self, work, calibration: Calibration, plan: Plan, params: dict, progress: Reporter) -> MethodOutput:
+    def compress(self, work, calibration: CalibrationSpec, plan: Plan, params: dict, progress: Reporter) -> MethodOutput:
         adapter = work.adapter
         heads = adapter.heads(work.model.config)
         hooks = PairPruningPass(adapter, heads, plan, params, SCORES[params["score"]], self.restore)

@@ -26,6 +26,7 @@ from typing import Optional
 import torch
 from torch import nn
 
+from ..calibration import CalibrationSpec
 from ..models.adapters import Adapter, normalize
 from ..params import Param
 from ..progress import Reporter
@@ -36,7 +37,7 @@ from ..transforms.attention_heads import narrow_heads
 from ..transforms.query_key import damped_gram, input_gram, select_pairs
 from ..transforms.value_svd import set_value_output, whitened_value_output
 from ..transforms.widths import kept_mlp_width, kept_value_dims
-from .base import Calibration, Method, MethodOutput, Plan, Structure, register, timed_pass
+from .base import Method, MethodOutput, Plan, Structure, register, timed_pass
 
 PARTS = ("qk", "vo", "mlp")
 
@@ -150,7 +151,7 @@ class ModeGPT(Method):
     structure_type = ModeGPTStructure
 
     @torch.no_grad()
-    def compress(self, work, calibration: Calibration, plan: Plan, params: dict, progress: Reporter) -> MethodOutput:
+    def compress(self, work, calibration: CalibrationSpec, plan: Plan, params: dict, progress: Reporter) -> MethodOutput:
         adapter = work.adapter
         heads = adapter.heads(work.model.config)
         first = adapter.layers(work.lm.model)[0]

@@ -13,10 +13,11 @@ import torch
 from torch import nn
 
 from ..analysis.layer_scores import block_influence
+from ..calibration import CalibrationSpec
 from ..errors import ConfigError
 from ..models.adapters import Adapter
 from ..progress import Reporter
-from .base import Calibration, Method, MethodOutput, Plan, Structure, register
+from .base import Method, MethodOutput, Plan, Structure, register
 
 
 @dataclass
@@ -47,7 +48,7 @@ class ShortGPT(Method):
     structure_type = ShortGPTStructure
 
     @torch.no_grad()
-    def compress(self, work, calibration: Calibration, plan: Plan, params: dict, progress: Reporter) -> MethodOutput:
+    def compress(self, work, calibration: CalibrationSpec, plan: Plan, params: dict, progress: Reporter) -> MethodOutput:
         adapter = work.adapter
         num_layers = work.num_layers
         n_drop = _dropped(plan, num_layers)

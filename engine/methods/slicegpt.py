@@ -19,6 +19,7 @@ from typing import Optional
 import torch
 from torch import nn
 
+from ..calibration import CalibrationSpec
 from ..errors import ConfigError
 from ..models.adapters import Adapter
 from ..params import Param
@@ -29,7 +30,7 @@ from ..transforms.pca import pca_basis
 from ..transforms.replace import assign
 from ..transforms.shortcuts import add_shortcuts
 from ..transforms.widths import plan_widths
-from .base import Calibration, Method, MethodOutput, Plan, Structure, register
+from .base import Method, MethodOutput, Plan, Structure, register
 
 
 @dataclass
@@ -207,7 +208,7 @@ class SliceGPT(Method):
     structure_type = SliceGPTStructure
 
     # --- compression ------------------------------------------------------
-    def compress(self, work, calibration: Calibration, plan: Plan, params: dict,
+    def compress(self, work, calibration: CalibrationSpec, plan: Plan, params: dict,
                  progress: Reporter) -> MethodOutput:
         widths = _widths(work.adapter.hidden_size(work.model.config), plan, params)
         if params["variant"] == "shared":

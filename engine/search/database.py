@@ -27,8 +27,9 @@ import torch
 from torch import nn
 
 from ..cache import cache_root
+from ..calibration import CalibrationSpec
 from ..errors import ConfigError
-from ..methods import Calibration, get_method
+from ..methods import get_method
 from ..models import LoadedModel
 from ..progress import Reporter
 from ..schedules import Plan
@@ -125,7 +126,7 @@ class LevelDatabase:
         return layer.to(lm.compute_device).eval()
 
 
-def build_level(lm: LoadedModel, db: LevelDatabase, level: int, calibration: Optional[Calibration],
+def build_level(lm: LoadedModel, db: LevelDatabase, level: int, calibration: Optional[CalibrationSpec],
                 reporter: Reporter) -> None:
     """One job: the method at ``levels[level]`` with a uniform plan, every layer stored (nothing if
     already built). A plain function of (model, database, level), so a worker can run it alone."""

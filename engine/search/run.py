@@ -16,7 +16,7 @@ from typing import Callable, Optional
 import torch
 
 from ..errors import ConfigError
-from ..methods import Calibration, Plan, get_method
+from ..methods import Plan, get_method
 from ..models import LoadedModel
 from ..progress import Reporter
 from ..recipes import CalibrationSpec
@@ -35,7 +35,7 @@ class SearchRun:
     lm: LoadedModel
     method: str
     method_params: dict
-    calibration: Optional[Calibration]  # the method's calibration (builds the database)
+    calibration: Optional[CalibrationSpec]  # the method's calibration (builds the database)
     calibration_spec: CalibrationSpec
     tokens_of: Callable[[CalibrationSpec], torch.Tensor]  # token windows of a calibration spec
     reporter: Reporter
@@ -70,7 +70,7 @@ def budget_of(costs: list[list[int]], levels: tuple[float, ...], target: float) 
 
 def open_database(run: SearchRun, params: dict) -> LevelDatabase:
     levels = level_grid(params["level_step"], params["max_level"])
-    calib = run.calibration.describe() if run.calibration is not None else {}
+    calib = run.calibration.to_dict() if run.calibration is not None else {}
     spec = DatabaseSpec(run.lm.spec, len(run.lm.adapter.layers(run.lm.model)), run.method, dict(run.method_params),
                         levels, calib)
     return LevelDatabase(params["database"] or default_root(spec), spec)

@@ -58,7 +58,7 @@ def analyze(session: Session, source: str, nsamples, seqlen, seed, ratio, progre
     calib = make_calibration(lm, spec, data_dir())
     result = residual_analysis(lm, calib, reporter)
     session.analysis = result
-    session.analysis_calibration = calib.describe()
+    session.analysis_calibration = calib.to_dict()
     session.scores[calibration_key(spec)] = result.block_influence
     return view(session, default_points(result.points), ratio)
 
