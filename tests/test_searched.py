@@ -108,6 +108,8 @@ def test_searched_needs_the_run_and_a_method_that_follows_plans(lm, data_dir, tm
         build_plan("searched", 0.2, 4)
     with pytest.raises(ConfigError, match="deepest level"):
         build_plan("searched", 0.7, 4)
+    with pytest.raises(ConfigError, match="deepest level 0.45"):  # the grid's last level, not max_level
+        build_plan("searched", 0.48, 4, params={"level_step": 0.15, "max_level": 0.5})
     with pytest.raises(ConfigError, match="picks its own"):
         compress(lm, "shortgpt", 0.25, schedule="searched", schedule_params={"database": str(tmp_path / "d")},
                  calibration=CALIB, data_dir=str(data_dir))

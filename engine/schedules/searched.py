@@ -8,9 +8,17 @@ builds it (``build_for_run``, handing over the run, which does the search: ``eng
 """
 from __future__ import annotations
 
+import math
+
 from ..errors import ConfigError
 from ..params import Param
 from .base import Plan, Schedule, Scores, register_schedule
+
+
+def level_grid(step: float, top: float) -> tuple[float, ...]:
+    """0, step, 2 step ... up to ``top`` (rounded so 0.1 steps stay 0.1, 0.2, ...)."""
+    count = int(math.floor(top / step + 1e-9))
+    return tuple(round(k * step, 6) for k in range(count + 1))
 
 
 @register_schedule
@@ -44,8 +52,10 @@ class Searched(Schedule):
     )
 
     def check(self, target: float, params: dict) -> None:
-        if target > params["max_level"]:
-            raise ConfigError(f"Target {target} is above the deepest level max_level={params['max_level']}.")
+        top = level_grid(params["level_step"], params["max_level"])[-1]
+        if target > top + 1e-9:
+            raise ConfigError(f"Target {target} is above the deepest level {top} (level_step {params['level_step']}, "
+                              f"max_level {params['max_level']}); raise max_level.")
         if not params["generations"] and params["minutes"] is None:
             raise ConfigError("The search needs a bound: generations > 0, minutes, or both.")
 

@@ -20,6 +20,7 @@ from ..methods import Plan, get_method
 from ..models import LoadedModel
 from ..progress import Reporter
 from ..recipes import CalibrationSpec
+from ..schedules.searched import level_grid
 from . import cluster
 from .database import DatabaseSpec, LevelDatabase, build_level, default_root
 from .evolution import Generation, SearchSettings, Stage, evolve, level_space
@@ -43,12 +44,6 @@ class SearchRun:
 
     def search(self, target: float, params: dict) -> Plan:
         return search_plan(self, target, params)
-
-
-def level_grid(step: float, top: float) -> tuple[float, ...]:
-    """0, step, 2 step ... up to ``top`` (rounded so 0.1 steps stay 0.1, 0.2, ...)."""
-    count = int(math.floor(top / step + 1e-9))
-    return tuple(round(k * step, 6) for k in range(count + 1))
 
 
 def settings_of(params: dict) -> SearchSettings:
@@ -91,8 +86,6 @@ def search_plan(run: SearchRun, target: float, params: dict) -> Plan:
         raise ConfigError("A searched plan runs the model on every candidate; load it in memory (without --stream).")
     settings = settings_of(params)
     settings.check()
-    if target > params["max_level"]:
-        raise ConfigError(f"Target {target} is above the deepest level {params['max_level']}; raise max_level.")
     t0 = time.perf_counter()
     db = open_database(run, params)
     missing = db.missing()
