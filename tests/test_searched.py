@@ -121,3 +121,20 @@ def test_the_ui_gets_the_searched_controls_from_its_schema():
     assert "searched" in [name for _label, name in handlers.schedule_choices()]
     names = [p["name"] for p in handlers.schedule_schemas()["searched"]]
     assert {"generations", "minutes", "seed", "tokens", "level_step", "max_level"} <= set(names)
+
+
+def test_the_ui_runs_a_searched_plan(tiny_dirs, data_dir, tmp_path):
+    from ui.handlers import compress as hc
+    from ui.handlers import model as hm
+    from ui.state import ModelCache, Session
+
+    session = Session()
+    hm.load(session, str(tiny_dirs["llama"]), cache=ModelCache(capacity=1))
+    calib = ("wikitext2:validation", 8, 32, 0)
+    params = {"level_step": 0.25, "max_level": 0.5, "generations": 2, "offspring": 3, "tokens": 64,
+              "first_tokens": 32, "database": str(tmp_path / "db")}
+    with pytest.raises(ConfigError, match="press Run"):  # Preview cannot search: the plan is made by Run
+        hc.preview_plan(session, "searched", 0.25, params, *calib)
+    view = hc.run(session, "fasp", {}, 0.25, "searched", params, *calib, [])
+    assert "Searched over levels [0.0, 0.25, 0.5] in 2 generations" in view.plan.note
+    assert session.result.recipe.plan.schedule == "searched" and session.result.recipe.schedule_params["generations"] == 2
