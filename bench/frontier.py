@@ -30,13 +30,15 @@ import os
 import sys
 import time
 from dataclasses import replace
+from itertools import product
 from pathlib import Path
 from typing import Callable, Optional
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from engine import CalibrationSpec, CompensationSpec, Recipe, compress, load_model, params_total, perplexity  # noqa: E402
+from engine import (CalibrationSpec, CompensationSpec, Recipe, compensation_plan, compress, load_model,  # noqa: E402
+                    params_total, perplexity)
 from engine.evaluate import run_zeroshot  # noqa: E402
 from engine.evaluate.chat_check import Question, chat_check  # noqa: E402
 from engine.evaluate.lambada import lambada  # noqa: E402
@@ -45,12 +47,20 @@ from engine.recipes import RecoverySpec  # noqa: E402
 ZEROSHOT_TASKS = ("piqa", "arc_easy", "winogrande", "hellaswag")
 EXAMPLE_PROMPTS = json.loads((REPO / "assets" / "prompts.json").read_text())  # the Chat tab's examples
 EXAMPLE_TOKENS = 64
+PROBE_SEQLEN = 64  # tokens per window of a size probe
 
-# compensation name -> how it changes the recipe: ``eoraR`` (MLP halves) / ``eoraR-both`` (and attention)
-COMPENSATIONS: dict[str, Callable[[Recipe], Recipe]] = {"none": lambda recipe: recipe} | {
-    f"eora{rank}{suffix}": (lambda recipe, rank=rank, halves=halves: replace(
-        recipe, compensation=CompensationSpec(rank=rank, halves=halves)))
-    for rank in (8, 16, 32, 64) for suffix, halves in (("", "mlp"), ("-both", "both"))}
+COMPENSATION_NAMES = "none; eoraR / eoraR-both (rank R on the MLP halves / both); SHARE[:halves] (e.g. 0.05, " \
+    "0.05:both: a share of each layer's parameters, as slimlab compress --compensation)"
+
+
+def compensation_spec(name: str) -> CompensationSpec:
+    """The compensation a ``--compensations`` name stands for (see ``COMPENSATION_NAMES``)."""
+    if name == "none":
+        return CompensationSpec()
+    if name.startswith("eora"):
+        rank, _, both = name[len("eora"):].partition("-")
+        return CompensationSpec(rank=int(rank), halves="both" if both else "mlp")
+    return CompensationSpec.parse(name)
 
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
@@ -64,7 +74,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--calibs", default="wikitext2:validation,alpaca-chat", help="comma-separated calibration sources")
     p.add_argument("--nsamples", type=int, default=64)
     p.add_argument("--calib-seqlen", type=int, default=512)
-    p.add_argument("--compensations", default="none", help=f"comma-separated: {', '.join(COMPENSATIONS)}")
+    p.add_argument("--compensations", default="none", help=f"comma-separated: {COMPENSATION_NAMES}")
     p.add_argument("--recovery", default="none", help="comma-separated recovery kinds: none, lora, full")
     p.add_argument("--recovery-steps", default="40",
                    help="comma-separated step budgets of a recovery (steps, not minutes: a saved preset then does "
@@ -110,27 +120,37 @@ def recovery_spec(kind: str, steps: int, args) -> RecoverySpec:
 
 
 class RatioFinder:
-    """The ratio at which a method keeps about a given fraction of the dense parameters.
+    """The ratio at which a recipe keeps about a given fraction of the dense *total* parameters,
+    its compensation branches included.
 
     Secant steps on probe compressions (a few calibration tokens: shapes do not depend on the
     data for a uniform plan), from ratio 0.3, until the kept fraction is within 0.3% at or
-    under the target; widths round to multiples of 8, so the count is close to linear."""
+    under the target; widths round to multiples of 8, so the count is close to linear. A probe
+    runs the recipe's compensation too, on enough tokens that the data caps no branch's rank, so
+    a compensated row pays for its branches with width and lands at the same total size."""
 
     def __init__(self, lm, dense: int):
         self.lm, self.dense = lm, dense
         self.seen: dict[tuple[str, float], float] = {}
 
     def fraction(self, base: Recipe, ratio: float) -> float:
-        key = (json.dumps([base.method, base.method_params], sort_keys=True), ratio)
+        key = (json.dumps([base.method, base.method_params, base.compensation.to_dict()], sort_keys=True), ratio)
         if key not in self.seen:
-            probe = replace(base, ratio=ratio, calibration=CalibrationSpec("wikitext2:validation", 2, 64, 0))
+            probe = replace(base, ratio=ratio, calibration=CalibrationSpec("wikitext2:validation",
+                                                                           self.windows(base), PROBE_SEQLEN, 0))
             self.seen[key] = compress(self.lm, probe).accounting.params_total / self.dense
         return self.seen[key]
+
+    def windows(self, base: Recipe) -> int:
+        """Two probe windows, and with compensation enough for the largest rank (a fit's rank is at most the
+        number of calibration tokens less one, for the fitted mean)."""
+        ranks = compensation_plan(self.lm, base.compensation)[0] if base.compensation.enabled else [0]
+        return 2 + -(-(max(ranks) + 2) // PROBE_SEQLEN)
 
     def ratio(self, base: Recipe, target: float) -> float:
         points = [(0.0, 1.0), (0.3, self.fraction(base, 0.3))]
         best = None
-        for _ in range(4):
+        for _ in range(5):
             (r0, f0), (r1, f1) = points[-2:]
             r = r1 if f1 == f0 else r1 + (target - f1) * (r1 - r0) / (f1 - f0)
             r = round(min(max(r, 0.01), 0.95), 3)
@@ -230,24 +250,22 @@ def run(args) -> list[dict]:
     sizes = [float(s) for s in split(args.sizes)]
     for size in sizes:
         for name in split(args.methods):
-            base, explicit = method_recipe(name, lm.spec)
-            ratio = explicit if explicit is not None else finder.ratio(base, size)
-            for schedule in split(args.schedules):
-                for calib in split(args.calibs):
-                    for comp in split(args.compensations):
-                        for kind in split(args.recovery):
-                            for steps in ([0.0] if kind == "none" else [int(s) for s in split(args.recovery_steps)]):
-                                recipe = COMPENSATIONS[comp](replace(
-                                    base, ratio=ratio, schedule=schedule,
-                                    calibration=CalibrationSpec(calib, args.nsamples, args.calib_seqlen, args.seed),
-                                    recovery=recovery_spec(kind, steps, args)))
-                                key = json.dumps([size, name, schedule, calib, comp, kind, steps])
-                                if key in done and not args.redo:
-                                    continue
-                                rows = [r for r in rows if r["key"] != key] + [
-                                    one_row(lm, recipe, key, size, comp, dense_params, args)]
-                                save_rows(out, proto, rows)
-                                print("\n".join(table(rows[-1:], dense)), flush=True)
+            method, explicit = method_recipe(name, lm.spec)
+            for comp in split(args.compensations):
+                base = replace(method, compensation=compensation_spec(comp))
+                ratio = explicit if explicit is not None else finder.ratio(base, size)
+                for schedule, calib, kind in product(split(args.schedules), split(args.calibs), split(args.recovery)):
+                    for steps in ([0] if kind == "none" else [int(s) for s in split(args.recovery_steps)]):
+                        recipe = replace(base, ratio=ratio, schedule=schedule,
+                                         calibration=CalibrationSpec(calib, args.nsamples, args.calib_seqlen, args.seed),
+                                         recovery=recovery_spec(kind, steps, args))
+                        key = json.dumps([size, name, schedule, calib, comp, kind, steps])
+                        if key in done and not args.redo:
+                            continue
+                        rows = [r for r in rows if r["key"] != key] + [
+                            one_row(lm, recipe, key, size, comp, dense_params, args)]
+                        save_rows(out, proto, rows)
+                        print("\n".join(table(rows[-1:], dense)), flush=True)
     return rows
 
 

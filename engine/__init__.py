@@ -16,7 +16,7 @@ from .analysis import Accounting, account
 from .analysis.modules import ModuleParams
 from .analysis.spectra import ResidualAnalysis, cut_width
 from .api import (
-    Subject, block_influence, chat, evaluate_chat_check, evaluate_lambada, evaluate_perplexity, evaluate_speed,
+    Subject, block_influence, chat, compensation_plan, evaluate_chat_check, evaluate_lambada, evaluate_perplexity, evaluate_speed,
     evaluate_zeroshot, has_chat_template, model_summary, module_params, num_layers, params_total, residual_analysis,
     zeroshot_tasks,
 )
@@ -34,20 +34,21 @@ from .planning import PlannedSize, default_calibration, planned_size, starter_re
 from .models import LoadedModel
 from .progress import CancelToken, ProgressEvent, Reporter
 from .publish import check_repo_id, model_card, push_folder, read_meta
-from .recipes import (PRESET_KEYS, RECOVERY_GROUPS, RECOVERY_KINDS, CalibrationSpec, CompensationSpec, Recipe,
-                      RecoverySpec)
+from .recipes import (COMPENSATION_HALVES, PRESET_KEYS, RECOVERY_GROUPS, RECOVERY_KINDS, CalibrationSpec,
+                      CompensationSpec, Recipe, RecoverySpec)
 from .schedules import Plan, available_schedules, build_plan, check_ratio, get_schedule
 
 __all__ = [
     # models, compression, saved format
     "LoadedModel", "load_model", "compress", "CompressionResult", "Recipe", "CalibrationSpec",
-    "RecoverySpec", "CompensationSpec", "RECOVERY_KINDS", "RECOVERY_GROUPS", "PRESET_KEYS", "make_calibration", "Plan", "build_plan",
+    "RecoverySpec", "CompensationSpec", "COMPENSATION_HALVES", "RECOVERY_KINDS", "RECOVERY_GROUPS", "PRESET_KEYS",
+    "make_calibration", "Plan", "build_plan",
     "check_ratio", "available_methods", "get_method", "available_schedules", "get_schedule", "save_compressed",
     "load_compressed",
     # analysis and accounting, sizes before a run
     "planned_size", "PlannedSize", "starter_recipe", "default_calibration",
     "Accounting", "account", "ModuleParams", "ResidualAnalysis", "cut_width", "Subject", "num_layers",
-    "model_summary", "params_total", "module_params", "residual_analysis", "block_influence", "has_chat_template",
+    "model_summary", "params_total", "compensation_plan", "module_params", "residual_analysis", "block_influence", "has_chat_template",
     # evaluation, reports, chat, publishing
     "perplexity", "PerplexityResult", "evaluate_perplexity", "evaluate_zeroshot", "evaluate_speed", "zeroshot_tasks",
     "chat_check", "ChatCheckResult", "evaluate_chat_check", "lambada", "LambadaResult", "evaluate_lambada",

@@ -21,6 +21,7 @@ from .evaluate import ChatCheckResult, LambadaResult, PerplexityResult, chat_che
 from .generate import Generation, SamplingSettings, stream_chat
 from .models import LoadedModel
 from .progress import CancelToken, ProgressCallback, Reporter
+from .transforms.compensation import CompensationRequest, planned_params, planned_ranks
 
 
 class Subject(Protocol):
@@ -57,6 +58,13 @@ def has_chat_template(subject: Subject) -> bool:
 def params_total(lm: LoadedModel) -> int:
     """Total parameters, each tensor once (a tied head is not counted twice)."""
     return account(lm.model, lm.adapter).params_total
+
+
+def compensation_plan(lm: LoadedModel, spec: CompensationRequest) -> tuple[list[int], int]:
+    """(the branch rank of each layer, the parameters the branches add at most) for a recipe's
+    compensation on this model: what a share of each layer's parameters buys, before anything runs."""
+    layers = lm.adapter.layers(lm.model)
+    return planned_ranks(layers, lm.adapter, spec), planned_params(layers, lm.adapter, spec)
 
 
 def module_params(lm: LoadedModel) -> ModuleParams:

@@ -163,7 +163,7 @@ def compress(
     except CompensationUnsupported as exc:
         raise ConfigError(f"Compensation does not apply to method '{recipe.method}': {exc}. It corrects methods "
                           "that prune inside each layer through the sequential driver (e.g. fasp, wanda-sp); "
-                          "set the compensation rank to 0.") from None
+                          "turn compensation off (0).") from None
     work.check_original(recipe.method)
     stages.update(out.stage_seconds)
     structure, added, plots = _with_compensation(out, compensation, work.compensated)

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from .analysis import Accounting, account
-from .api import has_chat_template
+from .api import compensation_plan, has_chat_template
 from .methods import get_method
 from .models import LoadedModel
 from .recipes import CalibrationSpec, Recipe
@@ -63,8 +63,9 @@ def planned_size(lm: LoadedModel, recipe: Recipe,
     """What ``compress(lm, recipe)`` will weigh, from shapes alone; None when the method cannot tell.
 
     A score-driven schedule (block influence) is built from ``scores`` when given, else sized as the
-    uniform plan at the same target (``exact`` False), as is a plan searched on the run itself. Compensation branches are not counted. Bad
-    recipes raise the ConfigError ``compress`` would raise."""
+    uniform plan at the same target (``exact`` False), as is a plan searched on the run itself. Compensation
+    branches count at their planned ranks (a half the method leaves untouched would get none). Bad recipes
+    raise the ConfigError ``compress`` would raise."""
     recipe = recipe.validate()
     num_layers = len(lm.adapter.layers(lm.model))
     recipe.check_layers(num_layers)
@@ -80,7 +81,14 @@ def planned_size(lm: LoadedModel, recipe: Recipe,
     if not get_method(recipe.method).plan_shapes(model, lm.adapter, plan, recipe.method_params):
         return None
     original = account(lm.model, lm.adapter, lm.path, lm.meta.get("params_added_detail"))
-    return PlannedSize(account(model, lm.adapter), original, exact)
+    planned = account(model, lm.adapter)
+    branches = compensation_plan(lm, recipe.compensation)[1]
+    if branches:  # the meta copy has no branches: count them as the result will
+        planned = replace(planned, params_total=planned.params_total + branches,
+                          params_non_embedding=planned.params_non_embedding + branches,
+                          params_added=planned.params_added + branches,
+                          added_detail=planned.added_detail | {"compensation branches": branches})
+    return PlannedSize(planned, original, exact)
 
 
 def default_calibration(lm: LoadedModel) -> CalibrationSpec:

@@ -177,15 +177,18 @@ COMPENSATION_HALVES = ("mlp", "attention", "both")
 @dataclass
 class CompensationSpec:
     """Training-free low-rank compensation (EoRA-style, ``transforms.compensation``): each compressed
-    half of ``halves`` gets a rank-``rank`` side branch fitted to its output error on the
-    calibration data; ``rank`` 0 turns it off. Its parameters count as added parameters."""
+    half of ``halves`` gets a low-rank side branch fitted to its output error on the calibration data.
+    Its size is a budget in parameters, ``share`` of each layer's (original) parameters for all its
+    branches together, which the engine turns into a rank from the layer's shapes; or, instead, a
+    fixed ``rank``. Both 0 turns it off. Its parameters count as added parameters."""
 
     rank: int = 0
     halves: str = "mlp"
+    share: float = 0.0
 
     @property
     def enabled(self) -> bool:
-        return self.rank > 0
+        return self.rank > 0 or self.share > 0
 
     @property
     def half_names(self) -> tuple[str, ...]:
@@ -193,20 +196,40 @@ class CompensationSpec:
         return ("attention", "mlp") if self.halves == "both" else (self.halves,)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """Without ``share`` when it is 0, so a rank-only recipe reads in a SlimLab from before shares."""
+        return {k: v for k, v in asdict(self).items() if k != "share" or self.share}
 
     @classmethod
     def from_dict(cls, d: Any) -> "CompensationSpec":
         return _spec_of(cls, d, "compensation")
 
+    @classmethod
+    def parse(cls, text: str) -> "CompensationSpec":
+        """``SHARE[:HALVES]`` (the CLI's ``--compensation``), e.g. ``0.05`` or ``0.05:both``; ``0``: off."""
+        share, _, halves = str(text).strip().partition(":")
+        try:
+            value = float(share)
+        except ValueError:
+            raise ConfigError(f"compensation takes SHARE[:{'|'.join(COMPENSATION_HALVES)}], a share of each "
+                              f"layer's parameters such as 0.05 (got {text!r}).") from None
+        spec = cls(share=value, halves=halves.strip() or cls.halves)
+        spec.check()
+        return spec
+
     def check(self) -> None:
         _int_at_least(self.rank, "compensation rank", 0)
+        if isinstance(self.share, bool) or not isinstance(self.share, (int, float)) or not 0 <= self.share < 1:
+            raise ConfigError(f"compensation share must be a number in [0, 1): a share of each layer's parameters "
+                              f"(got {self.share!r}).")
+        if self.rank and self.share:
+            raise ConfigError("compensation takes a share or a rank, not both.")
         if self.halves not in COMPENSATION_HALVES:
             raise ConfigError(f"compensation halves must be one of {', '.join(COMPENSATION_HALVES)} "
                               f"(got {self.halves!r}).")
 
     def label(self) -> str:
-        return f"EoRA r{self.rank} {self.halves}"
+        size = f"{self.share:.1%}" if self.share else f"r{self.rank}"
+        return f"EoRA {size} {self.halves}"
 
 
 # what a preset file carries beside the recipe: its title, the quality measured when it was made

@@ -38,7 +38,7 @@ from .models.loaded import LoadedModel
 from .models.streaming import SafetensorsLayers, layers_prefix, tensor_names, write_layer
 from .stats import LayerHooks, LayerInputs, capture_layer_inputs
 from .transforms.compensation import (CompensatedPass, CompensationRequest, CompensationStructure,
-                                      CompensationUnsupported)
+                                      CompensationUnsupported, planned_ranks)
 
 
 def shell_copy(model: nn.Module, adapter: Adapter) -> nn.Module:
@@ -119,7 +119,8 @@ class Workspace:
         if self.compensated is not None:
             raise CompensationUnsupported("it runs more than one pass over the layers")
         spec = self.compensation
-        self.compensated = CompensatedPass(hooks, self.adapter, spec.rank, spec.half_names)
+        ranks = planned_ranks(self.adapter.layers(self.lm.model), self.adapter, spec)
+        self.compensated = CompensatedPass(hooks, self.adapter, ranks, spec.half_names)
         return self.compensated
 
     def compensation_structure(self) -> Optional[CompensationStructure]:

@@ -10,7 +10,7 @@ import torch
 
 from engine.cli import build_parser, main
 from engine.commands.compress import recipe_from_args
-from engine.recipes import CalibrationSpec, Recipe
+from engine.recipes import CalibrationSpec, CompensationSpec, Recipe
 from engine.schedules import Plan
 
 PRESETS = Path(__file__).resolve().parents[1] / "assets" / "recipes"
@@ -104,6 +104,8 @@ def no_load(monkeypatch):
     (["compress", "demo", "--nsamples", "0"], "calibration nsamples must be an integer >= 1"),
     (["compress", "demo", "--calib", "tweets"], "Unknown text source 'tweets'"),
     (["compress", "demo", "--recipe", "/no/such/recipe.json"], "Recipe file not found"),
+    (["compress", "demo", "--compensation", "5%"], r"compensation takes SHARE\[:mlp\|attention\|both\]"),
+    (["compress", "demo", "--compensation", "0.05:ffn"], "compensation halves must be one of"),
     (["ppl", "demo", "--seqlen", "0"], "--seqlen takes an integer >= 2"),
     (["ppl", "demo", "--dataset", "tweets"], "--dataset: Unknown text source"),
     (["ppl", "demo", "--max-windows", "0"], "--max-windows takes an integer >= 1"),
@@ -187,6 +189,15 @@ def test_flags_override_the_recipe_file_field_by_field(tmp_path):
     assert (other.method, other.method_params, other.schedule, other.schedule_params, other.plan) == (
         "fasp", {}, "uniform", {}, None)
     other.validate()
+
+
+def test_compensation_flag_sets_the_share_over_the_recipe_file(tmp_path):
+    path = tmp_path / "recipe.json"
+    path.write_text(json.dumps(Recipe(method="fasp", compensation=CompensationSpec(rank=8)).to_dict()))
+    assert _recipe(["--recipe", str(path)]).compensation == CompensationSpec(rank=8)
+    assert _recipe(["--recipe", str(path), "--compensation", "0.05:both"]).compensation == \
+        CompensationSpec(share=0.05, halves="both")
+    assert not _recipe(["--recipe", str(path), "--compensation", "0"]).compensation.enabled
 
 
 def test_without_a_recipe_the_flags_are_the_recipe():

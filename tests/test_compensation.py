@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -18,7 +19,7 @@ from engine.models.side_branches import side_branches
 from engine.progress import Reporter
 from engine.recipes import CompensationSpec, Recipe
 from engine.stats import LayerHooks, ModelLayers, capture_layer_inputs, run_sequential
-from engine.transforms.compensation import ErrorStats, fit_low_rank
+from engine.transforms.compensation import ErrorStats, fit_low_rank, planned_params, rank_for_share
 
 ARCHS = ("llama", "qwen2", "opt")
 
@@ -153,7 +154,8 @@ def test_branch_parameters_are_counted_as_added(tiny, arch):
     plain, comp = _compressed(lm, 0), _compressed(lm, 8, "both")
     hidden = lm.model.config.hidden_size
     expected = sum(r * (hidden + hidden) + hidden for ranks in comp.compensation.ranks.values() for r in ranks)
-    assert expected == 2 * lm.model.config.num_hidden_layers * (8 * 2 * hidden + hidden)  # A, B and b everywhere
+    layers = lm.adapter.layers(lm.model)
+    assert expected == planned_params(layers, lm.adapter, CompensationSpec(8, "both"))  # A, B and b everywhere
     assert comp.accounting.added_detail["compensation branches"] == expected
     assert comp.accounting.params_added == plain.accounting.params_added + expected
     assert comp.accounting.params_total == plain.accounting.params_total + expected
@@ -188,7 +190,7 @@ def test_the_original_is_untouched(tiny, arch):
 def test_a_method_it_does_not_apply_to_is_refused(tiny, method, params):
     lm = _lm(tiny, "llama")
     before = {k: v.clone() for k, v in lm.model.state_dict().items()}
-    with pytest.raises(ConfigError, match=f"Compensation does not apply to method '{method}'.*rank to 0"):
+    with pytest.raises(ConfigError, match=f"Compensation does not apply to method '{method}'.*off"):
         _compressed(lm, 8, "mlp", method, 0.3, **params)
     after = lm.model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
@@ -304,3 +306,77 @@ def test_a_compensation_structure_from_a_newer_slimlab_is_refused():
         CompensationStructure.from_dict(data | {"version": CompensationStructure.VERSION + 1})
     with pytest.raises(ValueError, match="halves"):
         CompensationStructure.from_dict(data | {"ranks": {"ffn": [1, 1]}})
+
+
+# --- a budget in parameters ------------------------------------------------------------------------------------------
+def _layer_params(layer) -> int:
+    return sum(p.numel() for p in layer.parameters())
+
+
+@pytest.mark.parametrize("arch,halves", [("llama", "mlp"), ("qwen2", "both"), ("opt", "attention")])
+def test_a_share_maps_to_the_largest_rank_within_the_budget(tiny, arch, halves):
+    lm = _lm(tiny, arch)
+    layer = lm.adapter.layers(lm.model)[0]
+    spec = CompensationSpec(share=0.1, halves=halves)
+    rank = rank_for_share(spec.share, layer, lm.adapter, spec.half_names)
+    hidden = lm.model.config.hidden_size  # every half reads and writes the residual width
+    cost = lambda r: len(spec.half_names) * (r * 2 * hidden + hidden)  # noqa: E731 - A, B and b per half
+    assert rank > 0 and cost(rank) <= 0.1 * _layer_params(layer) < cost(rank + 1)
+    assert rank_for_share(0.0001, layer, lm.adapter, spec.half_names) == 0  # not even the bias fits
+
+
+def test_a_share_compresses_at_its_rank_and_adds_what_was_planned(tiny):
+    from engine import compensation_plan
+
+    lm = _lm(tiny, "llama")
+    spec = CompensationSpec(share=0.05, halves="both")
+    ranks, planned = compensation_plan(lm, spec)
+    result = compress(lm, "fasp", 0.4, calibration=_calibration(lm), compensation=spec)
+    assert result.compensation.ranks == {"attention": ranks, "mlp": ranks} and ranks[0] > 0
+    assert result.accounting.added_detail["compensation branches"] == planned
+    assert planned <= 0.05 * sum(_layer_params(layer) for layer in lm.adapter.layers(lm.model))
+    assert result.recipe.label().endswith("+ EoRA 5.0% both")
+    from engine import planned_size  # the size shown before a run counts the branches as the run does
+
+    assert planned_size(lm, replace(result.recipe, plan=None)).planned.params_total == result.accounting.params_total
+    tiny_share = CompensationSpec(share=0.0001)  # buys no rank anywhere: no branch, same model as without
+    assert compensation_plan(lm, tiny_share) == ([0, 0, 0], 0)
+    assert compress(lm, "fasp", 0.4, calibration=_calibration(lm), compensation=tiny_share).accounting.params_added \
+        == _compressed(lm).accounting.params_added
+
+
+def test_a_share_is_parsed_and_checked():
+    assert CompensationSpec.parse("0.05") == CompensationSpec(share=0.05, halves="mlp")
+    assert CompensationSpec.parse(" 0.1:both ") == CompensationSpec(share=0.1, halves="both")
+    assert not CompensationSpec.parse("0").enabled
+    for bad in ("x", "1.5", "-0.1", "0.05:ffn"):
+        with pytest.raises(ConfigError, match="compensation"):
+            CompensationSpec.parse(bad)
+    with pytest.raises(ConfigError, match="not both"):
+        CompensationSpec(rank=4, share=0.05).check()
+    recipe = Recipe(method="fasp", compensation=CompensationSpec(share=0.05))
+    assert Recipe.from_dict(json.loads(json.dumps(recipe.to_dict()))) == recipe
+
+
+def test_the_frontier_size_search_pays_for_the_branches(tiny_dirs, data_dir):
+    """A compensated recipe found for a size lands within 1% of it in *total* parameters, branches included."""
+    import importlib.util
+    from pathlib import Path
+
+    from engine import load_model, params_total
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "frontier.py"
+    module_spec = importlib.util.spec_from_file_location("frontier_bench", path)
+    frontier = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(frontier)
+    lm = load_model(str(tiny_dirs["llama"]), device="cpu")
+    dense = params_total(lm)
+    finder = frontier.RatioFinder(lm, dense)
+    recipe = Recipe(model=lm.spec, method="fasp", method_params={"round_to": 1},
+                    compensation=frontier.compensation_spec("0.05:both"))
+    ratio = finder.ratio(recipe, 0.8)
+    result = compress(lm, replace(recipe, ratio=ratio), calibration=_calibration(lm))
+    assert result.accounting.added_detail["compensation branches"] > 0.02 * dense  # the branches are not free
+    assert abs(result.accounting.params_total / dense - 0.8) < 0.01
+    plain = compress(lm, replace(recipe, ratio=ratio, compensation=CompensationSpec()), calibration=_calibration(lm))
+    assert plain.accounting.params_total / dense < 0.8 - 0.02  # the method paid for them with width

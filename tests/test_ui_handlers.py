@@ -553,6 +553,24 @@ def test_compress_with_recovery_reports_the_stage_and_draws_the_loss_curve(sessi
     assert "**Recovery:**" not in plain.card
 
 
+def test_the_compensation_controls_set_a_budget_in_parameters(session):
+    from engine import CompensationSpec, compensation_plan
+
+    spec = hc.compensation_spec(0.05, "both")
+    assert spec == CompensationSpec(share=0.05, halves="both") and not hc.compensation_spec("", "mlp").enabled
+    ranked = CompensationSpec(rank=8)  # a preset sized by rank stays while the budget control is left at 0
+    assert hc.compensation_spec(0, "mlp", base=ranked) is ranked and hc.compensation_spec(0.1, "mlp", ranked).share
+    with pytest.raises(ConfigError, match="Compensation budget must be a number"):
+        hc.compensation_spec("lots", "mlp")
+    plain = hc.run(session, "fasp", {}, 0.3, "uniform", None, *CALIB, [])
+    plain_total = session.result.accounting.params_total
+    view = hc.run(session, "fasp", {}, 0.3, "uniform", None, *CALIB, [], compensation=spec)
+    added = compensation_plan(session.lm, spec)[1]
+    assert added > 0 and session.result.accounting.params_total == plain_total + added
+    assert session.run.recipe["compensation"] == {"rank": 0, "halves": "both", "share": 0.05}
+    assert view.card != plain.card and hc.recipe_controls(session.result.recipe).compensation == [0.05, "both"]
+
+
 def test_stop_during_recovery_keeps_the_previous_result(session):
     first = hc.run(session, "fasp", {}, 0.3, "uniform", None, *CALIB, [])
     previous, record = session.result, session.run

@@ -22,7 +22,8 @@ from ..compress import compress
 from ..compressed import save_compressed
 from ..errors import ConfigError
 from ..methods import available_methods
-from ..recipes import RECOVERY_GROUPS, RECOVERY_KINDS, CalibrationSpec, Recipe, RecoverySpec
+from ..recipes import (COMPENSATION_HALVES, RECOVERY_GROUPS, RECOVERY_KINDS, CalibrationSpec, CompensationSpec,
+                       Recipe, RecoverySpec)
 from ..schedules import available_schedules, get_schedule
 from .common import MODEL_HELP, add_runtime_args, check_out_dir, emit, load, progress
 
@@ -64,6 +65,10 @@ def register(sub) -> None:
     for name in ("nsamples", "seqlen", "seed", "batch_size"):
         p.add_argument(f"--{name.replace('_', '-')}", type=int, default=None,
                        help=f"calibration {name} (default {getattr(calib, name)})")
+    p.add_argument("--compensation", default=None, metavar=f"SHARE[:{'|'.join(COMPENSATION_HALVES)}]",
+                   help="low-rank correction of each compressed half's output error (EoRA-style), with a budget "
+                        "of SHARE of each layer's parameters (e.g. 0.05; the engine picks the rank that fits), on "
+                        "the MLP halves (default), attention or both; 0: off. Counted as added parameters")
     add_recovery_args(p)
     p.add_argument("--out", default=None, help="save the compressed model to this folder")
     p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
@@ -144,6 +149,7 @@ def recipe_from_args(args) -> Recipe:
         schedule_params=recipe.schedule_params | schedule_params,
         calibration=replace(recipe.calibration, **calibration),
         recovery=recovery_from_args(args, recipe.recovery),
+        compensation=recipe.compensation if args.compensation is None else CompensationSpec.parse(args.compensation),
     )
 
 

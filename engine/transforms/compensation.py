@@ -24,9 +24,10 @@ recreate the branches (``models.side_branches``).
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import ClassVar, Optional, Protocol
+from typing import ClassVar, Optional, Protocol, Sequence
 
 import torch
+from torch import nn
 
 from ..errors import ConfigError
 from ..models.adapters import Adapter, normalize
@@ -50,6 +51,7 @@ class CompensationRequest(Protocol):
     """What the pass needs of a recipe's ``CompensationSpec`` (typed here: ``engine.recipes`` sits above)."""
 
     rank: int
+    share: float
 
     @property
     def enabled(self) -> bool: ...
@@ -161,12 +163,12 @@ class CompensatedPass(LayerHooks):
     half output of its own) and compress inside ``half`` (no ``begin_half``, which would change
     the layer before the original output is known); otherwise ``CompensationUnsupported``."""
 
-    def __init__(self, inner: LayerHooks, adapter: Adapter, rank: int, halves: tuple[str, ...], damp: float = DAMP,
-                 bias: bool = BIAS):
+    def __init__(self, inner: LayerHooks, adapter: Adapter, ranks: Sequence[int], halves: tuple[str, ...],
+                 damp: float = DAMP, bias: bool = BIAS):
         if type(inner).begin_half is not LayerHooks.begin_half:
             raise CompensationUnsupported("its pass changes each layer before the half runs, so the half's "
                                           "original output is never seen")
-        self.inner, self.adapter, self.rank, self.halves, self.damp = inner, adapter, rank, halves, damp
+        self.inner, self.adapter, self.planned, self.halves, self.damp = inner, adapter, list(ranks), halves, damp
         self.bias = bias
         self.exact, self.observes_layers = inner.exact, inner.observes_layers
         self.needs_last_output = inner.needs_last_output
@@ -185,7 +187,7 @@ class CompensatedPass(LayerHooks):
         self.inner.end_layer(index, layer, inputs, outputs)
 
     def half(self, step: HalfStep) -> Optional[HalfOutcome]:
-        if step.half not in self.halves:
+        if step.half not in self.halves or not self.planned[step.index]:  # rank 0: the share buys no rank
             self._record(step.half, 0, None)
             return self.inner.half(step)
         box = side_branches(step.layer)
@@ -202,7 +204,7 @@ class CompensatedPass(LayerHooks):
         for x, b, a in zip(normed, before, after):
             stats.add(x, b.sub_(a))
         del before
-        fit = stats.fit(self.rank, self.damp, self.bias)
+        fit = stats.fit(self.planned[step.index], self.damp, self.bias)
         del stats
         if fit is None:
             self._record(step.half, 0, None)
@@ -220,6 +222,48 @@ class CompensatedPass(LayerHooks):
 
     def structure(self) -> CompensationStructure:
         return CompensationStructure({h: list(r) for h, r in self.ranks.items()}, self.bias)
+
+
+def branch_params(rank: int, d_in: int, d_out: int, bias: bool = BIAS) -> int:
+    """Parameters of one branch: ``A`` (rank × d_in), ``B`` (d_out × rank) and, with ``bias``, ``b``; rank 0: no branch."""
+    return rank * (d_in + d_out) + (d_out if bias else 0) if rank else 0
+
+
+def _half_shapes(layer: nn.Module, adapter: Adapter, half: str) -> tuple[int, int]:
+    """(d_in, d_out) of a half's branch: it reads what the half's first linears read, writes what its writer writes."""
+    _, readers, writer = adapter.parts_of(layer).half(half)
+    return readers[0].in_features, writer.out_features
+
+
+def rank_for_share(share: float, layer: nn.Module, adapter: Adapter, halves: tuple[str, ...],
+                   bias: bool = BIAS) -> int:
+    """The largest rank whose branches on ``halves`` of ``layer`` (an original, uncompressed layer)
+    together add at most ``share`` of its parameters: a budget in parameters, so one share means the
+    same size cost on every model, whatever its width."""
+    budget = share * sum(p.numel() for p in layer.parameters())
+    shapes = [_half_shapes(layer, adapter, h) for h in halves]
+    per_rank = sum(d_in + d_out for d_in, d_out in shapes)
+    fixed = sum(d_out for _, d_out in shapes) if bias else 0
+    return max(0, int((budget - fixed) // per_rank))
+
+
+def planned_ranks(layers: Sequence[nn.Module], adapter: Adapter, spec: CompensationRequest,
+                  bias: bool = BIAS) -> list[int]:
+    """The branch rank of each layer: the spec's rank, or the rank its share of the layer buys."""
+    if spec.share:
+        return [rank_for_share(spec.share, layer, adapter, spec.half_names, bias) for layer in layers]
+    return [spec.rank] * len(layers)
+
+
+def planned_params(layers: Sequence[nn.Module], adapter: Adapter, spec: CompensationRequest,
+                   bias: bool = BIAS) -> int:
+    """The most parameters compensation adds over ``layers`` (the original's): every chosen half of
+    every layer at its planned rank. A half a method leaves untouched gets none, so this is the cost
+    a size search must reserve for the branches."""
+    if not spec.enabled:
+        return 0
+    return sum(branch_params(rank, *_half_shapes(layer, adapter, half), bias)
+               for layer, rank in zip(layers, planned_ranks(layers, adapter, spec, bias)) for half in spec.half_names)
 
 
 @dataclass

@@ -12,9 +12,10 @@ from typing import Any, Optional, Sequence, Union
 import plotly.graph_objects as go
 
 from engine import (
-    RECOVERY_GROUPS, CalibrationSpec, ConfigError, Plan, Recipe, RecoverySpec, Reporter, available_methods,
-    available_schedules, block_influence, build_plan, check_ratio, compress, default_calibration, get_method,
-    get_schedule, make_calibration, nonsense_warning, num_layers, planned_size, starter_recipe,
+    COMPENSATION_HALVES, RECOVERY_GROUPS, CalibrationSpec, CompensationSpec, ConfigError, Plan, Recipe, RecoverySpec,
+    Reporter, available_methods, available_schedules, block_influence, build_plan, check_ratio, compress,
+    default_calibration, get_method, get_schedule, make_calibration, nonsense_warning, num_layers, planned_size,
+    starter_recipe,
 )
 
 from .. import figures, presets, text
@@ -110,6 +111,29 @@ def recovery_spec(kind, steps, minutes, lr, rank, groups, source, nsamples, seql
         return replace(base or RecoverySpec(), kind="none")
     values = dict(zip(RECOVERY_FIELDS, (kind, steps, minutes, lr, rank, groups, source, nsamples, seqlen)))
     return RecoverySpec.from_fields(values | {"source": None if source == SAME_TEXT else source}, base)
+
+
+def compensation_choices() -> list[str]:
+    return list(COMPENSATION_HALVES)
+
+
+def compensation_values(spec: CompensationSpec) -> list:
+    """The compensation controls' values (share, halves) for a spec."""
+    return [spec.share, spec.halves]
+
+
+def compensation_spec(share, halves, base: Optional[CompensationSpec] = None) -> CompensationSpec:
+    """The compensation the controls describe: a share of each layer's parameters (blank or 0: off). A
+    preset's compensation sized by rank, which the share control cannot show, stays while that control is
+    left at 0 on the preset's halves."""
+    try:
+        share = 0.0 if _blank(share) else float(share)
+    except (TypeError, ValueError):
+        raise ConfigError(f"Compensation budget must be a number (got {share!r}).") from None
+    halves = halves or CompensationSpec.halves
+    if base is not None and base.rank and not share and halves == base.halves:
+        return base
+    return CompensationSpec(share=share, halves=halves)
 
 
 @dataclass
@@ -213,7 +237,8 @@ class CompressView:
 
 
 def make_recipe(session: Session, method: str, params: dict, ratio, schedule: str, schedule_params: Optional[dict],
-                calib: CalibrationSpec, rows: Sequence[Sequence], recovery: Optional[RecoverySpec] = None) -> Recipe:
+                calib: CalibrationSpec, rows: Sequence[Sequence], recovery: Optional[RecoverySpec] = None,
+                compensation: Optional[CompensationSpec] = None) -> Recipe:
     """The run as a validated recipe; the plan comes from the table, or from the preview if nothing changed.
     What has no control (the calibration batch size, any recipe field the UI does not show) comes from the
     preset that filled the controls."""
@@ -229,20 +254,21 @@ def make_recipe(session: Session, method: str, params: dict, ratio, schedule: st
         plan = session.plan  # the previewed plan, scores already computed
     recipe = replace(base, model=lm.spec, method=method, method_params=dict(params),
                      ratio=check_ratio(ratio, "target ratio"), schedule=schedule, schedule_params=schedule_params,
-                     plan=plan, calibration=calib, recovery=recovery or RecoverySpec()).validate()
+                     plan=plan, calibration=calib, recovery=recovery or RecoverySpec(),
+                     compensation=compensation or base.compensation).validate()
     recipe.check_layers(num_layers(lm))
     return recipe
 
 
 def run(session: Session, method: str, params: dict, ratio, schedule: str, schedule_params: Optional[dict],
         source: str, nsamples, seqlen, seed, rows: Sequence[Sequence], progress: Progress = None,
-        recovery: Optional[RecoverySpec] = None) -> CompressView:
+        recovery: Optional[RecoverySpec] = None, compensation: Optional[CompensationSpec] = None) -> CompressView:
     """Compress the session's model (the original stays untouched), heal it if ``recovery`` says so, and
     keep the result as a new run. A Stop (or an error), in the recovery too, leaves the session's
     previous run as it was: nothing of this one is kept."""
     lm = need_model(session)
     calib = calibration_spec(source, nsamples, seqlen, seed)
-    recipe = make_recipe(session, method, params, ratio, schedule, schedule_params, calib, rows, recovery)
+    recipe = make_recipe(session, method, params, ratio, schedule, schedule_params, calib, rows, recovery, compensation)
     reporter = job(session, progress)
     cached = session.scores.get(calibration_key(calib))  # block influence from Analyze or an earlier preview
     result = compress(lm, recipe, scores=None if cached is None else lambda: cached, data_dir=data_dir(),
@@ -335,6 +361,7 @@ class RecipeControls:
     calibration: dict  # CalibrationSpec.to_dict()
     plan: Optional[PlanView]  # a recipe with an explicit plan fills the table (the manual schedule)
     recovery: list  # one value per recovery control (RECOVERY_FIELDS)
+    compensation: list  # the compensation controls' values (share, halves)
 
 
 def recipe_controls(recipe: Union[Recipe, dict]) -> RecipeControls:
@@ -344,7 +371,7 @@ def recipe_controls(recipe: Union[Recipe, dict]) -> RecipeControls:
     if r.plan is not None and r.plan.ratios:
         schedule, params, view = TABLE_SCHEDULE, {}, plan_view(r.plan)
     return RecipeControls(r.method, dict(r.method_params), r.ratio, schedule, dict(params), r.calibration.to_dict(),
-                          view, recovery_values(r.recovery))
+                          view, recovery_values(r.recovery), compensation_values(r.compensation))
 
 
 @dataclass
@@ -402,13 +429,13 @@ def size_note(session: Session, recipe: Recipe) -> str:
 
 def size_from_controls(session: Session, method: str, params: dict, ratio, schedule: str,
                        schedule_params: Optional[dict], source: str, nsamples, seqlen, seed,
-                       rows: Sequence[Sequence]) -> str:
+                       rows: Sequence[Sequence], compensation: Optional[CompensationSpec] = None) -> str:
     """``size_note`` for what the controls hold now (refreshed as the user changes them)."""
     if session.lm is None:
         return ""
     try:
         recipe = make_recipe(session, method, params, ratio, schedule, schedule_params,
-                             calibration_spec(source, nsamples, seqlen, seed), rows)
+                             calibration_spec(source, nsamples, seqlen, seed), rows, compensation=compensation)
     except ConfigError as exc:
         return text.not_sized(str(exc))
     return size_note(session, recipe)

@@ -19,11 +19,16 @@ from .common import plot, stop_button
 DEMO = "demo"  # the model the app preloads
 NO_RESULT = handlers.NO_RESULT
 CALIBRATION_FIELDS = ("source", "nsamples", "seqlen", "seed")  # the order of the calibration inputs
+COMPENSATION_INPUTS = ("compensation_share", "compensation_halves")
 RECOVERY_INFO = ("After compressing, train the compressed model to match the original's next-token distribution "
                  "(logit distillation) on the text below, for at most the steps or the minutes given (whichever "
                  "comes first; blank turns a bound off; only steps do the same work on every machine). **LoRA** trains small adapters and merges them into the "
                  "weights, so the model keeps its size; **full** trains the chosen groups themselves. Stop cancels "
                  "the whole run and keeps the previous result.")
+COMPENSATION_INFO = ("A low-rank correction beside each compressed half, fitted to the error it makes on the "
+                     "calibration data (EoRA-style, no training). Its size is a budget in parameters: a share of "
+                     "each layer's parameters, turned into a rank from the layer's shapes. The branches count as "
+                     "added parameters. Applies to methods that prune inside each layer (FASP, Wanda-SP).")
 
 
 def control(param: dict, value=None) -> gr.components.Component:
@@ -93,6 +98,7 @@ def build() -> SimpleNamespace:
                     nsamples = gr.Number(calib["nsamples"], precision=0, minimum=1, label="Samples")
                     seqlen = gr.Number(calib["seqlen"], precision=0, minimum=8, label="Tokens per sample")
                     seed = gr.Number(calib["seed"], precision=0, label="Seed")
+            compensation = compensation_controls(c.compensation)
             recovery = recovery_controls(c.recovery)
             size = gr.Markdown("", elem_id="planned-size")
             with gr.Row():
@@ -113,10 +119,22 @@ def build() -> SimpleNamespace:
     return SimpleNamespace(preset=preset, preset_card=preset_card, recipe_file=recipe_file, method=method,
                            method_info=method_info, methods=method_controls, ratio=ratio, schedule=schedule,
                            schedule_info=schedule_info, schedules=schedule_controls, source=source, nsamples=nsamples,
-                           seqlen=seqlen, seed=seed, recovery=recovery, size=size, preview=preview, run=run,
+                           seqlen=seqlen, seed=seed, compensation=compensation, recovery=recovery, size=size,
+                           preview=preview, run=run,
                            stop=stop_btn,
                            plan_note=plan_note, plan_plot=plan_plot, plan_table=plan_table, card=card,
                            accounting=accounting, recovery_plot=recovery_plot)
+
+
+def compensation_controls(values: Sequence) -> list[gr.components.Component]:
+    """The compensation inputs (share, halves), showing ``values``."""
+    share, halves = values
+    with gr.Accordion("Low-rank compensation", open=False):
+        gr.Markdown(COMPENSATION_INFO, elem_classes="explain")
+        with gr.Row():
+            return [gr.Number(share, minimum=0, maximum=0.99, label="Budget (share of each layer's parameters)",
+                              info="0: off; 0.05 adds at most 5% to every layer"),
+                    gr.Radio(handlers.compensation_choices(), value=halves, label="Compensated halves")]
 
 
 def recovery_controls(values: Sequence) -> list[gr.components.Component]:
@@ -174,29 +192,34 @@ def _preview_from_controls(schedules: ControlGroups) -> Callable:
 
 def _from_run_controls(methods: ControlGroups, schedules: ControlGroups, name: str, body: Callable) -> Callable:
     """A function of the Run inputs (the fixed controls, recovery's last, every method's controls, then
-    every schedule's) that hands ``body`` the selected owners' params:
-    ``body(session, method, method_params, ratio, schedule, schedule_params, calib, plan, recovery, progress)``."""
+    every schedule's) that hands ``body`` the selected owners' params and the compensation the controls say:
+    ``body(session, method, method_params, ratio, schedule, schedule_params, calib, plan, compensation, recovery,
+    progress)``."""
     recovery = tuple(f"recovery_{name}" for name in handlers.RECOVERY_FIELDS)
-    fixed = ("session", "method", "ratio", "schedule") + CALIBRATION_FIELDS + ("plan",) + recovery
+    fixed = ("session", "method", "ratio", "schedule") + CALIBRATION_FIELDS + ("plan",) + COMPENSATION_INPUTS + recovery
 
     def call(*args):
         (session, method, ratio, schedule, *rest), (mv, sv), progress = _split(args, len(fixed),
                                                                              [methods, schedules])
-        calib, plan, heal = rest[:len(CALIBRATION_FIELDS)], rest[len(CALIBRATION_FIELDS)], rest[-len(recovery):]
+        calib, (plan, *comp), heal = (rest[:len(CALIBRATION_FIELDS)], rest[len(CALIBRATION_FIELDS):-len(recovery)],
+                                      rest[-len(recovery):])
+        base = session.preset.recipe.compensation if session.preset is not None else None
         return body(session, method, handlers.params_from_controls(method, methods.keys, mv), ratio, schedule,
-                    handlers.params_from_controls(schedule, schedules.keys, sv), calib, plan, heal, progress)
+                    handlers.params_from_controls(schedule, schedules.keys, sv), calib, plan,
+                    handlers.compensation_spec(*comp, base=base), heal, progress)
 
     return _signed(call, fixed, methods.keys + schedules.keys, name)
 
 
-def _run(session, method, params, ratio, schedule, schedule_params, calib, plan, heal, progress):
+def _run(session, method, params, ratio, schedule, schedule_params, calib, plan, compensation, heal, progress):
     base = session.preset.recipe.recovery if session.preset is not None else None
     return handlers.run(session, method, params, ratio, schedule, schedule_params, *calib, plan, progress,
-                        recovery=handlers.recovery_spec(*heal, base=base))
+                        recovery=handlers.recovery_spec(*heal, base=base), compensation=compensation)
 
 
-def _size(session, method, params, ratio, schedule, schedule_params, calib, plan, heal, progress):
-    return handlers.size_from_controls(session, method, params, ratio, schedule, schedule_params, *calib, plan)
+def _size(session, method, params, ratio, schedule, schedule_params, calib, plan, compensation, heal, progress):
+    return handlers.size_from_controls(session, method, params, ratio, schedule, schedule_params, *calib, plan,
+                                       compensation)
 
 
 def plan_outputs(t) -> list:
@@ -222,7 +245,8 @@ def _switch(selector: gr.components.Component, info: gr.Markdown, controls: Cont
 def recipe_outputs(ui) -> list:
     """What a preset, an uploaded recipe or the starting point fills (``apply``'s outputs)."""
     t = ui.compress
-    return ([t.preset, t.method, t.ratio, t.schedule, t.source, t.nsamples, t.seqlen, t.seed] + t.recovery
+    return ([t.preset, t.method, t.ratio, t.schedule, t.source, t.nsamples, t.seqlen, t.seed] + t.compensation
+            + t.recovery
             + t.methods.controls + t.schedules.controls + plan_outputs(t)
             + [t.preset_card, ui.chat.preset_answers, t.size])
 
@@ -231,9 +255,10 @@ def apply(t, view: handlers.PresetView) -> list:
     """``recipe_outputs`` from a preset view; a cleared preset keeps the controls."""
     c, keep = view.controls, gr.update()
     if c is None:
-        outputs = len(t.recovery) + len(t.methods.controls) + len(t.schedules.controls) + 3 + 8
+        outputs = len(t.compensation) + len(t.recovery) + len(t.methods.controls) + len(t.schedules.controls) + 3 + 8
         return [keep] * outputs + [view.card, view.chat_examples, keep]
-    return ([view.name, c.method, c.ratio, c.schedule] + [c.calibration[k] for k in CALIBRATION_FIELDS] + c.recovery
+    return ([view.name, c.method, c.ratio, c.schedule] + [c.calibration[k] for k in CALIBRATION_FIELDS]
+            + c.compensation + c.recovery
             + handlers.control_values(c.method, c.method_params, t.methods.keys, keep)
             + handlers.control_values(c.schedule, c.schedule_params, t.schedules.keys, keep)
             + (adapt_plan(c.plan) if c.plan else [keep] * 3) + [view.card, view.chat_examples, view.size])
@@ -251,7 +276,7 @@ def wire(ui) -> gr.events.Dependency:
     _switch(t.method, t.method_info, t.methods, handlers.method_markdown)
     _switch(t.schedule, t.schedule_info, t.schedules, handlers.schedule_markdown)
     calib = [t.source, t.nsamples, t.seqlen, t.seed]
-    run_inputs = ([ui.session, t.method, t.ratio, t.schedule] + calib + [t.plan_table] + t.recovery
+    run_inputs = ([ui.session, t.method, t.ratio, t.schedule] + calib + [t.plan_table] + t.compensation + t.recovery
                   + t.methods.controls + t.schedules.controls)
     outputs = recipe_outputs(ui)
 
@@ -268,7 +293,7 @@ def wire(ui) -> gr.events.Dependency:
 
     # the size beside Run follows every choice that changes it, before anything is computed
     size = guarded(_from_run_controls(t.methods, t.schedules, "planned_size", _size))
-    for control in [t.method, t.ratio, t.schedule] + t.methods.controls + t.schedules.controls:
+    for control in [t.method, t.ratio, t.schedule] + t.compensation + t.methods.controls + t.schedules.controls:
         control.input(size, run_inputs, [t.size], api_visibility="private", trigger_mode="always_last", **LIGHT)
 
     t.preview.click(guarded(_preview_from_controls(t.schedules), adapt_plan),
