@@ -17,7 +17,7 @@ from engine.models import LoadedModel
 from engine.models.adapters import adapter_for
 from engine.models.side_branches import side_branches
 from engine.progress import Reporter
-from engine.recipes import CompensationSpec, Recipe
+from engine.recipes import CalibrationSpec, CompensationSpec, Recipe
 from engine.stats import LayerHooks, ModelLayers, capture_layer_inputs, run_sequential
 from engine.transforms.compensation import ErrorStats, fit_low_rank, planned_params, rank_for_share
 
@@ -338,7 +338,8 @@ def test_a_share_compresses_at_its_rank_and_adds_what_was_planned(tiny):
     assert result.recipe.label().endswith("+ EoRA 5.0% both")
     from engine import planned_size  # the size shown before a run counts the branches as the run does
 
-    assert planned_size(lm, replace(result.recipe, plan=None)).planned.params_total == result.accounting.params_total
+    sized = replace(result.recipe, plan=None, calibration=CalibrationSpec())  # a known source: the size needs no data
+    assert planned_size(lm, sized).planned.params_total == result.accounting.params_total
     tiny_share = CompensationSpec(share=0.0001)  # buys no rank anywhere: no branch, same model as without
     assert compensation_plan(lm, tiny_share) == ([0, 0, 0], 0)
     assert compress(lm, "fasp", 0.4, calibration=_calibration(lm), compensation=tiny_share).accounting.params_added \
