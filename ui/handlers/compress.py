@@ -127,7 +127,7 @@ def compensation_spec(share, halves, base: Optional[CompensationSpec] = None) ->
     preset's compensation sized by rank, which the share control cannot show, stays while that control is
     left at 0 on the preset's halves."""
     try:
-        share = 0.0 if _blank(share) else float(share)
+        share = 0.0 if share is None or not str(share).strip() else float(share)
     except (TypeError, ValueError):
         raise ConfigError(f"Compensation budget must be a number (got {share!r}).") from None
     halves = halves or CompensationSpec.halves
