@@ -30,6 +30,7 @@ CONFIGS = {  # name: (method, ratio, method params, per-layer ratios or None)
     "wanda-sp-30": ("wanda-sp", 0.3, {}, None),
     "fasp-mlp-uniform-20": ("fasp", 0.2, {"parts": "mlp"}, None),
     "fasp-mlp-mixed-20": ("fasp", 0.2, {"parts": "mlp"}, [0.1, 0.3]),  # alternating layers: per-layer n_ff
+    "fasp-mixed-20": ("fasp", 0.2, {}, [0.1, 0.3]),  # per-layer n_ff and narrowed value heads (the pytest case)
 }
 
 

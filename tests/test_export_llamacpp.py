@@ -27,13 +27,14 @@ def test_llama_cpp_runs_each_tiny_result_like_slimlab(results, tmp_path, name):
     path = export(results[name], "gguf", "f32", tmp_path / "m.gguf").path
     lm = load_compressed(results[name], device="cpu", dtype="float32")
     ids = torch.randint(3, len(lm.tokenizer), (20,), generator=torch.Generator().manual_seed(2)).tolist()
-    llm = open_gguf(path, n_ctx=64, threads=1)
+    llm = open_gguf(path, n_ctx=64, threads=1, kv_f32=True)
     llm.reset()
     llm.eval(ids)
     with torch.no_grad():
         want = lm.model(torch.tensor([ids])).logits[0].numpy()
     np.testing.assert_allclose(np.array(llm.scores[: len(ids)]), want, atol=1e-4, rtol=0)
     assert llama_greedy(llm, ids, 16) == hf_greedy(lm.model, ids, 16)
+    llm.close()
 
 
 def test_llama_cpp_tokenizes_like_transformers(results, tmp_path):

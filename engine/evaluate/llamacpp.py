@@ -33,12 +33,17 @@ def llama_cpp_module() -> Any:
     return llama_cpp
 
 
-def open_gguf(path: "str | Path", n_ctx: int = 1024, threads: "int | None" = None, logits_all: bool = True):
-    """A llama.cpp context on ``path`` (CPU; ``logits_all`` keeps every position's logits)."""
+def open_gguf(path: "str | Path", n_ctx: int = 1024, threads: "int | None" = None, logits_all: bool = True,
+              kv_f32: bool = False):
+    """A llama.cpp context on ``path`` (CPU; ``logits_all`` keeps every position's logits).
+
+    llama.cpp keeps its KV cache in f16 by default, which alone moves f32 logits by ~1e-4;
+    ``kv_f32`` keeps it in f32, so an f32 file is computed in f32 throughout."""
     llama_cpp = llama_cpp_module()
     threads = threads or os.cpu_count() or 1
+    kv = {"type_k": llama_cpp.GGML_TYPE_F32, "type_v": llama_cpp.GGML_TYPE_F32} if kv_f32 else {}
     return llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
-                           n_batch=n_ctx, logits_all=logits_all, verbose=False)
+                           n_batch=n_ctx, logits_all=logits_all, verbose=False, **kv)
 
 
 def last_logits(llm) -> np.ndarray:
@@ -107,15 +112,16 @@ def _divergence(a: list[int], b: list[int]) -> "int | None":
 
 def compare(model, greedy_path: "str | Path | None", ppl_path: "str | Path | None", prompts: Sequence[Sequence[int]],
             steps: int, windows: torch.Tensor, threads: "int | None" = None) -> Comparison:
-    """Greedy continuations of ``prompts`` in the GGUF at ``greedy_path`` vs ``model``, and
-    perplexity over ``windows`` in the GGUF at ``ppl_path`` vs ``model``."""
+    """Greedy continuations of ``prompts`` in the GGUF at ``greedy_path`` (f32 KV cache) vs
+    ``model``, and perplexity over ``windows`` in the GGUF at ``ppl_path`` (llama.cpp's default
+    f16 KV cache) vs ``model``."""
     seqlen = windows.shape[1]
-    llm = open_gguf(greedy_path, n_ctx=max(len(p) for p in prompts) + steps + 1, threads=threads)
+    llm = open_gguf(greedy_path, n_ctx=max(len(p) for p in prompts) + steps + 1, threads=threads, kv_f32=True)
     firsts = [_divergence(llama_greedy(llm, p, steps), hf_greedy(model, p, steps)) for p in prompts]
-    del llm
+    llm.close()
     llm = open_gguf(ppl_path, n_ctx=seqlen, threads=threads)
     nll_cpp, count = llama_window_nll(llm, windows)
-    del llm
+    llm.close()
     nll_hf, _ = window_nll(model, windows)
     return Comparison(prompts=len(prompts), steps=steps, greedy_matched=sum(f is None for f in firsts),
                       first_divergence=firsts, ppl_transformers=math.exp(nll_hf / count),
