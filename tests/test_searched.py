@@ -110,9 +110,24 @@ def test_searched_needs_the_run_and_a_method_that_follows_plans(lm, data_dir, tm
         build_plan("searched", 0.7, 4)
     with pytest.raises(ConfigError, match="deepest level 0.45"):  # the grid's last level, not max_level
         build_plan("searched", 0.48, 4, params={"level_step": 0.15, "max_level": 0.5})
-    with pytest.raises(ConfigError, match="picks its own"):
-        compress(lm, "shortgpt", 0.25, schedule="searched", schedule_params={"database": str(tmp_path / "d")},
-                 calibration=CALIB, data_dir=str(data_dir))
+    from engine.methods import Method, register, unregister
+
+    class OwnAmounts(Method):  # neither follows a plan nor removes whole layers
+        name, label, summary, uses_plan = "test-own-amounts", "own", "own", False
+
+        def compress(self, work, calibration, plan, params, progress):
+            raise AssertionError("never reached")
+
+        def rebuild(self, model, adapter, structure):
+            pass
+
+    register(OwnAmounts)
+    try:
+        run = SearchRun(lm, "test-own-amounts", {}, None, CALIB, lambda spec: None, Reporter())
+        with pytest.raises(ConfigError, match="picks its own"):
+            search_plan(run, 0.25, _params(tmp_path / "d"))
+    finally:
+        unregister("test-own-amounts")
 
 
 def test_the_ui_gets_the_searched_controls_from_its_schema():
@@ -138,3 +153,27 @@ def test_the_ui_runs_a_searched_plan(tiny_dirs, data_dir, tmp_path):
     view = hc.run(session, "fasp", {}, 0.25, "searched", params, *calib, [])
     assert "Searched over levels [0.0, 0.25, 0.5] in 2 generations" in view.plan.note
     assert session.result.recipe.plan.schedule == "searched" and session.result.recipe.schedule_params["generations"] == 2
+
+
+def test_depth_search_removes_the_layers_whose_loss_hurts_least(lm, data_dir, tmp_path):
+    """ShortGPT over keep/remove levels: with the last stage on every fitness window, the search's choice
+    is the best single removal by KL (checked by scoring all of them), and compress() removes it."""
+    from engine.search.fitness import score_candidates, dense_targets
+    from engine.methods import get_method
+
+    params = _params(tmp_path / "depth", generations=3, offspring=3, tokens=128, first_tokens=128)
+    run = SearchRun(lm, "shortgpt", get_method("shortgpt").resolve_params({}), _run(lm, data_dir).calibration, CALIB,
+                    _run(lm, data_dir).tokens_of, Reporter())
+    plan = search_plan(run, 0.25, params)
+    assert plan.scores.count(0.0) == 1 and plan.ratios == [0.25] * 4
+    db = open_database(run, params)
+    assert db.spec.levels == (0.0, 1.0) and db.missing() == []
+    from engine.search.run import fitness_tokens
+
+    targets = dense_targets(lm, fitness_tokens(run, 128), 64, 2, Reporter())
+    singles = [tuple(int(i == j) for i in range(4)) for j in range(4)]
+    kl = score_candidates(lm, db, targets, singles, range(targets.tokens.shape[0]), 2, Reporter())
+    assert plan.scores.index(0.0) == min(range(4), key=kl.__getitem__)
+    result = compress(lm, "shortgpt", 0.25, schedule="searched", schedule_params=dict(params), calibration=CALIB,
+                      data_dir=str(data_dir))
+    assert result.structure.removed == [plan.scores.index(0.0)]

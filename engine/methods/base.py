@@ -67,6 +67,8 @@ class Method(ABC):
     params: ClassVar[tuple[Param, ...]] = ()
     needs_calibration: ClassVar[bool] = True
     uses_plan: ClassVar[bool] = True  # False for methods that pick their own per-layer amounts
+    # True: removes whole layers, the lowest ``plan.scores`` first when a plan ranks them (a searched plan does)
+    removes_layers: ClassVar[bool] = False
     structure_type: ClassVar[type[Structure]]
 
     def resolve_params(self, given: Optional[dict]) -> dict:

@@ -45,6 +45,7 @@ class ShortGPT(Method):
         "is the fraction of layers removed. Fast and simple, and the result is an ordinary, shorter model."
     )
     uses_plan = False
+    removes_layers = True
     structure_type = ShortGPTStructure
 
     @torch.no_grad()
@@ -53,8 +54,8 @@ class ShortGPT(Method):
         num_layers = work.num_layers
         n_drop = _dropped(plan, num_layers)
         t = time.perf_counter()
-        if plan.schedule == "block-influence" and plan.scores is not None:
-            bi = list(plan.scores)  # the plan already scored these layers on the same model
+        if plan.schedule in ("block-influence", "searched") and plan.scores is not None:
+            bi = list(plan.scores)  # the plan already ranked these layers on the same model (searched: 0 = drop)
         else:
             bi = block_influence(work.lm.model, adapter, calibration.tokens, calibration.batch_size, progress,
                                  source=work.originals)

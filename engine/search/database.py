@@ -8,7 +8,7 @@ the output of layers 0..i-1 at the same level), and each finished layer is writt
 config it left, each layer's parameter count). A level's folder appears by an atomic rename
 when all of it is written, so an interrupted build resumes at the first missing level, and
 separate processes (a cluster's workers) can build levels side by side. Level ratio 0 is the
-original's layers: nothing is computed or stored for it.
+original's layers and ratio 1 (depth search) the layer removed: nothing is computed or stored for them.
 
 ``database.json`` at the root says what the database was built from; opening it for
 anything else is refused instead of mixing layers of two runs.
@@ -83,8 +83,11 @@ class LevelDatabase:
     def is_original(self, level: int) -> bool:
         return self.spec.levels[level] == 0.0
 
+    def is_removed(self, level: int) -> bool:
+        return self.spec.levels[level] == 1.0
+
     def built(self, level: int) -> bool:
-        return self.is_original(level) or (self.level_dir(level) / LEVEL_META).exists()
+        return self.is_original(level) or self.is_removed(level) or (self.level_dir(level) / LEVEL_META).exists()
 
     def missing(self) -> list[int]:
         return [k for k in range(len(self.spec.levels)) if not self.built(k)]
@@ -92,14 +95,17 @@ class LevelDatabase:
     def params(self, lm: LoadedModel) -> list[list[int]]:
         """``params[i][k]``: parameters layer i keeps at level k (every level must be built)."""
         original = [_count(layer) for layer in lm.adapter.layers(lm.model)]
-        columns = [original if self.is_original(k) else self._meta(k)["params"] for k in range(len(self.spec.levels))]
+        columns = [original if self.is_original(k) else [0] * len(original) if self.is_removed(k)
+                   else self._meta(k)["params"] for k in range(len(self.spec.levels))]
         return [[columns[k][i] for k in range(len(columns))] for i in range(self.spec.num_layers)]
 
     def _meta(self, level: int) -> dict:
         return json.loads((self.level_dir(level) / LEVEL_META).read_text())
 
-    def layer(self, lm: LoadedModel, index: int, level: int) -> nn.Module:
-        """Layer ``index`` at ``level``, on the compute device (read from disk the first time)."""
+    def layer(self, lm: LoadedModel, index: int, level: int) -> Optional[nn.Module]:
+        """Layer ``index`` at ``level``, on the compute device (read from disk the first time); None: removed."""
+        if self.is_removed(level):
+            return None
         if self.is_original(level):
             return lm.adapter.layers(lm.model)[index]
         key = (index, level)
@@ -168,12 +174,9 @@ def _write_json(path: Path, data: dict) -> None:
 
 @torch.no_grad()
 def assemble(shell: nn.Module, lm: LoadedModel, db: LevelDatabase, levels: tuple[int, ...]) -> nn.Module:
-    """``shell`` (a layerless copy of the model) holding layer i at ``levels[i]``: swapped in, not copied."""
+    """``shell`` (a layerless copy of the model) holding layer i at ``levels[i]``, removed layers left out:
+    swapped in, not copied."""
     kept = lm.adapter.layers(shell)
-    for i, level in enumerate(levels):
-        layer = db.layer(lm, i, level)
-        if i < len(kept):
-            kept[i] = layer
-        else:
-            kept.append(layer)
+    del kept[:]
+    kept.extend(layer for i, level in enumerate(levels) if (layer := db.layer(lm, i, level)) is not None)
     return shell

@@ -27,6 +27,7 @@ from .evolution import Generation, SearchSettings, Stage, evolve, level_space
 from .fitness import KLScorer, dense_targets
 
 LOGITS_BYTES = 2 ** 28  # a scoring batch's logits stay under ~256 MB
+DEPTH_LEVELS = (0.0, 1.0)  # a layer kept or removed
 
 
 @dataclass
@@ -63,8 +64,16 @@ def budget_of(costs: list[list[int]], levels: tuple[float, ...], target: float) 
     return sum((1 - w) * c[k] + w * c[k + 1] for c in costs)
 
 
+def depth_budget(costs: list[list[int]], target: float) -> float:
+    """Depth search: what the layers keep with ``round(target * layers)`` of them removed."""
+    n = len(costs)
+    return sum(c[0] for c in costs) * (n - round(target * n)) / n
+
+
 def open_database(run: SearchRun, params: dict) -> LevelDatabase:
-    levels = level_grid(params["level_step"], params["max_level"])
+    """Levels of the grid; keep (0) and remove (1) for a method that removes whole layers."""
+    depth = get_method(run.method).removes_layers
+    levels = DEPTH_LEVELS if depth else level_grid(params["level_step"], params["max_level"])
     calib = run.calibration.to_dict() if run.calibration is not None else {}
     spec = DatabaseSpec(run.lm.spec, len(run.lm.adapter.layers(run.lm.model)), run.method, dict(run.method_params),
                         levels, calib)
@@ -79,9 +88,9 @@ def fitness_tokens(run: SearchRun, tokens: int) -> torch.Tensor:
 
 def search_plan(run: SearchRun, target: float, params: dict) -> Plan:
     method = get_method(run.method)
-    if not method.uses_plan:
+    if not method.uses_plan and not method.removes_layers:
         raise ConfigError(f"Method '{run.method}' picks its own per-layer amounts; a searched plan needs a method "
-                          "that follows the plan (e.g. fasp, wanda-sp).")
+                          "that follows the plan (e.g. fasp, wanda-sp) or removes whole layers (shortgpt).")
     if run.lm.streamed:
         raise ConfigError("A searched plan runs the model on every candidate; load it in memory (without --stream).")
     settings = settings_of(params)
@@ -96,7 +105,8 @@ def search_plan(run: SearchRun, target: float, params: dict) -> Plan:
     build_seconds = time.perf_counter() - t0
     t1 = time.perf_counter()
     costs = db.params(run.lm)
-    space = level_space(costs, budget_of(costs, db.spec.levels, target))
+    depth = method.removes_layers
+    space = level_space(costs, depth_budget(costs, target) if depth else budget_of(costs, db.spec.levels, target))
     tokens = fitness_tokens(run, params["tokens"])
     vocab = run.lm.model.config.vocab_size
     batch = max(1, LOGITS_BYTES // (4 * tokens.shape[1] * vocab))
@@ -111,7 +121,6 @@ def search_plan(run: SearchRun, target: float, params: dict) -> Plan:
     scorer = KLScorer(run.lm, db, targets, batch, run.reporter)
     search = cluster.evolve_on_group if cluster.active() else evolve
     result = search(space, scorer, settings, on_generation=report)
-    ratios = [db.spec.levels[k] for k in result.levels]
     options = {
         "levels": list(db.spec.levels), "level_index": list(result.levels), "seed": settings.seed,
         "generations_run": result.generations, "stopped_by": result.stopped_by, "fitness": result.fitness,
@@ -120,4 +129,7 @@ def search_plan(run: SearchRun, target: float, params: dict) -> Plan:
         "database": str(db.root), "levels_built": len(missing), "build_seconds": round(build_seconds, 3),
         "search_seconds": round(time.perf_counter() - t1, 3),
     }
-    return Plan("searched", target, ratios, options=options)
+    if depth:  # the method follows the plan's ranking: the layers scored 0 go
+        return Plan("searched", target, [target] * len(costs), scores=[float(k == 0) for k in result.levels],
+                    options=options)
+    return Plan("searched", target, [db.spec.levels[k] for k in result.levels], options=options)
