@@ -14,6 +14,7 @@ import torch
 
 from engine import CalibrationSpec, compress, load_compressed, save_compressed
 from engine.errors import ConfigError
+from engine.export import export
 from engine.export.hf_remote import MODELING_FILE, NotSelfContained, layout_of
 from engine.models import LoadedModel
 from engine.models.adapters import adapter_for
@@ -38,6 +39,9 @@ CASES = {
     "qwen2-shortgpt": ("qwen2", "shortgpt", {}, None, 0, False),
     "qwen2-fasp-uniform-mlp": ("qwen2", "fasp", {"parts": "mlp"}, None, 0, False),
 }
+# `slimlab export --format hf --dtype bf16` of a saved case: name -> (case, remote code expected)
+EXPORTS = {"qwen2-fasp-hf-bf16": ("qwen2-fasp", True), "llama-shortgpt-hf-bf16": ("llama-shortgpt", False)}
+REMOTE = {name: case[-1] for name, case in CASES.items()} | {name: e[1] for name, e in EXPORTS.items()}
 
 # Runs in a fresh interpreter, cwd outside the repo, no PYTHONPATH, with `engine` and `ui` unimportable.
 PLAIN_LOADER = textwrap.dedent('''
@@ -94,15 +98,18 @@ def saved(tmp_path_factory):
     root = tmp_path_factory.mktemp("hf_remote")
     folders = {}
     for name, (arch, method, params, ratios, rank, _remote) in CASES.items():
-        folder = root / name
-        save_compressed(_compress(make_model, arch, method, params, ratios, rank), folder)
+        save_compressed(_compress(make_model, arch, method, params, ratios, rank), root / name)
+        folders[name] = root / name
+    for name, (case, _remote) in EXPORTS.items():
+        export(folders[case], "hf", "bf16", root / name)
+        folders[name] = root / name
+    for folder in folders.values():  # float32 logits from bf16 weights for the exports, on both sides
         reloaded = load_compressed(folder, device="cpu").model
         ids = torch.randint(3, reloaded.config.vocab_size, (2, 24), generator=torch.Generator().manual_seed(1))
         with torch.no_grad():
             logits = reloaded(input_ids=ids).logits
             greedy = reloaded.generate(ids[:1, :6], max_new_tokens=6, do_sample=False, min_new_tokens=6)
         torch.save({"ids": ids, "logits": logits, "greedy": greedy[0].tolist()}, f"{folder}.pt")
-        folders[name] = folder
     return folders
 
 
@@ -121,14 +128,14 @@ def test_the_plain_process_never_imported_slimlab(plain_loads):
     assert plain_loads["slimlab_modules"] == []
 
 
-@pytest.mark.parametrize("name", CASES)
+@pytest.mark.parametrize("name", REMOTE)
 def test_a_result_loads_without_slimlab_with_identical_logits(saved, plain_loads, name):
     folder = saved[name]
     loaded = plain_loads[str(folder)]
     reference = torch.load(f"{folder}.pt")
     assert loaded["diff"] == 0.0, loaded
     assert loaded["greedy"] == reference["greedy"]
-    remote = CASES[name][-1]
+    remote = REMOTE[name]
     assert (folder / MODELING_FILE).exists() == remote
     config = json.loads((folder / "config.json").read_text())
     assert ("auto_map" in config) == remote and ("slimlab_layout" in config) == remote
@@ -190,3 +197,41 @@ def test_saving_a_result_it_cannot_rebuild_still_saves_without_remote_code(tiny,
     assert load_compressed(tmp_path / "out", device="cpu").model is not None
     with pytest.raises(NotSelfContained, match="future method"):
         hf_remote.write_remote_code(tmp_path / "out")
+
+
+def test_the_export_writes_the_chosen_dtype_and_keeps_slimlab_json(saved):
+    from safetensors import safe_open
+
+    folder = saved["qwen2-fasp-hf-bf16"]
+    with safe_open(str(folder / "model.safetensors"), "pt") as f:
+        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.bfloat16}
+    assert json.loads((folder / "config.json").read_text())["dtype"] == "bfloat16"
+    assert (folder / "slimlab.json").exists() and (folder / "tokenizer.json").exists()
+    assert (folder / "model.safetensors").stat().st_size < 0.6 * (saved["qwen2-fasp"] / "model.safetensors").stat().st_size
+
+
+def test_auto_dtype_is_the_original_checkpoints_half_dtype(tmp_path):
+    from engine import load_model
+    from tiny import make_model
+
+    model, tok = make_model("qwen2")
+    model.to(torch.bfloat16).save_pretrained(tmp_path / "orig")
+    tok.save_pretrained(tmp_path / "orig")
+    lm = load_model(str(tmp_path / "orig"), device="cpu")
+    assert lm.dtype == torch.float32  # SlimLab computes in float32 on a CPU ...
+    save_compressed(compress(lm, "fasp", 0.3, calibration=_calibration(model.config.vocab_size)), tmp_path / "r")
+    report = export(tmp_path / "r", "hf", out=tmp_path / "hf")  # ... and exports in the original's bf16
+    assert report.details["dtype"] == "bf16"
+    assert json.loads((tmp_path / "hf" / "config.json").read_text())["dtype"] == "bfloat16"
+
+
+def test_an_hf_export_it_cannot_rebuild_is_refused_and_leaves_nothing(saved, tmp_path, monkeypatch):
+    import engine.export.hf_remote as hf_remote
+
+    def refuse(_model):
+        raise NotSelfContained("a module of a future method")
+
+    monkeypatch.setattr(hf_remote, "layout_of", refuse)
+    with pytest.raises(NotSelfContained, match="future method"):
+        export(saved["qwen2-fasp"], "hf", out=tmp_path / "out")
+    assert list(tmp_path.iterdir()) == []

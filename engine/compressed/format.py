@@ -111,7 +111,8 @@ def _dedupe(state: dict) -> dict:
     return out
 
 
-def _read_state(path: Path) -> dict:
+def read_state(path: Path) -> dict:
+    """Every tensor of a saved result by name (a tied head once, under one of its names)."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -176,7 +177,7 @@ def load_compressed(path: "str | Path", device: str = "auto", dtype="auto", spec
     adapter = adapter_for_config(config)
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev, config)
-    state = _read_state(path)
+    state = read_state(path)
     model, meta = build_empty(path, config, torch_dtype)
     if meta.get("tied_embeddings"):
         _fill_tied(state, model)
