@@ -24,6 +24,7 @@ CASES = {  # name: (arch, method, params, per-layer ratios or None for uniform 0
     "llama-fasp": ("llama", "fasp", {}, UNEVEN),
     "qwen2-fasp": ("qwen2", "fasp", {}, UNEVEN),
     "qwen2-modegpt": ("qwen2", "modegpt", {}, UNEVEN),
+    "llama-modegpt-vo": ("llama", "modegpt", {"parts": "vo+mlp"}, UNEVEN),
     "llama-shortgpt": ("llama", "shortgpt", {}, None),
 }
 

@@ -25,11 +25,11 @@ import torch
 from torch import nn
 
 from ..models.loaded import LoadedModel
+from ..models.shrunk_attention import ShrunkAttention
 from ..transforms.value_heads import GatherLinear, ScatterLinear
 from ._folder import TORCH_DTYPES, copy_side_files, resolve_dtype, save_weights, set_config_dtype
 from .base import DTYPES, ExportFormat, ExportJob, ExportReport, NotExpressible, register_format
 from .hf_remote import MODELING_FILE
-from .llama_layout import gather_columns, scatter_rows
 
 CONFIG_FILE = "configuration_decilm.py"
 TEMPLATE = Path(__file__).parent / "remote" / CONFIG_FILE
@@ -60,20 +60,37 @@ def check(meta: dict) -> None:
         raise not_expressible(f"the '{model_type}' architecture (DeciLM blocks are Llama blocks)")
 
 
-def _padded(linear: nn.Linear, full_in: Optional[int] = None) -> tuple[dict[str, torch.Tensor], int]:
-    """A projection at full head width: narrowed rows/columns back in place among zeros (and its bias)."""
-    if isinstance(linear, GatherLinear):
-        weight, zeros = gather_columns(linear, full_in)
-    else:
-        weight, zeros = scatter_rows(linear)
-    out = {"weight": weight}
-    if linear.bias is not None:
-        bias = linear.bias.detach()
-        if isinstance(linear, ScatterLinear):
-            bias = bias.new_zeros(linear.full).index_copy_(0, linear.index, bias)
-            zeros += bias.numel() - linear.bias.numel()
-        out["bias"] = bias
-    return out, zeros
+def _places(attention: nn.Module, parts, heads: tuple[int, int, int]) -> dict[str, tuple[str, torch.Tensor]]:
+    """Where each narrowed projection's rows (or o_proj's columns) sit at full head width:
+    name -> ("rows" | "columns", index). MoDeGPT's shrunk heads keep ``q_dims``/``k_dims`` of each
+    head and the first ``v_dim`` value dims; scatter/gather linears carry their own index."""
+    n_heads, n_kv, head_dim = heads
+    places: dict[str, tuple[str, torch.Tensor]] = {}
+    if isinstance(attention, ShrunkAttention):
+        def at(dims: torch.Tensor) -> torch.Tensor:
+            return (torch.arange(dims.shape[0])[:, None] * head_dim + dims.cpu()).reshape(-1)
+        values = torch.arange(attention.v_dim)
+        places = {"q_proj": ("rows", at(attention.q_dims)), "k_proj": ("rows", at(attention.k_dims)),
+                  "v_proj": ("rows", at(values.expand(n_kv, -1))), "o_proj": ("columns", at(values.expand(n_heads, -1)))}
+    for name, linear in (("q_proj", parts.query), ("k_proj", parts.key), ("v_proj", parts.value),
+                         ("o_proj", parts.attn_out)):
+        if isinstance(linear, (ScatterLinear, GatherLinear)):
+            places[name] = ("rows" if isinstance(linear, ScatterLinear) else "columns", linear.index.cpu())
+    return places
+
+
+def _padded(linear: nn.Linear, where: Optional[tuple[str, torch.Tensor]], full: int) -> tuple[dict[str, torch.Tensor], int]:
+    """A projection at full head width: its rows (or columns) at their places among zeros, and its bias."""
+    weight, bias = linear.weight.detach(), linear.bias.detach() if linear.bias is not None else None
+    if where is not None:
+        axis, index = where
+        if axis == "rows":
+            weight = weight.new_zeros(full, weight.shape[1]).index_copy_(0, index, weight)
+            bias = bias.new_zeros(full).index_copy_(0, index, bias) if bias is not None else None
+        else:
+            weight = weight.new_zeros(weight.shape[0], full).index_copy_(1, index, weight)
+    zeros = weight.numel() - linear.weight.numel() + (bias.numel() - linear.bias.numel() if bias is not None else 0)
+    return {"weight": weight} | ({"bias": bias} if bias is not None else {}), zeros
 
 
 def _layer(lm: LoadedModel, index: int, prefix: str) -> tuple[dict, dict[str, torch.Tensor], int]:
@@ -86,12 +103,14 @@ def _layer(lm: LoadedModel, index: int, prefix: str) -> tuple[dict, dict[str, to
     n_heads, n_kv, head_dim = lm.adapter.heads(lm.model.config)
     state: dict[str, torch.Tensor] = {}
     zeros = 0
-    attn_empty = isinstance(parts.value, ScatterLinear) and parts.value.index.numel() == 0 \
-        and parts.attn_out.bias is None
+    attn_empty = parts.value.weight.shape[0] == 0 and parts.attn_out.bias is None
     if not attn_empty:
+        places = _places(layer.self_attn, parts, (n_heads, n_kv, head_dim))
+        full = {"q_proj": n_heads * head_dim, "k_proj": n_kv * head_dim, "v_proj": n_kv * head_dim,
+                "o_proj": n_heads * head_dim}
         for name, linear in (("q_proj", parts.query), ("k_proj", parts.key), ("v_proj", parts.value),
                              ("o_proj", parts.attn_out)):
-            tensors, added = _padded(linear, n_heads * head_dim)
+            tensors, added = _padded(linear, places.get(name), full[name])
             state |= {f"{prefix}.self_attn.{name}.{k}": v for k, v in tensors.items()}
             zeros += added
         state[f"{prefix}.input_layernorm.weight"] = parts.attn_norm.weight.detach()

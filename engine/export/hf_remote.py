@@ -31,6 +31,7 @@ from ._folder import copy_side_files, resolve_dtype, save_weights, set_config_dt
 from .base import DTYPES, ExportFormat, ExportJob, ExportReport, register_format
 from ..methods.slicegpt import MixedNorm
 from ..models.adapters import Adapter, adapter_for
+from ..models.shrunk_attention import ShrunkAttention
 from ..models.side_branches import LayerBranches, LowRankBranch, side_branches
 from ..transforms.fusion import RMSN
 from ..transforms.shortcuts import ShortcutForward
@@ -93,6 +94,9 @@ def _module_spec(module: nn.Module) -> Optional[dict]:
         return {"kind": "scatter", "index": module.index.tolist(), "full": int(module.full)}
     if isinstance(module, GatherLinear):
         return {"kind": "gather", "index": module.index.tolist()}
+    if isinstance(module, ShrunkAttention):
+        return {"kind": "shrunk", "q_dims": module.q_dims.tolist(), "k_dims": module.k_dims.tolist(),
+                "v_dim": int(module.v_dim)}
     return None
 
 

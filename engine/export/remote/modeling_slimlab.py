@@ -14,8 +14,15 @@ are transformers' own:
   zero vector of width ``full`` and ``gather`` a linear reading only the inputs at ``index`` (value heads
   narrower than their query heads), ``shortcut`` a decoder layer whose residual changes basis
   (``x·attn_shortcut_Q + attn`` and ``x·mlp_shortcut_Q + mlp``), ``branch`` a low-rank map from a half's
-  norm output added to its writer's output;
+  norm output added to its writer's output, ``shrunk`` an attention whose query/key heads keep the head
+  dims ``q_dims``/``k_dims`` (each rotated by its own RoPE angle) and whose value heads have ``v_dim``
+  dims (MoDeGPT), softmax scale unchanged;
 - ``params``: parameter name -> shape (``null``: removed) where it differs from the stock architecture.
+
+The module kinds repeat SlimLab's own (``transforms.fusion.RMSN``, ``transforms.value_heads``,
+``models.shrunk_attention``, ``models.side_branches``, ``transforms.shortcuts``) operation for operation,
+so the logits are bit-identical to SlimLab's loader (``tests/test_hf_remote.py``); this file cannot
+import them, since it runs where SlimLab is not installed.
 """
 from __future__ import annotations
 
@@ -29,7 +36,7 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 
 BASE_MODEL_TYPE = "llama"  # the folder's architecture: SlimLab writes this line per folder
 LAYOUT_VERSION = 1  # raised when a kind's meaning changes; a newer layout is refused, not misread
-KIND_ORDER = ("rms", "mixed", "scatter", "gather", "shortcut", "branch")  # branches hook the final norms
+KIND_ORDER = ("rms", "mixed", "scatter", "gather", "shrunk", "shortcut", "branch")  # branches hook the final norms
 
 
 class RMSN(nn.Module):
@@ -93,6 +100,51 @@ class GatherLinear(_IndexedLinear):
         return F.linear(picked, self.weight, self.bias)
 
 
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, dims: torch.Tensor) -> torch.Tensor:
+    """RoPE on [batch, heads, seq, kept] with each head's kept dims' own angles."""
+    c = cos[:, :, dims].permute(0, 2, 1, 3).to(x.dtype)
+    s = sin[:, :, dims].permute(0, 2, 1, 3).to(x.dtype)
+    return x * c + _rotate_half(x) * s
+
+
+class ShrunkAttention:
+    """Mixin before a transformers RoPE attention class: narrower query/key and value heads."""
+
+    slimlab_shrunk: dict
+
+    def _dims(self, key: str, device: torch.device) -> torch.Tensor:
+        cache = self.__dict__.setdefault("_dims_cache", {})
+        if (key, device) not in cache:
+            cache[key, device] = torch.tensor(self.slimlab_shrunk[key], dtype=torch.long, device=device)
+        return cache[key, device]
+
+    def forward(self, hidden_states: torch.Tensor, position_embeddings=None, attention_mask=None, cache=None,
+                past_key_values=None, **kwargs):
+        from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+        from transformers.models.llama.modeling_llama import eager_attention_forward
+
+        cache = cache if cache is not None else past_key_values
+        qk_dim, v_dim = len(self.slimlab_shrunk["q_dims"][0]), self.slimlab_shrunk["v_dim"]
+        shape = hidden_states.shape[:-1]
+        q = self.q_proj(hidden_states).view(*shape, -1, qk_dim).transpose(1, 2)
+        k = self.k_proj(hidden_states).view(*shape, -1, qk_dim).transpose(1, 2)
+        v = self.v_proj(hidden_states).view(*shape, -1, v_dim).transpose(1, 2)
+        cos, sin = position_embeddings
+        q, k = _rotate(q, cos, sin, self._dims("q_dims", q.device)), _rotate(k, cos, sin, self._dims("k_dims", k.device))
+        if cache is not None:
+            k, v = cache.update(k, v, self.layer_idx, kwargs=kwargs)
+        attend = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
+        extra = {"sliding_window": self.sliding_window} if getattr(self, "sliding_window", None) is not None else {}
+        out, weights = attend(self, q, k, v, attention_mask, dropout=0.0 if not self.training else self.attention_dropout,
+                              scaling=self.scaling, **extra, **kwargs)
+        return self.o_proj(out.reshape(*shape, -1).contiguous()), weights
+
+
 class LowRankBranch(nn.Module):
     """``x -> up(down(x))``: reads a half's norm output, adds to its writer's output (two hooks)."""
 
@@ -135,7 +187,15 @@ class ShortcutLayer:
         return down(act(up(x)))
 
 
-_SHORTCUT_CLASSES: dict = {}
+_SUBCLASSES: dict = {}
+
+
+def _with_mixin(module: nn.Module, mixin: type) -> None:
+    """Swap ``module``'s class for a subclass that puts ``mixin`` first (state-dict names unchanged)."""
+    base = type(module)
+    if (mixin, base) not in _SUBCLASSES:
+        _SUBCLASSES[mixin, base] = type(f"{mixin.__name__}{base.__name__}", (mixin, base), {})
+    module.__class__ = _SUBCLASSES[mixin, base]
 
 
 def _replace(model: nn.Module, path: str, module: nn.Module) -> None:
@@ -163,14 +223,17 @@ def _indexed(cls):
 
 def _shortcut(model, path, spec):
     layer = model.get_submodule(path)
-    base = type(layer)
-    if base not in _SHORTCUT_CLASSES:
-        _SHORTCUT_CLASSES[base] = type(f"Shortcut{base.__name__}", (ShortcutLayer, base), {})
-    layer.__class__ = _SHORTCUT_CLASSES[base]
+    _with_mixin(layer, ShortcutLayer)
     layer.slimlab_shortcut = spec
     (d_in, d_mid), (_, d_out) = spec["shapes"]
     layer.attn_shortcut_Q = nn.Parameter(torch.empty(d_in, d_mid))
     layer.mlp_shortcut_Q = nn.Parameter(torch.empty(d_mid, d_out))
+
+
+def _shrunk(model, path, spec):
+    attention = model.get_submodule(path)
+    _with_mixin(attention, ShrunkAttention)
+    attention.slimlab_shrunk = spec
 
 
 def _branch(model, path, spec):
@@ -186,7 +249,7 @@ def _branch(model, path, spec):
 
 
 KINDS = {"rms": _rms, "mixed": _mixed, "scatter": _indexed(ScatterLinear), "gather": _indexed(GatherLinear),
-         "shortcut": _shortcut, "branch": _branch}
+         "shrunk": _shrunk, "shortcut": _shortcut, "branch": _branch}
 
 
 def _set_param(model: nn.Module, name: str, shape: Optional[list]) -> None:
