@@ -4,9 +4,10 @@
 ``Workspace`` instead holds a *shell*: the original's outside parts (embeddings, final norm,
 head, config) shared copy-on-write, and an empty layer list. The driver opens one layer at a
 time (a private copy, on the compute device), the method rewrites it, and ``close`` keeps it:
-in memory, or written to a spool file on disk when the original itself streams from disk
-(``LoadedModel.layer_reader``), so peak memory is about one layer plus activations plus the
-outside parts.
+where the original keeps that layer (the CPU for a layer accelerate offloaded), or written to a
+spool file on disk when the original itself streams from disk (``LoadedModel.layer_reader``), so
+peak memory is about one layer plus activations plus the outside parts, and a GPU holds only the
+layer at work unless the model itself lives there.
 
 Copy-on-write: a method that changes an outside part must give it a new ``Parameter``
 (never write ``.data`` or in place); ``Workspace.check_original`` proves it did.
@@ -170,7 +171,7 @@ class Workspace:
             write_layer(self.spool, len(kept), layer, layers_prefix(self.model, kept))
             layer = _to_meta_keeping_loose_buffers(layer)
         else:
-            layer = layer.to(self._storage_device())
+            layer = layer.to(self.home(index))
         kept.append(layer)
 
     def load_spooled(self) -> None:
@@ -179,10 +180,15 @@ class Workspace:
         files = {name: path for path in self.spooled_files() for name in tensor_names(path)}
         reader = SafetensorsLayers(files, layers_prefix(self.model, kept), lambda name: name, self.lm.dtype)
         for i in range(len(kept)):
-            kept[i] = reader.read(i, kept[i], self._storage_device())
+            kept[i] = reader.read(i, kept[i], self.home(i))
 
-    def _storage_device(self) -> torch.device:
-        return self.adapter.token_embedding(self.lm.model).weight.device
+    def home(self, index: int) -> torch.device:
+        """Where finished layer ``index`` is kept: where the original keeps that layer. A model that
+        lives off the compute device is rebuilt off it too, so the device holds only the layer at work;
+        a layer accelerate offloaded or a folder streams (``meta`` in the module, its weights on the CPU,
+        a disk or in a file) is kept on the CPU."""
+        param = next(self.adapter.layers(self.lm.model)[index].parameters())
+        return torch.device("cpu") if param.device.type == "meta" else param.device
 
     def spooled_files(self) -> list[Path]:
         """The finished layers' files, in layer order (empty unless the model streams)."""

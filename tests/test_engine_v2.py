@@ -2,6 +2,7 @@
 original, streamed compression equals in-memory compression, registries refuse duplicates."""
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
@@ -157,6 +158,25 @@ def test_an_accelerate_offloaded_model_can_be_compressed(tiny_dirs, tmp_path):
     b = compress(lm, "fasp", 0.3, calibration=calib)
     ids = calib.tokens[:2]
     torch.testing.assert_close(_logits(b.model, ids), _logits(a.model, ids), rtol=1e-5, atol=1e-5)
+    assert all(p.device.type == "cpu" for p in b.model.parameters())  # the disk layers' copies hold weights
+
+
+def test_finished_layers_are_kept_where_the_original_keeps_them(tiny):
+    """On a GPU only the layer at work is on the device when the model lives elsewhere: a finished
+    layer goes back where its original layer is (the CPU for one accelerate offloaded), not to
+    the device of the embeddings. ``meta`` stands in for the GPU here, so the check runs anywhere."""
+    from engine.workspace import Workspace
+
+    model, tok = tiny("llama")
+    lm = LoadedModel(model, tok, "tiny", adapter_for(model))
+    layers = lm.adapter.layers(model)
+    model.get_input_embeddings().to("meta")  # "the embeddings are on the GPU"
+    layers[2].to("meta")  # offloaded: its weights sit behind accelerate's hooks, the module holds meta
+    work = Workspace(lm)
+    assert [work.home(i) for i in range(3)] == [torch.device("cpu")] * 3
+    for i in (0, 2):
+        work.close(i, copy.deepcopy(layers[0]))
+    assert all(p.device.type == "cpu" for p in lm.adapter.layers(work.model).parameters())
 
 
 def test_freed_heap_is_trimmed_only_beyond_the_pool_a_layer_reuses():
