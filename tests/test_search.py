@@ -61,6 +61,19 @@ def test_budget_never_broken(seed):
         assert child is None or space.feasible(child)
 
 
+def test_uniform_start_with_uneven_steps_still_moves():
+    """Rounded widths make level steps differ (here 0->1 and 1->2 remove more than 2->3): a bare switch
+    from the uniform plan always overruns the budget, so children are repaired, not all refused."""
+    costs = [[100, 84, 69, 57]] * 6
+    space = level_space(costs, sum(c[2] for c in costs))
+    rng = random.Random(0)
+    table = [[0, 1, 50, 100]] + [[0, 1, 2, 3]] * 5  # layer 0 is sensitive: it should go a level down
+    result = evolve(space, table_scorer(table), SearchSettings(generations=10, offspring=8, seed=1))
+    assert result.stopped_by == "generations" and result.levels[0] < 2 and result.fitness < 60
+    assert all(space.feasible(g.levels) for g in result.history)
+    assert mutate((2,) * 6, space, rng, 1) is not None
+
+
 @pytest.mark.parametrize("seed", range(5))
 def test_finds_the_optimum_of_a_table(seed):
     rng = random.Random(100 + seed)

@@ -4,7 +4,8 @@ A candidate gives every layer a level index (0 = least compressed). Each layer's
 level (its parameters kept) is known, and the total cost may not exceed the budget. One
 generation mutates the parent into ``offspring`` children by *level switches*: one layer goes
 a level up (more compression), another a level down, so equal-cost steps keep the total
-exactly; unequal steps are accepted only within ``[budget - slack, budget]``. Children then go
+exactly; where steps differ in cost (rounded widths), a child over budget gets random layers a
+level up until it fits, so every child lies within ``[budget - slack, budget]``. Children then go
 through multi-stage selection: every stage scores the survivors of the last one on a larger
 token sample (cheap samples weed out the bad, the expensive one picks the best); the parent
 joins the last stage, so the best never gets worse on that stage's sample (elitism).
@@ -122,7 +123,8 @@ class SearchResult:
 
 
 def mutate(parent: Levels, space: LevelSpace, rng: random.Random, max_switches: int) -> Optional[Levels]:
-    """A child by 1..max_switches level switches (fewer more likely), or None if it broke the budget."""
+    """A child by 1..max_switches level switches (fewer more likely); where steps differ in cost and the
+    switches overran the budget, random layers then go a level up until it fits. None if none does."""
     child = list(parent)
     switches = min(rng.randint(1, max_switches), rng.randint(1, max_switches))
     for _ in range(switches):
@@ -136,6 +138,11 @@ def mutate(parent: Levels, space: LevelSpace, rng: random.Random, max_switches: 
             return None
         child[up] += 1
         child[down] -= 1
+    while space.total(tuple(child)) > space.budget + 1e-9:  # repair: at most one step's cost under budget
+        ups = [i for i in range(space.num_layers) if child[i] < space.top(i)]
+        if not ups:
+            return None
+        child[rng.choice(ups)] += 1
     levels = tuple(child)
     return levels if space.feasible(levels) else None
 
