@@ -39,7 +39,7 @@ from .models.loaded import LoadedModel
 from .models.streaming import SafetensorsLayers, layers_prefix, tensor_names, write_layer
 from .stats import LayerHooks, LayerInputs, capture_layer_inputs
 from .transforms.compensation import (CompensatedPass, CompensationRequest, CompensationStructure,
-                                      CompensationUnsupported, planned_ranks)
+                                      CompensationUnsupported, DAMP, planned_ranks)
 
 
 def shell_copy(model: nn.Module, adapter: Adapter) -> nn.Module:
@@ -121,7 +121,8 @@ class Workspace:
             raise CompensationUnsupported("it runs more than one pass over the layers")
         spec = self.compensation
         ranks = planned_ranks(self.adapter.layers(self.lm.model), self.adapter, spec)
-        self.compensated = CompensatedPass(hooks, self.adapter, ranks, spec.half_names)
+        damp = None if spec.damping == "gcv" else DAMP
+        self.compensated = CompensatedPass(hooks, self.adapter, ranks, spec.half_names, damp)
         return self.compensated
 
     def compensation_structure(self) -> Optional[CompensationStructure]:

@@ -19,7 +19,7 @@ from engine.models.side_branches import side_branches
 from engine.progress import Reporter
 from engine.recipes import CalibrationSpec, CompensationSpec, Recipe
 from engine.stats import LayerHooks, ModelLayers, capture_layer_inputs, run_sequential
-from engine.transforms.compensation import ErrorStats, fit_low_rank, planned_params, rank_for_share
+from engine.transforms.compensation import DAMP, ErrorStats, fit_low_rank, planned_params, rank_for_share
 
 ARCHS = ("llama", "qwen2", "opt")
 
@@ -105,6 +105,39 @@ def test_the_affine_fit_removes_a_linear_error_with_an_offset_exactly():
     assert affine.remaining < 1e-8 < linear.remaining and linear.bias is None
 
 
+def _held_out_fit_error(damp, n_fit: int, seed: int = 7) -> float:
+    """Error left on fresh rows by a rank-8 fit made from ``n_fit`` rows of a noisy error that is
+    partly a linear function of 30 correlated inputs (few rows: the undamped fit overfits the noise)."""
+    g = torch.Generator().manual_seed(seed)
+    mix, w = torch.randn(30, 30, generator=g), torch.randn(12, 30, generator=g) / 10
+
+    def rows(n):
+        x = torch.randn(n, 30, generator=g) @ mix
+        return x, x @ w.T + 3 * torch.randn(n, 12, generator=g)
+
+    stats = ErrorStats(30, 12, torch.device("cpu"))
+    stats.add(*rows(n_fit))
+    fit = stats.fit(8, damp=damp)
+    x, e = rows(4000)
+    return float((e.double() - (x.double() @ (fit.up @ fit.down).T + fit.bias)).square().mean())
+
+
+def test_damping_chosen_by_cross_validation_holds_up_on_unseen_rows():
+    # few rows: GCV damps the fit of the noise, where the fixed 1% barely does
+    assert _held_out_fit_error(None, 40) < 0.9 * _held_out_fit_error(DAMP, 40)
+    # many rows: a well-posed fit, where GCV does not bias it as heavy damping does
+    assert _held_out_fit_error(None, 4000) < _held_out_fit_error(10.0, 4000)
+    assert _held_out_fit_error(None, 4000) <= 1.01 * _held_out_fit_error(DAMP, 4000)
+
+
+def test_a_recipe_from_before_the_damping_field_replays_with_the_fixed_damping():
+    assert CompensationSpec.from_dict({"rank": 8, "halves": "both"}).damping == "fixed"
+    assert CompensationSpec().damping == "gcv" and "damping" not in CompensationSpec().label()
+    assert CompensationSpec(rank=8, damping="fixed").label() == "EoRA r8 mlp (fixed damping)"
+    with pytest.raises(ConfigError, match="compensation damping"):
+        CompensationSpec(rank=8, damping="auto").check()
+
+
 def test_damping_only_shrinks_and_a_rank_beyond_the_data_is_capped():
     x = _data(200, 10)
     x[:, 7:] = 0.0  # three directions the data never moved
@@ -141,7 +174,7 @@ def test_a_compensated_model_saves_and_reloads_with_identical_logits(tiny, tmp_p
     save_compressed(result, tmp_path / "out")
     meta = json.loads((tmp_path / "out" / "slimlab.json").read_text())
     assert meta["format_version"] == 2 and meta["compensation"]["ranks"] == result.compensation.ranks
-    assert meta["recipe"]["compensation"] == {"rank": 8, "halves": "both"}
+    assert meta["recipe"]["compensation"] == {"rank": 8, "halves": "both", "damping": "gcv"}
     reloaded = load_compressed(tmp_path / "out", device="cpu")
     ids = _tokens(lm.model.config.vocab_size, 2, seed=3)
     torch.testing.assert_close(_logits(reloaded.model, ids), _logits(result.model, ids), rtol=0, atol=0)

@@ -350,3 +350,20 @@ def test_demo_model_fasp_beats_wanda_sp_at_equal_size(demo_lm, data_dir):
         del result
     assert params["fasp"] == params["wanda-sp"] < 134_515_008
     assert ppl["fasp"] < ppl["wanda-sp"], ppl
+
+
+def test_cross_validation_cannot_choose_the_leverage_ridge():
+    """Why ridge-leverage keeps its fixed ridge: a layer's output is an exact linear function of all its
+    input channels, so GCV's residual vanishes as the ridge does and it always picks the smallest one,
+    where every channel's leverage is 1 and the score ranks nothing."""
+    from engine.transforms.importance import ridge_leverage
+    from engine.transforms.ridge import GRID, gcv_damping
+
+    g = torch.Generator().manual_seed(9)
+    x = torch.randn(500, 16, generator=g, dtype=torch.float64) @ torch.randn(16, 16, generator=g, dtype=torch.float64)
+    w = torch.randn(8, 16, generator=g, dtype=torch.float64)
+    h = x.T @ x
+    assert gcv_damping(h, w @ h, float((x @ w.T).square().sum()), 500) == float(GRID[0])
+    stats = InputStats.of([x.float()], gram=True)
+    tiny, fixed = ridge_leverage(w.float(), stats, float(GRID[0])), ridge_leverage(w.float(), stats)
+    assert float(tiny.min()) > 0.95 and float(fixed.max() - fixed.min()) > 5 * float(tiny.max() - tiny.min())

@@ -567,7 +567,7 @@ def test_the_compensation_controls_set_a_budget_in_parameters(session):
     view = hc.run(session, "fasp", {}, 0.3, "uniform", None, *CALIB, [], compensation=spec)
     added = compensation_plan(session.lm, spec)[1]
     assert added > 0 and session.result.accounting.params_total == plain_total + added
-    assert session.run.recipe["compensation"] == {"rank": 0, "halves": "both", "share": 0.05}
+    assert session.run.recipe["compensation"] == {"rank": 0, "halves": "both", "share": 0.05, "damping": "gcv"}
     assert view.card != plain.card and hc.recipe_controls(session.result.recipe).compensation == [0.05, "both"]
 
 

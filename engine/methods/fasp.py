@@ -28,6 +28,7 @@ from ..models.adapters import Adapter
 from ..params import Param
 from ..progress import Reporter
 from ..stats import HalfOutcome, HalfStep, LayerHooks
+from ..recipes import DAMPINGS, DEFAULT_DAMPING
 from ..transforms.importance import SCORES, Importance
 from ..transforms.prune import keep_top, keep_top_per_group, prune_pair, restore_columns
 from ..transforms.value_heads import narrow_values, output_columns
@@ -124,8 +125,9 @@ class PairPruning(Method):
             Param("round_to", "int", 8, "round MLP widths to a multiple of this", minimum=1, maximum=256),
             Param("score", "choice", score, "channel importance: " + "; ".join(
                 f"{s.name}: {s.help}" for s in SCORES.values()), choices=tuple(SCORES)),
-        ) + ((Param("damping", "choice", "fixed", "how the least-squares damping is set: chosen per layer from the "
-                    "data by generalized cross-validation (gcv), or the fixed fraction 'damp'", choices=("gcv", "fixed")),
+        ) + ((Param("damping", "choice", DEFAULT_DAMPING, "how the least-squares damping is set: chosen per layer "
+                    "from the data by generalized cross-validation (gcv), or the fixed fraction 'damp'",
+                    choices=DAMPINGS),
               Param("damp", "float", 0.01, "fixed least-squares damping, as a fraction of the mean kept-channel energy",
                     minimum=0.0, maximum=10.0)) if restore else ())
 

@@ -31,6 +31,7 @@ from ..models.adapters import Adapter, normalize
 from ..params import Param
 from ..progress import Reporter
 from ..stats import HalfOutcome, HalfStep, InputStats, LayerHooks
+from ..recipes import DAMPINGS, DEFAULT_DAMPING
 from ..transforms.importance import ridge_leverage
 from ..transforms.prune import keep_top, prune_pair, restore_columns
 from ..transforms.attention_heads import narrow_heads
@@ -144,8 +145,8 @@ class ModeGPT(Method):
               maximum=10.0),
         Param("ridge_vo", "float", 1e-4, "ridge on the attention-input Gram for the V/O whitening", minimum=0.0,
               maximum=10.0),
-        Param("damping", "choice", "fixed", "down-projection refit damping: ridge_mlp (fixed) or chosen per layer "
-              "by generalized cross-validation (gcv)", choices=("fixed", "gcv")),
+        Param("damping", "choice", DEFAULT_DAMPING, "down-projection refit damping: chosen per layer by "
+              "generalized cross-validation (gcv), or ridge_mlp (fixed)", choices=DAMPINGS),
         Param("round_to", "int", 8, "round MLP widths to a multiple of this", minimum=1, maximum=256),
     )
     structure_type = ModeGPTStructure

@@ -34,10 +34,12 @@ from ..models.adapters import Adapter, normalize
 from ..models.side_branches import LowRankBranch, attach_branch, side_branches
 from ..stats import HALVES, Gram, HalfOutcome, HalfStep, LayerHooks
 from .pca import single_thread
+from .ridge import gcv_damping
 
 # ridge μ as a fraction of the mean eigenvalue of G: directions the calibration data barely moved
 # get little weight instead of Λ^-½ amplifying their noise. Relative to the mean, not the largest:
 # LLM activations have a few massive channels whose eigenvalue is orders of magnitude above the rest.
+# The fixed fraction (damping "fixed"); by default (``recipes.DEFAULT_DAMPING``) μ is chosen per half by GCV.
 DAMP = 0.01
 # fit the error's mean too, with d_out more parameters: dropped channels of an asymmetric activation
 # (SiLU, ReLU) leave a constant offset that no linear map of the normed input can make (FLAP's bias
@@ -52,6 +54,7 @@ class CompensationRequest(Protocol):
 
     rank: int
     share: float
+    damping: str
 
     @property
     def enabled(self) -> bool: ...
@@ -127,25 +130,29 @@ class ErrorStats:
         self.sum_in += x.sum(0).double()
         self.sum_out += e.sum(0).double()
 
-    def fit(self, rank: int, damp: float = DAMP, bias: bool = BIAS) -> Optional[LowRankFit]:
+    def fit(self, rank: int, damp: Optional[float] = DAMP, bias: bool = BIAS) -> Optional[LowRankFit]:
         """None when there is nothing to correct (the half was left as it was).
 
         With ``bias`` the fit is affine, ``E ≈ (X − x̄) Mᵀ + ē``: the low-rank part is fitted to the
         centred statistics (``G − n x̄x̄ᵀ``, ``C − n x̄ēᵀ``) and ``b = ē − M x̄``, the intercept
-        undamped."""
+        undamped. ``damp`` None: μ is the one generalized cross-validation scores best for the full-rank
+        ridge fit of the same statistics (``ridge.gcv_damping``), which the rank constraint then truncates."""
         energy = float(self.energy)
         if energy == 0.0:
             return None
+        gram, cross, target, n = self.gram.h, self.cross, energy, self.gram.count
+        if bias:
+            mx, me = self.sum_in / n, self.sum_out / n
+            gram, cross = gram - n * torch.outer(mx, mx), cross - n * torch.outer(mx, me)
+            target = energy - n * float(me @ me)
+        if damp is None:
+            with single_thread(gram.device):
+                damp = gcv_damping(gram, cross.T, target, n)
+        fit = fit_low_rank(gram, cross, rank, damp, target)
         if not bias:
-            fit = fit_low_rank(self.gram.h, self.cross, rank, damp, energy)
             return fit if fit.down.shape[0] else None
-        n = self.gram.count
-        mx, me = self.sum_in / n, self.sum_out / n
-        centred = energy - n * float(me @ me)
-        fit = fit_low_rank(self.gram.h - n * torch.outer(mx, mx), self.cross - n * torch.outer(mx, me), rank, damp,
-                           centred)
         fit.bias = me - fit.up @ (fit.down @ mx)
-        fit.remaining = fit.remaining * centred / energy
+        fit.remaining = fit.remaining * target / energy
         return fit
 
 
@@ -164,7 +171,7 @@ class CompensatedPass(LayerHooks):
     the layer before the original output is known); otherwise ``CompensationUnsupported``."""
 
     def __init__(self, inner: LayerHooks, adapter: Adapter, ranks: Sequence[int], halves: tuple[str, ...],
-                 damp: float = DAMP, bias: bool = BIAS):
+                 damp: Optional[float] = DAMP, bias: bool = BIAS):
         if type(inner).begin_half is not LayerHooks.begin_half:
             raise CompensationUnsupported("its pass changes each layer before the half runs, so the half's "
                                           "original output is never seen")
