@@ -293,3 +293,14 @@ def test_shrunk_heads_equal_the_scattered_graph_and_shrink_the_kv_cache(tiny, ar
         keys, values = cache.layers[i].keys, cache.layers[i].values
         assert keys.shape[-1] == (2 * len(pairs[0]) if pairs is not None else head_dim) < head_dim
         assert values.shape[-1] == rank < head_dim
+
+
+def test_gguf_layout_refuses_narrowed_query_key_heads(tiny):
+    from engine.export import NotExpressible
+    from engine.export.llama_layout import layout
+
+    lm = _lm(tiny, "llama")
+    result = compress(lm, "modegpt", 0.3, calibration=_calibration(lm))
+    compressed = LoadedModel(model=result.model, tokenizer=lm.tokenizer, spec="tiny", adapter=lm.adapter)
+    with pytest.raises(NotExpressible, match="query/key heads narrower"):
+        layout(compressed)

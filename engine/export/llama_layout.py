@@ -34,6 +34,7 @@ from torch import nn
 from ..methods.slicegpt import MixedNorm
 from ..models.adapters import Adapter
 from ..models.loaded import LoadedModel
+from ..models.shrunk_attention import ShrunkAttention
 from ..transforms.fusion import RMSN, norm_eps
 from ..transforms.value_heads import GatherLinear, ScatterLinear
 from .base import NotExpressible
@@ -132,6 +133,9 @@ def layout(lm: LoadedModel) -> Layout:
                  head=head, blocks=[], folded_mix=isinstance(adapter.final_norm(model), MixedNorm))
     for i, layer in enumerate(adapter.layers(model)):
         _check_layer(layer, i)
+        query = adapter.parts_of(layer).query
+        if isinstance(adapter.attention(layer), ShrunkAttention) or isinstance(query, ScatterLinear):
+            raise not_expressible(f"layer {i}'s query/key heads narrower than the head dim (MoDeGPT)")
         out.blocks.append(_block(adapter, layer, i, head_dim, out))
     return out
 
