@@ -180,12 +180,50 @@ def test_plan_preview_edit_and_validation(session):
     edited = hc.edit_plan(session, [[0, 0.1, None], [1, "0.2", None], [2, 0.6, None]])
     assert session.plan.schedule == "manual" and session.plan.ratios == [0.1, 0.2, 0.6]
     assert "mean ratio 0.300" in edited.note
+    assert edited.mean == pytest.approx(0.3) and edited.notices == []
     with pytest.raises(ConfigError, match="3 layers"):
         hc.edit_plan(session, [[0, 0.1, None]])
-    with pytest.raises(ConfigError, match=r"\[0, 1\)"):
-        hc.edit_plan(session, [[0, 0.1, None], [1, 1.5, None], [2, 0.1, None]])
-    with pytest.raises(ConfigError, match="number"):
-        hc.edit_plan(session, [[0, "abc", None], [1, 0.1, None], [2, 0.1, None]])
+
+
+def test_a_manual_plan_is_checked_cell_by_cell_and_keeps_the_edits(session):
+    clamped = hc.edit_plan(session, [[0, 0.95, None], [1, -0.2, None], [2, 0.3, None]])
+    assert clamped.notices == ["Layer 0: 0.95 is above the maximum 0.9; set to 0.9.",
+                               "Layer 1: -0.2 is below the minimum 0; set to 0."]
+    assert [row[1] for row in clamped.rows] == [0.9, 0.0, 0.3] and session.plan.ratios == [0.9, 0.0, 0.3]
+    assert clamped.mean == pytest.approx(0.4)  # what the Target ratio shows after the edit
+    kept = session.plan
+    with pytest.raises(ConfigError) as refused:  # blank and non-numeric cells: one problem each, named
+        hc.edit_plan(session, [[0, "", None], [1, "abc", None], [2, 0.3, None]])
+    assert str(refused.value) == ("Layer 0: the ratio is blank; type a number from 0 to 0.9. "
+                                  "Layer 1: 'abc' is not a number; type a ratio from 0 to 0.9.")
+    assert session.plan is kept  # the previous plan stays; the table keeps what was typed (nothing returned)
+    with pytest.raises(ConfigError, match="Layer 2: 'x' is not a number"):
+        hc.run(session, "slicegpt", {}, 0.25, "manual", None, *CALIB, [[0, 0.1, None], [1, 0.1, None], [2, "x", None]])
+    assert session.result is None
+
+
+def test_stop_and_failures_are_toasts_that_keep_the_outputs(monkeypatch):
+    import gradio as gr
+
+    from engine import Cancelled
+    from ui.wiring import guarded, guarded_stream
+
+    warned = []
+    monkeypatch.setattr(gr, "Warning", lambda message, *a, **k: warned.append(message))
+
+    def stopped(session, progress=None):
+        raise Cancelled("Cancelled by the user; the original model is unchanged.")
+
+    assert guarded(stopped)(None, lambda *a, **k: None) == gr.skip()  # every output keeps its value
+    assert warned == ["Cancelled by the user; the original model is unchanged."]
+
+    def chat(session):
+        yield "first words"
+        raise Cancelled("stopped")
+
+    assert list(guarded_stream(chat)(None)) == ["first words", gr.skip()]
+    with pytest.raises(gr.Error):  # a failure is an error toast; gradio then updates no output
+        guarded(lambda session: hm.load(session, "/no/such/model"))(Session())
 
 
 def test_compress_reports_plainly_when_the_model_grows(session):
@@ -336,7 +374,34 @@ def test_chat_both_models_side_by_side(compressed):
     assert compressed.chats["compressed"][-1]["content"] == last.compressed[-1]["content"]
     with pytest.raises(ConfigError, match="prompt"):
         list(hch.chat(compressed, "  ", 4, 0.0, 0.9, 50, 1.0, 0))
-    assert hch.clear(compressed).original == []
+    cleared = hch.clear(compressed)
+    assert cleared.original == [] and cleared.compressed_stats == ""  # a run is loaded: no "no compressed model"
+    assert cleared.compressed_label.startswith("Compressed: run 1 · slicegpt") and "run 1" in cleared.compressed_placeholder
+
+
+def test_chat_and_evaluate_pick_any_kept_run_newest_first(session, monkeypatch):
+    from ui import state
+    from ui.handlers.common import run_choices
+
+    monkeypatch.setattr(state, "KEEP_MODELS", 2)
+    for ratio in (0.25, 0.5, 0.375):
+        hc.run(session, "slicegpt", {"variant": "shared"}, ratio, "uniform", None, *CALIB, [])
+    runs = run_choices(session)
+    assert [run_id for _, run_id in runs.choices] == [3, 2] and runs.value == 3  # run 1 released its model
+    assert runs.choices[1][0] == f"run 2 · {session.history[1].label} · {text.m(session.history[1].summary['params_total'])}"
+    assert session.history[0].result is None and session.history[0].summary  # its figures stay
+    view = hch.pick_run(session, 2)
+    assert view.compressed_label == f"Compressed: {session.history[1].title()}" and session.chat_run == 2
+    last = list(hch.chat(session, "hello", 3, 0.0, 0.9, 50, 1.0, 0))[-1]
+    assert last.compressed_label.startswith("Compressed: run 2 ·")
+    assert last.compressed[-1]["content"] == session.chats["compressed"][-1]["content"]
+    with pytest.raises(NotReady, match="Run 1 is no longer kept"):
+        hch.pick_run(session, 1)
+    he.run_perplexity(session, ["compressed"], "wikitext2", 64, 1, 2)  # measures run 2, not the newest
+    assert "perplexity" in session.history[1].evals and "perplexity" not in session.history[2].evals
+    assert he.view(session, 2).table[0][2] != "–" and he.view(session, 3).table == []  # run 3: nothing measured
+    with pytest.raises(NotReady, match="Run 1 is no longer kept"):
+        he.run_speed(session, ["compressed"], 8, 2, 1)
 
 
 def test_stop_ends_the_chat_and_keeps_what_was_said(session):

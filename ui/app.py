@@ -12,14 +12,12 @@ from types import SimpleNamespace
 import gradio as gr
 
 from . import figures, presets
-from .handlers import chat as chat_handlers
 from .handlers import compress as compress_handlers
-from .handlers import evaluate as evaluate_handlers
 from .handlers import export as export_handlers
 from .handlers import model as model_handlers
 from .state import MODELS, Session
 from .tabs import analyze, chat, compress, evaluate, export, learn, model
-from .wiring import HEAVY, LIGHT, guarded
+from .wiring import LIGHT, guarded, heavy
 
 TABS = (("Model", model), ("Analyze", analyze), ("Compress", compress), ("Evaluate", evaluate), ("Chat", chat),
         ("Export", export), ("Learn", learn))
@@ -64,8 +62,7 @@ def _after_model(session: Session) -> list:
 
 def _after_run(session: Session) -> list:
     """Other tabs after a compression run: history, the compressed chat panel, the export folder."""
-    return (evaluate.adapt(evaluate_handlers.view(session)) + chat.adapt(chat_handlers.current(session))
-            + [export_handlers.default_folder(session)])
+    return evaluate.refreshed(session) + chat.refreshed(session) + [export_handlers.default_folder(session)]
 
 
 def build_app(preload_demo: bool = True) -> gr.Blocks:
@@ -91,9 +88,9 @@ def build_app(preload_demo: bool = True) -> gr.Blocks:
         export.wire(ui)
 
         c = ui.compress
-        after_model_outputs = ([c.card, c.recovery_plot, ui.analyze.source] + evaluate.outputs(ui) + chat.outputs(ui)
-                               + [ui.export.folder])
-        after_run_outputs = evaluate.outputs(ui) + chat.outputs(ui) + [ui.export.folder]
+        after_run_outputs = (evaluate.outputs(ui) + [ui.evaluate.run] + chat.outputs(ui) + [ui.chat.run]
+                             + [ui.export.folder])
+        after_model_outputs = [c.card, c.recovery_plot, ui.analyze.source] + after_run_outputs
         loaded.success(guarded(_after_model), [session], after_model_outputs, api_visibility="private", **LIGHT)
         compress.start(ui, loaded)
         ran.success(guarded(_after_run), [session], after_run_outputs, api_visibility="private", **LIGHT)
@@ -101,7 +98,7 @@ def build_app(preload_demo: bool = True) -> gr.Blocks:
         measured.success(guarded(compress_handlers.card), [session], [c.card], api_visibility="private", **LIGHT)
         # The demo model is ready without any choice from the user.
         first = app.load(guarded(model_handlers.load, model.adapt), [session, ui.model.spec],
-                         model.load_outputs(ui), api_visibility="private", **HEAVY)
+                         model.load_outputs(ui), api_visibility="private", **heavy(ui.model.job))
         first.success(guarded(_after_model), [session], after_model_outputs, api_visibility="private", **LIGHT)
         compress.start(ui, first)
         first.failure(lambda: LOAD_FAILED, None, [status], api_visibility="private", **LIGHT)

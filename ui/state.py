@@ -51,6 +51,9 @@ class ModelCache:
 
 
 MODELS = ModelCache(capacity=int(os.environ.get("SLIMLAB_MODEL_CACHE", "2")))
+# compressed models a session keeps for Chat and Evaluate (the newest); older runs keep their recipe and
+# measurements but release their model (a demo-sized model is 0.5 GB in float32)
+KEEP_MODELS = int(os.environ.get("SLIMLAB_KEEP_RUNS", "3"))
 
 
 @dataclass
@@ -63,6 +66,13 @@ class RunRecord:
     recipe: dict
     evals: dict = field(default_factory=dict)  # "perplexity" | "zeroshot" | "speed" -> results
     preset: Optional[Preset] = None  # the preset this run replayed unchanged (its measured quality applies)
+    result: Optional[CompressionResult] = None  # the model, while the session keeps it (KEEP_MODELS)
+
+    def title(self) -> str:
+        """How pickers and panels name the run, e.g. ``run 3 · slicegpt 25% uniform (variant=shared) · 101.02 M``."""
+        from .text import m
+
+        return f"run {self.run_id} · {self.label} · {m(self.summary['params_total'])}"
 
 
 @dataclass
@@ -80,6 +90,7 @@ class Session:
     plan_key: Optional[tuple] = None  # settings the plan was built with (reused by Run when unchanged)
     scores: dict = field(default_factory=dict)  # calibration key -> block influence per layer
     chats: dict = field(default_factory=lambda: {"original": [], "compressed": []})
+    chat_run: Optional[int] = None  # the run the compressed chat panel talks to (its conversation is chats["compressed"])
     saved: Optional[Path] = None
     cancel: Optional[CancelToken] = None
     preset: Optional[Preset] = None  # the preset (or recipe file) that last filled the Compress controls
@@ -91,12 +102,26 @@ class Session:
         self.lm = lm
 
     def set_result(self, result: CompressionResult, label: str) -> RunRecord:
+        """A new run: the latest result (Export saves it), and the run Chat talks to; only the newest
+        ``KEEP_MODELS`` runs keep their models."""
         record = RunRecord(len(self.history) + 1, label, _light_summary(result.summary()),
-                           result.recipe.to_dict())
+                           result.recipe.to_dict(), result=result)
         self.result, self.run, self.saved = result, record, None
         self.history.append(record)
-        self.chats["compressed"] = []
+        for old in self.history[:-KEEP_MODELS] if KEEP_MODELS > 0 else self.history[:-1]:
+            old.result = None
+        self.chat_run, self.chats["compressed"] = record.run_id, []
         return record
+
+    def runs_with_models(self) -> list[RunRecord]:
+        """The runs Chat and Evaluate can pick, newest first."""
+        return [r for r in reversed(self.history) if r.result is not None]
+
+    def find_run(self, run_id: Optional[int]) -> Optional[RunRecord]:
+        """The run ``run_id`` (None: the newest), or None when there is none."""
+        if run_id is None:
+            return self.history[-1] if self.history else None
+        return next((r for r in self.history if r.run_id == int(run_id)), None)
 
     def new_job(self) -> CancelToken:
         """A fresh cancel token for the job about to start (the Stop button sets it)."""

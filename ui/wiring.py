@@ -1,7 +1,9 @@
 """Glue between plain handlers and gradio: progress bars, friendly errors, the shared queue.
 
 Handlers take ``progress`` as an engine callback and raise engine errors; here those become a
-``gr.Progress`` bar and a ``gr.Error`` toast, so a bad input never breaks the session.
+``gr.Progress`` bar and a toast, so a bad input never breaks the session: a failure is a ``gr.Error``
+toast, a Stop a ``gr.Warning`` one, and neither replaces what the outputs showed (a failed event
+updates nothing; a stopped one skips its outputs).
 """
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ from typing import Callable
 
 import gradio as gr
 
-from engine import ProgressEvent, SlimLabError
+from engine import Cancelled, ProgressEvent, SlimLabError
 
 log = logging.getLogger("slimlab.ui")
 
@@ -20,6 +22,12 @@ log = logging.getLogger("slimlab.ui")
 # on a CPU box two jobs at once only make both slower and double the memory.
 HEAVY = dict(concurrency_id="heavy", concurrency_limit=int(os.environ.get("SLIMLAB_UI_CONCURRENCY", "1")))
 LIGHT = dict(concurrency_limit=None, show_progress="hidden")
+
+
+def heavy(job: "gr.components.Component") -> dict:
+    """A heavy event's options: the shared queue, and one progress bar, on the tab's ``job`` line, instead of
+    one over every output (so a failure marks that line, never the plots and tables it leaves as they were)."""
+    return HEAVY | {"show_progress_on": [job]}
 
 
 def progress_callback(bar: "gr.Progress") -> Callable[[ProgressEvent], None]:
@@ -58,6 +66,8 @@ def guarded(fn: Callable, adapt: Callable = lambda out: out) -> Callable:
             args[-1] = progress_callback(args[-1])
         try:
             return adapt(fn(*args))
+        except Cancelled as exc:
+            return stopped(exc)
         except gr.Error:
             raise
         except Exception as exc:  # noqa: BLE001 - every failure becomes a message, not a dead session
@@ -76,6 +86,8 @@ def guarded_stream(fn: Callable, adapt: Callable = lambda out: out) -> Callable:
         try:
             for out in fn(*args):
                 yield adapt(out)
+        except Cancelled as exc:
+            yield stopped(exc)
         except gr.Error:
             raise
         except Exception as exc:  # noqa: BLE001
@@ -86,7 +98,13 @@ def guarded_stream(fn: Callable, adapt: Callable = lambda out: out) -> Callable:
     return call
 
 
+def stopped(exc: Cancelled):
+    """A job the user stopped: a warning toast (not an error), and every output keeps what it showed."""
+    gr.Warning(str(exc) or "Stopped.")
+    return gr.skip()
+
+
 def stop(session) -> None:
     """The Stop buttons: cancel this session's running job between two engine steps."""
     if session.stop():
-        gr.Info("Stopping after the current step; the original model stays unchanged.")
+        gr.Info("Stopping after the current step …")

@@ -1,4 +1,6 @@
-"""Chat tab: one prompt, both models answering side by side with the same sampling and seed."""
+"""Chat tab: one prompt, the original and a compressed run of the session answering side by side with
+the same sampling and seed. The compressed panel talks to the run picked in its dropdown (the newest by
+default) and names it."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -7,8 +9,8 @@ from typing import Iterator, Optional
 from engine import ConfigError, Generation, SamplingSettings
 from engine import chat as engine_chat
 
-from ..state import Session
-from .common import need_model
+from ..state import RunRecord, Session
+from .common import NotReady, need_model
 
 NO_COMPRESSED = "No compressed model yet: run one in the Compress tab to compare."
 
@@ -19,6 +21,8 @@ class ChatView:
     compressed: list[dict]
     original_stats: str
     compressed_stats: str
+    compressed_label: str  # the panel's title: which run answers
+    compressed_placeholder: str
 
 
 def stats(g: Optional[Generation]) -> str:
@@ -40,6 +44,22 @@ def settings(max_new_tokens, temperature, top_p, top_k, repetition_penalty, seed
         raise ConfigError("Sampling settings must be numbers.") from None
 
 
+def chat_run(session: Session) -> Optional[RunRecord]:
+    """The run the compressed panel talks to, if its model is still kept."""
+    run = session.find_run(session.chat_run) if session.chat_run is not None else None
+    return run if run is not None and run.result is not None else None
+
+
+def pick_run(session: Session, run_id: Optional[int]) -> ChatView:
+    """Talk to another run: its panel starts a new conversation (the original's goes on)."""
+    if run_id is not None and run_id != session.chat_run:
+        run = session.find_run(run_id)
+        if run is None or run.result is None:
+            raise NotReady(f"Run {run_id} is no longer kept in memory (only the newest runs are); pick another.")
+        session.chat_run, session.chats["compressed"] = run.run_id, []
+    return current(session)
+
+
 def chat(session: Session, prompt: str, max_new_tokens, temperature, top_p, top_k, repetition_penalty,
          seed) -> Iterator[ChatView]:
     """Stream both answers; the conversation keeps whatever was generated, even when stopped."""
@@ -48,8 +68,9 @@ def chat(session: Session, prompt: str, max_new_tokens, temperature, top_p, top_
     if not prompt:
         raise ConfigError("Type a prompt first.")
     sampling = settings(max_new_tokens, temperature, top_p, top_k, repetition_penalty, seed)
-    names = ["original"] + (["compressed"] if session.result is not None else [])
-    subjects = [lm] + ([session.result] if session.result is not None else [])
+    run = chat_run(session)
+    names = ["original"] + (["compressed"] if run is not None else [])
+    subjects = [lm] + ([run.result] if run is not None else [])
     for name in names:
         session.chats[name].append({"role": "user", "content": prompt})
     conversations = [list(session.chats[name]) for name in names]
@@ -62,18 +83,26 @@ def chat(session: Session, prompt: str, max_new_tokens, temperature, top_p, top_
             session.chats[name].append({"role": "assistant", "content": g.text})
 
 
+def _panel(session: Session) -> tuple[str, str]:
+    """The compressed panel's title and its placeholder: the run it answers with, or that there is none."""
+    run = chat_run(session)
+    if run is None:
+        return "Compressed", NO_COMPRESSED
+    return f"Compressed: {run.title()}", f"{run.title()} answers here."
+
+
 def _view(session: Session, names: list[str], answers: list[Generation]) -> ChatView:
     by_name = dict(zip(names, answers))
     convo = {n: session.chats[n] + ([{"role": "assistant", "content": by_name[n].text}] if n in by_name else [])
              for n in ("original", "compressed")}
     return ChatView(convo["original"], convo["compressed"], stats(by_name["original"]),
-                    stats(by_name.get("compressed")))
+                    stats(by_name.get("compressed")), *_panel(session))
 
 
 def current(session: Session) -> ChatView:
-    """The conversations as the session holds them (after a new model or a new run)."""
+    """The conversations as the session holds them (after a new model, a new run, a picked run)."""
     return ChatView(list(session.chats["original"]), list(session.chats["compressed"]), "",
-                    "" if session.result is not None else NO_COMPRESSED)
+                    "" if chat_run(session) is not None else NO_COMPRESSED, *_panel(session))
 
 
 def clear(session: Session) -> ChatView:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from typing import Callable, Optional
 
 from engine import CompressionResult, LoadedModel, ProgressEvent, Reporter, SlimLabError
@@ -48,3 +49,19 @@ def status_line(session: Session) -> str:
     s = session.run.summary
     grew = " (bigger than the original!)" if s["bigger_than_original"] else ""
     return f"{base} · **compressed:** run {session.run.run_id}, {session.run.label}, {m(s['params_total'])}{grew}"
+
+
+@dataclass
+class RunChoices:
+    """A run picker (Chat, Evaluate): (title, run id) newest first, and the one selected."""
+
+    choices: list[tuple[str, int]]
+    value: Optional[int]
+
+
+def run_choices(session: Session, selected: Optional[int] = None) -> RunChoices:
+    """The session's runs that still have their model, newest first; ``selected`` if it is one, else the newest."""
+    runs = session.runs_with_models()
+    ids = [r.run_id for r in runs]
+    value = selected if selected in ids else (ids[0] if ids else None)
+    return RunChoices([(r.title(), r.run_id) for r in runs], value)

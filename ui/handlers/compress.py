@@ -6,7 +6,7 @@ manual one, whose plan the UI takes from its editable table instead of a file.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Optional, Sequence, Union
 
 import plotly.graph_objects as go
@@ -32,6 +32,7 @@ NO_RESULT = "No compressed model yet. Choose a method and a ratio, then press **
 RECOVERY_CHOICES = [("none", "none"), ("LoRA (merged at the end: same size)", "lora"), ("full fine-tuning", "full")]
 RECOVERY_FIELDS = ("kind", "steps", "minutes", "lr", "rank", "groups", "source", "nsamples", "seqlen")  # controls
 SAME_TEXT = "same as calibration"  # the recovery text control's value for source=None
+MAX_RATIO = 0.9  # the most a layer (and the Target ratio slider) may remove in the UI
 
 Keys = Sequence[tuple[str, str]]  # (owner, param) for each control, owners being methods or schedules
 
@@ -141,6 +142,8 @@ class PlanView:
     rows: list[list]
     figure: go.Figure
     note: str
+    mean: float  # the plan's mean ratio: the Target ratio the plan achieves
+    notices: list[str] = field(default_factory=list)  # what an edit changed (a clamped cell), one per problem
 
 
 def plan_view(plan: Plan, applied: Optional[dict[str, list]] = None) -> PlanView:
@@ -151,7 +154,7 @@ def plan_view(plan: Plan, applied: Optional[dict[str, list]] = None) -> PlanView
             f"(min {min(plan.ratios):.3f}, max {max(plan.ratios):.3f}).") + _search_note(plan.options)
     # a schedule's scores are named after it ("layer-redundancy" ranks layers by layer redundancy)
     label = plan.schedule.replace("-", " ")
-    return PlanView(rows, figures.plan_chart(plan.ratios, scores, label, applied), note)
+    return PlanView(rows, figures.plan_chart(plan.ratios, scores, label, applied), note, round(mean, 4))
 
 
 def _search_note(options: dict) -> str:
@@ -170,16 +173,41 @@ def table_plan(ratios: Sequence[float]) -> Plan:
     return Plan(TABLE_SCHEDULE, sum(ratios) / len(ratios), ratios, options={"source": "edited in the UI"})
 
 
-def plan_from_rows(rows: Sequence[Sequence], layers: int) -> Plan:
-    """A manual plan from the edited table (column 1 holds each layer's ratio)."""
-    rows = [r for r in (rows or []) if r is not None and len(r) > 1 and str(r[1]).strip() not in ("", "None")]
-    if len(rows) != layers:
-        raise ConfigError(f"The plan table has {len(rows)} ratios but the model has {layers} layers; "
-                          "press 'Preview plan' to refill it.")
+def _cell(row: Sequence, layer: int) -> tuple[Optional[float], Optional[str], bool]:
+    """One row's ratio: (the value, clamped to [0, MAX_RATIO], the problem with the cell or None, whether
+    the cell is refused: blank or not a number)."""
+    raw = row[1] if row is not None and len(row) > 1 else None
+    if raw is None or str(raw).strip() in ("", "None"):
+        return None, f"Layer {layer}: the ratio is blank; type a number from 0 to {MAX_RATIO}.", True
     try:
-        return table_plan([check_ratio(float(r[1]), f"the ratio of layer {i}") for i, r in enumerate(rows)])
-    except ValueError:
-        raise ConfigError("Every ratio in the plan table must be a number in [0, 1).") from None
+        value = float(raw)
+    except (TypeError, ValueError):
+        return None, f"Layer {layer}: {str(raw).strip()!r} is not a number; type a ratio from 0 to {MAX_RATIO}.", True
+    if not 0.0 <= value <= MAX_RATIO:  # NaN fails both
+        clamped = MAX_RATIO if value > MAX_RATIO else 0.0
+        side = "above the maximum" if value > MAX_RATIO else "below the minimum"
+        return clamped, f"Layer {layer}: {value:g} is {side} {clamped:g}; set to {clamped:g}.", False
+    return value, None, False
+
+
+def read_table(rows: Sequence[Sequence], layers: int) -> tuple[Plan, list[str]]:
+    """A manual plan from the edited table (column 1 holds each layer's ratio), and one notice per cell
+    that was clamped into [0, MAX_RATIO]. A blank or non-numeric cell is refused, every one named in
+    the error (the table keeps what was typed)."""
+    rows = list(rows or [])
+    if len(rows) != layers:
+        raise ConfigError(f"The plan table has {len(rows)} rows but the model has {layers} layers; "
+                          "press 'Preview plan' to refill it.")
+    cells = [_cell(row, i) for i, row in enumerate(rows)]
+    refused = [problem for _, problem, bad in cells if bad]
+    if refused:
+        raise ConfigError(" ".join(refused))
+    return table_plan([value for value, _, _ in cells]), [problem for _, problem, _ in cells if problem]
+
+
+def plan_from_rows(rows: Sequence[Sequence], layers: int) -> Plan:
+    """The plan Run uses: the table as ``read_table`` reads it (edits were clamped as they were made)."""
+    return read_table(rows, layers)[0]
 
 
 def _plan_key(schedule: str, ratio, params: dict, calib: CalibrationSpec) -> tuple:
@@ -222,9 +250,10 @@ def initial_plan(session: Session, ratio: float = 0.25) -> PlanView:
 
 
 def edit_plan(session: Session, rows: Sequence[Sequence]) -> PlanView:
-    plan = plan_from_rows(rows, num_layers(need_model(session)))
+    """The edited table as the session's manual plan; cells out of range come back clamped, with a notice."""
+    plan, notices = read_table(rows, num_layers(need_model(session)))
     session.plan, session.plan_key = plan, None
-    return plan_view(plan)
+    return replace(plan_view(plan), notices=notices)
 
 
 @dataclass

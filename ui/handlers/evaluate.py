@@ -14,8 +14,8 @@ from engine import (
 )
 
 from .. import figures, text
-from ..state import Session
-from .common import Progress, data_dir, job, need_model, need_result
+from ..state import RunRecord, Session
+from .common import NotReady, Progress, data_dir, job, need_model, need_result
 
 TARGETS = ["original", "compressed"]
 PPL_DATASETS = ["wikitext2", "wikitext2:test"]
@@ -32,7 +32,15 @@ class EvalView:
     history_rows: list[list]
 
 
-def _targets(session: Session, which: Sequence[str]) -> list[tuple[str, Subject, dict]]:
+def picked_run(session: Session, run_id: Optional[int]) -> Optional[RunRecord]:
+    """The run the Evaluate tab compares with the original: ``run_id``, else the newest still kept."""
+    if run_id is not None:
+        return session.find_run(run_id)
+    runs = session.runs_with_models()
+    return runs[0] if runs else None
+
+
+def _targets(session: Session, which: Sequence[str], run_id: Optional[int]) -> list[tuple[str, Subject, dict]]:
     """(name, the model to measure, where its results go) for each ticked model."""
     which = [w for w in TARGETS if w in (which or [])]
     if not which:
@@ -42,8 +50,12 @@ def _targets(session: Session, which: Sequence[str]) -> list[tuple[str, Subject,
     for name in which:
         if name == "original":
             out.append((name, lm, session.original_evals))
-        else:
-            out.append((name, need_result(session), session.run.evals))
+            continue
+        need_result(session)
+        run = picked_run(session, run_id)
+        if run is None or run.result is None:
+            raise NotReady(f"Run {run_id} is no longer kept in memory (only the newest runs are); pick another.")
+        out.append((name, run.result, run.evals))
     return out
 
 
@@ -58,34 +70,34 @@ def _whole(value, what: str, minimum: int = 1) -> int:
 
 
 def run_perplexity(session: Session, which: Sequence[str], dataset: str, seqlen, windows,
-                   progress: Progress = None) -> EvalView:
+                   run_id: Optional[int] = None, progress: Progress = None) -> EvalView:
     seqlen, windows = _whole(seqlen, "seqlen", 8), _whole(windows, "windows")
     reporter = job(session, progress)
-    for name, subject, store in _targets(session, which):
+    for name, subject, store in _targets(session, which, run_id):
         reporter("perplexity", 0, windows, name)
         store["perplexity"] = evaluate_perplexity(subject, dataset, seqlen, windows, data_dir=data_dir(),
                                                   progress=_named(reporter, name)).to_dict()
-    return view(session)
+    return view(session, run_id)
 
 
 def run_zeroshot(session: Session, which: Sequence[str], tasks: Sequence[str], limit,
-                 progress: Progress = None) -> EvalView:
+                 run_id: Optional[int] = None, progress: Progress = None) -> EvalView:
     limit = _whole(limit, "limit (items per task)")
     reporter = job(session, progress)
-    for name, subject, store in _targets(session, which):
+    for name, subject, store in _targets(session, which, run_id):
         store["zeroshot"] = evaluate_zeroshot(subject, list(tasks or []), limit, data_dir=data_dir(),
                                               progress=_named(reporter, name).callback, cancel=reporter.cancel)
-    return view(session)
+    return view(session, run_id)
 
 
 def run_speed(session: Session, which: Sequence[str], prefill_len, decode_tokens,
-              progress: Progress = None) -> EvalView:
+              run_id: Optional[int] = None, progress: Progress = None) -> EvalView:
     prefill_len, decode_tokens = _whole(prefill_len, "prefill length"), _whole(decode_tokens, "decode tokens")
     reporter = job(session, progress)
-    for name, subject, store in _targets(session, which):
+    for name, subject, store in _targets(session, which, run_id):
         store["speed"] = evaluate_speed(subject, prefill_len, decode_tokens, progress=_named(reporter, name).callback,
                                         cancel=reporter.cancel)
-    return view(session)
+    return view(session, run_id)
 
 
 def _named(reporter: Reporter, name: str) -> Reporter:
@@ -178,9 +190,11 @@ def history_rows(session: Session) -> list[list]:
     return rows
 
 
-def view(session: Session) -> EvalView:
+def view(session: Session, run_id: Optional[int] = None) -> EvalView:
+    """The comparison of the original with the picked run (the newest by default), and the history."""
     original = session.original_evals
-    compressed = session.run.evals if session.run is not None else {}
+    run = picked_run(session, run_id)
+    compressed = run.evals if run is not None else {}
     models = {"original": original, "compressed": compressed}
     ppl_rows = [(n, m["perplexity"]["ppl"]) for n, m in models.items() if m.get("perplexity")]
     protocols = {ppl_protocol(m["perplexity"]) for m in models.values() if m.get("perplexity")}

@@ -6,8 +6,8 @@ from types import SimpleNamespace
 import gradio as gr
 
 from ..handlers import analyze as handlers
-from ..wiring import HEAVY, LIGHT, guarded, stop
-from .common import plot, stop_button
+from ..wiring import LIGHT, guarded, heavy, stop
+from .common import job_line, plot, stop_button
 
 INTRO = ("One calibration pass through the model, layer by layer (read-only): PCA of the residual stream at every "
          "layer and how much each layer changes it. This is the evidence SliceGPT-style methods and the "
@@ -24,6 +24,7 @@ def build() -> SimpleNamespace:
         seed = gr.Number(42, precision=0, label="Seed", scale=1)
         run = gr.Button("Run analysis", variant="primary", scale=1)
         stop_btn = stop_button()
+    job = job_line()
     summary = gr.Markdown("")
     heatmap = plot("Press 'Run analysis' to compute the spectra.", "Spectra heatmap", "spectra_heatmap")
     with gr.Row(equal_height=True):
@@ -37,7 +38,7 @@ def build() -> SimpleNamespace:
             by_type = plot("Load a model to see its parameters.", "Parameters per module type", "params_by_type")
         with gr.Column():
             per_layer = plot("Load a model to see its parameters.", "Parameters per layer", "params_per_layer")
-    return SimpleNamespace(source=source, nsamples=nsamples, seqlen=seqlen, seed=seed, run=run, stop=stop_btn,
+    return SimpleNamespace(job=job, source=source, nsamples=nsamples, seqlen=seqlen, seed=seed, run=run, stop=stop_btn,
                            summary=summary, heatmap=heatmap, points=points, ratio=ratio, lines=lines, scores=scores,
                            by_type=by_type, per_layer=per_layer)
 
@@ -51,7 +52,7 @@ def wire(ui) -> None:
     t = ui.analyze
     t.run.click(guarded(handlers.analyze, adapt),
                 [ui.session, t.source, t.nsamples, t.seqlen, t.seed, t.ratio],
-                [t.summary, t.heatmap, t.lines, t.scores, t.points], api_name="analyze", **HEAVY)
+                [t.summary, t.heatmap, t.lines, t.scores, t.points], api_name="analyze", **heavy(t.job))
     t.stop.click(stop, [ui.session], None, api_name="stop_analysis", **LIGHT)
     redraw = guarded(handlers.lines)
     for trigger in (t.points.input, t.ratio.release):

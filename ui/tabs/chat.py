@@ -7,25 +7,32 @@ import gradio as gr
 
 from .. import presets
 from ..handlers import chat as handlers
-from ..wiring import HEAVY, LIGHT, guarded, guarded_stream, stop
-from .common import explain, stop_button
+from ..handlers.common import run_choices
+from ..wiring import LIGHT, guarded, guarded_stream, heavy, stop
+from .common import explain, job_line, stop_button
 
 
 def build() -> SimpleNamespace:
     explain("chat")
+    run = gr.Dropdown([], value=None, label="Compressed model to chat with", elem_id="chat-run",
+                      info="any run of this session that still has its model, newest first")
     with gr.Row():
         with gr.Column():
-            original = gr.Chatbot(label="Original", height=380, placeholder="The original model answers here.")
+            # answers are plain text: a model's output is not Markdown (a stray '#' made a giant heading)
+            original = gr.Chatbot(label="Original", height=380, placeholder="The original model answers here.",
+                                  render_markdown=False, elem_id="chat-original")
             original_stats = gr.Markdown("", elem_classes="stats")
         with gr.Column():
-            compressed = gr.Chatbot(label="Compressed", height=380, placeholder=handlers.NO_COMPRESSED)
-            compressed_stats = gr.Markdown("", elem_classes="stats")
+            compressed = gr.Chatbot(label="Compressed", height=380, placeholder=handlers.NO_COMPRESSED,
+                                    render_markdown=False, elem_id="chat-compressed")
+            compressed_stats = gr.Markdown("", elem_classes="stats", elem_id="chat-compressed-stats")
     with gr.Row(equal_height=True):
         prompt = gr.Textbox(placeholder="Ask both models something …", show_label=False, scale=5, lines=1,
                             submit_btn=False)
         send = gr.Button("Send", variant="primary", scale=1)
         stop_btn = stop_button()
         clear = gr.Button("Clear", scale=0, min_width=90)
+    job = job_line()
     gr.Examples([[p] for p in presets.example_prompts()], inputs=[prompt], label="Example prompts")
     preset_answers = gr.Markdown("", elem_id="preset-answers")  # a picked preset's stored answers (Compress tab)
     with gr.Accordion("Sampling (the same for both models)", open=False):
@@ -37,7 +44,7 @@ def build() -> SimpleNamespace:
             top_k = gr.Slider(0, 200, value=50, step=1, label="top-k (0 = off)")
             repetition_penalty = gr.Slider(1.0, 2.0, value=1.1, step=0.05, label="Repetition penalty")
             seed = gr.Number(0, precision=0, label="Seed")
-    return SimpleNamespace(original=original, compressed=compressed, original_stats=original_stats,
+    return SimpleNamespace(job=job, run=run, original=original, compressed=compressed, original_stats=original_stats,
                            compressed_stats=compressed_stats, prompt=prompt, send=send, stop=stop_btn, clear=clear,
                            max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
                            repetition_penalty=repetition_penalty, seed=seed, preset_answers=preset_answers)
@@ -49,16 +56,25 @@ def outputs(ui) -> list:
 
 
 def adapt(view: handlers.ChatView) -> list:
-    return [view.original, view.compressed, view.original_stats, view.compressed_stats]
+    compressed = gr.update(value=view.compressed, label=view.compressed_label, placeholder=view.compressed_placeholder)
+    return [view.original, compressed, view.original_stats, view.compressed_stats]
+
+
+def refreshed(session) -> list:
+    """``outputs`` plus the run picker, after a new model or a new run (the newest run is picked)."""
+    runs = run_choices(session)
+    return adapt(handlers.current(session)) + [gr.update(choices=runs.choices, value=runs.value)]
 
 
 def wire(ui) -> None:
     t = ui.chat
     inputs = [ui.session, t.prompt, t.max_new_tokens, t.temperature, t.top_p, t.top_k, t.repetition_penalty, t.seed]
     stream = guarded_stream(handlers.chat, adapt)
-    events = [trigger(stream, inputs, outputs(ui), api_name=name, **HEAVY)
+    events = [trigger(stream, inputs, outputs(ui), api_name=name, **heavy(t.job))
               for trigger, name in ((t.send.click, "chat"), (t.prompt.submit, "chat_submit"))]
     for event in events:
         event.success(lambda: "", None, [t.prompt], api_visibility="private", **LIGHT)
     t.stop.click(stop, [ui.session], None, api_name="stop_chat", **LIGHT)
     t.clear.click(guarded(handlers.clear, adapt), [ui.session], outputs(ui), api_name="clear_chat", **LIGHT)
+    t.run.input(guarded(handlers.pick_run, adapt), [ui.session, t.run], outputs(ui), api_name="chat_with_run",
+                **LIGHT)

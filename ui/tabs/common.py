@@ -21,3 +21,8 @@ def plot(message: str, label: str, note: str | None = None) -> gr.Plot:
 
 def stop_button() -> gr.Button:
     return gr.Button("Stop", variant="stop", size="md", min_width=90, scale=0)
+
+
+def job_line() -> gr.Markdown:
+    """Where the tab's running job shows its progress bar (``wiring.heavy``)."""
+    return gr.Markdown("", elem_classes="job")

@@ -13,8 +13,8 @@ from engine import Recipe
 from .. import presets
 from ..handlers import compress as handlers
 from ..handlers.analyze import CALIBRATION_SOURCES
-from ..wiring import HEAVY, LIGHT, guarded, stop
-from .common import plot, stop_button
+from ..wiring import LIGHT, guarded, heavy, stop
+from .common import job_line, plot, stop_button
 
 DEMO = "demo"  # the model the app preloads
 NO_RESULT = handlers.NO_RESULT
@@ -84,7 +84,7 @@ def build() -> SimpleNamespace:
             method_info = gr.Markdown(handlers.method_markdown(c.method))
             method_controls = control_groups(handlers.method_schemas(), c.method, c.method_params)
         with gr.Column(scale=2):
-            ratio = gr.Slider(0.0, 0.9, value=c.ratio, step=0.01, label="Target ratio",
+            ratio = gr.Slider(0.0, handlers.MAX_RATIO, value=c.ratio, step=0.01, label="Target ratio",
                               info="mean fraction of each layer's width to remove")
             schedule = gr.Radio(handlers.schedule_choices(), value=c.schedule, label="Schedule")
             schedule_info = gr.Markdown(handlers.schedule_markdown(c.schedule), elem_classes="explain")
@@ -101,6 +101,7 @@ def build() -> SimpleNamespace:
             compensation = compensation_controls(c.compensation)
             recovery = recovery_controls(c.recovery)
             size = gr.Markdown("", elem_id="planned-size")
+            job = job_line()
             with gr.Row():
                 preview = gr.Button("Preview plan")
                 run = gr.Button("Run", variant="primary")
@@ -116,7 +117,7 @@ def build() -> SimpleNamespace:
     accounting = plot("The parameter comparison appears after a run.", "Parameters: original vs compressed",
                       "accounting")
     recovery_plot = plot(handlers.NO_RECOVERY, "Recovery: distillation loss", "recovery")
-    return SimpleNamespace(preset=preset, preset_card=preset_card, recipe_file=recipe_file, method=method,
+    return SimpleNamespace(job=job, preset=preset, preset_card=preset_card, recipe_file=recipe_file, method=method,
                            method_info=method_info, methods=method_controls, ratio=ratio, schedule=schedule,
                            schedule_info=schedule_info, schedules=schedule_controls, source=source, nsamples=nsamples,
                            seqlen=seqlen, seed=seed, compensation=compensation, recovery=recovery, size=size,
@@ -230,6 +231,14 @@ def adapt_plan(view: handlers.PlanView) -> list:
     return [view.rows, view.figure, view.note]
 
 
+def edited(view: handlers.PlanView) -> list:
+    """An edited plan table: the plan, the manual schedule, the Target ratio at the plan's mean, and one
+    notice per clamped cell."""
+    for notice in view.notices:
+        gr.Warning(notice)
+    return adapt_plan(view) + [handlers.TABLE_SCHEDULE, view.mean]
+
+
 def _switch(selector: gr.components.Component, info: gr.Markdown, controls: ControlGroups,
             markdown: Callable[[str], str]) -> None:
     """Picking a method (or schedule) shows its description and its controls, and hides the others'."""
@@ -298,11 +307,10 @@ def wire(ui) -> gr.events.Dependency:
 
     t.preview.click(guarded(_preview_from_controls(t.schedules), adapt_plan),
                     [ui.session, t.schedule, t.ratio] + calib + t.schedules.controls, plan_outputs(t),
-                    api_name="preview_plan", **HEAVY).success(size, run_inputs, [t.size], api_visibility="private",
+                    api_name="preview_plan", **heavy(t.job)).success(size, run_inputs, [t.size], api_visibility="private",
                                                               **LIGHT)
-    t.plan_table.input(guarded(lambda s, rows: adapt_plan(handlers.edit_plan(s, rows)) + [handlers.TABLE_SCHEDULE]),
-                       [ui.session, t.plan_table], [t.plan_table, t.plan_plot, t.plan_note, t.schedule],
-                       api_visibility="private", **LIGHT).success(size, run_inputs, [t.size],
+    t.plan_table.input(guarded(handlers.edit_plan, edited), [ui.session, t.plan_table],
+                       plan_outputs(t) + [t.schedule, t.ratio], api_visibility="private", **LIGHT).success(size, run_inputs, [t.size],
                                                                   api_visibility="private", **LIGHT)
     t.stop.click(stop, [ui.session], None, api_name="stop_compress", **LIGHT)
 
@@ -311,4 +319,4 @@ def wire(ui) -> gr.events.Dependency:
 
     return t.run.click(guarded(_from_run_controls(t.methods, t.schedules, "compress", _run), adapt), run_inputs,
                        [t.card, t.accounting] + plan_outputs(t) + [t.recovery_plot, ui.status], api_name="compress",
-                       scroll_to_output=True, **HEAVY)
+                       scroll_to_output=True, **heavy(t.job))

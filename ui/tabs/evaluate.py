@@ -8,8 +8,9 @@ import gradio as gr
 from engine import zeroshot_tasks
 
 from ..handlers import evaluate as handlers
-from ..wiring import HEAVY, LIGHT, guarded, stop
-from .common import plot, stop_button
+from ..handlers.common import run_choices
+from ..wiring import LIGHT, guarded, heavy, stop
+from .common import job_line, plot, stop_button
 
 DEFAULT_TASKS = ["piqa", "arc_easy"]
 
@@ -17,8 +18,11 @@ DEFAULT_TASKS = ["piqa", "arc_easy"]
 def build() -> SimpleNamespace:
     tasks = zeroshot_tasks()
     with gr.Row(equal_height=True):
-        which = gr.CheckboxGroup(handlers.TARGETS, value=handlers.TARGETS, label="Models to evaluate", scale=3)
+        which = gr.CheckboxGroup(handlers.TARGETS, value=handlers.TARGETS, label="Models to evaluate", scale=2)
+        run = gr.Dropdown([], value=None, label="Compressed model", scale=3, elem_id="evaluate-run",
+                          info="any run of this session that still has its model, newest first")
         stop_btn = stop_button()
+    job = job_line()
     with gr.Row():
         with gr.Column(variant="panel"):
             gr.Markdown("**Perplexity** (paper protocol)")
@@ -55,7 +59,7 @@ def build() -> SimpleNamespace:
     with gr.Row():
         report = gr.Button("Build report (Markdown + JSON)")
         report_files = gr.File(label="Report", file_count="multiple", interactive=False, height=120)
-    return SimpleNamespace(which=which, stop=stop_btn, warning=warning, ppl_dataset=ppl_dataset, ppl_seqlen=ppl_seqlen,
+    return SimpleNamespace(job=job, which=which, run=run, stop=stop_btn, warning=warning, ppl_dataset=ppl_dataset, ppl_seqlen=ppl_seqlen,
                            ppl_windows=ppl_windows, ppl_run=ppl_run, zs_tasks=zs_tasks, zs_limit=zs_limit,
                            zs_run=zs_run, prefill=prefill, decode=decode, speed_run=speed_run, table=table,
                            ppl_plot=ppl_plot, zs_plot=zs_plot, speed_plot=speed_plot, history_plot=history_plot,
@@ -71,16 +75,23 @@ def adapt(view: handlers.EvalView) -> list:
     return [view.warning, view.table, view.perplexity, view.zeroshot, view.speed, view.history, view.history_rows]
 
 
+def refreshed(session) -> list:
+    """``outputs`` plus the run picker, after a new model or a new run (the newest run is picked)."""
+    runs = run_choices(session)
+    return adapt(handlers.view(session, runs.value)) + [gr.update(choices=runs.choices, value=runs.value)]
+
+
 def wire(ui) -> gr.events.Dependency:
     """Returns the Perplexity event so the app can refresh the Compress result card (its 2x warning) after it."""
     t = ui.evaluate
     measured = t.ppl_run.click(guarded(handlers.run_perplexity, adapt),
-                    [ui.session, t.which, t.ppl_dataset, t.ppl_seqlen, t.ppl_windows], outputs(ui),
-                    api_name="perplexity", **HEAVY)
-    t.zs_run.click(guarded(handlers.run_zeroshot, adapt), [ui.session, t.which, t.zs_tasks, t.zs_limit],
-                   outputs(ui), api_name="zeroshot", **HEAVY)
-    t.speed_run.click(guarded(handlers.run_speed, adapt), [ui.session, t.which, t.prefill, t.decode], outputs(ui),
-                      api_name="speed", **HEAVY)
+                               [ui.session, t.which, t.ppl_dataset, t.ppl_seqlen, t.ppl_windows, t.run], outputs(ui),
+                               api_name="perplexity", **heavy(t.job))
+    t.zs_run.click(guarded(handlers.run_zeroshot, adapt), [ui.session, t.which, t.zs_tasks, t.zs_limit, t.run],
+                   outputs(ui), api_name="zeroshot", **heavy(t.job))
+    t.speed_run.click(guarded(handlers.run_speed, adapt), [ui.session, t.which, t.prefill, t.decode, t.run],
+                      outputs(ui), api_name="speed", **heavy(t.job))
+    t.run.input(guarded(handlers.view, adapt), [ui.session, t.run], outputs(ui), api_visibility="private", **LIGHT)
     t.stop.click(stop, [ui.session], None, api_name="stop_evaluate", **LIGHT)
     t.report.click(guarded(handlers.report_files), [ui.session], [t.report_files], api_name="report", **LIGHT)
     return measured

@@ -6,7 +6,8 @@ from types import SimpleNamespace
 import gradio as gr
 
 from ..handlers import model as handlers
-from ..wiring import HEAVY, LIGHT, guarded
+from ..wiring import LIGHT, guarded, heavy
+from .common import job_line
 
 INTRO = (
     "Pick the model to work on. **demo** (SmolLM2-135M-Instruct) is loaded for you. You can also type a Hugging "
@@ -22,12 +23,14 @@ def build() -> SimpleNamespace:
                            info="demo · org/name · /path/to/folder · /path/to/model.gguf")
         upload = gr.UploadButton("Upload a .gguf", file_types=[".gguf"], scale=1)
         load = gr.Button("Load", variant="primary", scale=1)
+    job = job_line()
     summary = gr.Markdown("Loading the demo model …")
     accounting = gr.Dataframe(headers=["quantity", "value"], type="array", interactive=False,
-                              label="Honest parameter accounting", column_widths=["60%", "40%"])
+                              label="Honest parameter accounting", column_widths=["60%", "40%"],
+                              elem_id="model-accounting")
     gr.Markdown("Where these parameters sit (per module type and per layer) is charted in the **Analyze** tab.",
                 elem_classes="explain")
-    return SimpleNamespace(spec=spec, upload=upload, load=load, summary=summary, accounting=accounting)
+    return SimpleNamespace(job=job, spec=spec, upload=upload, load=load, summary=summary, accounting=accounting)
 
 
 def load_outputs(ui) -> list:
@@ -43,4 +46,4 @@ def wire(ui) -> gr.events.Dependency:
     t = ui.model
     t.upload.upload(lambda f: f, [t.upload], [t.spec], **LIGHT, api_visibility="private")
     return t.load.click(guarded(handlers.load, adapt), [ui.session, t.spec], load_outputs(ui),
-                        api_name="load_model", **HEAVY)
+                        api_name="load_model", **heavy(t.job))
