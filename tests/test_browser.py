@@ -148,3 +148,18 @@ def test_chat_answers_are_plain_text(page, shots):
     assert "# Say hi" in chat.text and not chat.find_elements(By.CSS_SELECTOR, "h1")  # not Markdown
     assert "No compressed model yet" in chat.find_element(By.XPATH, "//*[@id='chat-compressed']").text
     page.save_screenshot(str(shots / "chat-plain-text.png"))
+
+
+def test_no_sideways_scroll_at_412_px(page, shots):
+    page.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
+                         {"width": 412, "height": 900, "deviceScaleFactor": 1, "mobile": True})
+    try:
+        for tab in ("analyze", "compress", "evaluate", "chat", "export", "learn", "model"):
+            page.find_element(By.ID, f"tab-{tab}-button").click()
+            time.sleep(1)
+            width, viewport = page.execute_script(
+                "return [document.documentElement.scrollWidth, document.documentElement.clientWidth]")
+            assert width <= viewport, f"the {tab} tab scrolls sideways at 412 px ({width} > {viewport})"
+        page.save_screenshot(str(shots / "narrow-412.png"))
+    finally:
+        page.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
