@@ -147,7 +147,7 @@ class GgufSpeed:
             per = sorted(tokens / s for s in runs)
             return {"median": statistics.median(per), "min": per[0], "max": per[-1]}
 
-        return {"path": self.path, "prefill_tokens_per_s": rate(prefill_len, self.prefill_s),
+        return {"prefill_tokens_per_s": rate(prefill_len, self.prefill_s),
                 "decode_tokens_per_s_b1": rate(decode_tokens, self.decode_s),
                 "prefill_s": self.prefill_s, "decode_s": self.decode_s}
 
