@@ -10,10 +10,9 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from engine import compress, load_compressed, save_compressed
+from engine import CalibrationSpec, compress, load_compressed, save_compressed
 from engine.export import NotExpressible, export
 from engine.export.decilm import check
-from engine.methods import Calibration
 from engine.models import LoadedModel
 from engine.models.adapters import adapter_for
 from engine.recipes import CompensationSpec
@@ -33,7 +32,7 @@ def _result(tiny, arch, method, params, ratios, **fields):
     model, tok = tiny(arch)
     lm = LoadedModel(model, tok, "tiny", adapter_for(model))
     g = torch.Generator().manual_seed(0)
-    calib = Calibration("random", 8, 32, 0, torch.randint(3, model.config.vocab_size, (8, 32), generator=g), batch_size=4)
+    calib = CalibrationSpec("random", 8, 32, 0, 4, tokens=torch.randint(3, model.config.vocab_size, (8, 32), generator=g))
     if ratios:
         fields["plan"] = Plan("manual", sum(ratios) / len(ratios), ratios)
     return compress(lm, method, 0.3, calibration=calib, method_params=params, **fields)
