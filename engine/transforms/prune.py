@@ -50,7 +50,7 @@ def restore_columns(weight: torch.Tensor, bias: Optional[torch.Tensor], stats: I
     return solution[:, :m], (solution[:, m] if bias is not None else None)
 
 
-CHUNK_BYTES = 16 * 2**20  # the largest slice of H[:, M] formed at once
+CHUNK_BYTES = 64 * 2**20  # the largest slice of H[:, M] formed at once
 
 
 def _normal_equations(weight: torch.Tensor, bias: Optional[torch.Tensor], stats: InputStats,
@@ -64,25 +64,22 @@ def _normal_equations(weight: torch.Tensor, bias: Optional[torch.Tensor], stats:
     h = stats.gram.h
     rows = kept.to(h.device)
     w = weight.detach().double().to(h.device)
+    a = h[rows[:, None], rows[None, :]]
     chunk = max(1, CHUNK_BYTES // (h.shape[0] * h.element_size()))
     target = None
     if energy:  # W H over all columns once: its trace with W is the energy, its kept columns the right side
         wh = torch.cat([w @ h[:, part] for part in torch.arange(h.shape[0], device=h.device).split(chunk)], 1)
         target, rhs = float((w * wh).sum()), wh[:, rows]
         del wh
-    else:  # filled slice by slice: no list of slices beside their concatenation
-        rhs = h.new_empty(w.shape[0], rows.numel())
-        for start in range(0, rows.numel(), chunk):
-            rhs[:, start:start + chunk] = w @ h[:, rows[start:start + chunk]]
-    if bias is not None:
-        b, s, n = bias.detach().double().to(h.device), stats.sum[rows], float(stats.count)
-        rhs = torch.cat([rhs + b[:, None] * s[None], (w @ stats.sum + b * n)[:, None]], 1)
-        if energy:  # ‖XWᵀ + 1bᵀ‖² = tr(WHWᵀ) + 2 bᵀW s + N‖b‖²
-            target += 2 * float(b @ (w @ stats.sum)) + n * float(b @ b)
-    del w  # the weight's float64 copy goes before H[M,M] is formed: the two are the step's largest buffers
-    a = h[rows[:, None], rows[None, :]]
-    if bias is not None:
-        a = torch.cat([torch.cat([a, s[:, None]], 1), torch.cat([s, s.new_tensor([n])])[None]], 0)
+    else:
+        rhs = torch.cat([w @ h[:, part] for part in rows.split(chunk)], 1)
+    if bias is None:
+        return a, rhs, target
+    b, s, n = bias.detach().double().to(h.device), stats.sum[rows], float(stats.count)
+    a = torch.cat([torch.cat([a, s[:, None]], 1), torch.cat([s, s.new_tensor([n])])[None]], 0)
+    rhs = torch.cat([rhs + b[:, None] * s[None], (w @ stats.sum + b * n)[:, None]], 1)
+    if energy:  # ‖XWᵀ + 1bᵀ‖² = tr(WHWᵀ) + 2 bᵀW s + N‖b‖²
+        target += 2 * float(b @ (w @ stats.sum)) + n * float(b @ b)
     return a, rhs, target
 
 
