@@ -15,6 +15,7 @@ from typing import Any, Optional
 
 from .calibration import CalibrationSpec, check_source
 from .errors import ConfigError
+from .params import DAMPINGS, DEFAULT_DAMPING
 from .params import int_at_least as _int_at_least
 from .params import known_keys as _known_keys
 from .params import read_settings_file, resolve_params
@@ -172,12 +173,6 @@ def _recovery_field(name: str, value: Any) -> Any:
 
 
 COMPENSATION_HALVES = ("mlp", "attention", "both")
-# how a least-squares refit is damped: chosen per fit by generalized cross-validation (transforms.ridge), or a
-# fixed fraction. GCV is the default of every refit (FASP, MoDeGPT's down projection, compensation): on the
-# demo model FASP 20% reached ppl 30.46 with it against 33.48 with the fixed 0.01 (-9%, 40x2048 windows,
-# calibration 64x512 wikitext2:validation seed 42; bench/defaults.py, README "Damping from the data")
-DAMPINGS = ("gcv", "fixed")
-DEFAULT_DAMPING = "gcv"
 
 
 @dataclass

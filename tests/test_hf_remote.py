@@ -15,7 +15,7 @@ import torch
 from engine import CalibrationSpec, compress, load_compressed, save_compressed
 from engine.errors import ConfigError
 from engine.export import export
-from engine.export.hf_remote import MODELING_FILE, NotSelfContained, layout_of
+from engine.compressed.remote_code import MODELING_FILE, NotSelfContained, layout_of
 from engine.models import LoadedModel
 from engine.models.adapters import adapter_for
 from engine.recipes import CompensationSpec
@@ -185,7 +185,7 @@ def test_a_stock_model_needs_no_layout(tiny):
 
 
 def test_saving_a_result_it_cannot_rebuild_still_saves_without_remote_code(tiny, tmp_path, monkeypatch):
-    import engine.export.hf_remote as hf_remote
+    import engine.compressed.remote_code as hf_remote
 
     def refuse(_model):
         raise NotSelfContained("a module of a future method")
@@ -226,7 +226,7 @@ def test_auto_dtype_is_the_original_checkpoints_half_dtype(tmp_path):
 
 
 def test_an_hf_export_it_cannot_rebuild_is_refused_and_leaves_nothing(saved, tmp_path, monkeypatch):
-    import engine.export.hf_remote as hf_remote
+    import engine.compressed.remote_code as hf_remote
 
     def refuse(_model):
         raise NotSelfContained("a module of a future method")

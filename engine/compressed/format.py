@@ -4,7 +4,7 @@
 Loading builds the base model with empty weights, lets the method reshape it, then assigns
 the saved tensors strictly, so a shape the method did not recreate is an error, not a guess.
 Safetensors only: nothing is unpickled. A result whose shapes a stock config cannot say also gets
-``modeling_slimlab.py`` and ``auto_map`` (``export.hf_remote``), so it loads with transformers alone.
+``modeling_slimlab.py`` and ``auto_map`` (``remote_code``), so it loads with transformers alone.
 """
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from ..models.loaded import SLIMLAB_META, LoadedModel, resolve_device, resolve_d
 from ..models.side_branches import rebuild_branches
 from ..models.streaming import INDEX, checkpoint_files, tensor_names
 from ..transforms.compensation import CompensationStructure
+from .remote_code import write_remote_code
 
 FORMAT_VERSION = 2  # 2: side branches (``compensation``); a folder without them is still written as 1
 
@@ -49,8 +50,6 @@ def _slimlab_version() -> str:
 def save_compressed(result, out: "str | Path", force: bool = False) -> Path:
     """Write a CompressionResult to ``out`` atomically; refuses to overwrite without ``force``."""
     from safetensors.torch import save_model
-
-    from ..export.hf_remote import write_remote_code  # here: engine.export imports this package
 
     model = result.model
     compensation = getattr(result, "compensation", None)

@@ -29,7 +29,7 @@ from ..models.shrunk_attention import ShrunkAttention
 from ..transforms.value_heads import GatherLinear, ScatterLinear
 from ._folder import TORCH_DTYPES, copy_side_files, resolve_dtype, save_weights, set_config_dtype
 from .base import DTYPES, ExportFormat, ExportJob, ExportReport, NotExpressible, register_format
-from .hf_remote import MODELING_FILE
+from ..compressed.remote_code import MODELING_FILE
 
 CONFIG_FILE = "configuration_decilm.py"
 TEMPLATE = Path(__file__).parent / "remote" / CONFIG_FILE

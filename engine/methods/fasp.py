@@ -25,10 +25,9 @@ from torch import nn
 
 from ..calibration import CalibrationSpec
 from ..models.adapters import Adapter
-from ..params import Param
+from ..params import DAMPINGS, DEFAULT_DAMPING, Param
 from ..progress import Reporter
 from ..stats import HalfOutcome, HalfStep, LayerHooks
-from ..recipes import DAMPINGS, DEFAULT_DAMPING
 from ..transforms.importance import SCORES, Importance
 from ..transforms.prune import keep_top, keep_top_per_group, prune_pair, restore_columns
 from ..transforms.value_heads import narrow_values, output_columns

@@ -28,10 +28,9 @@ from torch import nn
 
 from ..calibration import CalibrationSpec
 from ..models.adapters import Adapter, normalize
-from ..params import Param
+from ..params import DAMPINGS, DEFAULT_DAMPING, Param
 from ..progress import Reporter
 from ..stats import HalfOutcome, HalfStep, InputStats, LayerHooks
-from ..recipes import DAMPINGS, DEFAULT_DAMPING
 from ..transforms.importance import ridge_leverage
 from ..transforms.prune import keep_top, prune_pair, restore_columns
 from ..transforms.attention_heads import narrow_heads

@@ -39,7 +39,7 @@ from .ridge import gcv_damping
 # ridge μ as a fraction of the mean eigenvalue of G: directions the calibration data barely moved
 # get little weight instead of Λ^-½ amplifying their noise. Relative to the mean, not the largest:
 # LLM activations have a few massive channels whose eigenvalue is orders of magnitude above the rest.
-# The fixed fraction (damping "fixed"); by default (``recipes.DEFAULT_DAMPING``) μ is chosen per half by GCV.
+# The fixed fraction (damping "fixed"); by default (``params.DEFAULT_DAMPING``) μ is chosen per half by GCV.
 DAMP = 0.01
 # fit the error's mean too, with d_out more parameters: dropped channels of an asymmetric activation
 # (SiLU, ReLU) leave a constant offset that no linear map of the normed input can make (FLAP's bias
