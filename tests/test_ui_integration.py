@@ -94,8 +94,10 @@ def test_demo_flow_load_analyze_compress_chat_save(app_url, tmp_path):
     assert "BIGGER than the original" in card and "140.65 M parameters vs 134.52 M" in card
     assert "run 1" in status
 
-    original, compressed, original_stats, compressed_stats = c.predict(
+    original, panel, original_stats, compressed_stats = c.predict(
         prompt="What is the capital of France?", max_new_tokens=8, temperature=0.0, api_name="/chat")
+    compressed = panel["value"] if isinstance(panel, dict) else panel  # the panel is renamed after its run too
+    assert not isinstance(panel, dict) or "run 1" in panel.get("label", "")
     assert original[-1]["role"] == compressed[-1]["role"] == "assistant"
     assert _text(original[-1]).strip() and _text(compressed[-1]).strip()
     assert "tokens/s" in original_stats and "tokens/s" in compressed_stats
