@@ -29,12 +29,21 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _tidy(out: Path) -> None:
-    """Remove temp folders of dead writers; put an aside copy back if the target is missing."""
+def _clear_dead_temps(out: Path) -> None:
+    """Remove the temp files and folders that writers of ``out`` killed midway left behind."""
     for tmp in out.parent.glob(f".{out.name}.tmp-*"):
         pid = tmp.name[len(f".{out.name}.tmp-"):].split("-", 1)[0]
-        if not pid.isdigit() or not _pid_alive(int(pid)):
-            shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
+        if pid.isdigit() and _pid_alive(int(pid)):
+            continue
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
+
+
+def _tidy(out: Path) -> None:
+    """Clear dead writers' temps; put an aside copy back if the target is missing."""
+    _clear_dead_temps(out)
     asides = sorted(out.parent.glob(f".{out.name}.old-*"), key=lambda p: p.stat().st_mtime)
     if asides and not out.exists():
         asides.pop().rename(out)
@@ -73,6 +82,7 @@ def atomic_file(out: "str | Path") -> Iterator[Path]:
     """Yield a temp file path beside ``out``; on success it replaces ``out`` in one rename, on a
     failure nothing of it is left (an OSError, a full disk above all, becomes one message)."""
     out = Path(out)
+    _clear_dead_temps(out)
     handle, name = tempfile.mkstemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=out.parent)
     os.close(handle)
     tmp = Path(name)
