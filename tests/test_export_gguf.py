@@ -22,12 +22,17 @@ def _fields(path) -> dict:
     return {k: f.contents() for k, f in reader.fields.items() if not k.startswith("GGUF.")}
 
 
-def _same_logits(folder, path, atol=1e-4):
-    ids = torch.randint(3, 300, (24,), generator=torch.Generator().manual_seed(1)).tolist()
+IDS = torch.randint(3, 300, (24,), generator=torch.Generator().manual_seed(1)).tolist()
+
+
+def _slimlab_logits(folder, ids) -> torch.Tensor:
     model = load_compressed(folder, device="cpu", dtype="float32").model
     with torch.no_grad():
-        want = model(torch.tensor([ids])).logits[0].double()
-    torch.testing.assert_close(gguf_logits(path, ids), want, atol=atol, rtol=0)
+        return model(torch.tensor([ids])).logits[0].double()
+
+
+def _same_logits(folder, path, atol=1e-4):
+    torch.testing.assert_close(gguf_logits(path, IDS), _slimlab_logits(folder, IDS), atol=atol, rtol=0)
 
 
 @pytest.mark.parametrize("name, arch", [("fasp-mixed", "deci"), ("fasp-mlp-uniform", "llama"),
@@ -97,6 +102,32 @@ def test_half_dtypes(results, tmp_path, dtype, qtype, atol):
     types = {t.name: t.tensor_type for t in gguf.GGUFReader(tmp_path / "half.gguf").tensors}
     assert types["blk.0.ffn_down.weight"] == qtype and types["blk.0.attn_norm.weight"] == gguf.GGMLQuantizationType.F32
     _same_logits(results["fasp-mixed"], tmp_path / "half.gguf", atol=atol)
+
+
+@pytest.mark.parametrize("dtype, qtype, error", [("q8_0", gguf.GGMLQuantizationType.Q8_0, 0.05),
+                                                 ("q4_0", gguf.GGMLQuantizationType.Q4_0, 0.4),
+                                                 ("q4_1", gguf.GGMLQuantizationType.Q4_1, 0.4)])
+def test_block_dtypes_quantize_whole_blocks_and_keep_the_rest_f16(results, tmp_path, dtype, qtype, error):
+    f16 = export(results["fasp-mixed"], "gguf", "f16", tmp_path / "f16.gguf")
+    quant = export(results["fasp-mixed"], "gguf", dtype, tmp_path / "q.gguf")
+    assert quant.bytes < 0.8 * f16.bytes
+    n_ff = quant.details["n_ff"]
+    types = {t.name: t.tensor_type for t in gguf.GGUFReader(tmp_path / "q.gguf").tensors}
+    assert types["blk.0.attn_q.weight"] == qtype and types["blk.0.ffn_gate.weight"] == qtype  # rows of 64
+    for i, width in enumerate(n_ff):  # ffn_down's rows are n_ff long: whole blocks or f16
+        assert types[f"blk.{i}.ffn_down.weight"] == (qtype if width % 32 == 0 else gguf.GGMLQuantizationType.F16)
+    assert any(width % 32 for width in n_ff) and any("stay f16" in n for n in quant.notes)
+    vocab_type = gguf.GGMLQuantizationType.Q8_0 if dtype != "q8_0" else qtype
+    assert types["token_embd.weight"] == vocab_type and types["blk.0.attn_norm.weight"] == gguf.GGMLQuantizationType.F32
+    assert _fields(tmp_path / "q.gguf")["general.file_type"] == int(getattr(gguf.LlamaFileType, f"MOSTLY_{dtype.upper()}"))
+    want = _slimlab_logits(results["fasp-mixed"], IDS)  # relative error of the file's logits, about the mean
+    got = gguf_logits(tmp_path / "q.gguf", IDS)
+    assert (got - want).norm() / (want - want.mean()).norm() < error
+
+
+def test_a_block_dtype_is_refused_by_formats_that_cannot_write_it(results, tmp_path, capsys):
+    assert main(["export", str(results["fasp-mixed"]), "--format", "hf", "--dtype", "q8_0"]) == 2
+    assert "--dtype 'q8_0' is not one of" in capsys.readouterr().err
 
 
 def test_a_layer_without_mlp_keeps_its_attention(tiny, tmp_path):

@@ -37,6 +37,22 @@ def test_llama_cpp_runs_each_tiny_result_like_slimlab(results, tmp_path, name):
     llm.close()
 
 
+@pytest.mark.parametrize("dtype, error", [("q8_0", 0.05), ("q4_1", 0.4)])
+def test_llama_cpp_reads_quantized_files_with_f16_fallbacks(results, tmp_path, dtype, error):
+    """Per-layer widths (deci), some down matrices f16 because their rows are not whole blocks."""
+    report = export(results["fasp-mixed"], "gguf", dtype, tmp_path / "m.gguf")
+    assert report.architecture == "deci" and any("stay f16" in n for n in report.notes)
+    lm = load_compressed(results["fasp-mixed"], device="cpu", dtype="float32")
+    ids = torch.randint(3, len(lm.tokenizer), (20,), generator=torch.Generator().manual_seed(2)).tolist()
+    llm = open_gguf(report.path, n_ctx=64, threads=1, kv_f32=True)
+    llm.eval(ids)
+    with torch.no_grad():
+        want = lm.model(torch.tensor([ids])).logits[0].numpy()
+    got = np.array(llm.scores[: len(ids)])
+    llm.close()
+    assert np.linalg.norm(got - want) / np.linalg.norm(want - want.mean()) < error
+
+
 def test_llama_cpp_tokenizes_like_transformers(results, tmp_path):
     from tiny import SAMPLE_TEXT
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 
-from ..export import DTYPES, KNOWN_FORMATS, available_formats, export
+from ..export import KNOWN_FORMATS, available_formats, export
 from .common import emit
 
 
@@ -19,7 +19,8 @@ def register(sub) -> None:
     p.add_argument("source", metavar="DIR", help="a folder written by `slimlab compress --out`")
     p.add_argument("--format", required=True, metavar="FORMAT",
                    help="; ".join(f"{f.name}: {f.expresses}" for f in formats.values()) or ", ".join(names))
-    p.add_argument("--dtype", default=None, help=f"{' | '.join(DTYPES)} (default: the format's, f16 for gguf)")
+    p.add_argument("--dtype", default=None, help="f32 | f16 | bf16, or for gguf also q8_0 | q4_0 | q4_1 "
+                   "(default: the format's, f16 for gguf)")
     p.add_argument("--out", default=None, metavar="PATH",
                    help="output file or folder (default: beside DIR, e.g. DIR-f16.gguf)")
     p.add_argument("--force", action="store_true", help="overwrite an existing output")

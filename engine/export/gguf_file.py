@@ -5,6 +5,11 @@ FASP/Wanda-SP); llama.cpp's ``deci`` architecture (Nemotron-NAS: per-layer ``n_f
 ``n_head``, ``n_head_kv``) when they differ. ``llama_layout`` says how the weights are laid
 out and why that is exact; this module writes the file: hyperparameters, tokenizer and chat
 template, tensors in the chosen dtype (norms stay f32, as llama.cpp's converter keeps 1-D tensors).
+
+Quantized files (``q8_0``, ``q4_0``, ``q4_1``: the block formats ``gguf`` can write in numpy) are
+what people deploy; a matrix whose rows are not a whole number of 32-value blocks (a pruned width
+such as 1229) stays f16 instead, and in 4-bit files the token embedding and head stay q8_0, as
+llama.cpp's own quantizer keeps the output matrix at higher precision. The notes say which.
 """
 from __future__ import annotations
 
@@ -16,14 +21,17 @@ import torch
 
 from ..compressed import load_compressed
 from ..models.loaded import LoadedModel
-from .base import ExportFormat, ExportJob, ExportReport, register_format
+from .base import DTYPES, ExportFormat, ExportJob, ExportReport, register_format
 from .gguf_vocab import add_vocab
 from .llama_layout import Layout, layout, not_expressible
 
-QUANT = {"f32": gguf.GGMLQuantizationType.F32, "f16": gguf.GGMLQuantizationType.F16,
-         "bf16": gguf.GGMLQuantizationType.BF16}
+_Q = gguf.GGMLQuantizationType
+QUANT = {"f32": _Q.F32, "f16": _Q.F16, "bf16": _Q.BF16, "q8_0": _Q.Q8_0, "q4_0": _Q.Q4_0, "q4_1": _Q.Q4_1}
 FILE_TYPE = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
-             "bf16": gguf.LlamaFileType.MOSTLY_BF16}
+             "bf16": gguf.LlamaFileType.MOSTLY_BF16, "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
+             "q4_0": gguf.LlamaFileType.MOSTLY_Q4_0, "q4_1": gguf.LlamaFileType.MOSTLY_Q4_1}
+BLOCK_DTYPES = ("q8_0", "q4_0", "q4_1")
+_VOCAB_MATRICES = ("token_embd.weight", "output.weight")
 
 
 def check(meta: dict) -> None:
@@ -47,9 +55,25 @@ def _per_layer(values: Sequence[int]) -> "int | list[int]":
     return values[0] if len(set(values)) == 1 else list(values)
 
 
-def _add_tensor(writer: gguf.GGUFWriter, name: str, tensor: torch.Tensor, dtype: str) -> None:
+def tensor_type(name: str, shape: Sequence[int], dtype: str) -> gguf.GGMLQuantizationType:
+    """The type one tensor is stored in: f32 for vectors, and for block formats f16 where a row is
+    not a whole number of blocks, q8_0 for the vocabulary matrices of a 4-bit file."""
+    if len(shape) < 2:
+        return _Q.F32
+    if dtype in BLOCK_DTYPES:
+        if shape[-1] % gguf.GGML_QUANT_SIZES[QUANT[dtype]][0]:
+            return _Q.F16
+        if name in _VOCAB_MATRICES and dtype != "q8_0":
+            return _Q.Q8_0
+    return QUANT[dtype]
+
+
+def _add_tensor(writer: gguf.GGUFWriter, name: str, tensor: torch.Tensor, dtype: str,
+                fallbacks: list[str]) -> None:
     data = tensor.detach().to(torch.float32).contiguous().numpy()
-    qtype = QUANT[dtype] if data.ndim > 1 else gguf.GGMLQuantizationType.F32
+    qtype = tensor_type(name, data.shape, dtype)
+    if qtype == _Q.F16 and dtype in BLOCK_DTYPES:
+        fallbacks.append(name)
     writer.add_tensor(name, gguf.quants.quantize(data, qtype), raw_dtype=qtype)  # bf16 arrives as bytes
 
 
@@ -71,15 +95,17 @@ def _add_hparams(writer: gguf.GGUFWriter, config, shapes: Layout, dtype: str) ->
     writer.add_file_type(FILE_TYPE[dtype])
 
 
-def _add_tensors(writer: gguf.GGUFWriter, shapes: Layout, dtype: str) -> None:
-    names = gguf.TENSOR_NAMES
-    _add_tensor(writer, names[gguf.MODEL_TENSOR.TOKEN_EMBD] + ".weight", shapes.embedding, dtype)
-    _add_tensor(writer, names[gguf.MODEL_TENSOR.OUTPUT_NORM] + ".weight", shapes.final_norm, dtype)
+def _add_tensors(writer: gguf.GGUFWriter, shapes: Layout, dtype: str) -> list[str]:
+    """Add every tensor; returns the block-format tensors that had to stay f16."""
+    names, fallbacks = gguf.TENSOR_NAMES, []
+    _add_tensor(writer, names[gguf.MODEL_TENSOR.TOKEN_EMBD] + ".weight", shapes.embedding, dtype, fallbacks)
+    _add_tensor(writer, names[gguf.MODEL_TENSOR.OUTPUT_NORM] + ".weight", shapes.final_norm, dtype, fallbacks)
     if shapes.head is not None:
-        _add_tensor(writer, names[gguf.MODEL_TENSOR.OUTPUT] + ".weight", shapes.head, dtype)
+        _add_tensor(writer, names[gguf.MODEL_TENSOR.OUTPUT] + ".weight", shapes.head, dtype, fallbacks)
     for i, block in enumerate(shapes.blocks):
         for role, tensor in block.tensors.items():
-            _add_tensor(writer, f"blk.{i}.{role}.weight", tensor, dtype)
+            _add_tensor(writer, f"blk.{i}.{role}.weight", tensor, dtype, fallbacks)
+    return fallbacks
 
 
 def write_gguf(path: Path, lm: LoadedModel, tokenizer_dir: Path, dtype: str, name: str,
@@ -96,13 +122,17 @@ def write_gguf(path: Path, lm: LoadedModel, tokenizer_dir: Path, dtype: str, nam
         writer.add_string("slimlab.method", method)
     _add_hparams(writer, lm.model.config, shapes, dtype)
     notes = add_vocab(writer, tokenizer_dir, lm.tokenizer, shapes.embedding.shape[0])
-    _add_tensors(writer, shapes, dtype)
+    fallbacks = _add_tensors(writer, shapes, dtype)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
+    if fallbacks:
+        notes.append(f"{len(fallbacks)} matrices have rows that are not a whole number of {dtype} blocks and "
+                     f"stay f16 (e.g. {fallbacks[0]}); widths in multiples of 32 quantize fully")
     if shapes.padded:
-        size = shapes.padded * (4 if dtype == "f32" else 2)
+        block, block_bytes = gguf.GGML_QUANT_SIZES[QUANT[dtype]]
+        size = shapes.padded * block_bytes / block
         notes.append(f"pruned value dims are zero-padded back to the full head width (exact): "
                      f"{shapes.padded:,} zeros, {size / 1e6:.2f} MB on disk")
     if shapes.folded_mix:
@@ -132,6 +162,7 @@ GGUF = register_format(ExportFormat(
               "architecture) and SliceGPT variant=shared",
     writes="file",
     suffix=".gguf",
+    dtypes=DTYPES + BLOCK_DTYPES,
     check=check,
     write=write,
 ))
