@@ -2,7 +2,8 @@
 
 The card is written from the folder's own ``slimlab.json`` (what was actually saved), so it
 carries the recipe, the calibration and the honest parameter accounting, including a plain
-warning when the compressed model is bigger than the original.
+warning when the compressed model is bigger than the original, and, when the session measured
+them, perplexity, zero-shot accuracy and speed of the original and the compressed model.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Optional
 
 from .errors import ConfigError, SlimLabError
+from .evaluate.report import measured_markdown, model_entry
 from .models.loading import SLIMLAB_META
 
 REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -37,8 +39,22 @@ def _millions(n: int) -> str:
     return f"{n / 1e6:,.2f} M"
 
 
-def model_card(meta: dict, repo_id: str) -> str:
-    """README.md for the Hub: front matter, what was done, honest accounting, recipe, how to load."""
+def _measured(measured: Optional[dict]) -> list[str]:
+    """The card's measurements: ``measured`` maps a model's name ("original", "compressed") to what
+    was measured on it ("perplexity" | "zeroshot" | "speed" -> the engine result's ``to_dict()``)."""
+    entries = [model_entry(name, perplexity=evals.get("perplexity"), zeroshot=evals.get("zeroshot"),
+                           speed=evals.get("speed")) for name, evals in (measured or {}).items()]
+    tables = measured_markdown(entries)
+    if not tables:
+        return ["## Measured", "", "Nothing was measured before this card was written (perplexity, zero-shot "
+                "accuracy and speed are measured in SlimLab's Evaluate tab or with `slimlab eval`).", ""]
+    return ["## Measured", "", "In the SlimLab session that made this model, each figure under the protocol "
+            "above its table.", "", *tables]
+
+
+def model_card(meta: dict, repo_id: str, measured: Optional[dict] = None) -> str:
+    """README.md for the Hub: front matter, what was done, honest accounting, what was measured
+    (``measured``, see ``_measured``), recipe, how to load."""
     recipe = meta["recipe"]
     acc, orig = meta["accounting"], meta["original_accounting"]
     base = _base_model(recipe.get("model", ""))
@@ -67,7 +83,7 @@ def model_card(meta: dict, repo_id: str) -> str:
         f"({recipe['schedule']} schedule), made with SlimLab.", "",
         verdict, "", *table, "",
         f"The ratio is the mean fraction of each layer's width removed, not of the file. Calibration: {calib_line}.",
-        "", "## Load it", "",
+        "", *_measured(measured), "## Load it", "",
         "The per-layer widths differ from the base architecture, so load it with SlimLab:", "",
         "```python", "from engine import load_compressed", "", "lm = load_compressed(\"path/to/this/folder\")",
         "lm.model.generate(...)", "```", "",
@@ -85,15 +101,17 @@ def check_repo_id(repo_id: str) -> str:
     return repo_id
 
 
-def push_folder(folder: "str | Path", repo_id: str, token: str, private: bool = True, api=None) -> str:
-    """Create (or reuse) the model repo and upload the folder plus a generated card; returns its URL.
+def push_folder(folder: "str | Path", repo_id: str, token: str, private: bool = True, api=None,
+                measured: Optional[dict] = None) -> str:
+    """Create (or reuse) the model repo and upload the folder plus a generated card (with ``measured``,
+    see ``model_card``); returns its URL.
 
     ``api`` is a ``huggingface_hub.HfApi``-like object (one is made from ``token`` by default).
     """
     repo_id = check_repo_id(repo_id)
     if not (token or "").strip():
         raise ConfigError("A Hugging Face access token with write permission is needed to push.")
-    card = model_card(read_meta(folder), repo_id)
+    card = model_card(read_meta(folder), repo_id, measured)
     if api is None:
         from huggingface_hub import HfApi
 

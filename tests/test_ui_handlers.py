@@ -456,7 +456,7 @@ def test_model_card_says_when_bigger_and_push_uploads_folder_and_card(compressed
     card = hx.card(compressed, "me/tiny-slice")
     folder = compressed.saved
     meta = read_meta(folder)
-    assert card == model_card(meta, "me/tiny-slice")
+    assert card == model_card(meta, "me/tiny-slice", hx.measured(compressed))
     assert card.startswith("---\nlibrary_name: transformers") and "- slicegpt" in card
     assert '"method": "slicegpt"' in card and "load_compressed" in card
     grown = meta["original_accounting"]["params_total"] + 1
@@ -472,11 +472,27 @@ def test_model_card_says_when_bigger_and_push_uploads_folder_and_card(compressed
     assert names == ["create_repo", "upload_folder", "upload_file"]
     assert hub.calls[0][1]["private"] is True and hub.calls[1][1]["folder_path"] == str(folder)
     assert hub.calls[2][1]["path_in_repo"] == "README.md"
-    assert hub.calls[2][1]["path_or_fileobj"].decode() == model_card(meta, "me/tiny-slice")
+    assert hub.calls[2][1]["path_or_fileobj"].decode() == card  # what the Export tab showed
     with pytest.raises(ConfigError, match="your-name/model-name"):
         push_folder(folder, "not a repo", "tok", api=hub)
     with pytest.raises(ConfigError, match="token"):
         hx.push(compressed, "me/x", " ", False, api=hub)
+
+
+def test_model_card_carries_what_the_session_measured(compressed):
+    he.run_perplexity(compressed, ["original", "compressed"], "wikitext2", 64, 2)
+    he.run_speed(compressed, ["compressed"], 16, 4)
+    card = hx.card(compressed, "me/tiny-slice")
+    ppl = {k: compressed_evals["perplexity"]["ppl"] for k, compressed_evals in hx.measured(compressed).items()}
+    section = card.split("## Measured")[1].split("## Load it")[0]
+    assert "### Perplexity" in section and "wikitext2, seqlen 64, 2 windows" in section
+    assert f"| original | {ppl['original']:,.4g} |" in section and f"| compressed | {ppl['compressed']:,.4g} |" in section
+    decode = compressed.run.evals["speed"]["decode_tokens_per_s_b1"]
+    row = next(line for line in section.splitlines() if line.startswith("| decode_tokens_per_s_b1 |"))
+    assert "### Speed" in section and f"| {decode:,.4g} |" in row  # the original's column too, if measured first
+    assert '"method": "slicegpt"' in card.split("## Load it")[1]  # the recipe is still there
+    meta = read_meta(compressed.saved)
+    assert "Nothing was measured" in model_card(meta, "me/x") and "### " not in model_card(meta, "me/x")
 
 
 # --- engine: parameters per module ---------------------------------------------

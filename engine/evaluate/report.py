@@ -183,6 +183,20 @@ def _md_table(table: dict) -> list[str]:
     return lines
 
 
+def measured_markdown(entries: list[dict], sections: tuple[str, ...] = ("perplexity", "zeroshot", "speed")) -> list[str]:
+    """Markdown for each section that any of ``entries`` (``model_entry`` dicts, at most two) has: the
+    models that measured it side by side, under its protocol (a model card's measurements)."""
+    lines: list[str] = []
+    for section in sections:
+        having = [m for m in entries if m.get(section)]
+        if not having:
+            continue
+        report = build_report(*having)
+        table = report["plots"][section]
+        lines += [f"### {table['title']}", "", f"Protocol: {report['protocols'][section]}.", "", *_md_table(table), ""]
+    return lines
+
+
 def render_text(table: dict) -> list[str]:
     """A plot's table as aligned terminal lines (the CLI's human output)."""
     cells = [table["columns"]] + [[_fmt(v) for v in row] for row in table["rows"]]

@@ -79,10 +79,15 @@ def _saved_folder(session: Session) -> Path:
     return out
 
 
+def measured(session: Session) -> dict:
+    """What this session measured on the original and on the current run, for the model card."""
+    return {"original": session.original_evals, "compressed": session.run.evals if session.run is not None else {}}
+
+
 def card(session: Session, repo_id: str) -> str:
-    """The model card as it would be pushed (from the saved slimlab.json)."""
+    """The model card as it would be pushed (from the saved slimlab.json and the session's measurements)."""
     repo_id = check_repo_id(repo_id or "your-name/model-name")
-    return model_card(read_meta(_saved_folder(session)), repo_id)
+    return model_card(read_meta(_saved_folder(session)), repo_id, measured(session))
 
 
 def push(session: Session, repo_id: str, token: str, private: bool, progress: Progress = None, *, api=None) -> str:
@@ -93,6 +98,6 @@ def push(session: Session, repo_id: str, token: str, private: bool, progress: Pr
     reporter("push", 0, 2, "saving")
     folder = _saved_folder(session)
     reporter("push", 1, 2, f"uploading to {repo_id}")
-    url = push_folder(folder, repo_id, token, private=bool(private), api=api)
+    url = push_folder(folder, repo_id, token, private=bool(private), api=api, measured=measured(session))
     reporter("push", 2, 2, "done")
     return f"Pushed to [{url}]({url}) with a generated model card."

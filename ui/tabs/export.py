@@ -27,7 +27,8 @@ def build() -> SimpleNamespace:
             recipe_file = gr.File(label="recipe.json", interactive=False)
         recipe_text = gr.Code(language="json", label="Recipe", interactive=False, max_lines=18)
     with gr.Column(variant="panel"):
-        gr.Markdown("**Push to the Hugging Face Hub** with a generated model card (the token is used for this "
+        gr.Markdown("**Push to the Hugging Face Hub** with a generated model card: accounting, recipe, and the "
+                    "perplexity, zero-shot and speed this session measured in Evaluate (the token is used for this "
                     "push only and never stored).")
         with gr.Row():
             repo_id = gr.Textbox(label="Repository", placeholder="your-name/model-name", scale=3)
