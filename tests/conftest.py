@@ -34,6 +34,18 @@ def tiny():
     return make_model
 
 
+@pytest.fixture(scope="module")
+def app_url(data_dir):
+    """The app launched for real in this process (no demo preload), as app.py launches it; its URL."""
+    from ui import build_app, launch_kwargs
+
+    app = build_app(preload_demo=False)
+    app.queue(default_concurrency_limit=1).launch(prevent_thread_lock=True, quiet=True, server_name="127.0.0.1",
+                                                  **launch_kwargs())
+    yield app.local_url
+    app.close()
+
+
 @pytest.fixture(scope="session")
 def demo_lm():
     """The real demo model (SmolLM2-135M-Instruct), loaded once per session."""

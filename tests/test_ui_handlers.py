@@ -571,7 +571,8 @@ def test_guarded_turns_errors_into_messages_and_wires_progress():
 
     wrapped = guarded(handler)
     params = list(inspect.signature(wrapped).parameters.values())
-    assert [p.name for p in params] == ["session", "value", "progress"] and isinstance(params[2].default, gr.Progress)
+    assert [p.name for p in params] == ["session", "value", "progress", "request"]
+    assert isinstance(params[2].default, gr.Progress) and wrapped.__annotations__["request"] is gr.Request
     seen = []
     assert wrapped(None, "ok", lambda p, desc=None: seen.append((p, desc))) == "ok"
     assert seen == [((1, 2), "stage: half")]

@@ -12,17 +12,6 @@ from engine import load_compressed
 gradio_client = pytest.importorskip("gradio_client")
 
 
-@pytest.fixture(scope="module")
-def app_url(data_dir):
-    from ui import build_app, launch_kwargs
-
-    app = build_app(preload_demo=False)
-    app.queue(default_concurrency_limit=1).launch(prevent_thread_lock=True, quiet=True, server_name="127.0.0.1",
-                                                  **launch_kwargs())
-    yield app.local_url
-    app.close()
-
-
 def client(url: str):
     return gradio_client.Client(url, verbose=False)
 

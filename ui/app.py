@@ -15,7 +15,7 @@ from . import figures, presets
 from .handlers import compress as compress_handlers
 from .handlers import export as export_handlers
 from .handlers import model as model_handlers
-from .state import MODELS, Session
+from .state import MODELS, SESSIONS, Session
 from .tabs import analyze, chat, compress, evaluate, export, learn, model
 from .wiring import LIGHT, guarded, heavy
 
@@ -65,12 +65,17 @@ def _after_run(session: Session) -> list:
     return evaluate.refreshed(session) + chat.refreshed(session) + [export_handlers.default_folder(session)]
 
 
+def _end_session(request: gr.Request) -> None:
+    """The client left (tab closed or reloaded, gradio_client closed): free its session's runs now."""
+    SESSIONS.end(request.session_hash)
+
+
 def build_app(preload_demo: bool = True) -> gr.Blocks:
     """The whole UI as a ``gr.Blocks``; launch it with ``.queue().launch(**launch_kwargs())``."""
     if preload_demo:
         preload()
     with gr.Blocks(title=TITLE) as app:
-        session = gr.State(Session(), delete_callback=Session.close)  # deep-copied per browser session
+        session = gr.State(Session())  # deep-copied per client session; freed by _end_session when it leaves
         gr.Markdown(HEADER, elem_id="slimlab-header")
         status = gr.Markdown("**Model:** loading the demo model …", elem_id="slimlab-status")
         tabs = {}
@@ -102,4 +107,5 @@ def build_app(preload_demo: bool = True) -> gr.Blocks:
         first.success(guarded(_after_model), [session], after_model_outputs, api_visibility="private", **LIGHT)
         compress.start(ui, first)
         first.failure(lambda: LOAD_FAILED, None, [status], api_visibility="private", **LIGHT)
+        app.unload(_end_session)
     return app

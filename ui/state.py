@@ -135,9 +135,43 @@ class Session:
         return True
 
     def close(self) -> None:
-        """Called by gradio when the browser session ends: drop the big objects."""
+        """Called when the client's session ends: stop its job and drop the big objects."""
         self.stop()
         self.__dict__.update(Session().__dict__)
+
+
+class LiveSessions:
+    """Each connected client's ``Session`` by gradio session hash, so the app can free it the moment the
+    client leaves. Gradio alone would not: it keeps a closed session's state for an hour, and calls a
+    ``gr.State``'s delete_callback only for state that some event has output (ours is only ever an input)."""
+
+    def __init__(self) -> None:
+        self._sessions: dict[str, Session] = {}
+        self._lock = threading.Lock()
+
+    def track(self, key: str, session: Session) -> None:
+        with self._lock:
+            self._sessions[key] = session
+
+    def end(self, key: str) -> bool:
+        """Free the session of client ``key`` (its runs, chats, analysis); False when none was tracked."""
+        with self._lock:
+            session = self._sessions.pop(key, None)
+        if session is None:
+            return False
+        session.close()
+        return True
+
+    def get(self, key: str) -> Optional[Session]:
+        with self._lock:
+            return self._sessions.get(key)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._sessions)
+
+
+SESSIONS = LiveSessions()
 
 
 def _light_summary(summary: dict) -> dict:

@@ -16,6 +16,8 @@ import gradio as gr
 
 from engine import Cancelled, ProgressEvent, SlimLabError
 
+from .state import SESSIONS, Session
+
 log = logging.getLogger("slimlab.ui")
 
 # Heavy work (loading, calibration, compression, evaluation, generation) shares one queue:
@@ -46,22 +48,44 @@ def _friendly(exc: Exception) -> gr.Error:
                     "change the inputs and try again.")
 
 
-def _signature(fn: Callable) -> tuple[inspect.Signature, bool]:
-    """The handler's positional parameters, with a ``gr.Progress()`` default where it takes progress."""
+def _signature(fn: Callable) -> tuple[inspect.Signature, bool, int]:
+    """The handler's positional parameters, with a ``gr.Progress()`` default where it takes progress, then a
+    ``gr.Request`` one (gradio fills it; ``_track`` reads it); also whether it takes progress, and how many
+    parameters are the handler's own."""
     params = [p for p in inspect.signature(fn).parameters.values()
               if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
     has_progress = bool(params) and params[-1].name == "progress"
     if has_progress:
         params[-1] = params[-1].replace(default=gr.Progress())
-    return inspect.Signature(params), has_progress
+    request = inspect.Parameter("request", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None,
+                                annotation=gr.Request)
+    return inspect.Signature(params + [request]), has_progress, len(params)
+
+
+def _track(args: list, own: int) -> list:
+    """The handler's own arguments. Gradio passes the client's request after them: the session this event
+    works on is noted as that client's, so the app can free it the moment the client leaves."""
+    if len(args) <= own:  # called directly, not by gradio
+        return args
+    request = args.pop()
+    if request is not None and request.session_hash and args and isinstance(args[0], Session):
+        SESSIONS.track(request.session_hash, args[0])
+    return args
+
+
+def _signed(call: Callable, fn: Callable, sig: inspect.Signature) -> Callable:
+    call.__signature__ = sig
+    call.__annotations__ = {"request": gr.Request}  # gradio finds the request parameter by its type hint
+    call.__name__ = fn.__name__
+    return call
 
 
 def guarded(fn: Callable, adapt: Callable = lambda out: out) -> Callable:
     """Wrap a handler for gradio: progress bar in, friendly errors out, ``adapt`` maps its view to outputs."""
-    sig, has_progress = _signature(fn)
+    sig, has_progress, own = _signature(fn)
 
     def call(*args):
-        args = list(args)
+        args = _track(list(args), own)
         if has_progress:
             args[-1] = progress_callback(args[-1])
         try:
@@ -73,16 +97,15 @@ def guarded(fn: Callable, adapt: Callable = lambda out: out) -> Callable:
         except Exception as exc:  # noqa: BLE001 - every failure becomes a message, not a dead session
             raise _friendly(exc) from exc
 
-    call.__signature__ = sig
-    call.__name__ = fn.__name__
-    return call
+    return _signed(call, fn, sig)
 
 
 def guarded_stream(fn: Callable, adapt: Callable = lambda out: out) -> Callable:
     """Like ``guarded`` for generator handlers (streaming chat)."""
-    sig, _ = _signature(fn)
+    sig, _, own = _signature(fn)
 
     def call(*args):
+        args = _track(list(args), own)
         try:
             for out in fn(*args):
                 yield adapt(out)
@@ -93,9 +116,7 @@ def guarded_stream(fn: Callable, adapt: Callable = lambda out: out) -> Callable:
         except Exception as exc:  # noqa: BLE001
             raise _friendly(exc) from exc
 
-    call.__signature__ = sig
-    call.__name__ = fn.__name__
-    return call
+    return _signed(call, fn, sig)
 
 
 def stopped(exc: Cancelled):

@@ -1,0 +1,69 @@
+"""The app under simultaneous sessions: bench/load_test.py's users (load, compress, chat, evaluate) driven
+through gradio_client against the app in this process, on tiny random models."""
+from __future__ import annotations
+
+import gc
+import importlib.util
+import sys
+import time
+import weakref
+
+import pytest
+from conftest import REPO
+
+pytest.importorskip("gradio_client")
+pytestmark = pytest.mark.slow
+
+
+def _load_test():
+    spec = importlib.util.spec_from_file_location("load_test", REPO / "bench" / "load_test.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["load_test"] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def _wait(condition, timeout_s: float = 60.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        gc.collect()
+        if condition():
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def test_four_sessions_stay_apart_are_queued_share_originals_and_are_freed_when_they_leave(app_url, tiny_dirs):
+    from ui.state import MODELS, SESSIONS
+
+    lt = _load_test()
+    llama, qwen = str(tiny_dirs["llama"]), str(tiny_dirs["qwen2"])
+    plans = [lt.SessionPlan(0, llama, 0.2), lt.SessionPlan(1, llama, 0.22), lt.SessionPlan(2, qwen, 0.24),
+             lt.SessionPlan(3, qwen, 0.26)]
+    reports, clients = lt.run_sessions(app_url, plans, keep_open=True)
+    try:
+        # every session finished, and each step saw only its own model, ratio and run (run_session checks)
+        assert [r.error for r in reports] == [None] * 4
+        assert all([s.name for s in r.steps] == ["load_model", "compress", "chat", "perplexity"] for r in reports)
+        # one heavy job at a time: jobs submitted together waited, and the queue said where they stood
+        positions = [p for r in reports for s in r.steps for p in s.positions]
+        assert positions and all(0 <= p < len(plans) for p in positions)
+
+        sessions = [SESSIONS.get(r.session_hash) for r in reports]
+        assert all(s is not None for s in sessions)
+        assert [s.lm.spec for s in sessions] == [llama, llama, qwen, qwen]
+        assert [round(s.run.recipe["ratio"], 4) for s in sessions] == [0.2, 0.22, 0.24, 0.26]
+        # one loaded original per model, shared; each session's compressed model its own
+        assert sessions[0].lm is sessions[1].lm and sessions[2].lm is sessions[3].lm
+        assert len({id(s.result.model) for s in sessions}) == 4
+        results = [weakref.ref(s.result) for s in sessions]
+        original = weakref.ref(sessions[0].lm)
+        del sessions
+    finally:
+        for c in clients:
+            c.close()
+    # the clients left: the app frees their sessions (runs, chats) without waiting for gradio's hour
+    hashes = [r.session_hash for r in reports]
+    assert _wait(lambda: all(SESSIONS.get(h) is None for h in hashes)), "sessions still tracked after their clients left"
+    assert _wait(lambda: all(r() is None for r in results)), "a session's compressed model outlived its session"
+    assert original() is not None and llama in MODELS  # the shared original stays cached for the next user
