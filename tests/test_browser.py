@@ -155,8 +155,6 @@ WIDEST = """return [...document.querySelectorAll('body *')].filter(e => e.getBou
     `${e.tagName}#${e.id}.${String(e.className).slice(0, 40)} ${Math.round(e.getBoundingClientRect().width)}px`)"""
 
 
-@pytest.mark.xfail(reason="known defect: at 412 px the Evaluate tab is 1280 px wide (a 1216 px element and the "
-                          "footer); the other tabs fit", strict=False)
 def test_no_sideways_scroll_at_412_px(page, shots):
     narrow = {"width": 412, "height": 900, "deviceScaleFactor": 1, "mobile": True}
     try:
