@@ -2,29 +2,35 @@
 dense parameter count, measured the way a user would judge it.
 
 Searches method (and variant) x schedule x calibration source x compensation x recovery
-budget. Each size is a fraction of the dense *total* parameters; a method's ratio for it is
-found from one cheap probe compression (its parameter count is close to linear in the ratio),
-and every row reports the fraction it really reached. Each row is measured on:
+budget. Each size is a fraction of the dense *total* parameters, compensation branches
+included; a method's ratio for it is found from its planned size (shapes alone, no data) or,
+for a method that cannot tell before it runs, from cheap probe compressions; every row reports
+the fraction it really reached. Each row is measured on:
 
 - ppl: the first ``--windows`` x ``--seqlen`` windows of the raw WikiText-2 test split;
-- LAMBADA accuracy (OpenAI variant, the data dir's file; ``--lambada-limit`` items, seeded);
-- zero-shot mean over piqa, arc_easy, winogrande, hellaswag (``--zeroshot-limit`` items each;
-  ``--zeroshot-limit 0`` skips it);
-- the chat check (assets/chat_check.json: share of greedy answers with the expected keyword),
-  against the dense model's;
-- compress + recovery seconds.
+- the chat check (assets/chat_check.json: greedy answers with the expected keyword, out of its
+  questions);
+- LAMBADA accuracy (OpenAI variant, the data dir's file; ``--lambada-limit`` items) and the
+  zero-shot mean over piqa, arc_easy, winogrande, hellaswag (``--zeroshot-limit`` items each):
+  with ``--extras best`` (the default) only on a row that has the lowest ppl of its size when
+  it is measured, so the best row of each size always has them and no model is compressed twice;
+- compress + recovery seconds (contended timings on a shared machine: each row records the load).
 
-    python bench/frontier.py --sizes 0.8 --methods fasp --calibs alpaca-chat --recovery none,lora \\
-        --recovery-steps 40 --windows 40 --zeroshot-limit 0
+    python bench/frontier.py --sizes 0.8 --methods fasp --calibs wikitext2:validation+alpaca-chat \\
+        --compensations none,0.05 --lambada-limit 500 --zeroshot-limit 100
+    python bench/frontier.py --table          # OUT.md again from OUT.jsonl, nothing measured
     python bench/frontier.py --model tests-folder --windows 2 --seqlen 128 ...   # a quick try on any model
 
-Rows are saved to ``OUT.json`` after each run, so the bench runs in pieces (rows already
-there with the same key and protocol are kept and skipped; ``--redo`` measures them again).
+Each row is written to ``OUT.jsonl`` (one JSON object a line, the file replaced atomically) as
+soon as it is measured, and ``OUT.md`` (the README's table) is generated from that file, so the
+bench runs in pieces: a row already there with the same request and protocol is skipped
+(``--redo`` measures it again); rows of another protocol stay in the file and out of the table.
 ``--save-best DIR`` writes the best recipe of each size (lowest ppl) as a replayable JSON.
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import sys
@@ -32,15 +38,16 @@ import time
 from dataclasses import replace
 from itertools import product
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.frontier_results import best_per_size, pct, read_rows, same_protocol, write_markdown, write_rows  # noqa: E402
 from engine import (CalibrationSpec, CompensationSpec, Recipe, compensation_plan, compress, load_model,  # noqa: E402
-                    params_total, perplexity)
+                    params_total, perplexity, planned_size)
 from engine.evaluate import run_zeroshot  # noqa: E402
-from engine.evaluate.chat_check import Question, chat_check  # noqa: E402
+from engine.evaluate.chat_check import QUESTIONS_FILE, Question, chat_check  # noqa: E402
 from engine.evaluate.lambada import lambada  # noqa: E402
 from engine.recipes import RecoverySpec  # noqa: E402
 
@@ -67,14 +74,14 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="demo")
     p.add_argument("--sizes", default="0.9,0.8,0.7", help="fractions of the dense total parameters")
-    p.add_argument("--methods", default="fasp,wanda-sp,slicegpt:shared",
+    p.add_argument("--methods", default="fasp",
                    help="comma-separated method[:variant][/param=value...][@ratio] (variant sets the method's "
                         "'variant' parameter; an explicit ratio skips the search for the size's ratio)")
     p.add_argument("--schedules", default="uniform", help="comma-separated schedule names")
-    p.add_argument("--calibs", default="wikitext2:validation,alpaca-chat", help="comma-separated calibration sources")
+    p.add_argument("--calibs", default="wikitext2:validation+alpaca-chat", help="comma-separated calibration sources")
     p.add_argument("--nsamples", type=int, default=64)
     p.add_argument("--calib-seqlen", type=int, default=512)
-    p.add_argument("--compensations", default="none", help=f"comma-separated: {COMPENSATION_NAMES}")
+    p.add_argument("--compensations", default="none,0.05", help=f"comma-separated: {COMPENSATION_NAMES}")
     p.add_argument("--recovery", default="none", help="comma-separated recovery kinds: none, lora, full")
     p.add_argument("--recovery-steps", default="40",
                    help="comma-separated step budgets of a recovery (steps, not minutes: a saved preset then does "
@@ -86,13 +93,17 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--recovery-nsamples", default="256")
     p.add_argument("--windows", type=int, default=40, help="ppl windows (first N of the raw test split)")
     p.add_argument("--seqlen", type=int, default=2048, help="ppl window length")
-    p.add_argument("--lambada-limit", type=int, default=1000, help="LAMBADA items (0: skip; -1: all 5153)")
-    p.add_argument("--zeroshot-limit", type=int, default=500, help="items per zero-shot task (0: skip)")
+    p.add_argument("--lambada-limit", type=int, default=500, help="LAMBADA items (0: skip; -1: all 5153)")
+    p.add_argument("--zeroshot-limit", type=int, default=100, help="items per zero-shot task (0: skip)")
+    p.add_argument("--extras", choices=("best", "all", "none"), default="best",
+                   help="which rows get LAMBADA and zero-shot: a row with the lowest ppl of its size so far, all, none")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--device", default="auto")
     p.add_argument("--data-dir", default=os.environ.get("SLIMLAB_DATA_DIR", str(REPO.parent / "shared" / "data")))
-    p.add_argument("--out", default=str(REPO / "bench" / "results" / "frontier"), help="output path stem")
-    p.add_argument("--redo", action="store_true", help="measure rows again even when OUT.json has them")
+    p.add_argument("--out", default=str(REPO / "bench" / "results" / "frontier"),
+                   help="output path stem: OUT.jsonl (the rows) and OUT.md (their table)")
+    p.add_argument("--redo", action="store_true", help="measure rows again even when OUT.jsonl has them")
+    p.add_argument("--table", action="store_true", help="only write OUT.md from OUT.jsonl and print it")
     p.add_argument("--save-best", default=None, metavar="DIR", help="write the best recipe per size here")
     return p.parse_args(argv)
 
@@ -123,11 +134,12 @@ class RatioFinder:
     """The ratio at which a recipe keeps about a given fraction of the dense *total* parameters,
     its compensation branches included.
 
-    Secant steps on probe compressions (a few calibration tokens: shapes do not depend on the
-    data for a uniform plan), from ratio 0.3, until the kept fraction is within 0.3% at or
-    under the target; widths round to multiples of 8, so the count is close to linear. A probe
-    runs the recipe's compensation too, on enough tokens that the data caps no branch's rank, so
-    a compensated row pays for its branches with width and lands at the same total size."""
+    Secant steps from ratio 0.3 until the kept fraction is within 0.3% at or under the target;
+    widths round to multiples of 8, so the count is close to linear. A fraction is the recipe's
+    planned size (shapes alone, branches at their planned ranks) or, for a method that cannot tell
+    before it runs, a probe compression on a few calibration tokens (shapes do not depend on the
+    data for a uniform plan), its compensation run on enough tokens that the data caps no branch's
+    rank. Either way a compensated row pays for its branches with width and lands at the same total."""
 
     def __init__(self, lm, dense: int):
         self.lm, self.dense = lm, dense
@@ -136,9 +148,13 @@ class RatioFinder:
     def fraction(self, base: Recipe, ratio: float) -> float:
         key = (json.dumps([base.method, base.method_params, base.compensation.to_dict()], sort_keys=True), ratio)
         if key not in self.seen:
-            probe = replace(base, ratio=ratio, calibration=CalibrationSpec("wikitext2:validation",
-                                                                           self.windows(base), PROBE_SEQLEN, 0))
-            self.seen[key] = compress(self.lm, probe).accounting.params_total / self.dense
+            planned = planned_size(self.lm, replace(base, ratio=ratio))
+            if planned is not None:
+                self.seen[key] = planned.planned.params_total / self.dense
+            else:
+                probe = replace(base, ratio=ratio, calibration=CalibrationSpec("wikitext2:validation",
+                                                                               self.windows(base), PROBE_SEQLEN, 0))
+                self.seen[key] = compress(self.lm, probe).accounting.params_total / self.dense
         return self.seen[key]
 
     def windows(self, base: Recipe) -> int:
@@ -164,125 +180,143 @@ class RatioFinder:
 
 
 def measure(model, tokenizer, args) -> dict:
-    """ppl, LAMBADA, zero-shot mean and chat check of one model."""
+    """ppl and chat check of one model (and the answers to the Chat tab's example prompts)."""
     row: dict = {}
     t = time.perf_counter()
     row["ppl"] = perplexity(model, tokenizer, "wikitext2", args.seqlen, max_windows=args.windows,
                             data_dir=args.data_dir).ppl
+    log(f"ppl {row['ppl']:.2f}", t)
+    check = chat_check(model, tokenizer)
+    row["chat_hits"], row["chat_total"] = check.hits, check.total
+    row["chat_answers"] = [a["answer"] for a in check.answers]
+    log(f"chat check {check.hits}/{check.total}", t)
+    if args.save_best:  # the presets' stored answers to the Chat tab's example prompts
+        examples = chat_check(model, tokenizer, [Question(p, ()) for p in EXAMPLE_PROMPTS], EXAMPLE_TOKENS)
+        row["examples"] = [a["answer"] for a in examples.answers]
+    row["eval_s"] = time.perf_counter() - t
+    return row
+
+
+def log(what: str, since: float) -> None:
+    """A stage's result with the seconds since ``since`` and the time of day, so a stopped run's log says
+    how far it got."""
+    print(f"{time.strftime('%H:%M:%S')} {what} ({time.perf_counter() - since:.0f} s)", flush=True)
+
+
+def measure_extras(model, tokenizer, args) -> dict:
+    """LAMBADA accuracy and the zero-shot mean of one model (each skipped at limit 0)."""
+    row: dict = {}
+    t = time.perf_counter()
     if args.lambada_limit:
         limit = None if args.lambada_limit < 0 else args.lambada_limit
         row["lambada"] = lambada(model, tokenizer, limit=limit, data_dir=args.data_dir).acc
+        log(f"LAMBADA {row['lambada']:.3f}", t)
     if args.zeroshot_limit:
         zs = run_zeroshot(model, tokenizer, list(ZEROSHOT_TASKS), args.zeroshot_limit, data_dir=args.data_dir)
         row["zeroshot"] = zs["mean"]
         row["zeroshot_tasks"] = {k: v["acc_norm"] if v["metric"] == "acc_norm" else v["acc"]
                                  for k, v in zs["tasks"].items()}
-    check = chat_check(model, tokenizer)
-    row["chat_hits"], row["chat_total"] = check.hits, check.total
-    row["chat_answers"] = [a["answer"] for a in check.answers]
-    examples = chat_check(model, tokenizer, [Question(p, ()) for p in EXAMPLE_PROMPTS], EXAMPLE_TOKENS)
-    row["examples"] = [a["answer"] for a in examples.answers]
-    row["eval_s"] = time.perf_counter() - t
+        log(f"zero-shot {row['zeroshot']:.3f}", t)
+    row["extras_s"] = time.perf_counter() - t
     return row
 
 
 def protocol(args) -> dict:
+    questions = hashlib.sha256(QUESTIONS_FILE.read_bytes()).hexdigest()[:12]
     return {"windows": args.windows, "seqlen": args.seqlen, "lambada_limit": args.lambada_limit,
-            "zeroshot_limit": args.zeroshot_limit, "zeroshot_tasks": list(ZEROSHOT_TASKS), "model": args.model}
-
-
-def load_rows(path: Path, proto: dict) -> list[dict]:
-    if not path.exists():
-        return []
-    data = json.loads(path.read_text())
-    if data.get("protocol") != proto:
-        print(f"{path} was measured with another protocol; starting afresh", flush=True)
-        return []
-    return data["rows"]
-
-
-def save_rows(path: Path, proto: dict, rows: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"protocol": proto, "machine": machine(), "rows": rows}, indent=2))
+            "zeroshot_limit": args.zeroshot_limit, "zeroshot_tasks": list(ZEROSHOT_TASKS), "model": args.model,
+            "chat_questions": questions}
 
 
 def machine() -> dict:
     return {"cpus": os.cpu_count(), "load_avg": os.getloadavg() if hasattr(os, "getloadavg") else None}
 
 
-def table(rows: list[dict], dense: dict) -> list[str]:
+def table(rows: list[dict]) -> list[str]:
     out = [f"{'size':>5} {'recipe':<58}{'params':>7}{'ppl':>8}{'lambada':>8}{'0-shot':>7}{'chat':>8}{'secs':>7}"]
     for r in rows:
-        chat = f"{r['chat_hits']}/{dense['chat_hits']}"
+        chat = f"{r['chat_hits']}/{r.get('chat_total', '?')}"
         out.append(f"{r.get('size', 1.0):>5} {r['label'][:57]:<58}{r['fraction']:>7.3f}{r['ppl']:>8.2f}"
-                   f"{_pct(r.get('lambada')):>8}{_pct(r.get('zeroshot')):>7}{chat:>8}{r.get('seconds', 0):>7.0f}")
+                   f"{pct(r.get('lambada')):>8}{pct(r.get('zeroshot')):>7}{chat:>8}{r.get('seconds', 0):>7.0f}")
     return out
 
 
-def _pct(value) -> str:
-    return "-" if value is None else f"{100 * value:.1f}"
+class Results:
+    """The rows of ``OUT.jsonl``, rewritten (with ``OUT.md``) after every row measured."""
+
+    def __init__(self, args):
+        self.path, self.proto = Path(args.out).with_suffix(".jsonl"), protocol(args)
+        self.rows = read_rows(self.path)
+
+    def find(self, key: str) -> Optional[dict]:
+        return next((r for r in self.rows if r["key"] == key and same_protocol(r, self.proto)), None)
+
+    def mine(self) -> list[dict]:
+        return [r for r in self.rows if same_protocol(r, self.proto)]
+
+    def put(self, row: dict) -> None:
+        self.rows = [r for r in self.rows if not (r["key"] == row["key"] and same_protocol(r, self.proto))] + [row]
+        write_rows(self.path, self.rows)
+        write_markdown(self.path.with_suffix(".md"), self.rows, self.proto)
+
+    def is_best(self, row: dict) -> bool:
+        """Whether ``row`` has the lowest ppl of its size among the rows measured on this protocol."""
+        rivals = [r for r in self.mine() if r.get("size") == row["size"] and r["key"] != row["key"]]
+        return best_per_size(rivals + [row], [row["size"]]).get(row["size"]) is row
 
 
-def best_per_size(rows: list[dict], sizes: list[float]) -> dict[float, dict]:
-    """Lowest ppl among the rows at or under each size."""
-    best = {}
-    for size in sizes:
-        fits = [r for r in rows if r.get("size") == size and r["fraction"] <= size + 1e-3 and not r.get("error")]
-        if fits:
-            best[size] = min(fits, key=lambda r: r["ppl"])
-    return best
+def wants_extras(results: Results, row: dict, args) -> bool:
+    return not row.get("error") and (args.extras == "all" or (args.extras == "best" and results.is_best(row)))
 
 
-def run(args) -> list[dict]:
-    out = Path(args.out).with_suffix(".json")
-    proto = protocol(args)
-    rows = load_rows(out, proto)
-    done = {r["key"] for r in rows}
+def run(args) -> Results:
+    results = Results(args)
     lm = load_model(args.model, device=args.device)
     dense_params = params_total(lm)
-    if "dense" not in done or args.redo:
-        rows = [r for r in rows if r["key"] != "dense"]
-        rows.insert(0, {"key": "dense", "label": "dense", "fraction": 1.0, "seconds": 0.0}
-                    | measure(lm.model, lm.tokenizer, args))
-        save_rows(out, proto, rows)
-    dense = next(r for r in rows if r["key"] == "dense")
+    if results.find("dense") is None or args.redo:
+        results.put({"key": "dense", "label": "dense", "fraction": 1.0, "seconds": 0.0, "protocol": results.proto}
+                    | measure(lm.model, lm.tokenizer, args) | measure_extras(lm.model, lm.tokenizer, args)
+                    | {"machine": machine()})
     finder = RatioFinder(lm, dense_params)
-    sizes = [float(s) for s in split(args.sizes)]
-    for size in sizes:
+    for size in [float(s) for s in split(args.sizes)]:
         for name in split(args.methods):
             method, explicit = method_recipe(name, lm.spec)
             for comp in split(args.compensations):
                 base = replace(method, compensation=compensation_spec(comp))
-                ratio = explicit if explicit is not None else finder.ratio(base, size)
                 for schedule, calib, kind in product(split(args.schedules), split(args.calibs), split(args.recovery)):
                     for steps in ([0] if kind == "none" else [int(s) for s in split(args.recovery_steps)]):
+                        key = json.dumps([size, name, schedule, calib, args.nsamples, args.calib_seqlen, args.seed,
+                                          comp, kind, steps, args.recovery_source, args.recovery_groups,
+                                          args.recovery_lr, args.recovery_seqlen, args.recovery_nsamples])
+                        if results.find(key) is not None and not args.redo:
+                            continue
+                        ratio = explicit if explicit is not None else finder.ratio(base, size)
                         recipe = replace(base, ratio=ratio, schedule=schedule,
                                          calibration=CalibrationSpec(calib, args.nsamples, args.calib_seqlen, args.seed),
                                          recovery=recovery_spec(kind, steps, args))
-                        key = json.dumps([size, name, schedule, calib, comp, kind, steps])
-                        if key in done and not args.redo:
-                            continue
-                        rows = [r for r in rows if r["key"] != key] + [
-                            one_row(lm, recipe, key, size, comp, dense_params, args)]
-                        save_rows(out, proto, rows)
-                        print("\n".join(table(rows[-1:], dense)), flush=True)
-    return rows
+                        results.put(one_row(lm, recipe, key, size, comp, dense_params, results, args))
+                        print("\n".join(table(results.rows[-1:])), flush=True)
+    return results
 
 
-def one_row(lm, recipe: Recipe, key: str, size: float, comp: str, dense_params: int, args) -> dict:
-    row = {"key": key, "size": size, "compensation": comp, "recipe": recipe.to_dict()}
+def one_row(lm, recipe: Recipe, key: str, size: float, comp: str, dense_params: int, results: Results, args) -> dict:
+    row = {"key": key, "size": size, "compensation": comp, "recipe": recipe.to_dict(), "protocol": results.proto}
     t = time.perf_counter()
+    log(f"compressing {recipe.label()} (ratio {recipe.ratio})", t)
     try:
         result = compress(lm, recipe, data_dir=args.data_dir)
     except Exception as exc:  # noqa: BLE001 - a failing recipe is a row, not the end of the bench
         return row | {"label": recipe.label(), "fraction": 1.0, "ppl": float("inf"), "error": repr(exc)[:300],
-                      "chat_hits": 0}
+                      "chat_hits": 0, "chat_total": 0}
     row |= {"label": result.recipe.label(), "recipe": result.recipe.to_dict(),
             "fraction": result.accounting.params_total / dense_params, "params_total": result.accounting.params_total,
             "seconds": time.perf_counter() - t, "stage_seconds": result.stage_seconds,
             "recovery": {k: v for k, v in result.plots.get("recovery", {}).items() if k != "lora_modules"}}
+    log(f"compressed to {row['fraction']:.4f}x", t)
     row |= measure(result.model, result.tokenizer, args)
-    return row
+    if wants_extras(results, row, args):
+        row |= measure_extras(result.model, result.tokenizer, args)
+    return row | {"machine": machine()}
 
 
 def preset(row: dict, dense: dict, proto: dict) -> dict:
@@ -296,7 +330,7 @@ def preset(row: dict, dense: dict, proto: dict) -> dict:
     for key in ("lambada", "zeroshot"):
         if row.get(key) is not None:
             measured[key], measured[f"dense_{key}"] = round(row[key], 4), round(dense[key], 4)
-    measured["protocol"] = proto | {"machine": machine()}
+    measured["protocol"] = proto | {"machine": row.get("machine", machine())}
     examples = [{"prompt": p, "dense": d, "compressed": c}
                 for p, d, c in zip(EXAMPLE_PROMPTS, dense.get("examples", []), row.get("examples", []))]
     return {"name": f"{row['label']} ({row['fraction']:.2f}x params)"} | recipe | {
@@ -305,19 +339,24 @@ def preset(row: dict, dense: dict, proto: dict) -> dict:
 
 def main(argv: Optional[list[str]] = None) -> int:
     args = parse_args(argv)
-    rows = run(args)
+    if args.table:
+        results = Results(args)
+        print(write_markdown(results.path.with_suffix(".md"), results.rows, results.proto), end="")
+        return 0
+    results = run(args)
+    rows = results.mine()
     dense = next(r for r in rows if r["key"] == "dense")
     sizes = [float(s) for s in split(args.sizes)]
-    print(f"\nprotocol: {protocol(args)}; machine: {machine()}")
-    print("\n".join(table([dense] + [r for r in rows if r.get("size") in sizes and not r.get("error")], dense)))
+    print(f"\nprotocol: {results.proto}; machine: {machine()}")
+    print("\n".join(table([dense] + [r for r in rows if r.get("size") in sizes and not r.get("error")])))
     best = best_per_size(rows, sizes)
     print("\nbest per size (lowest ppl at or under the size):")
-    print("\n".join(table(list(best.values()), dense)))
+    print("\n".join(table(list(best.values()))))
     if args.save_best:
         folder = Path(args.save_best)
         folder.mkdir(parents=True, exist_ok=True)
         for size, r in best.items():
-            (folder / f"frontier-{round(100 * size)}.json").write_text(json.dumps(preset(r, dense, protocol(args)), indent=2) + "\n")
+            (folder / f"frontier-{round(100 * size)}.json").write_text(json.dumps(preset(r, dense, results.proto), indent=2) + "\n")
     return 0
 
 

@@ -1,0 +1,80 @@
+"""The frontier bench writes each row as it is measured, resumes, and makes its table from the file."""
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+from tiny import save_model_dir
+
+from engine.evaluate.chat_check import chat_check, load_questions
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(name, REPO / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def frontier(monkeypatch):
+    module = _load("frontier")
+    questions = load_questions()[0][:3]  # three questions, four tokens: the check's arithmetic, not its answers
+    monkeypatch.setattr(module, "chat_check", lambda model, tokenizer: chat_check(model, tokenizer, questions, 4))
+    return module
+
+
+def _argv(model: Path, out: Path, *extra: str) -> list[str]:
+    return ["--model", str(model), "--out", str(out), "--sizes", "0.8", "--methods", "fasp/round_to=1",
+            "--compensations", "none,0.05:both", "--calibs", "wikitext2:validation", "--nsamples", "4",
+            "--calib-seqlen", "32", "--windows", "2", "--seqlen", "32", "--lambada-limit", "4",
+            "--zeroshot-limit", "0", "--device", "cpu", *extra]
+
+
+def test_rows_are_written_as_measured_resumed_and_tabled(frontier, data_dir, tmp_path, monkeypatch):
+    out = tmp_path / "frontier"
+    model = save_model_dir(tmp_path / "llama", "llama", max_position_embeddings=4096)  # room for zero-shot items
+    calls = []
+    compress = frontier.compress
+
+    def stop_after_one(lm, recipe, **kw):
+        if calls:
+            raise KeyboardInterrupt  # the bench is stopped during its second row
+        calls.append(recipe)
+        return compress(lm, recipe, **kw)
+
+    monkeypatch.setattr(frontier, "compress", stop_after_one)
+    with pytest.raises(KeyboardInterrupt):
+        frontier.main(_argv(model, out))
+    rows = [json.loads(line) for line in out.with_suffix(".jsonl").read_text().splitlines()]
+    assert [r["key"] for r in rows][0] == "dense" and len(rows) == 2  # the finished rows are kept
+    first = rows[1]
+    assert first["compensation"] == "none" and "lambada" in first  # the only row of its size is its best
+
+    monkeypatch.setattr(frontier, "compress", lambda lm, recipe, **kw: calls.append(recipe) or compress(lm, recipe, **kw))
+    assert frontier.main(_argv(model, out)) == 0
+    assert len(calls) == 2 and calls[1].compensation.enabled  # the resumed run measured only the missing row
+    rows = [json.loads(line) for line in out.with_suffix(".jsonl").read_text().splitlines()]
+    assert len(rows) == 3 and all(r["protocol"]["windows"] == 2 for r in rows)
+    dense, plain, comp = rows
+    assert abs(comp["fraction"] - 0.8) < 0.01 and comp["fraction"] <= 0.8 + 1e-3  # equal total parameters
+    assert comp["recipe"]["ratio"] > plain["recipe"]["ratio"]  # the branches were paid for with width
+    best = min((plain, comp), key=lambda r: r["ppl"])
+    assert "lambada" in best and "zeroshot" not in best  # the best of the size has the extras (0: skipped)
+    assert "lambada" in dense and dense["chat_total"] == 3
+
+    md = out.with_suffix(".md").read_text()
+    assert f"| {dense['chat_hits']}/{dense['chat_total']} |" in md
+    assert md.count("\n| 0.80x |") == 2 and md.count(" * |") == 1 and "2x32" in md
+
+    assert frontier.main(_argv(model, out)) == 0 and len(calls) == 2  # nothing left to measure
+    out.with_suffix(".md").unlink()
+    assert frontier.main(_argv(model, out, "--table")) == 0
+    assert out.with_suffix(".md").read_text() == md
+
+    assert frontier.main(_argv(model, out, "--windows", "3", "--sizes", "")) == 0  # another protocol
+    rows = [json.loads(line) for line in out.with_suffix(".jsonl").read_text().splitlines()]
+    assert len(rows) == 4  # the older rows stay in the file, out of the new table
+    assert "No dense row" not in out.with_suffix(".md").read_text() and "0.80x" not in out.with_suffix(".md").read_text()
