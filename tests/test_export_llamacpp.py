@@ -85,3 +85,22 @@ def test_demo_fasp_with_per_layer_widths_matches_in_llama_cpp(demo_lm, data_dir,
     assert check.greedy_matched == 4, check.first_divergence
     assert check.ppl_rel_diff < 0.01, check.to_dict()
     assert same_tokenization(open_gguf(f16.path, n_ctx=64), lm.tokenizer, PROMPTS)
+
+
+def test_bench_times_two_results_in_llama_cpp_taking_turns(results, capsys):
+    import json
+
+    from engine.cli import main
+
+    args = ["bench", str(results["fasp-mlp-uniform"]), "--compare", str(results["shortgpt"]), "--engine", "llamacpp",
+            "--prefill-len", "8", "--decode-tokens", "4", "--decode-context", "4", "--repeats", "3", "--threads", "1",
+            "--json"]
+    assert main(args) == 0
+    payload = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    fasp, short = payload["models"]
+    assert [m["spec"] for m in payload["models"]] == [str(results["fasp-mlp-uniform"]), str(results["shortgpt"])]
+    assert len(fasp["decode_s"]) == len(short["decode_s"]) == 3 and short["gguf_mb"] < fasp["gguf_mb"]
+    rate = short["decode_tokens_per_s_b1"]
+    assert rate["min"] <= rate["median"] <= rate["max"] and rate["median"] > 0
+    ratio = payload["ratios"]["decode_tokens_per_s_b1"]
+    assert ratio == pytest.approx(rate["median"] / fasp["decode_tokens_per_s_b1"]["median"])

@@ -152,7 +152,8 @@ class GgufSpeed:
                 "prefill_s": self.prefill_s, "decode_s": self.decode_s}
 
 
-def _time_once(llm, prefill: list[int], context: list[int], decode_tokens: int) -> tuple[float, float]:
+def time_once(llm, prefill: list[int], context: list[int], decode_tokens: int) -> tuple[float, float]:
+    """(seconds for one prefill of ``prefill``, seconds for ``decode_tokens`` greedy steps after ``context``)."""
     llm.reset()
     t = time.perf_counter()
     llm.eval(prefill)
@@ -179,7 +180,7 @@ def time_ggufs(paths: Sequence["str | Path"], prefill_len: int = 512, decode_tok
     out = [GgufSpeed(str(p), [], []) for p in paths]
     for run in range(warmup + repeats):
         for llm, speed in zip(models, out):
-            prefill_s, decode_s = _time_once(llm, prefill, context, decode_tokens)
+            prefill_s, decode_s = time_once(llm, prefill, context, decode_tokens)
             if run >= warmup:
                 speed.prefill_s.append(prefill_s)
                 speed.decode_s.append(decode_s)
