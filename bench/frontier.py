@@ -179,22 +179,24 @@ class RatioFinder:
         return best[0] if best is not None else points[-1][0]
 
 
-def measure(model, tokenizer, args) -> dict:
-    """ppl and chat check of one model (and the answers to the Chat tab's example prompts)."""
-    row: dict = {}
+def measure_ppl(model, tokenizer, args) -> dict:
+    """ppl on the protocol's windows."""
     t = time.perf_counter()
-    row["ppl"] = perplexity(model, tokenizer, "wikitext2", args.seqlen, max_windows=args.windows,
-                            data_dir=args.data_dir).ppl
-    log(f"ppl {row['ppl']:.2f}", t)
+    ppl = perplexity(model, tokenizer, "wikitext2", args.seqlen, max_windows=args.windows, data_dir=args.data_dir).ppl
+    log(f"ppl {ppl:.2f}", t)
+    return {"ppl": ppl, "ppl_s": time.perf_counter() - t}
+
+
+def measure_chat(model, tokenizer, args) -> dict:
+    """The chat check (and, for a preset, the answers to the Chat tab's example prompts)."""
+    t = time.perf_counter()
     check = chat_check(model, tokenizer)
-    row["chat_hits"], row["chat_total"] = check.hits, check.total
-    row["chat_answers"] = [a["answer"] for a in check.answers]
+    row = {"chat_hits": check.hits, "chat_total": check.total, "chat_answers": [a["answer"] for a in check.answers]}
     log(f"chat check {check.hits}/{check.total}", t)
-    if args.save_best:  # the presets' stored answers to the Chat tab's example prompts
+    if args.save_best:
         examples = chat_check(model, tokenizer, [Question(p, ()) for p in EXAMPLE_PROMPTS], EXAMPLE_TOKENS)
         row["examples"] = [a["answer"] for a in examples.answers]
-    row["eval_s"] = time.perf_counter() - t
-    return row
+    return row | {"chat_s": time.perf_counter() - t}
 
 
 def log(what: str, since: float) -> None:
@@ -235,7 +237,7 @@ def machine() -> dict:
 def table(rows: list[dict]) -> list[str]:
     out = [f"{'size':>5} {'recipe':<58}{'params':>7}{'ppl':>8}{'lambada':>8}{'0-shot':>7}{'chat':>8}{'secs':>7}"]
     for r in rows:
-        chat = f"{r['chat_hits']}/{r.get('chat_total', '?')}"
+        chat = f"{r['chat_hits']}/{r['chat_total']}" if "chat_hits" in r else "-"
         out.append(f"{r.get('size', 1.0):>5} {r['label'][:57]:<58}{r['fraction']:>7.3f}{r['ppl']:>8.2f}"
                    f"{pct(r.get('lambada')):>8}{pct(r.get('zeroshot')):>7}{chat:>8}{r.get('seconds', 0):>7.0f}")
     return out
@@ -275,7 +277,8 @@ def run(args) -> Results:
     dense_params = params_total(lm)
     if results.find("dense") is None or args.redo:
         results.put({"key": "dense", "label": "dense", "fraction": 1.0, "seconds": 0.0, "protocol": results.proto}
-                    | measure(lm.model, lm.tokenizer, args) | measure_extras(lm.model, lm.tokenizer, args)
+                    | measure_ppl(lm.model, lm.tokenizer, args) | measure_chat(lm.model, lm.tokenizer, args)
+                    | measure_extras(lm.model, lm.tokenizer, args)
                     | {"machine": machine()})
     finder = RatioFinder(lm, dense_params)
     for size in [float(s) for s in split(args.sizes)]:
@@ -288,7 +291,8 @@ def run(args) -> Results:
                         key = json.dumps([size, name, schedule, calib, args.nsamples, args.calib_seqlen, args.seed,
                                           comp, kind, steps, args.recovery_source, args.recovery_groups,
                                           args.recovery_lr, args.recovery_seqlen, args.recovery_nsamples])
-                        if results.find(key) is not None and not args.redo:
+                        done = results.find(key)
+                        if done is not None and not done.get("partial") and not args.redo:
                             continue
                         ratio = explicit if explicit is not None else finder.ratio(base, size)
                         recipe = replace(base, ratio=ratio, schedule=schedule,
@@ -313,7 +317,9 @@ def one_row(lm, recipe: Recipe, key: str, size: float, comp: str, dense_params: 
             "seconds": time.perf_counter() - t, "stage_seconds": result.stage_seconds,
             "recovery": {k: v for k, v in result.plots.get("recovery", {}).items() if k != "lora_modules"}}
     log(f"compressed to {row['fraction']:.4f}x", t)
-    row |= measure(result.model, result.tokenizer, args)
+    row |= measure_ppl(result.model, result.tokenizer, args)
+    results.put(row | {"partial": "stopped after its ppl", "machine": machine()})  # kept if the run stops here
+    row |= measure_chat(result.model, result.tokenizer, args)
     if wants_extras(results, row, args):
         row |= measure_extras(result.model, result.tokenizer, args)
     return row | {"machine": machine()}

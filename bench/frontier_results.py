@@ -66,10 +66,12 @@ def markdown(rows: list[dict], proto: dict) -> str:
              "| size | params | recipe | ppl (vs dense) | chat check | LAMBADA | 0-shot | seconds | load |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in [dense] + sized:
-        mark = " *" if id(r) in best else " (earlier run: see below)" if r.get("source") else ""
+        mark = " *" if id(r) in best else ""
+        mark += f" ({r['partial']})" if r.get("partial") else " (earlier run: see below)" if r.get("source") else ""
+        chat = f"{r['chat_hits']}/{r['chat_total']}" if "chat_hits" in r else "-"
         ppl = f"{r['ppl']:.2f}" + ("" if r is dense else f" ({r['ppl'] / dense['ppl']:.2f}x)")
         size = "dense" if r is dense else f"{r['size']:.2f}x"
-        lines.append(f"| {size} | {r['fraction']:.3f}x | {r['label']}{mark} | {ppl} | {r['chat_hits']}/{r['chat_total']} "
+        lines.append(f"| {size} | {r['fraction']:.3f}x | {r['label']}{mark} | {ppl} | {chat} "
                      f"| {pct(r.get('lambada'))} | {pct(r.get('zeroshot'))} | {r.get('seconds', 0):.0f} "
                      f"| {_load(r)} |")
     lines += ["\n" + textwrap.fill(f"{r['label']}: {r['source']}.", 112) for r in [dense] + sized if r.get("source")]

@@ -36,28 +36,31 @@ def _argv(model: Path, out: Path, *extra: str) -> list[str]:
 def test_rows_are_written_as_measured_resumed_and_tabled(frontier, data_dir, tmp_path, monkeypatch):
     out = tmp_path / "frontier"
     model = save_model_dir(tmp_path / "llama", "llama", max_position_embeddings=4096)  # room for zero-shot items
-    calls = []
-    compress = frontier.compress
+    calls, checks = [], []
+    compress, check = frontier.compress, frontier.chat_check
+    monkeypatch.setattr(frontier, "compress", lambda lm, recipe, **kw: calls.append(recipe) or compress(lm, recipe, **kw))
 
-    def stop_after_one(lm, recipe, **kw):
-        if calls:
-            raise KeyboardInterrupt  # the bench is stopped during its second row
-        calls.append(recipe)
-        return compress(lm, recipe, **kw)
+    def stop_in_the_third(model, tokenizer):
+        checks.append(1)
+        if len(checks) == 3:
+            raise KeyboardInterrupt  # the bench is stopped in the second row's chat check
+        return check(model, tokenizer)
 
-    monkeypatch.setattr(frontier, "compress", stop_after_one)
+    monkeypatch.setattr(frontier, "chat_check", stop_in_the_third)
     with pytest.raises(KeyboardInterrupt):
         frontier.main(_argv(model, out))
     rows = [json.loads(line) for line in out.with_suffix(".jsonl").read_text().splitlines()]
-    assert [r["key"] for r in rows][0] == "dense" and len(rows) == 2  # the finished rows are kept
-    first = rows[1]
+    assert [r["key"] for r in rows][0] == "dense" and len(rows) == 3  # the finished rows are kept
+    first, stopped = rows[1:]
     assert first["compensation"] == "none" and "lambada" in first  # the only row of its size is its best
+    assert stopped["partial"] and stopped["ppl"] > 0 and "chat_hits" not in stopped  # its ppl is kept
+    assert "| - |" in out.with_suffix(".md").read_text()
 
-    monkeypatch.setattr(frontier, "compress", lambda lm, recipe, **kw: calls.append(recipe) or compress(lm, recipe, **kw))
+    monkeypatch.setattr(frontier, "chat_check", check)
     assert frontier.main(_argv(model, out)) == 0
-    assert len(calls) == 2 and calls[1].compensation.enabled  # the resumed run measured only the missing row
+    assert len(calls) == 3 and calls[2].compensation.enabled  # the resumed run measured only the unfinished row
     rows = [json.loads(line) for line in out.with_suffix(".jsonl").read_text().splitlines()]
-    assert len(rows) == 3 and all(r["protocol"]["windows"] == 2 for r in rows)
+    assert len(rows) == 3 and all(r["protocol"]["windows"] == 2 and not r.get("partial") for r in rows)
     dense, plain, comp = rows
     assert abs(comp["fraction"] - 0.8) < 0.01 and comp["fraction"] <= 0.8 + 1e-3  # equal total parameters
     assert comp["recipe"]["ratio"] > plain["recipe"]["ratio"]  # the branches were paid for with width
@@ -69,7 +72,7 @@ def test_rows_are_written_as_measured_resumed_and_tabled(frontier, data_dir, tmp
     assert f"| {dense['chat_hits']}/{dense['chat_total']} |" in md
     assert md.count("\n| 0.80x |") == 2 and md.count(" * |") == 1 and "2x32" in md
 
-    assert frontier.main(_argv(model, out)) == 0 and len(calls) == 2  # nothing left to measure
+    assert frontier.main(_argv(model, out)) == 0 and len(calls) == 3  # nothing left to measure
     out.with_suffix(".md").unlink()
     assert frontier.main(_argv(model, out, "--table")) == 0
     assert out.with_suffix(".md").read_text() == md
