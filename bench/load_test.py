@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -213,9 +214,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(model: str, port: int, log_file, timeout_s: float = 300) -> tuple[subprocess.Popen, str]:
-    """The app in a fresh process; returns once its page answers."""
-    proc = subprocess.Popen([sys.executable, "-c", SERVE, str(port), model], cwd=REPO, stdout=log_file,
+def start_server(model: str, port: int, log_file, grace_s: float, timeout_s: float = 300) -> tuple[subprocess.Popen, str]:
+    """The app in a fresh process (freeing a session ``grace_s`` after its client left); returns once its
+    page answers."""
+    env = dict(os.environ, SLIMLAB_SESSION_GRACE_S=str(grace_s))
+    proc = subprocess.Popen([sys.executable, "-c", SERVE, str(port), model], cwd=REPO, env=env, stdout=log_file,
                             stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
     deadline = time.monotonic() + timeout_s
@@ -262,6 +265,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--model", default="demo", help="model spec; 'tests-tiny' builds a tiny random llama folder")
     ap.add_argument("--url", help="drive an app already running at this URL (no RSS figures)")
     ap.add_argument("--after-s", type=float, default=15.0, help="how long to watch RSS after the clients leave")
+    ap.add_argument("--grace-s", type=float, default=2.0,
+                    help="the server frees a session this long after its client left (the app's default: 60)")
     args = ap.parse_args(argv)
 
     model = args.model
@@ -281,7 +286,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.url:
             return _drive(args.url, model, args.sessions, say, None, 0)
         server_log = tempfile.NamedTemporaryFile("w+", prefix="slimlab-load-server-", suffix=".log", delete=False)
-        proc, url = start_server(args.model if args.model == "demo" else model, free_port(), server_log)
+        proc, url = start_server(args.model if args.model == "demo" else model, free_port(), server_log, args.grace_s)
         try:
             with RssSampler(proc.pid) as sampler:
                 wait_for_preload(sampler)
@@ -307,7 +312,7 @@ def _drive(url: str, model: str, n: int, say: Callable[[str], None], sampler: Op
         f"queue positions reported to {sum(r.queued for r in reports)} of {n}")
     if sampler is not None:
         peak = sampler.peak_bytes
-        time.sleep(after_s)  # the server notices the clients left (heartbeat) and frees their sessions
+        time.sleep(after_s)  # the server notices the clients left (heartbeat) and frees their sessions after the grace
         say(f"peak RSS {peak / MB:,.0f} MB (server process tree); RSS {after_s:.0f} s after the clients left "
             f"{sampler.now_bytes() / MB:,.0f} MB")
     return 0 if ok == n else 1

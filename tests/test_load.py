@@ -12,7 +12,6 @@ import pytest
 from conftest import REPO
 
 pytest.importorskip("gradio_client")
-pytestmark = pytest.mark.slow
 
 
 def _load_test():
@@ -33,9 +32,31 @@ def _wait(condition, timeout_s: float = 60.0) -> bool:
     return False
 
 
-def test_four_sessions_stay_apart_are_queued_share_originals_and_are_freed_when_they_leave(app_url, tiny_dirs):
+def test_a_session_is_freed_after_its_client_leaves_unless_it_comes_back_within_the_grace(tiny):
+    from ui.state import LiveSessions, Session
+
+    sessions = LiveSessions(grace_s=0.3)
+    kept, left = Session(), Session()
+    kept.lm = left.lm = tiny("llama")  # stands for a loaded model
+    sessions.track("kept", kept)
+    sessions.track("left", left)
+    sessions.end("kept")
+    sessions.end("left")
+    sessions.track("kept", kept)  # an event from it: the client is back (a phone woke the tab)
+    assert _wait(lambda: sessions.get("left") is None, 5)
+    assert left.lm is None and len(sessions) == 1
+    time.sleep(0.5)
+    assert sessions.get("kept") is kept and kept.lm is not None
+    sessions.end("nobody")  # a client that sent no event: nothing to free
+    assert len(sessions) == 1
+
+
+@pytest.mark.slow
+def test_four_sessions_stay_apart_are_queued_share_originals_and_are_freed_when_they_leave(app_url, tiny_dirs,
+                                                                                          monkeypatch):
     from ui.state import MODELS, SESSIONS
 
+    monkeypatch.setattr(SESSIONS, "grace_s", 0.5)
     lt = _load_test()
     llama, qwen = str(tiny_dirs["llama"]), str(tiny_dirs["qwen2"])
     plans = [lt.SessionPlan(0, llama, 0.2), lt.SessionPlan(1, llama, 0.22), lt.SessionPlan(2, qwen, 0.24),
@@ -62,7 +83,7 @@ def test_four_sessions_stay_apart_are_queued_share_originals_and_are_freed_when_
     finally:
         for c in clients:
             c.close()
-    # the clients left: the app frees their sessions (runs, chats) without waiting for gradio's hour
+    # the clients left: after the grace the app frees their sessions (runs, chats), not after gradio's hour
     hashes = [r.session_hash for r in reports]
     assert _wait(lambda: all(SESSIONS.get(h) is None for h in hashes)), "sessions still tracked after their clients left"
     assert _wait(lambda: all(r() is None for r in results)), "a session's compressed model outlived its session"

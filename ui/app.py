@@ -66,7 +66,7 @@ def _after_run(session: Session) -> list:
 
 
 def _end_session(request: gr.Request) -> None:
-    """The client left (tab closed or reloaded, gradio_client closed): free its session's runs now."""
+    """The client left (tab closed or reloaded, gradio_client closed): free its session's runs soon."""
     SESSIONS.end(request.session_hash)
 
 
@@ -75,7 +75,7 @@ def build_app(preload_demo: bool = True) -> gr.Blocks:
     if preload_demo:
         preload()
     with gr.Blocks(title=TITLE) as app:
-        session = gr.State(Session())  # deep-copied per client session; freed by _end_session when it leaves
+        session = gr.State(Session())  # deep-copied per client session; freed after it leaves (_end_session)
         gr.Markdown(HEADER, elem_id="slimlab-header")
         status = gr.Markdown("**Model:** loading the demo model …", elem_id="slimlab-status")
         tabs = {}

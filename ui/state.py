@@ -141,26 +141,45 @@ class Session:
 
 
 class LiveSessions:
-    """Each connected client's ``Session`` by gradio session hash, so the app can free it the moment the
+    """Each connected client's ``Session`` by gradio session hash, so the app can free it soon after the
     client leaves. Gradio alone would not: it keeps a closed session's state for an hour, and calls a
-    ``gr.State``'s delete_callback only for state that some event has output (ours is only ever an input)."""
+    ``gr.State``'s delete_callback only for state that some event has output (ours is only ever an input).
+    A client that left comes back within ``grace_s`` (a phone that put the tab to sleep) with its work intact."""
 
-    def __init__(self) -> None:
+    def __init__(self, grace_s: float = float(os.environ.get("SLIMLAB_SESSION_GRACE_S", "60"))):
+        self.grace_s = grace_s
         self._sessions: dict[str, Session] = {}
+        self._leaving: dict[str, threading.Timer] = {}
         self._lock = threading.Lock()
 
     def track(self, key: str, session: Session) -> None:
+        """``key``'s client sent an event on ``session`` (and so is here, whatever its heartbeat said)."""
         with self._lock:
             self._sessions[key] = session
+            leaving = self._leaving.pop(key, None)
+        if leaving is not None:
+            leaving.cancel()
 
-    def end(self, key: str) -> bool:
-        """Free the session of client ``key`` (its runs, chats, analysis); False when none was tracked."""
+    def end(self, key: str) -> None:
+        """``key``'s client left: free its session (runs, chats, analysis) unless it is back within the grace."""
+        timer = threading.Timer(self.grace_s, self._close, args=(key,))
+        timer.daemon = True
         with self._lock:
-            session = self._sessions.pop(key, None)
-        if session is None:
-            return False
+            if key not in self._sessions:
+                return
+            earlier = self._leaving.pop(key, None)
+            self._leaving[key] = timer
+        if earlier is not None:
+            earlier.cancel()
+        timer.start()
+
+    def _close(self, key: str) -> None:
+        with self._lock:
+            if self._leaving.get(key) is not threading.current_thread():  # it came back meanwhile
+                return
+            del self._leaving[key]
+            session = self._sessions.pop(key)
         session.close()
-        return True
 
     def get(self, key: str) -> Optional[Session]:
         with self._lock:
