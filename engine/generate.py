@@ -64,6 +64,31 @@ def chat_input_ids(tokenizer, messages: list[dict]) -> torch.Tensor:
     return ids["input_ids"]
 
 
+def fitted_input_ids(tokenizer, messages: list[dict], context: Optional[int], max_new_tokens: int) -> torch.Tensor:
+    """The prompt, with the oldest turns left out until it and the answer fit the model's context.
+
+    A model attends over at most ``context`` positions; past them its answers are noise and the
+    attention's memory grows with the square of the length. A system message and the newest user
+    message are always kept: when those alone do not fit, the user is told by how much."""
+    ids = chat_input_ids(tokenizer, messages)
+    if not context:
+        return ids
+    budget = context - max_new_tokens
+    if budget < 1:
+        raise ConfigError(f"Max new tokens ({max_new_tokens}) must be below this model's context of {context} tokens.")
+    system = [m for m in messages[:1] if m.get("role") == "system"]
+    turns = messages[len(system):]
+    while ids.shape[1] > budget and len(turns) > 1:
+        turns = turns[1:]
+        while len(turns) > 1 and turns[0].get("role") != "user":
+            turns = turns[1:]
+        ids = chat_input_ids(tokenizer, system + turns)
+    if ids.shape[1] > budget:
+        raise ConfigError(f"The message is {ids.shape[1]:,} tokens; this model reads at most {context:,}, "
+                          f"{max_new_tokens} of them for its answer. Shorten the message or lower Max new tokens.")
+    return ids
+
+
 def _processors(settings: SamplingSettings):
     from transformers.generation.logits_process import (
         LogitsProcessorList, RepetitionPenaltyLogitsProcessor, TemperatureLogitsWarper, TopKLogitsWarper,
@@ -88,7 +113,8 @@ class _Stepper:
     def __init__(self, model: nn.Module, tokenizer, messages: list[dict], settings: SamplingSettings):
         self.model, self.tokenizer, self.settings = model, tokenizer, settings
         self.device = next(model.parameters()).device
-        self.prompt = chat_input_ids(tokenizer, messages).to(self.device)
+        context = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+        self.prompt = fitted_input_ids(tokenizer, messages, context, settings.max_new_tokens).to(self.device)
         self.ids = self.prompt
         self.next_input = self.prompt
         self.cache = None
