@@ -21,7 +21,7 @@ from .data import calibration_windows, load_text
 from .data.sources import mixture_counts, mixture_parts
 from .errors import ConfigError
 from .memory import keep_freed_memory, out_of_memory_as_error, peak_mb, reset_peak
-from .methods import Plan, Structure, get_method
+from .methods import Plan, Structure, check_architecture, get_method
 from .models import LoadedModel
 from .progress import CancelToken, Reporter
 from .recipes import CalibrationSpec, Recipe, current_versions
@@ -128,6 +128,7 @@ def compress(
         raise TypeError("compress(lm, recipe) takes no ratio or recipe fields; edit the recipe instead.")
     recipe = recipe.validate()
     impl = get_method(recipe.method)
+    check_architecture(impl, lm.adapter)
     reporter = Reporter(callback=progress, cancel=cancel)
     keep_freed_memory()
     reset_peak(lm.compute_device)

@@ -18,7 +18,7 @@ from torch import nn
 
 from .analysis import Accounting, account
 from .api import compensation_plan, has_chat_template
-from .methods import get_method
+from .methods import check_architecture, get_method
 from .models import LoadedModel
 from .recipes import CalibrationSpec, Recipe
 from .schedules import build_plan, get_schedule, split_schedule
@@ -65,8 +65,10 @@ def planned_size(lm: LoadedModel, recipe: Recipe,
     A score-driven schedule (block influence) is built from ``scores`` when given, else sized as the
     uniform plan at the same target (``exact`` False), as is a plan searched on the run itself. Compensation
     branches count at their planned ranks (a half the method leaves untouched would get none). Bad recipes
-    raise the ConfigError ``compress`` would raise."""
+    raise the error ``compress`` would raise."""
     recipe = recipe.validate()
+    method = get_method(recipe.method)
+    check_architecture(method, lm.adapter)
     num_layers = len(lm.adapter.layers(lm.model))
     recipe.check_layers(num_layers)
     plan, exact = recipe.plan, True
@@ -78,7 +80,7 @@ def planned_size(lm: LoadedModel, recipe: Recipe,
             plan = build_plan(recipe.schedule, recipe.ratio, num_layers, scores=scores,
                               params=recipe.schedule_params)
     model = meta_copy(lm.model)
-    if not get_method(recipe.method).plan_shapes(model, lm.adapter, plan, recipe.method_params):
+    if not method.plan_shapes(model, lm.adapter, plan, recipe.method_params):
         return None
     original = account(lm.model, lm.adapter, lm.path, lm.meta.get("params_added_detail"))
     planned = account(model, lm.adapter)

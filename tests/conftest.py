@@ -6,7 +6,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from tiny import make_model, save_model_dir  # noqa: E402
+from tiny import ARCHS, make_model, save_model_dir  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data"
@@ -26,7 +26,7 @@ def data_dir() -> Path:
 def tiny_dirs(tmp_path_factory):
     """A saved checkpoint folder per architecture: {arch: path}."""
     root = tmp_path_factory.mktemp("tiny")
-    return {arch: save_model_dir(root / arch, arch) for arch in ("llama", "mistral", "qwen2", "qwen3", "opt")}
+    return {arch: save_model_dir(root / arch, arch) for arch in ARCHS}
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ from engine.recipes import CalibrationSpec, CompensationSpec, Recipe
 from engine.stats import LayerHooks, ModelLayers, capture_layer_inputs, run_sequential
 from engine.transforms.compensation import DAMP, ErrorStats, fit_low_rank, planned_params, rank_for_share
 
-ARCHS = ("llama", "qwen2", "opt")
+ARCHS = ("llama", "qwen2", "opt", "gemma3")
 
 
 def _tokens(vocab: int, n: int, seqlen: int = 64, seed: int = 0) -> torch.Tensor:
@@ -259,8 +259,8 @@ def test_the_driver_reproduces_a_compensated_models_own_forward(tiny, arch):
     run_sequential(inputs, adapter, ModelLayers(model, adapter), Observe(), Reporter(), "check")
     x = inputs.hidden
     with torch.no_grad():
-        for layer, outputs in zip(adapter.layers(model), seen):
-            expected = [layer(h, **kw) for h, kw in zip(x, inputs.kwargs)]
+        for i, (layer, outputs) in enumerate(zip(adapter.layers(model), seen)):
+            expected = [layer(h, **kw) for h, kw in zip(x, inputs.of_layer(i))]
             expected = [e[0] if isinstance(e, tuple) else e for e in expected]
             for got, want in zip(outputs, expected):
                 torch.testing.assert_close(got, want, rtol=0, atol=0)

@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from engine import CalibrationSpec, compress, load_compressed, load_model, save_compressed
+from engine import compress, load_compressed, load_model, save_compressed
 from engine.errors import ConfigError
 from engine.methods import Method, available_methods, register
 from engine.methods.fasp import PairPruningStructure
@@ -16,22 +16,13 @@ from engine.models.adapters import adapter_for
 from engine.models import LoadedModel
 from engine.stats import LayerHooks, ModelLayers, capture_layer_inputs, run_sequential
 from engine.progress import Reporter
+from tiny import logits as _logits, random_calibration as _calibration
 
 METHOD_PARAMS = {"slicegpt": [{"variant": "per-layer"}, {"variant": "shared"}], "fasp": [{}], "wanda-sp": [{}],
                  "shortgpt": [{}], "modegpt": [{}]}
 
 
-def _calibration(vocab: int, n: int = 8, seqlen: int = 32) -> CalibrationSpec:
-    g = torch.Generator().manual_seed(0)
-    return CalibrationSpec("random", n, seqlen, 0, 4, tokens=torch.randint(3, vocab, (n, seqlen), generator=g))
-
-
-def _logits(model, ids):
-    with torch.no_grad():
-        return model(input_ids=ids, use_cache=False).logits
-
-
-@pytest.mark.parametrize("arch", ["llama", "qwen2", "opt"])
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "opt", "gemma3"])
 def test_driver_reproduces_each_layers_own_forward(tiny, arch):
     model, tok = tiny(arch)
     adapter = adapter_for(model)
@@ -48,8 +39,8 @@ def test_driver_reproduces_each_layers_own_forward(tiny, arch):
     run_sequential(inputs, adapter, ModelLayers(model, adapter), Observe(), Reporter(), "check")
     x = inputs.hidden
     with torch.no_grad():
-        for layer, (layer_in, layer_out) in zip(adapter.layers(model), seen):
-            expected = [layer(h, **kw) for h, kw in zip(x, inputs.kwargs)]
+        for i, (layer, (layer_in, layer_out)) in enumerate(zip(adapter.layers(model), seen)):
+            expected = [layer(h, **kw) for h, kw in zip(x, inputs.of_layer(i))]
             expected = [e[0] if isinstance(e, tuple) else e for e in expected]
             for got, want in zip(layer_out, expected):  # read-only passes are exact: bit for bit
                 torch.testing.assert_close(got, want, rtol=0, atol=0)

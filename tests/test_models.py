@@ -9,12 +9,13 @@ from engine.errors import CorruptWeightsError, ModelNotFoundError, UnsupportedAr
 from engine import load_model
 from engine.models import SUPPORTED_MODEL_TYPES, adapter_for
 from engine.models import hub
+from tiny import MODEL_TYPES
 
 
-@pytest.mark.parametrize("arch", ["llama", "mistral", "qwen2", "qwen3", "opt"])
+@pytest.mark.parametrize("arch", ["llama", "mistral", "qwen2", "qwen3", "opt", "gemma3"])
 def test_local_folder_loads_with_adapter(tiny_dirs, arch):
     lm = load_model(str(tiny_dirs[arch]), device="cpu")
-    assert lm.model.config.model_type == arch
+    assert lm.model.config.model_type == MODEL_TYPES.get(arch, arch)
     assert lm.adapter is adapter_for(lm.model)
     assert len(lm.adapter.layers(lm.model)) == 3
     ids = lm.tokenizer("hello world", return_tensors="pt").input_ids

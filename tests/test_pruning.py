@@ -163,7 +163,7 @@ def test_gqa_value_rows_map_to_every_query_head_of_their_group():
 
 # --- methods ---------------------------------------------------------------
 
-@pytest.mark.parametrize("arch", ["llama", "opt", "qwen2", "qwen3"])
+@pytest.mark.parametrize("arch", ["llama", "opt", "qwen2", "qwen3", "gemma3"])
 def test_wanda_sp_equals_the_original_with_pruned_channels_zeroed(tiny, arch):
     """Without restoration, pruning = masking: checks the surgery and the narrowed attention."""
     lm = _lm(tiny, arch)

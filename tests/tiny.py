@@ -12,7 +12,8 @@ SAMPLE_TEXT = (
     "residual stream show how many directions carry most of the signal. "
 ) * 40
 
-ARCHS = ("llama", "mistral", "qwen2", "qwen3", "opt")
+ARCHS = ("llama", "mistral", "qwen2", "qwen3", "opt", "gemma3")
+MODEL_TYPES = {"gemma3": "gemma3_text"}  # where a tiny architecture's config name differs from ours
 
 
 def make_tokenizer(vocab_size: int = 320):
@@ -50,8 +51,11 @@ def make_config(arch: str, vocab_size: int, **overrides):
             cfg["attention_bias"] = True  # qwen2 always has q/k/v biases; the config ignores this
         if arch == "llama":
             cfg["attention_bias"] = False
+        if arch == "gemma3":  # two sliding-window layers (a window shorter than the test sequences), one global
+            cfg.update(layer_types=["sliding_attention", "full_attention", "sliding_attention"], sliding_window=8,
+                       query_pre_attn_scalar=16, tie_word_embeddings=True)
     cfg.update(overrides)
-    return AutoConfig.for_model(arch, **cfg)
+    return AutoConfig.for_model(MODEL_TYPES.get(arch, arch), **cfg)
 
 
 def make_model(arch: str, seed: int = 0, **overrides):
@@ -78,3 +82,16 @@ def save_model_dir(path: Path, arch: str, seed: int = 0, **overrides) -> Path:
     model.save_pretrained(path)
     tok.save_pretrained(path)
     return path
+
+
+def random_calibration(vocab: int, n: int = 8, seqlen: int = 32):
+    """A seeded calibration of random token ids (batches of 4), for passes that need no real text."""
+    from engine import CalibrationSpec
+
+    g = torch.Generator().manual_seed(0)
+    return CalibrationSpec("random", n, seqlen, 0, 4, tokens=torch.randint(3, vocab, (n, seqlen), generator=g))
+
+
+def logits(model, ids: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model(input_ids=ids, use_cache=False).logits

@@ -54,7 +54,7 @@ def module_params(model: nn.Module, adapter: Adapter) -> ModuleParams:
         groups = {
             "attention": _params_of(parts.attn_in + [parts.attn_out]),
             "mlp": _params_of(parts.mlp_in + [parts.mlp_out]),
-            "norms": _params_of([parts.attn_norm, parts.mlp_norm]),
+            "norms": _params_of(parts.norms),
         }
         known = set().union(*groups.values())
         groups["other"] = {k: p for k, p in _params_of([layer]).items() if k not in known}

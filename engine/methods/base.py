@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ..calibration import CalibrationSpec
-from ..errors import ConfigError
+from ..errors import ConfigError, UnsupportedArchitectureError
 from ..models.adapters import Adapter
 from ..workspace import Workspace
 from ..params import Param, resolve_params, schema
@@ -69,6 +69,9 @@ class Method(ABC):
     uses_plan: ClassVar[bool] = True  # False for methods that pick their own per-layer amounts
     # True: removes whole layers, the lowest ``plan.scores`` first when a plan ranks them (a searched plan does)
     removes_layers: ClassVar[bool] = False
+    # True: rotates the residual stream's basis through every layer (SliceGPT), which needs each half's
+    # output to be a linear map of its writer's (no norm after a half: ``Adapter.sandwich_norms``)
+    rotates_residual: ClassVar[bool] = False
     structure_type: ClassVar[type[Structure]]
 
     def resolve_params(self, given: Optional[dict]) -> dict:
@@ -110,6 +113,15 @@ def timed_pass(work: Workspace, calibration: CalibrationSpec, hooks: LayerHooks,
 
 
 REGISTRY: dict[str, Method] = {}
+
+
+def check_architecture(method: Method, adapter: Adapter) -> None:
+    """Refuse, before anything runs, a method this architecture cannot carry, naming those it can."""
+    if method.rotates_residual and adapter.sandwich_norms:
+        works = ", ".join(name for name, m in available_methods().items() if not m.rotates_residual)
+        raise UnsupportedArchitectureError(
+            f"Method '{method.name}' does not run on {adapter.name}: a norm after each half (sandwich norms) "
+            f"stops a rotation of the residual stream from passing through the layers. Methods that do: {works}.")
 
 
 def register(method: "type[Method] | Method") -> "type[Method] | Method":

@@ -119,8 +119,8 @@ class ModeGPTPass(LayerHooks):
         del gram
         narrow_heads(self.adapter, step.layer, kept, rank, self.heads, self.shrink)
         # the half's output from the compressed attention (the driver's ``inner`` is the original's)
-        out = [r + self.adapter.run_attention(step.layer, n, kw) for r, n, kw in zip(step.residual, normed, step.kwargs)]
-        return HalfOutcome(residual=out)
+        written = [self.adapter.run_attention(step.layer, n, kw) for n, kw in zip(normed, step.kwargs)]
+        return HalfOutcome(residual=step.add(step.residual, written))
 
 
 @register

@@ -206,6 +206,7 @@ class SliceGPT(Method):
     )
 
     structure_type = SliceGPTStructure
+    rotates_residual = True
 
     # --- compression ------------------------------------------------------
     def compress(self, work, calibration: CalibrationSpec, plan: Plan, params: dict,

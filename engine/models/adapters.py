@@ -5,7 +5,7 @@ so adding an architecture means one new adapter and no change in any method.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import torch
@@ -59,6 +59,9 @@ class LayerParts:
     gate: nn.Linear | None
     up: nn.Linear
     down: nn.Linear  # writes the residual
+    # sandwich norms (Gemma 2/3): each half's output is normed before the residual add; None elsewhere
+    attn_post_norm: nn.Module | None = None
+    mlp_post_norm: nn.Module | None = None
 
     @property
     def attn_in(self) -> list[nn.Linear]:
@@ -80,6 +83,16 @@ class LayerParts:
             return self.attn_norm, self.attn_in, self.attn_out
         return self.mlp_norm, self.mlp_in, self.down
 
+    def post_norm(self, name: str) -> nn.Module | None:
+        """The norm between the ``attention`` or ``mlp`` half's writer and the residual add, if any."""
+        return self.attn_post_norm if name == "attention" else self.mlp_post_norm
+
+    @property
+    def norms(self) -> list[nn.Module]:
+        """Every norm of the layer, in data-flow order."""
+        found = (self.attn_norm, self.attn_post_norm, self.mlp_norm, self.mlp_post_norm)
+        return [n for n in found if n is not None]
+
 
 @dataclass(frozen=True)
 class Adapter:
@@ -98,6 +111,9 @@ class Adapter:
     mlp_activation: Callable[[nn.Module], Callable[[torch.Tensor], torch.Tensor]]
     mlp_width_key: str  # the config key of the MLP width
     rotary: bool = True  # RoPE rotates query/key dims i and i + head_dim/2 together (transformers' rotate_half)
+    # norms after each half (``LayerParts.post_norm``): the residual stream is never a linear function
+    # of a half's output, so a rotation of the residual basis cannot pass through a layer
+    sandwich_norms: bool = False
 
     # --- where things are -------------------------------------------------
     def layers(self, model: nn.Module) -> nn.ModuleList:
@@ -123,8 +139,12 @@ class Adapter:
     def head(self, model: nn.Module) -> nn.Linear:
         return model.lm_head
 
-    def layer_norms(self, layer: nn.Module) -> tuple[nn.Module, nn.Module]:
-        return getattr(layer, self.norm_names[0]), getattr(layer, self.norm_names[1])
+    def logits(self, model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+        """Next-token logits from the head's input, as the model's own forward makes them: the head,
+        then the final soft-capping where the config asks for it (Gemma 2; Gemma 3 has none)."""
+        logits = self.head(model)(hidden)
+        cap = getattr(model.config, "final_logit_softcapping", None)
+        return logits if not cap else torch.tanh(logits / cap) * cap
 
     def set_layer_norms(self, layer: nn.Module, attn_norm: nn.Module, mlp_norm: nn.Module) -> None:
         setattr(layer, self.norm_names[0], attn_norm)
@@ -260,7 +280,21 @@ OPT = Adapter(
     rotary=False,  # learned absolute positions
 )
 
-ADAPTERS: tuple[Adapter, ...] = (LLAMA, OPT)
+
+def _gemma3_parts(layer: nn.Module) -> LayerParts:
+    return replace(_llama_parts(layer), mlp_norm=layer.pre_feedforward_layernorm,
+                   attn_post_norm=layer.post_attention_layernorm, mlp_post_norm=layer.post_feedforward_layernorm)
+
+
+# Gemma 3 (text): RMSNorms that scale by (1 + w), embeddings scaled by sqrt(hidden) inside the embedding
+# module, per-head q/k norms, sliding-window and global layers (each type its own RoPE and mask), and a
+# norm after each half as well as before it
+GEMMA3 = replace(
+    LLAMA, name="gemma3", model_types=("gemma3_text",), parts_of=_gemma3_parts, sandwich_norms=True,
+    norm_names=("input_layernorm", "pre_feedforward_layernorm"),
+)
+
+ADAPTERS: tuple[Adapter, ...] = (LLAMA, OPT, GEMMA3)
 SUPPORTED_MODEL_TYPES: tuple[str, ...] = tuple(t for a in ADAPTERS for t in a.model_types)
 
 

@@ -21,7 +21,7 @@ def group_modules(model: nn.Module, adapter: Adapter, group: str) -> list[nn.Mod
                 else parts.mlp_in + [parts.down]
         return out
     if group == "norms":
-        return [n for layer in adapter.layers(model) for n in adapter.layer_norms(layer)] + [adapter.final_norm(model)]
+        return [n for layer in adapter.layers(model) for n in adapter.parts_of(layer).norms] + [adapter.final_norm(model)]
     if group == "embeddings":
         return [m for m in (adapter.token_embedding(model), adapter.position_embedding(model)) if m is not None]
     if group == "head":

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Optional, Protocol
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..memory import release_freed_memory
@@ -45,31 +46,51 @@ class LayerInputs:
     """Hidden states per calibration batch, and the keyword arguments each layer receives."""
 
     hidden: list[torch.Tensor]  # one [batch, seq, width] tensor per batch
-    kwargs: list[dict]  # position embeddings, masks ... exactly as the model passes them
+    kwargs: list[dict]  # layer 0's position embeddings, masks ... per batch, exactly as the model passes them
+    # per layer, per batch, where layers get different ones (Gemma 3's sliding-window and global layers
+    # each have their own mask and RoPE tables); empty when every layer gets ``kwargs``
+    by_layer: list[list[dict]] = field(default_factory=list)
 
     @property
     def num_tokens(self) -> int:
         return sum(h.shape[0] * h.shape[1] for h in self.hidden)
 
+    def of_layer(self, index: int) -> list[dict]:
+        """The keyword arguments layer ``index`` receives, per batch."""
+        return self.by_layer[index] if self.by_layer else self.kwargs
+
+
+class _Recorder(nn.Module):
+    """Stands in for a decoder layer while inputs are captured: keeps what the model passes it and
+    hands the hidden states on untouched, so no layer computes (a streamed model's are still on disk)."""
+
+    def __init__(self, seen: list, last: bool):
+        super().__init__()
+        self.seen, self.last = seen, last
+
+    def forward(self, hidden_states, *args, **kwargs):
+        self.seen.append((hidden_states, kwargs))
+        if self.last:
+            raise _Captured
+        return hidden_states
+
 
 @torch.inference_mode()
 def capture_layer_inputs(model: nn.Module, adapter: Adapter, tokens: torch.Tensor, batch_size: int = 8,
                          device: "torch.device | None" = None) -> LayerInputs:
-    """Run ``model`` up to its first decoder layer for each batch of ``tokens``.
+    """Run ``model`` up to its decoder layers for each batch of ``tokens``: layer 0's hidden states
+    and the keyword arguments of every layer.
 
-    Only the parts before layer 0 run (embeddings, rotary tables), so a model whose layers
-    are still on disk (meta tensors) can be captured; results move to ``device``."""
-    layer0 = adapter.layers(model)[0]
+    Only the parts before the layers run (embeddings, masks, rotary tables): the layers are swapped
+    for recorders meanwhile, so a model whose layers are still on disk (meta tensors) can be captured;
+    results move to ``device``. Arguments the layers share are one tensor, moved once."""
+    layers = adapter.layers(model)
+    originals = list(layers)
+    seen: list[list] = [[] for _ in originals]
     source = adapter.token_embedding(model).weight.device
     device = device or source
-    hidden, kwargs = [], []
-
-    def hook(_module, args, kw):
-        hidden.append((args[0] if args else kw.pop("hidden_states")).to(device))
-        kwargs.append({k: _to(v, device) for k, v in kw.items() if k not in ("past_key_values", "use_cache")})
-        raise _Captured
-
-    handle = layer0.register_forward_pre_hook(hook, with_kwargs=True)
+    for i in range(len(layers)):
+        layers[i] = _Recorder(seen[i], last=i + 1 == len(originals))
     try:
         for start in range(0, tokens.shape[0], batch_size):
             try:
@@ -77,15 +98,38 @@ def capture_layer_inputs(model: nn.Module, adapter: Adapter, tokens: torch.Tenso
             except _Captured:
                 pass
     finally:
-        handle.remove()
-    return LayerInputs(hidden=hidden, kwargs=kwargs)
+        for i, layer in enumerate(originals):
+            layers[i] = layer
+    hidden = [h.to(device) for h, _kw in seen[0]]
+    moved: dict[int, object] = {}
+    by_layer = [[{k: _to(v, device, moved) for k, v in kw.items() if k not in _NOT_INPUTS} for _h, kw in calls]
+                for calls in seen]
+    del seen
+    same = all(_identical(kw, first) for per_layer in by_layer[1:] for kw, first in zip(per_layer, by_layer[0]))
+    return LayerInputs(hidden=hidden, kwargs=by_layer[0], by_layer=[] if same else by_layer)
 
 
-def _to(value, device: torch.device):
+_NOT_INPUTS = ("past_key_values", "cache", "use_cache")  # the cache is off while capturing
+
+
+def _identical(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, tuple) and isinstance(b, tuple):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return a is b if isinstance(a, torch.Tensor) else a == b
+
+
+def _to(value, device: torch.device, moved: dict):
+    """``value`` on ``device``; a tensor seen before (by identity) gives the same moved tensor."""
     if isinstance(value, torch.Tensor):
-        return value.to(device)
+        if id(value) not in moved:
+            moved[id(value)] = (value, value.to(device))  # the source kept alive, so its id stays its own
+        return moved[id(value)][1]
     if isinstance(value, tuple):
-        return tuple(_to(v, device) for v in value)
+        return tuple(_to(v, device, moved) for v in value)
     return value
 
 
@@ -96,9 +140,7 @@ def residual_plus(residuals: list[torch.Tensor], inputs: list[torch.Tensor], lin
     A pruned weight is scattered into zero columns so all of ``x`` is read: on a CPU,
     gathering the kept columns of a [4096, 1536] activation costs more than the multiply it
     saves."""
-    weight = linear.weight
-    if columns is not None:
-        weight = weight.new_zeros(weight.shape[0], inputs[0].shape[-1]).index_copy_(1, columns, weight)
+    weight = _read_all(linear.weight, columns, inputs[0].shape[-1])
     out = []
     for r, x in zip(residuals, inputs):
         y = torch.addmm(r.reshape(-1, r.shape[-1]), x.reshape(-1, x.shape[-1]), weight.T)
@@ -106,6 +148,14 @@ def residual_plus(residuals: list[torch.Tensor], inputs: list[torch.Tensor], lin
             y += linear.bias
         out.append(y.view(*r.shape[:-1], y.shape[-1]))
     return out
+
+
+def _read_all(weight: torch.Tensor, columns: "torch.Tensor | None", width: int) -> torch.Tensor:
+    """A weight pruned to ``columns`` scattered into zero columns of the full ``width`` (unchanged
+    when not pruned)."""
+    if columns is None:
+        return weight
+    return weight.new_zeros(weight.shape[0], width).index_copy_(1, columns, weight)
 
 
 @dataclass
@@ -126,17 +176,34 @@ class HalfStep:
     def output(self, residual: Optional[list[torch.Tensor]] = None,
                columns: Optional[torch.Tensor] = None) -> list[torch.Tensor]:
         """``residual + writer(inner)`` per batch (``residual`` defaults to the half's input), plus
-        the side branch where the layer has one.
+        the side branch where the layer has one; with a norm after the half (sandwich norms),
+        ``residual + post_norm(writer(inner) + side)``.
 
         Unfused, in the model's own order of operations; fused, one ``addmm``."""
         residual = self.residual if residual is None else residual
+        if self.parts.post_norm(self.half) is not None:
+            return self.add(residual, self.written(columns))
         if self.fused or columns is not None:
             if self.side is not None:
                 residual = [r + s for r, s in zip(residual, self.side)]
             return residual_plus(residual, self.inner, self.writer, columns)
-        if self.side is not None:
-            return [r + (self.writer(x) + s) for r, x, s in zip(residual, self.inner, self.side)]
-        return [r + self.writer(x) for r, x in zip(residual, self.inner)]
+        return self.add(residual, self.written())
+
+    def written(self, columns: Optional[torch.Tensor] = None) -> list[torch.Tensor]:
+        """What the half's writer writes, per batch: ``writer(inner)`` (reading only ``columns`` of
+        ``inner`` when the writer was pruned to them), plus the side branch where the layer has one."""
+        if columns is None:
+            out = [self.writer(x) for x in self.inner]
+        else:
+            weight = _read_all(self.writer.weight, columns, self.inner[0].shape[-1])
+            out = [F.linear(x, weight, self.writer.bias) for x in self.inner]
+        return out if self.side is None else [y + s for y, s in zip(out, self.side)]
+
+    def add(self, residual: list[torch.Tensor], written: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The half's output from what its writer wrote: ``residual + written``, or
+        ``residual + post_norm(written)`` where a norm follows the half."""
+        post = self.parts.post_norm(self.half)
+        return [r + (y if post is None else post(y)) for r, y in zip(residual, written)]
 
     @property
     def writer(self) -> nn.Linear:
@@ -240,7 +307,7 @@ def run_sequential(inputs: LayerInputs, adapter: Adapter, source: LayerSource, h
         layer_in = x if hooks.observes_layers else None
         for half in HALVES:
             last = i + 1 == n and half == "mlp" and not hooks.needs_last_output
-            x = _run_half(adapter, i, half, layer, x, inputs.kwargs, hooks, last)
+            x = _run_half(adapter, i, half, layer, x, inputs.of_layer(i), hooks, last)
         hooks.end_layer(i, layer, layer_in, x)
         del layer_in
         source.close(i, layer)

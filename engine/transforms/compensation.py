@@ -206,7 +206,7 @@ class CompensatedPass(LayerHooks):
         outcome = self.inner.half(step) or HalfOutcome()
         if outcome.residual is not None:
             raise CompensationUnsupported("its pass computes each half's output itself")
-        after = step.output(residual=[torch.zeros_like(r) for r in step.residual], columns=outcome.columns)
+        after = step.written(outcome.columns)
         stats = ErrorStats(normed[0].shape[-1], after[0].shape[-1], after[0].device)
         for x, b, a in zip(normed, before, after):
             stats.add(x, b.sub_(a))
@@ -215,13 +215,13 @@ class CompensatedPass(LayerHooks):
         del stats
         if fit is None:
             self._record(step.half, 0, None)
-            return HalfOutcome(residual=[a.add_(r) for a, r in zip(after, step.residual)])
+            return HalfOutcome(residual=step.add(step.residual, after))
         branch = LowRankBranch.of(fit.down, fit.up, like=step.writer.weight, bias=fit.bias)
         attach_branch(step.layer, self.adapter, step.half, branch)
         self._record(step.half, branch.rank, fit.remaining)
         self.params += sum(p.numel() for p in branch.parameters())
-        # (writer + branch) + residual: bit for bit the model's residual + (writer + branch)
-        return HalfOutcome(residual=[a.add_(branch(x)).add_(r) for a, x, r in zip(after, normed, step.residual)])
+        # residual + (writer + branch), or residual + post_norm(writer + branch): bit for bit the model's
+        return HalfOutcome(residual=step.add(step.residual, [a.add_(branch(x)) for a, x in zip(after, normed)]))
 
     def _record(self, half: str, rank: int, remaining: Optional[float]) -> None:
         self.ranks[half].append(rank)
