@@ -95,6 +95,15 @@ def test_slicegpt_is_refused_before_anything_runs(lm, variant, monkeypatch):
         assert all(name in message for name in ("fasp", "wanda-sp", "shortgpt", "modegpt"))
 
 
+def test_the_compress_tab_says_why_slicegpt_cannot_run_beside_run(lm):
+    from ui.handlers.compress import size_note
+    from ui.state import Session
+
+    note = size_note(Session(lm=lm), Recipe(method="slicegpt", ratio=0.25))
+    assert note.startswith("**Cannot run as set:**") and "Methods that do: fasp" in note
+    assert "Cannot run" not in size_note(Session(lm=lm), Recipe(method="fasp", ratio=0.25))
+
+
 def test_the_cli_refuses_slicegpt_on_gemma3_with_exit_2(tiny_dirs, tmp_path, capsys):
     code = main(["compress", str(tiny_dirs["gemma3"]), "--method", "slicegpt", "--ratio", "0.25", "--nsamples", "4",
                  "--seqlen", "32", "--out", str(tmp_path / "x"), "--quiet"])

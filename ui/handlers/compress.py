@@ -13,7 +13,7 @@ import plotly.graph_objects as go
 
 from engine import (
     COMPENSATION_HALVES, RECOVERY_GROUPS, CalibrationSpec, CompensationSpec, ConfigError, Plan, Recipe, RecoverySpec,
-    Reporter, available_methods, available_schedules, block_influence, build_plan, check_ratio, compress,
+    Reporter, SlimLabError, available_methods, available_schedules, block_influence, build_plan, check_ratio, compress,
     default_calibration, get_method, get_schedule, make_calibration, nonsense_warning, num_layers, planned_size,
     starter_recipe,
 )
@@ -449,7 +449,7 @@ def size_note(session: Session, recipe: Recipe) -> str:
     cached = session.scores.get(calibration_key(recipe.calibration))
     try:
         size = planned_size(lm, recipe, scores=None if cached is None else lambda: cached)
-    except ConfigError as exc:
+    except SlimLabError as exc:  # a bad setting, or a method this architecture cannot carry
         return text.not_sized(str(exc))
     if size is None:
         return ""
