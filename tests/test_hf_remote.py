@@ -38,6 +38,9 @@ CASES = {
     "llama-shortgpt": ("llama", "shortgpt", {}, None, 0, False),
     "qwen2-shortgpt": ("qwen2", "shortgpt", {}, None, 0, False),
     "qwen2-fasp-uniform-mlp": ("qwen2", "fasp", {"parts": "mlp"}, None, 0, False),
+    "gemma3-fasp-compensated": ("gemma3", "fasp", {}, UNEVEN, 4, True),  # norms after each half, sliding layers
+    "gemma3-modegpt": ("gemma3", "modegpt", {}, UNEVEN, 0, True),
+    "gemma3-shortgpt": ("gemma3", "shortgpt", {}, None, 0, False),
 }
 # `slimlab export --format hf --dtype bf16` of a saved case: name -> (case, remote code expected)
 EXPORTS = {"qwen2-fasp-hf-bf16": ("qwen2-fasp", True), "llama-shortgpt-hf-bf16": ("llama-shortgpt", False)}
