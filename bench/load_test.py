@@ -263,6 +263,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sessions", type=int, default=4)
     ap.add_argument("--model", default="demo", help="model spec; 'tests-tiny' builds a tiny random llama folder")
+    ap.add_argument("--tiny", default="64x3", help="hidden size x layers of the tests-tiny model")
     ap.add_argument("--url", help="drive an app already running at this URL (no RSS figures)")
     ap.add_argument("--after-s", type=float, default=15.0, help="how long to watch RSS after the clients leave")
     ap.add_argument("--grace-s", type=float, default=2.0,
@@ -274,7 +275,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         sys.path.insert(0, str(REPO / "tests"))
         from tiny import save_model_dir
 
-        model = str(save_model_dir(Path(tempfile.mkdtemp(prefix="slimlab-load-")) / "llama", "llama"))
+        hidden, layers = map(int, args.tiny.split("x"))
+        model = str(save_model_dir(Path(tempfile.mkdtemp(prefix="slimlab-load-")) / "llama", "llama",
+                                   hidden_size=hidden, intermediate_size=3 * hidden, head_dim=hidden // 4,
+                                   num_hidden_layers=layers))
     LOG.parent.mkdir(parents=True, exist_ok=True)
     with open(LOG, "a", buffering=1) as log:
         def say(line: str = "") -> None:

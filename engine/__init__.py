@@ -30,6 +30,7 @@ from .evaluate import (
 from .generate import Generation, SamplingSettings
 from .methods import available_methods, get_method
 from .loader import load_model
+from .memory import release_freed_memory
 from .planning import PlannedSize, default_calibration, planned_size, starter_recipe
 from .models import LoadedModel
 from .progress import CancelToken, ProgressEvent, Reporter
@@ -54,6 +55,6 @@ __all__ = [
     "chat_check", "ChatCheckResult", "evaluate_chat_check", "lambada", "LambadaResult", "evaluate_lambada",
     "nonsense_warning", "NONSENSE_WARNING", "build_report", "model_entry", "write_report", "chat", "Generation",
     "SamplingSettings", "check_repo_id", "model_card", "push_folder", "read_meta",
-    # progress and errors
-    "CancelToken", "ProgressEvent", "Reporter", "SlimLabError", "ConfigError", "Cancelled",
+    # memory, progress and errors
+    "release_freed_memory", "CancelToken", "ProgressEvent", "Reporter", "SlimLabError", "ConfigError", "Cancelled",
 ]

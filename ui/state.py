@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
-from engine import CancelToken, CompressionResult, LoadedModel, Plan, ResidualAnalysis, load_model
+from engine import (CancelToken, CompressionResult, LoadedModel, Plan, ResidualAnalysis, load_model,
+                    release_freed_memory)
 
 from .presets import Preset
 
@@ -180,6 +181,7 @@ class LiveSessions:
             del self._leaving[key]
             session = self._sessions.pop(key)
         session.close()
+        release_freed_memory()  # the engine keeps freed heap for reuse; a server gives a departed user's back
 
     def get(self, key: str) -> Optional[Session]:
         with self._lock:
