@@ -32,7 +32,7 @@ from typing import Callable, Optional, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _procs import MB, REPO, _status_kb  # noqa: E402
+from _procs import MB, REPO, Checkout, _status_kb  # noqa: E402
 
 LOG = REPO / "bench" / "results" / "load_test.log"
 PROMPT = "What is the capital of France?"
@@ -285,8 +285,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(line, flush=True)
             log.write(line + "\n")
 
+        name = f"{args.model} {args.tiny}" if args.model == "tests-tiny" else args.model
         say(f"## {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}  load_test: {args.sessions} sessions on "
-            f"{args.model} (FASP, calibration 8x128, chat 8 tokens, ppl 2x128), commit {_commit()}")
+            f"{name} (FASP, calibration 8x128, chat 8 tokens, ppl 2x128), commit {Checkout(REPO).describe()}")
         if args.url:
             return _drive(args.url, model, args.sessions, say, None, 0)
         server_log = tempfile.NamedTemporaryFile("w+", prefix="slimlab-load-server-", suffix=".log", delete=False)
@@ -320,11 +321,6 @@ def _drive(url: str, model: str, n: int, say: Callable[[str], None], sampler: Op
         say(f"peak RSS {peak / MB:,.0f} MB (server process tree); RSS {after_s:.0f} s after the clients left "
             f"{sampler.now_bytes() / MB:,.0f} MB")
     return 0 if ok == n else 1
-
-
-def _commit() -> str:
-    rev = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
-    return rev.stdout.strip() or "?"
 
 
 if __name__ == "__main__":
