@@ -34,6 +34,7 @@ def _wait(condition, timeout_s: float = 60.0) -> bool:
 
 def test_a_session_is_freed_after_its_client_leaves_unless_it_comes_back_within_the_grace(tiny, monkeypatch):
     import ui.state
+    from engine import Cancelled
     from ui.state import LiveSessions, Session
 
     trims = []
@@ -52,6 +53,13 @@ def test_a_session_is_freed_after_its_client_leaves_unless_it_comes_back_within_
     assert trims == [1] and sessions.get("kept") is kept and kept.lm is not None
     sessions.end("nobody")  # a client that sent no event: nothing to free
     assert len(sessions) == 1
+    # a job that ends after its session was freed keeps nothing; the client, back, starts afresh
+    with pytest.raises(Cancelled, match="session ended"):
+        left.set_model(kept.lm)
+    assert left.lm is None
+    sessions.track("left", left)
+    left.set_model(kept.lm)
+    assert left.lm is kept.lm
 
 
 @pytest.mark.slow

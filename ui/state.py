@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
-from engine import (CancelToken, CompressionResult, LoadedModel, Plan, ResidualAnalysis, load_model,
+from engine import (Cancelled, CancelToken, CompressionResult, LoadedModel, Plan, ResidualAnalysis, load_model,
                     release_freed_memory)
 
 from .presets import Preset
@@ -95,9 +95,11 @@ class Session:
     saved: Optional[Path] = None
     cancel: Optional[CancelToken] = None
     preset: Optional[Preset] = None  # the preset (or recipe file) that last filled the Compress controls
+    closed: bool = False  # its client left: a job that ends after that keeps nothing (see ``close``)
 
     def set_model(self, lm: LoadedModel) -> None:
         """A new base model invalidates everything derived from the old one (not the controls' preset)."""
+        self._check_open()
         fresh = Session(preset=self.preset)
         self.__dict__.update(fresh.__dict__)
         self.lm = lm
@@ -105,6 +107,7 @@ class Session:
     def set_result(self, result: CompressionResult, label: str) -> RunRecord:
         """A new run: the latest result (Export saves it), and the run Chat talks to; only the newest
         ``KEEP_MODELS`` runs keep their models."""
+        self._check_open()
         record = RunRecord(len(self.history) + 1, label, _light_summary(result.summary()),
                            result.recipe.to_dict(), result=result)
         self.result, self.run, self.saved = result, record, None
@@ -136,9 +139,14 @@ class Session:
         return True
 
     def close(self) -> None:
-        """Called when the client's session ends: stop its job and drop the big objects."""
+        """Called when the client's session ends: stop its job and drop the big objects. A job past its last
+        Stop check still ends, but keeps nothing: the session is closed until its client comes back."""
         self.stop()
-        self.__dict__.update(Session().__dict__)
+        self.__dict__.update(Session(closed=True).__dict__)
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise Cancelled("This session ended (the page was closed); reload the page to start again.")
 
 
 class LiveSessions:
@@ -155,6 +163,7 @@ class LiveSessions:
 
     def track(self, key: str, session: Session) -> None:
         """``key``'s client sent an event on ``session`` (and so is here, whatever its heartbeat said)."""
+        session.closed = False  # a client back after its session was freed starts afresh
         with self._lock:
             self._sessions[key] = session
             leaving = self._leaving.pop(key, None)
