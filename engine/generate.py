@@ -126,7 +126,8 @@ class _Stepper:
     @torch.inference_mode()
     def step(self) -> None:
         t = time.perf_counter()
-        out = self.model(input_ids=self.next_input, past_key_values=self.cache, use_cache=True)
+        # the head on the last position only: a prompt's full logits are 1 GB per 1,000 tokens of a 262K vocabulary
+        out = self.model(input_ids=self.next_input, past_key_values=self.cache, use_cache=True, logits_to_keep=1)
         self.cache = out.past_key_values
         scores = self.procs(self.ids, out.logits[:, -1, :].float())
         if self.settings.temperature > 0:

@@ -80,6 +80,29 @@ def test_supported_methods_compress_save_and_reload_identically(lm, tmp_path, me
     assert params_total(back) == result.accounting.params_total
 
 
+def test_chat_and_perplexity_make_logits_a_chunk_of_positions_at_a_time(lm, monkeypatch):
+    """The head never sees more than the chunk (perplexity) or the last position (chat): a 262K vocabulary
+    makes 1 GB of float32 logits per 1,000 positions."""
+    import engine.evaluate.logits as logits_module
+    from engine.evaluate.perplexity import window_nll
+    from engine.generate import SamplingSettings, chat_input_ids, stream_chat
+
+    rows = []  # positions per head product (the forward stopped at the head never completes one)
+    hook = lm.adapter.head(lm.model).register_forward_hook(lambda _m, _a, out: rows.append(out.shape[:-1].numel()))
+    monkeypatch.setattr(logits_module, "HEAD_TOKENS", 16)
+    windows = _calibration(lm.model.config.vocab_size, 2, 40).tokens
+    total, count = window_nll(lm.model, windows, batch_size=2)
+    full = _logits(lm.model, windows)[:, :-1].flatten(0, 1)
+    assert count == 78 and total == pytest.approx(float(torch.nn.functional.cross_entropy(
+        full, windows[:, 1:].flatten(), reduction="sum")), rel=1e-5)
+    assert max(rows[:-1]) == 16 and rows[-1] == 80  # the last one is the reference forward above
+    rows.clear()
+    chat = [{"role": "user", "content": "the quick brown fox"}]
+    answer = list(stream_chat([(lm.model, lm.tokenizer)], [chat], SamplingSettings(max_new_tokens=3, temperature=0)))
+    assert answer[-1][0].tokens == 3 and chat_input_ids(lm.tokenizer, chat).shape[1] > 1 and max(rows) == 1
+    hook.remove()
+
+
 @pytest.mark.parametrize("variant", ["per-layer", "shared"])
 def test_slicegpt_is_refused_before_anything_runs(lm, variant, monkeypatch):
     def never(*_args, **_kwargs):

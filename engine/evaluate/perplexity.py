@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data import eval_windows, load_text
-from ..models.adapters import Adapter, adapter_for
+from .logits import logit_chunks
 from ..progress import Reporter, as_reporter
 from ..memory import EVAL_OOM_ADVICE, out_of_memory_as_error
 
@@ -49,47 +49,24 @@ def nonsense_warning(original_ppl: "float | None", compressed_ppl: "float | None
     return f"{NONSENSE_WARNING} (ppl {compressed_ppl:,.1f} vs {original_ppl:,.1f} for the original, {ratio:,.1f}×)"
 
 
-HEAD_TOKENS = 256  # tokens per head product: a 262K vocabulary (Gemma 3) makes 1 GB of logits per 1,000 tokens
-
-
-class _HeadInput(Exception):
-    def __init__(self, hidden: torch.Tensor):
-        self.hidden = hidden
-
-
-def head_input(model, adapter: Adapter, batch: torch.Tensor) -> torch.Tensor:
-    """What the model's head reads for ``batch`` ([batch, seq, width]): its forward runs up to the
-    head and stops there, so the [tokens, vocabulary] logits are never made at once."""
-    def stop(_module, args):
-        raise _HeadInput(args[0])
-
-    handle = adapter.head(model).register_forward_pre_hook(stop)
-    try:
-        model(input_ids=batch, use_cache=False)
-    except _HeadInput as found:
-        return found.hidden
-    finally:
-        handle.remove()
-    raise RuntimeError("the model's forward never reached its head")
+IGNORED = -100  # cross_entropy's ignore_index
 
 
 @torch.inference_mode()
 def window_nll(model, windows: torch.Tensor, batch_size: int = 1, progress: "Reporter | None" = None) -> tuple[float, int]:
     """Summed NLL and predicted-token count over windows (each predicts seqlen-1 tokens); the logits
-    are made ``HEAD_TOKENS`` rows at a time."""
+    are made a chunk of positions at a time (``logit_chunks``)."""
     device = next(model.parameters()).device
-    adapter = adapter_for(model)
     total, count = 0.0, 0
     reporter = as_reporter(progress)
     n = windows.shape[0]
     for start in range(0, n, batch_size):
         batch = windows[start : start + batch_size].to(device)
-        hidden = head_input(model, adapter, batch)[:, :-1].flatten(0, 1)
-        targets = batch[:, 1:].flatten()
-        for i in range(0, targets.numel(), HEAD_TOKENS):
-            logits = adapter.logits(model, hidden[i : i + HEAD_TOKENS]).float()
-            total += F.cross_entropy(logits, targets[i : i + HEAD_TOKENS], reduction="sum").item()
-        count += targets.numel()
+        # each position predicts the next token; a window's last position predicts nothing (ignored)
+        targets = torch.cat([batch[:, 1:], batch.new_full((batch.shape[0], 1), IGNORED)], 1).flatten()
+        for rows, logits in logit_chunks(model, batch):
+            total += F.cross_entropy(logits, targets[rows], ignore_index=IGNORED, reduction="sum").item()
+        count += batch[:, 1:].numel()
         reporter("perplexity", min(start + batch_size, n), n, f"ppl {math.exp(total / count):.2f}")
     return total, count
 

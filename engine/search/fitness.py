@@ -5,7 +5,8 @@ the mass of everything else (one "other" bucket), so the targets for 16K tokens 
 vocabulary take a few MB instead of ~10 GB. The KL is then taken between the two
 distributions coarsened the same way (top-k tokens of the dense model, one bucket for the
 rest): a lower bound of the full KL (coarsening never increases it) that equals it when the
-tail is small. Candidates' logits are formed one batch of windows at a time and dropped.
+tail is small. Logits, the dense model's and the candidates', are formed a few hundred positions at a
+time (``evaluate.logits``) and dropped.
 
 ``score_candidates`` is the job boundary of the search: a plain function of the model, the
 database, the targets and the window ids, so another process can score candidates alone.
@@ -20,6 +21,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from ..evaluate.logits import logit_chunks
 from ..models import LoadedModel
 from ..progress import Reporter
 from ..workspace import shell_copy
@@ -58,13 +60,14 @@ def dense_targets(lm: LoadedModel, tokens: torch.Tensor, k: int, batch_size: int
     logps, indices = [], []
     for start in range(0, tokens.shape[0], batch_size):
         reporter("dense targets", start, tokens.shape[0])
-        logits = lm.model(input_ids=tokens[start:start + batch_size].to(lm.device), use_cache=False).logits
-        top = torch.log_softmax(logits.float(), -1).topk(min(k, logits.shape[-1]), dim=-1)
-        logps.append(top.values.cpu())
-        indices.append(top.indices.cpu())
-        del logits
-    logp = torch.cat(logps)
-    return Targets(tokens, logp, torch.cat(indices), _log_tail(logp))
+        for _rows, logits in logit_chunks(lm.model, tokens[start:start + batch_size].to(lm.device)):
+            top = torch.log_softmax(logits, -1).topk(min(k, logits.shape[-1]), dim=-1)
+            logps.append(top.values.cpu())
+            indices.append(top.indices.cpu())
+            del logits
+    shape = (*tokens.shape, -1)
+    logp = torch.cat(logps).view(shape)
+    return Targets(tokens, logp, torch.cat(indices).view(shape), _log_tail(logp))
 
 
 def coarse_kl(logits: torch.Tensor, logp: torch.Tensor, index: torch.Tensor, tail: torch.Tensor) -> torch.Tensor:
@@ -88,11 +91,12 @@ def score_candidates(lm: LoadedModel, db: LevelDatabase, targets: Targets, candi
         total, count = 0.0, 0
         for start in range(0, len(ids), batch_size):
             batch = ids[start:start + batch_size]
-            logits = model(input_ids=targets.tokens[batch].to(lm.device), use_cache=False).logits
-            kl = coarse_kl(logits, *(t[batch].to(logits.device) for t in (targets.logp, targets.index, targets.tail)))
-            total += float(kl.double().sum())
-            count += kl.numel()
-            del logits
+            dense = [t[batch].flatten(0, 1) for t in (targets.logp, targets.index, targets.tail)]
+            for rows, logits in logit_chunks(model, targets.tokens[batch].to(lm.device)):
+                kl = coarse_kl(logits, *(t[rows].to(logits.device) for t in dense))
+                total += float(kl.double().sum())
+                count += kl.numel()
+                del logits
         out.append(total / count)
     return out
 
