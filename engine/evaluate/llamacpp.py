@@ -152,18 +152,25 @@ class GgufSpeed:
                 "prefill_s": self.prefill_s, "decode_s": self.decode_s}
 
 
+def decode_steps(llm, context: list[int], decode_tokens: int) -> list[float]:
+    """Seconds of each of ``decode_tokens`` greedy steps after ``context`` (argmax is part of the step,
+    as a chat front end decodes). Per step, so that a stall from another job stays one step's outlier."""
+    llm.reset()
+    llm.eval(context)
+    out = []
+    for _ in range(decode_tokens):
+        t = time.perf_counter()
+        llm.eval([int(np.argmax(last_logits(llm)))])
+        out.append(time.perf_counter() - t)
+    return out
+
+
 def time_once(llm, prefill: list[int], context: list[int], decode_tokens: int) -> tuple[float, float]:
     """(seconds for one prefill of ``prefill``, seconds for ``decode_tokens`` greedy steps after ``context``)."""
     llm.reset()
     t = time.perf_counter()
     llm.eval(prefill)
-    prefill_s = time.perf_counter() - t
-    llm.reset()
-    llm.eval(context)
-    t = time.perf_counter()
-    for _ in range(decode_tokens):  # greedy, as a chat front end decodes; argmax is part of the step
-        llm.eval([int(np.argmax(last_logits(llm)))])
-    return prefill_s, time.perf_counter() - t
+    return time.perf_counter() - t, sum(decode_steps(llm, context, decode_tokens))
 
 
 def time_ggufs(paths: Sequence["str | Path"], prefill_len: int = 512, decode_tokens: int = 32,
