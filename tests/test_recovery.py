@@ -253,6 +253,36 @@ def test_stored_top_k_with_the_whole_vocabulary_is_the_full_kl(teacher, held_out
     assert 0 < coarse < kl and 0 < fewer.targets.tail_mass < 1  # coarsening never adds divergence
 
 
+@pytest.mark.parametrize("k, temperature", [(5, 1.0), (5, 2.0), (40, 1.0)])
+def test_head_kl_and_its_gradients_equal_autograd_in_float64(k, temperature):
+    """The fused KL (logits made and turned into their gradient inside) against the same KL written plainly
+    and differentiated by autograd in float64; k = 40 is the whole vocabulary (no tail, no NaN)."""
+    from engine.recovery.losses import TopK, head_topk_kl
+
+    gen = torch.Generator().manual_seed(0)
+    hidden = torch.randn(12, 16, generator=gen, requires_grad=True)
+    head = torch.nn.Linear(16, 40, bias=True)
+    target = TopK.of(torch.randn(12, 40, generator=gen) * 3, k, temperature)
+    ours = head_topk_kl(head, hidden, target, temperature)
+    ours.backward()
+    fused = [hidden.grad, head.weight.grad, head.bias.grad]
+
+    h, w, b = (t.detach().double().requires_grad_(True) for t in (hidden, head.weight, head.bias))
+    logq = torch.log_softmax((h @ w.T + b) / temperature, -1)
+    idx, p = target.indices.long(), target.logprobs.double()
+    q_tail = logq.scatter(-1, idx, -torch.inf).logsumexp(-1)
+    tail = target.tail.double()
+    kl = (p.exp() * (p - logq.gather(-1, idx))).sum(-1)
+    if k < 40:
+        kl = kl + tail.exp() * (tail - q_tail)
+    reference = kl.sum() * temperature ** 2
+    reference.backward()
+    assert ours.item() == pytest.approx(reference.item(), rel=1e-5)
+    for a, ref in zip(fused, (h.grad, w.grad, b.grad)):
+        assert torch.isfinite(a).all()
+        torch.testing.assert_close(a.double(), ref, rtol=0, atol=1e-5 * float(ref.abs().max()))
+
+
 def test_chunked_kl_equals_unchunked(teacher, held_out):
     student, params, spec = _student_setup(teacher, held_out, top_k=16)
     whole, grads = _step_grads(student, params, held_out, spec, kl_chunk=10 ** 9)

@@ -49,15 +49,50 @@ class TopK:
         return sum(t.numel() * t.element_size() for t in (self.indices, self.logprobs, self.tail))
 
 
-def topk_kl(student_logits: torch.Tensor, target: TopK, temperature: float = 1.0) -> torch.Tensor:
+class _HeadTopKKL(torch.autograd.Function):
+    """``topk_kl`` of a head's logits, made inside from the final hidden states. Autograd through
+    log_softmax, gather, scatter and logsumexp keeps about eleven [tokens, vocab] buffers per chunk
+    (380 MB at 128 tokens of the demo's 49K vocabulary); here the logits buffer is turned into its
+    own gradient in place during the forward, so two exist at once (the logits and logsumexp's
+    temporary). With ``q`` the student's distribution, ``p`` the teacher's top k and ``p_t`` its tail
+    and ``S = Σp + p_t``, the gradient of the KL with respect to the scaled logits is
+    ``S·q_j − p_j`` on the top k and ``q_j·(S − p_t/q_tail)`` off it."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, indices, logprobs, tail, temperature):
+        z = F.linear(hidden, weight, bias).float()
+        if temperature != 1.0:
+            z.div_(temperature)
+        lse = torch.logsumexp(z, -1)
+        log_q_top = z.gather(-1, indices) - lse[:, None]
+        z.scatter_(-1, indices, float("-inf"))
+        log_q_tail = (torch.logsumexp(z, -1) - lse).clamp_min(_FLOOR)
+        p_top, p_tail = logprobs.exp(), tail.exp()
+        kl = (p_top * (logprobs - log_q_top)).sum(-1) + p_tail * (tail - log_q_tail)
+        s = p_top.sum(-1) + p_tail
+        # z becomes the gradient: q off the top (0 on it), scaled; exp(tail - log_q_tail) is p_t/q_tail, 0 when p_t is
+        z.sub_(lse[:, None]).exp_().mul_((s - (tail - log_q_tail).exp())[:, None])
+        z.scatter_(-1, indices, s[:, None] * log_q_top.exp() - p_top)
+        z.mul_(temperature)  # d(T²·KL)/d logits = T · (the gradient with respect to logits / T)
+        ctx.save_for_backward(hidden, weight, z)
+        ctx.has_bias = bias is not None
+        return kl.sum() * (temperature * temperature)
+
+    @staticmethod
+    def backward(ctx, grad):
+        hidden, weight, g = ctx.saved_tensors
+        g = g.mul_(grad).to(weight.dtype)
+        needs = ctx.needs_input_grad
+        return (g @ weight if needs[0] else None, g.T @ hidden if needs[1] else None,
+                g.sum(0) if ctx.has_bias and needs[2] else None, None, None, None, None)
+
+
+def head_topk_kl(head: torch.nn.Linear, hidden: torch.Tensor, target: TopK, temperature: float = 1.0) -> torch.Tensor:
     """Sum over tokens of ``KL(teacher_T || student_T) · T²`` on the teacher's top-k and tail, in float32
-    (Hinton's ``T²`` keeps the gradient size independent of ``T``). ``student_logits``: [tokens, vocab]."""
-    logq = F.log_softmax(student_logits.float() / temperature, dim=-1)
-    indices = target.indices.long()
-    q_top = logq.gather(-1, indices)
-    q_tail = logq.scatter(-1, indices, _FLOOR).logsumexp(-1)  # the student's mass outside the teacher's top k
-    kl = (target.logprobs.exp() * (target.logprobs - q_top)).sum(-1) + target.tail.exp() * (target.tail - q_tail)
-    return kl.sum() * (temperature * temperature)
+    (Hinton's ``T²`` keeps the gradient size independent of ``T``), for the student logits
+    ``head(hidden)`` ([tokens, hidden] in); gradients reach ``hidden`` and the head's parameters."""
+    return _HeadTopKKL.apply(hidden, head.weight, head.bias, target.indices.long(), target.logprobs, target.tail,
+                             float(temperature))
 
 
 def kl_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:

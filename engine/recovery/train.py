@@ -28,7 +28,7 @@ from torch.utils.checkpoint import checkpoint
 from ..models.adapters import Adapter
 from ..progress import Reporter
 from ..recipes import RecoverySpec
-from .losses import hidden_loss, topk_kl
+from .losses import head_topk_kl, hidden_loss
 from .teacher import TeacherTargets
 
 STAGE = "recovery"
@@ -141,7 +141,7 @@ def _micro_step(student: Student, batch: torch.Tensor, target, spec: RecoverySpe
     head, target, scale = adapter.head(plain), target.to(device), share / states.shape[0]
     kl = 0.0
     for i in range(0, states.shape[0], kl_chunk):
-        loss = topk_kl(head(leaf[i:i + kl_chunk]), target.rows(slice(i, i + kl_chunk)), spec.kl_temperature) * scale
+        loss = head_topk_kl(head, leaf[i:i + kl_chunk], target.rows(slice(i, i + kl_chunk)), spec.kl_temperature) * scale
         loss.backward()  # into the head (if trained) and ``leaf``; the chunk's logits are freed here
         kl += loss.item()
     roots, grads, hid = [states], [leaf.grad], 0.0
