@@ -12,8 +12,9 @@ the fraction it really reached. Each row is measured on:
   questions);
 - LAMBADA accuracy (OpenAI variant, the data dir's file; ``--lambada-limit`` items) and the
   zero-shot mean over piqa, arc_easy, winogrande, hellaswag (``--zeroshot-limit`` items each):
-  with ``--extras best`` (the default) only on a row that has the lowest ppl of its size when
-  it is measured, so the best row of each size always has them and no model is compressed twice;
+  with ``--extras best`` (the default) on a row that has the lowest ppl of its size when it is
+  measured, and at the end of a run on each size's best row that still lacks them (its recipe
+  compressed again), so the best row of each size has them;
 - compress + recovery seconds (contended timings on a shared machine: each row records the load).
 
     python bench/frontier.py --sizes 0.8 --methods fasp --calibs wikitext2:validation+alpaca-chat \\
@@ -25,6 +26,8 @@ Each row is written to ``OUT.jsonl`` (one JSON object a line, the file replaced 
 soon as it is measured, and ``OUT.md`` (the README's table) is generated from that file, so the
 bench runs in pieces: a row already there with the same request and protocol is skipped
 (``--redo`` measures it again); rows of another protocol stay in the file and out of the table.
+A row's ppl is saved before its chat check, and with ``--keep DIR`` its compressed model is saved
+before its ppl: a run stopped by a time limit then resumes from the model, not from scratch.
 ``--save-best DIR`` writes the best recipe of each size (lowest ppl) as a replayable JSON.
 """
 from __future__ import annotations
@@ -45,7 +48,7 @@ sys.path.insert(0, str(REPO))
 
 from bench.frontier_results import best_per_size, pct, read_rows, same_protocol, write_markdown, write_rows  # noqa: E402
 from engine import (CalibrationSpec, CompensationSpec, Recipe, compensation_plan, compress, load_model,  # noqa: E402
-                    params_total, perplexity, planned_size)
+                    params_total, perplexity, planned_size, save_compressed)
 from engine.evaluate import run_zeroshot  # noqa: E402
 from engine.evaluate.chat_check import QUESTIONS_FILE, Question, chat_check  # noqa: E402
 from engine.evaluate.lambada import lambada  # noqa: E402
@@ -103,6 +106,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--out", default=str(REPO / "bench" / "results" / "frontier"),
                    help="output path stem: OUT.jsonl (the rows) and OUT.md (their table)")
     p.add_argument("--redo", action="store_true", help="measure rows again even when OUT.jsonl has them")
+    p.add_argument("--keep", default=None, metavar="DIR",
+                   help="save each compressed model here before it is measured; a run stopped after the save "
+                        "measures the saved model instead of compressing again (a row in two shorter runs)")
     p.add_argument("--table", action="store_true", help="only write OUT.md from OUT.jsonl and print it")
     p.add_argument("--save-best", default=None, metavar="DIR", help="write the best recipe per size here")
     return p.parse_args(argv)
@@ -300,28 +306,59 @@ def run(args) -> Results:
                                          recovery=recovery_spec(kind, steps, args))
                         results.put(one_row(lm, recipe, key, size, comp, dense_params, results, args))
                         print("\n".join(table(results.rows[-1:])), flush=True)
+    if args.extras == "best":
+        complete_best(lm, results, [float(s) for s in split(args.sizes)], args)
     return results
 
 
+def complete_best(lm, results: Results, sizes: list[float], args) -> None:
+    """LAMBADA and zero-shot for each size's best row that lacks them (measured with ``--extras none``, or
+    before a better row of its size was beaten): its stored recipe is compressed again (seeded: the same model)."""
+    for size, row in best_per_size(results.mine(), sizes).items():
+        missing = (args.lambada_limit and "lambada" not in row) or (args.zeroshot_limit and "zeroshot" not in row)
+        if row.get("partial") or not missing:
+            continue
+        t = time.perf_counter()
+        log(f"compressing the best {size}x row again for LAMBADA and zero-shot: {row['label']}", t)
+        result = compress(lm, Recipe.from_dict(row["recipe"]), data_dir=args.data_dir)
+        results.put(row | measure_extras(result.model, result.tokenizer, args) | {"extras_replayed": True})
+
+
+COMPRESSED, MEASURED_PPL = "stopped before its ppl", "stopped after its ppl"
+
+
 def one_row(lm, recipe: Recipe, key: str, size: float, comp: str, dense_params: int, results: Results, args) -> dict:
-    row = {"key": key, "size": size, "compensation": comp, "recipe": recipe.to_dict(), "protocol": results.proto}
     t = time.perf_counter()
-    log(f"compressing {recipe.label()} (ratio {recipe.ratio})", t)
-    try:
-        result = compress(lm, recipe, data_dir=args.data_dir)
-    except Exception as exc:  # noqa: BLE001 - a failing recipe is a row, not the end of the bench
-        return row | {"label": recipe.label(), "fraction": 1.0, "ppl": float("inf"), "error": repr(exc)[:300],
-                      "chat_hits": 0, "chat_total": 0}
-    row |= {"label": result.recipe.label(), "recipe": result.recipe.to_dict(),
-            "fraction": result.accounting.params_total / dense_params, "params_total": result.accounting.params_total,
-            "seconds": time.perf_counter() - t, "stage_seconds": result.stage_seconds,
-            "recovery": {k: v for k, v in result.plots.get("recovery", {}).items() if k != "lora_modules"}}
-    log(f"compressed to {row['fraction']:.4f}x", t)
-    row |= measure_ppl(result.model, result.tokenizer, args)
-    results.put(row | {"partial": "stopped after its ppl", "machine": machine()})  # kept if the run stops here
-    row |= measure_chat(result.model, result.tokenizer, args)
+    kept = Path(args.keep) / hashlib.sha256(key.encode()).hexdigest()[:16] if args.keep else None
+    done = results.find(key)
+    if done is not None and done.get("partial") == COMPRESSED and kept is not None and kept.exists():
+        log(f"measuring the saved {kept}", t)
+        row = {k: v for k, v in done.items() if k not in ("partial", "machine")}
+        saved = load_model(str(kept), device=args.device)
+        model, tokenizer = saved.model, saved.tokenizer
+    else:
+        row = {"key": key, "size": size, "compensation": comp, "recipe": recipe.to_dict(), "protocol": results.proto}
+        log(f"compressing {recipe.label()} (ratio {recipe.ratio})", t)
+        try:
+            result = compress(lm, recipe, data_dir=args.data_dir)
+        except Exception as exc:  # noqa: BLE001 - a failing recipe is a row, not the end of the bench
+            return row | {"label": recipe.label(), "fraction": 1.0, "ppl": float("inf"), "error": repr(exc)[:300],
+                          "chat_hits": 0, "chat_total": 0}
+        row |= {"label": result.recipe.label(), "recipe": result.recipe.to_dict(),
+                "fraction": result.accounting.params_total / dense_params,
+                "params_total": result.accounting.params_total, "seconds": time.perf_counter() - t,
+                "stage_seconds": result.stage_seconds,
+                "recovery": {k: v for k, v in result.plots.get("recovery", {}).items() if k != "lora_modules"}}
+        log(f"compressed to {row['fraction']:.4f}x", t)
+        model, tokenizer = result.model, result.tokenizer
+        if kept is not None:
+            save_compressed(result, kept, force=True)
+            results.put(row | {"partial": COMPRESSED, "machine": machine()})
+    row |= measure_ppl(model, tokenizer, args)
+    results.put(row | {"partial": MEASURED_PPL, "machine": machine()})  # kept if the run stops here
+    row |= measure_chat(model, tokenizer, args)
     if wants_extras(results, row, args):
-        row |= measure_extras(result.model, result.tokenizer, args)
+        row |= measure_extras(model, tokenizer, args)
     return row | {"machine": machine()}
 
 
@@ -354,7 +391,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     dense = next(r for r in rows if r["key"] == "dense")
     sizes = [float(s) for s in split(args.sizes)]
     print(f"\nprotocol: {results.proto}; machine: {machine()}")
-    print("\n".join(table([dense] + [r for r in rows if r.get("size") in sizes and not r.get("error")])))
+    print("\n".join(table([dense] + [r for r in rows if r.get("size") in sizes and "ppl" in r and not r.get("error")])))
     best = best_per_size(rows, sizes)
     print("\nbest per size (lowest ppl at or under the size):")
     print("\n".join(table(list(best.values()))))

@@ -40,7 +40,8 @@ def best_per_size(rows: list[dict], sizes: Iterable[float]) -> dict[float, dict]
     """Lowest ppl among the rows at or under each size."""
     best = {}
     for size in sizes:
-        fits = [r for r in rows if r.get("size") == size and r["fraction"] <= size + 1e-3 and not r.get("error")]
+        fits = [r for r in rows if r.get("size") == size and r["fraction"] <= size + 1e-3 and "ppl" in r
+                and not r.get("error")]
         if fits:
             best[size] = min(fits, key=lambda r: r["ppl"])
     return best
@@ -49,7 +50,7 @@ def best_per_size(rows: list[dict], sizes: Iterable[float]) -> dict[float, dict]
 def markdown(rows: list[dict], proto: dict) -> str:
     """The README table of the rows measured on ``proto``: the dense reference, then each size's rows
     from the lowest ppl up, the best one marked."""
-    rows = [r for r in rows if same_protocol(r, proto) and not r.get("error")]
+    rows = [r for r in rows if same_protocol(r, proto) and "ppl" in r and not r.get("error")]
     dense = next((r for r in rows if r["key"] == "dense"), None)
     if dense is None:
         return "No dense row on this protocol yet.\n"

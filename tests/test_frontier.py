@@ -81,3 +81,52 @@ def test_rows_are_written_as_measured_resumed_and_tabled(frontier, data_dir, tmp
     rows = [json.loads(line) for line in out.with_suffix(".jsonl").read_text().splitlines()]
     assert len(rows) == 4  # the older rows stay in the file, out of the new table
     assert "No dense row" not in out.with_suffix(".md").read_text() and "0.80x" not in out.with_suffix(".md").read_text()
+
+
+def test_the_best_row_measured_without_extras_gets_them_later(frontier, data_dir, tmp_path, monkeypatch):
+    out = tmp_path / "frontier"
+    model = save_model_dir(tmp_path / "llama", "llama", max_position_embeddings=4096)
+    assert frontier.main(_argv(model, out, "--extras", "none")) == 0
+    plain, comp = [json.loads(line) for line in out.with_suffix(".jsonl").read_text().splitlines()][1:]
+    assert "lambada" not in plain and "lambada" not in comp
+    calls = []
+    compress = frontier.compress
+    monkeypatch.setattr(frontier, "compress", lambda lm, recipe, **kw: calls.append(recipe) or compress(lm, recipe, **kw))
+    assert frontier.main(_argv(model, out)) == 0
+    best, other = sorted([json.loads(line) for line in out.with_suffix(".jsonl").read_text().splitlines()][1:],
+                         key=lambda r: r["ppl"])
+    assert len(calls) == 1 and calls[0].to_dict() == best["recipe"]  # only the best, replayed from its recipe
+    assert "lambada" in best and best["extras_replayed"] and "lambada" not in other
+
+
+def test_a_row_stopped_after_its_save_is_measured_from_the_saved_model(frontier, data_dir, tmp_path, monkeypatch):
+    out, keep = tmp_path / "frontier", tmp_path / "keep"
+    model = save_model_dir(tmp_path / "llama", "llama")
+    argv = _argv(model, out, "--compensations", "none", "--extras", "none", "--keep", str(keep))
+    ppls = []
+    perplexity = frontier.perplexity
+
+    def stop_in_the_second(*args, **kw):
+        ppls.append(1)
+        if len(ppls) == 2:
+            raise KeyboardInterrupt  # stopped in the row's ppl, after its model was saved
+        return perplexity(*args, **kw)
+
+    monkeypatch.setattr(frontier, "perplexity", stop_in_the_second)
+    with pytest.raises(KeyboardInterrupt):
+        frontier.main(argv)
+    stopped = json.loads(out.with_suffix(".jsonl").read_text().splitlines()[1])
+    assert stopped["partial"] == frontier.COMPRESSED and "ppl" not in stopped and len(list(keep.iterdir())) == 1
+    assert "0.80x" not in out.with_suffix(".md").read_text()
+
+    monkeypatch.setattr(frontier, "perplexity", perplexity)
+    calls = []
+    compress = frontier.compress
+    monkeypatch.setattr(frontier, "compress", lambda lm, recipe, **kw: calls.append(recipe) or compress(lm, recipe, **kw))
+    assert frontier.main(argv) == 0
+    row = json.loads(out.with_suffix(".jsonl").read_text().splitlines()[1])
+    assert not calls and "partial" not in row and row["seconds"] == stopped["seconds"]  # the saved model was measured
+
+    assert frontier.main(_argv(model, tmp_path / "fresh", "--compensations", "none", "--extras", "none")) == 0
+    fresh = json.loads((tmp_path / "fresh.jsonl").read_text().splitlines()[1])
+    assert abs(fresh["ppl"] - row["ppl"]) < 1e-3 * row["ppl"]  # the same model as one compressed and measured at once
