@@ -367,3 +367,23 @@ def test_cross_validation_cannot_choose_the_leverage_ridge():
     stats = InputStats.of([x.float()], gram=True)
     tiny, fixed = ridge_leverage(w.float(), stats, float(GRID[0])), ridge_leverage(w.float(), stats)
     assert float(tiny.min()) > 0.95 and float(fixed.max() - fixed.min()) > 5 * float(tiny.max() - tiny.min())
+
+
+def test_gcv_solve_equals_the_damped_solve_at_the_chosen_damping():
+    """One eigendecomposition (in the Gram's own memory) chooses the damping and solves; the result is the
+    Cholesky solve of the Gram damped by the damping ``gcv_damping`` chooses."""
+    from engine.transforms.prune import solve_symmetric
+    from engine.transforms.ridge import gcv_damping, gcv_solve
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(40, 30, generator=g, dtype=torch.float64) * torch.linspace(0.01, 3, 30, dtype=torch.float64)
+    w = torch.randn(6, 30, generator=g, dtype=torch.float64)
+    y = x @ w.T + 0.3 * torch.randn(40, 6, generator=g, dtype=torch.float64)
+    a, rhs, energy = x.T @ x, y.T @ x, float(y.square().sum())
+    damp = gcv_damping(a, rhs, energy, 40)
+    assert damp > 1e-6  # noisy targets: GCV damps
+    expected = solve_symmetric(a + damp * torch.diagonal(a).mean() * torch.eye(30, dtype=a.dtype), rhs.T)
+    work = a.clone()
+    ours = gcv_solve(work, rhs, energy, 40)
+    torch.testing.assert_close(ours, expected, rtol=1e-9, atol=1e-9 * float(expected.abs().max()))
+    assert not torch.equal(work, a)  # LAPACK worked in the Gram's memory instead of a copy

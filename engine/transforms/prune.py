@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ..stats import InputStats
-from .ridge import gcv_damping
+from .ridge import gcv_damping, gcv_solve
 
 
 def keep_top(scores: torch.Tensor, k: int) -> torch.Tensor:
@@ -31,7 +31,8 @@ def keep_top_per_group(scores: torch.Tensor, k: int) -> torch.Tensor:
 def restore_columns(weight: torch.Tensor, bias: Optional[torch.Tensor], stats: InputStats, kept: torch.Tensor,
                     damp: Optional[float]) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
     """Least-squares refit ``W' = W H[:,M] (H[M,M] + λI)⁻¹`` with ``λ = damp·mean diag H[M,M]``;
-    ``damp=None`` chooses it from the data by generalized cross-validation (``ridge.gcv_damping``).
+    ``damp=None`` chooses it from the data by generalized cross-validation (``ridge.gcv_damping``);
+    without a bias, one eigendecomposition chooses and solves (``ridge.gcv_solve``, in ``H[M,M]``'s memory).
 
     ``H`` is the Gram of the writer's input (``stats`` needs ``gram=True``, and ``sums=True``
     with a bias: then ``X̃ = [X, 1]`` and the bias is refitted as one more column, not damped).
@@ -42,7 +43,9 @@ def restore_columns(weight: torch.Tensor, bias: Optional[torch.Tensor], stats: I
     a, rhs, energy = _normal_equations(weight, bias, stats, kept, energy=damp is None)
     del stats
     m = kept.numel()
-    if damp is None:
+    if damp is None and bias is None:
+        return gcv_solve(a, rhs, energy, count).T, None
+    if damp is None:  # the bias column is not damped: a damped solve after the choice
         damp = gcv_damping(a, rhs, energy, count)
     idx = torch.arange(m, device=a.device)
     a[idx, idx] += damp * a[idx, idx].mean()
@@ -56,9 +59,9 @@ CHUNK_BYTES = 64 * 2**20  # the largest slice of H[:, M] formed at once
 def _normal_equations(weight: torch.Tensor, bias: Optional[torch.Tensor], stats: InputStats,
                       kept: torch.Tensor, energy: bool = False) -> tuple[torch.Tensor, torch.Tensor, Optional[float]]:
     """``(X̃_Mᵀ X̃_M, W̃ X̃ᵀ X̃_M, ‖X̃ W̃ᵀ‖² or None)``, the right side in column slices of at most
-    ``CHUNK_BYTES`` (one slice, one GEMM, for small layers such as the demo model's). The
-    target energy ``tr(W̃ X̃ᵀX̃ W̃ᵀ)`` (asked for by a GCV choice of damping) costs one more
-    product over all columns.
+    ``CHUNK_BYTES`` (one slice, one GEMM, for small layers such as the demo model's) written into
+    its place, so no full ``W H`` nor a list of slices exists at once. The target energy
+    ``tr(W̃ X̃ᵀX̃ W̃ᵀ)`` (asked for by a GCV choice of damping) takes the product over all columns.
 
     With a bias, ``X̃ᵀX̃ = [[H, s], [sᵀ, N]]`` (``s`` the column sums, ``N`` the token count)."""
     h = stats.gram.h
@@ -66,13 +69,17 @@ def _normal_equations(weight: torch.Tensor, bias: Optional[torch.Tensor], stats:
     w = weight.detach().double().to(h.device)
     a = h[rows[:, None], rows[None, :]]
     chunk = max(1, CHUNK_BYTES // (h.shape[0] * h.element_size()))
-    target = None
-    if energy:  # W H over all columns once: its trace with W is the energy, its kept columns the right side
-        wh = torch.cat([w @ h[:, part] for part in torch.arange(h.shape[0], device=h.device).split(chunk)], 1)
-        target, rhs = float((w * wh).sum()), wh[:, rows]
-        del wh
-    else:
-        rhs = torch.cat([w @ h[:, part] for part in rows.split(chunk)], 1)
+    slot = torch.full((h.shape[0],), -1, dtype=torch.long, device=h.device)  # column -> its place in M, or -1
+    slot[rows] = torch.arange(rows.numel(), device=h.device)
+    rhs = w.new_empty(w.shape[0], rows.numel())
+    target = 0.0 if energy else None
+    # the energy needs W H over all columns, the right side its kept ones: one slice at a time, written in place
+    for part in (torch.arange(h.shape[0], device=h.device) if energy else rows).split(chunk):
+        wh = w @ h[:, part]
+        if energy:
+            target += float(torch.vdot(w[:, part].flatten(), wh.flatten()))
+        here = slot[part] >= 0
+        rhs[:, slot[part][here]] = wh[:, here]
     if bias is None:
         return a, rhs, target
     b, s, n = bias.detach().double().to(h.device), stats.sum[rows], float(stats.count)
