@@ -41,6 +41,7 @@ def main() -> None:
     ap.add_argument("--python", required=True, help="the plain virtualenv's python")
     ap.add_argument("--nsamples", type=int, default=16)
     ap.add_argument("--seqlen", type=int, default=256)
+    ap.add_argument("--dtypes", nargs="*", default=["auto", "bf16"], help="--dtype of each hf export")
     args = ap.parse_args()
     log = Path("bench/results/hf_plain_venv.log")
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -52,7 +53,7 @@ def main() -> None:
                           calibration=CalibrationSpec("wikitext2:validation", args.nsamples, args.seqlen, 42))
         save_compressed(result, root / name)
         rows = {}
-        for dtype in ("auto", "bf16"):
+        for dtype in args.dtypes:
             out = root / f"{name}-hf-{dtype}"
             report = export(root / name, "hf", dtype, out)
             with torch.no_grad():
