@@ -23,6 +23,8 @@ Switches that isolate one difference at a time:
 - ``ours --centre``: SlimLab on the same model with the embedding rows centred (head untied
   first, as the reference does), i.e. the function the reference slices.
 - ratio 0 scores the fused, unrotated model: the reference's starting point.
+- ``random OUT``: a random model of the demo's shapes (fewer layers, outlier channels) to compare
+  the two where no demo weights, and so no demo lock, are needed.
 - ``--spectra FILE``: every PCA's eigenvalues, in order (embedding, then two per layer).
 """
 from __future__ import annotations
@@ -48,7 +50,9 @@ def _nll(model, windows: torch.Tensor) -> float:
     return total / count
 
 
-def _log(path: str, row: dict) -> None:
+def _log(path: str, saved: dict, **row) -> None:
+    """One measured row, printed and appended to ``path`` as it comes."""
+    row = {"model": Path(saved["folder"]).name, **row, "windows": list(saved["eval"].shape)}
     print(json.dumps(row), flush=True)
     with open(path, "a") as f:
         f.write(json.dumps(row) + "\n")
@@ -71,6 +75,29 @@ def make_windows(args) -> None:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     torch.save({"folder": folder, "calib": calib, "eval": evals, "calibration": spec.to_dict()}, args.out)
     print(f"{args.out}: calibration {tuple(calib.shape)}, eval {tuple(evals.shape)}, model {folder}")
+
+
+def make_random(args) -> None:
+    """A random model of the demo's shapes (its config with fewer layers, random weights, the
+    tied head kept), with random norm scales and a few large residual channels as real models
+    have: the two implementations compared where no demo-lock time is needed."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from engine.models.demo import ensure_demo
+
+    folder = ensure_demo()
+    config = AutoConfig.from_pretrained(folder)
+    config.num_hidden_layers = args.layers
+    torch.manual_seed(args.seed)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.uniform_(0.5, 1.5)
+        model.get_input_embeddings().weight[:, : args.outlier_channels] *= args.outlier_scale
+    model.save_pretrained(args.out)
+    AutoTokenizer.from_pretrained(folder).save_pretrained(args.out)
+    print(f"{args.out}: {args.layers} random layers of the demo's shapes, tied head")
 
 
 def _reference_model(folder: str, calib: torch.Tensor, ratio: float, centre: bool, spectra: list):
@@ -123,9 +150,8 @@ def run_reference(args, saved: dict) -> None:
         model = _reference_model(saved["folder"], saved["calib"], ratio, not args.no_centre, spectra)
         seconds = time.perf_counter() - t
         nll = _nll(model, saved["eval"])
-        _log(args.log, {"impl": "reference", "ratio": ratio, "centre": not args.no_centre, "ppl": math.exp(nll),
-                        "params": sum(p.numel() for p in model.parameters()), "seconds": round(seconds, 1),
-                        "windows": list(saved["eval"].shape)})
+        _log(args.log, saved, impl="reference", ratio=ratio, centre=not args.no_centre, ppl=math.exp(nll),
+             params=sum(p.numel() for p in model.parameters()), seconds=round(seconds, 1))
         _save_spectra(args.spectra, ratio, spectra)
 
 
@@ -147,9 +173,8 @@ def run_ours(args, saved: dict) -> None:
             seconds = time.perf_counter() - t
             model, params, spectra = result.model, result.accounting.params_total, result.plots["spectra"]
         nll = _nll(model, saved["eval"])
-        _log(args.log, {"impl": "ours", "ratio": ratio, "centre": args.centre, "ppl": math.exp(nll), "params": params,
-                        "seconds": round(seconds, 1), "windows": list(saved["eval"].shape),
-                        "params_extra": dict(args.param)})
+        _log(args.log, saved, impl="ours", ratio=ratio, centre=args.centre, ppl=math.exp(nll), params=params,
+             seconds=round(seconds, 1), params_extra=dict(args.param))
         _save_spectra(args.spectra, ratio, spectra)
 
 
@@ -187,6 +212,12 @@ def main() -> None:
     w.add_argument("--seed", type=int, default=42)
     w.add_argument("--eval-seqlen", type=int, default=2048)
     w.add_argument("--max-windows", type=int, default=40)
+    r = sub.add_parser("random", help="a random model of the demo's shapes (no demo weights loaded)")
+    r.add_argument("out")
+    r.add_argument("--layers", type=int, default=4)
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--outlier-channels", type=int, default=4)
+    r.add_argument("--outlier-scale", type=float, default=20.0)
     for name, text in (("reference", "the reference's slicing (its venv)"), ("ours", "SlimLab's SliceGPT")):
         p = sub.add_parser(name, help=text)
         p.add_argument("windows", help="the file `windows` wrote")
@@ -200,8 +231,8 @@ def main() -> None:
     sub.choices["ours"].add_argument("--param", type=_pair, action="append", default=[],
                                      help="extra SliceGPT parameter NAME=VALUE")
     args = ap.parse_args()
-    if args.step == "windows":
-        return make_windows(args)
+    if args.step in ("windows", "random"):
+        return (make_windows if args.step == "windows" else make_random)(args)
     torch.manual_seed(0)
     saved = torch.load(args.windows)
     Path(args.log).parent.mkdir(parents=True, exist_ok=True)
