@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -36,6 +37,10 @@ print(json.dumps({"class": type(model).__name__, "max_abs_diff": (logits - data[
 '''
 
 
+# the plain venv must not see SlimLab through an exported PYTHONPATH (the worktree a run starts in)
+PLAIN_ENV = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--python", required=True, help="the plain virtualenv's python")
@@ -61,7 +66,7 @@ def main() -> None:
             torch.save({"ids": ids, "logits": logits}, root / f"{name}-{dtype}.pt")
             t = time.perf_counter()
             proc = subprocess.run([args.python, "-c", PLAIN, str(out), str(root / f"{name}-{dtype}.pt")],
-                                  cwd=tempfile.gettempdir(), capture_output=True, text=True)
+                                  cwd=tempfile.gettempdir(), capture_output=True, text=True, env=PLAIN_ENV)
             if proc.returncode:
                 raise SystemExit(proc.stderr[-3000:])
             rows[dtype] = json.loads(proc.stdout.strip().splitlines()[-1]) | {
