@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -53,8 +54,8 @@ def write_random_gguf(path: Path, layers: int, hidden: int, intermediate: int, d
 
 
 def timed_load(path: Path, cache: Path) -> dict:
-    env = {"SLIMLAB_CACHE": str(cache), "PYTHONPATH": str(REPO)}
-    out = subprocess.run([sys.executable, "-c", CHILD, str(path)], env=dict(__import__("os").environ, **env),
+    env = dict(os.environ, SLIMLAB_CACHE=str(cache), PYTHONPATH=str(REPO))
+    out = subprocess.run([sys.executable, "-c", CHILD, str(path)], env=env,
                          check=True, capture_output=True, text=True, cwd=REPO)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
