@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from engine import load_model
 from engine.search.run import search_plan
 
 pytestmark = pytest.mark.slow
+LATE_S = 5.0
 
 
 def _free_port() -> int:
@@ -32,6 +34,8 @@ def _worker(rank: int, world: int, port: int, folder: str, data_dir: str, db: st
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
         lm = load_model(folder, device="cpu")
+        if rank == 1:  # a late worker: rank 0 may have built its levels before this one looks
+            time.sleep(LATE_S)
         plan = search_plan(_run(lm, data_dir), 0.25, _params(db, generations=3, offspring=6, seed=5))
         Path(out, f"plan-{rank}.json").write_text(json.dumps(plan.to_dict()))
     finally:

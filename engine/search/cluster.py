@@ -37,6 +37,13 @@ def mine(items: Sequence[T]) -> list[T]:
     return list(items[dist.get_rank()::dist.get_world_size()])
 
 
+def agreed(items: list[T]) -> list[T]:
+    """Rank 0's ``items`` on every process. A list each worker computes from shared disk (the
+    levels not built yet) differs when one worker starts after another has built some; then the
+    round-robin shares would skip items."""
+    return _broadcast((list(items),))[0] if active() else list(items)
+
+
 def barrier() -> None:
     if active():
         _dist().barrier()

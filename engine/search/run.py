@@ -97,7 +97,7 @@ def search_plan(run: SearchRun, target: float, params: dict) -> Plan:
     settings.check()
     t0 = time.perf_counter()
     db = open_database(run, params)
-    missing = db.missing()
+    missing = cluster.agreed(db.missing())
     for done, level in enumerate(cluster.mine(missing)):  # in a process group, each builds its share
         run.reporter("level database", done, len(missing), f"level {db.spec.levels[level]:.2f}")
         build_level(run.lm, db, level, run.calibration, run.reporter)
