@@ -27,6 +27,9 @@ from .evaluate import (
     NONSENSE_WARNING, ChatCheckResult, LambadaResult, PerplexityResult, build_report, chat_check, lambada, model_entry,
     nonsense_warning, perplexity, write_report,
 )
+from .export import ExportFormat, ExportReport, NotExpressible
+from .export import available_formats as export_formats
+from .export import export as export_result
 from .generate import Generation, SamplingSettings
 from .methods import available_methods, get_method
 from .loader import load_model
@@ -55,6 +58,8 @@ __all__ = [
     "chat_check", "ChatCheckResult", "evaluate_chat_check", "lambada", "LambadaResult", "evaluate_lambada",
     "nonsense_warning", "NONSENSE_WARNING", "build_report", "model_entry", "write_report", "chat", "Generation",
     "SamplingSettings", "check_repo_id", "model_card", "push_folder", "read_meta",
+    # exporting a saved result for other engines (GGUF for llama.cpp, transformers, DeciLM for vLLM)
+    "export_formats", "export_result", "ExportFormat", "ExportReport", "NotExpressible",
     # memory, progress and errors
     "release_freed_memory", "CancelToken", "ProgressEvent", "Reporter", "SlimLabError", "ConfigError", "Cancelled",
 ]

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from engine import (
-    CalibrationSpec, RecoverySpec, SlimLabError, account, block_influence, cut_width, load_compressed, load_model,
-    residual_analysis,
+    CalibrationSpec, RecoverySpec, SlimLabError, account, block_influence, cut_width, export_formats, load_compressed,
+    load_model, residual_analysis,
 )
 from engine.analysis.modules import module_params
 from engine.errors import Cancelled, ConfigError
@@ -440,6 +440,77 @@ def test_save_is_confined_to_outputs_on_a_space(compressed, monkeypatch, tmp_pat
     monkeypatch.setenv("SPACE_ID", "someone/slimlab")
     with pytest.raises(ConfigError, match="only be saved under"):
         hx.save(compressed, str(tmp_path / "elsewhere"), False)
+
+
+@pytest.fixture(scope="module")
+def fasp(tiny_llama, cache, data_dir):
+    """A session holding a FASP result (MLP width 88 of 128: no whole q8_0 block; narrowed value heads): every
+    export format takes it."""
+    s = Session()
+    hm.load(s, tiny_llama, cache=cache)
+    hc.run(s, "fasp", {}, 0.3, "uniform", None, *CALIB, [])
+    return s
+
+
+def test_export_formats_and_dtypes_come_from_the_engine(fasp):
+    formats = export_formats()
+    assert [name for _, name in hx.format_choices()] == [hx.SLIMLAB, *formats]
+    gguf = hx.pick_format(fasp, "gguf")
+    assert gguf.dtypes == list(formats["gguf"].dtypes) and gguf.dtype == formats["gguf"].default_dtype
+    assert "q4_0" in gguf.dtypes and gguf.path.endswith("-run1.gguf") and "SliceGPT" in gguf.about
+    assert hx.pick_format(fasp, "hf").path.endswith("-run1-hf") and hx.pick_format(fasp, hx.SLIMLAB).dtypes == []
+    assert hx.default_output(fasp, "decilm") == hx.pick_format(fasp, "decilm").path
+    with pytest.raises(ConfigError, match="not available here"):
+        hx.pick_format(fasp, "onnx")
+
+
+@pytest.mark.parametrize("name, dtype, says", [
+    ("gguf", "q8_0", ["llama, q8_0", "stay f16", "zero-padded", "run it with: llama-cli -m"]),
+    ("hf", "f16", ["SlimLabForCausalLM", "weights in f16", "trust_remote_code=True"]),
+    ("decilm", "bf16", ["DeciLMForCausalLM", "zero-padded", "run it with: vllm serve"]),
+    (hx.SLIMLAB, None, ["Saved run 1", "engine.load_compressed"]),
+])
+def test_export_writes_each_format_and_says_what_it_wrote(fasp, tmp_path, name, dtype, says):
+    out = tmp_path / "out"
+    message = hx.export(fasp, str(out), False, name, dtype)
+    assert out.exists() and all(s in message for s in says), message
+    size = out.stat().st_size if out.is_file() else sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+    assert text.mb(size) in message
+    if name == "hf":
+        assert json.loads((out / "config.json").read_text())["dtype"] == "float16"
+    with pytest.raises(ConfigError, match="tick Overwrite"):
+        hx.export(fasp, str(out), False, name, dtype)
+
+
+def test_export_of_a_saved_folder_and_of_a_folder_that_is_not_a_result(fasp, tiny_llama, tmp_path):
+    saved = tmp_path / "saved"
+    hx.save(fasp, str(saved), False)
+    assert "Exported `" in hx.export(Session(), str(tmp_path / "m.gguf"), False, "gguf", "f16", str(saved))
+    with pytest.raises(ConfigError, match="is not a SlimLab result"):
+        hx.export(Session(), str(tmp_path / "n.gguf"), False, "gguf", "f16", tiny_llama)
+    with pytest.raises(ConfigError, match="already a SlimLab folder"):
+        hx.export(Session(), str(tmp_path / "copy"), False, hx.SLIMLAB, None, str(saved))
+    with pytest.raises(NotReady):
+        hx.export(Session(), str(tmp_path / "o.gguf"), False, "gguf", "f16")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.gguf", "saved"]
+
+
+def test_a_refused_or_unwritable_export_is_a_toast_and_leaves_nothing(compressed, fasp, tmp_path):
+    import gradio as gr
+
+    from ui.wiring import guarded
+
+    first = tmp_path / "first.gguf"
+    hx.export(fasp, str(first), False, "gguf", "f16")
+    before = first.read_bytes()
+    call, bar = guarded(hx.export), lambda *args, **kwargs: None  # bar: what gradio's progress would be
+    with pytest.raises(gr.Error, match="llama.cpp cannot express SliceGPT per-layer.*export to GGUF: ShortGPT"):  # the run is SliceGPT per-layer
+        call(compressed, str(tmp_path / "sliced.gguf"), False, "gguf", "f16", "", bar)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.raises(gr.Error, match="Cannot write to"):
+        call(fasp, str(blocker / "m.gguf"), False, "gguf", "f16", "", bar)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "first.gguf"] and first.read_bytes() == before
 
 
 class RecordingHub:

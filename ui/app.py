@@ -61,8 +61,9 @@ def _after_model(session: Session) -> list:
 
 
 def _after_run(session: Session) -> list:
-    """Other tabs after a compression run: history, the compressed chat panel, the export folder."""
-    return evaluate.refreshed(session) + chat.refreshed(session) + [export_handlers.default_folder(session)]
+    """Other tabs after a compression run: history, the compressed chat panel (the export path follows
+    separately: it depends on the format picked)."""
+    return evaluate.refreshed(session) + chat.refreshed(session)
 
 
 def _end_session(request: gr.Request) -> None:
@@ -93,8 +94,7 @@ def build_app(preload_demo: bool = True) -> gr.Blocks:
         export.wire(ui)
 
         c = ui.compress
-        after_run_outputs = (evaluate.outputs(ui) + [ui.evaluate.run] + chat.outputs(ui) + [ui.chat.run]
-                             + [ui.export.folder])
+        after_run_outputs = evaluate.outputs(ui) + [ui.evaluate.run] + chat.outputs(ui) + [ui.chat.run]
         after_model_outputs = [c.card, c.recovery_plot, ui.analyze.source] + after_run_outputs
         loaded.success(guarded(_after_model), [session], after_model_outputs, api_visibility="private", **LIGHT)
         compress.start(ui, loaded)
@@ -106,6 +106,9 @@ def build_app(preload_demo: bool = True) -> gr.Blocks:
                          model.load_outputs(ui), api_visibility="private", **heavy(ui.model.job))
         first.success(guarded(_after_model), [session], after_model_outputs, api_visibility="private", **LIGHT)
         compress.start(ui, first)
+        for event in (loaded, first, ran):
+            event.success(guarded(export_handlers.default_output), [session, ui.export.format], [ui.export.folder],
+                          api_visibility="private", **LIGHT)
         first.failure(lambda: LOAD_FAILED, None, [status], api_visibility="private", **LIGHT)
         app.unload(_end_session)
     return app

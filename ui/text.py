@@ -152,3 +152,10 @@ def chat_examples(examples: Sequence[dict], title: str) -> str:
 
 def _one_line(answer: str) -> str:
     return " ".join(str(answer).split()) or "(no answer)"
+
+
+def export_report(report, what: str, label: str) -> str:
+    """What an export wrote (an engine ``ExportReport``): path, size on disk, and the exporter's notes."""
+    kind = ", ".join(filter(None, (report.architecture, report.dtype)))
+    lines = [f"Exported {what} as **{label}** to `{report.path}` ({mb(report.bytes)} on disk, {kind})."]
+    return "\n".join(lines + [""] * bool(report.notes) + [f"- {note}" for note in report.notes])

@@ -9,6 +9,7 @@ renamed into place only when the write finished, so a failure leaves no partial 
 from __future__ import annotations
 
 import json
+import shlex
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,6 +66,7 @@ class ExportFormat:
     write: Callable[[ExportJob], ExportReport]
     dtypes: tuple[str, ...] = DTYPES
     default_dtype: str = "f16"  # used when --dtype is not given
+    run: str = ""  # the command that runs the output in its engine, ``{path}`` standing for it (model cards, notes)
 
 
 REGISTRY: dict[str, ExportFormat] = {}
@@ -137,7 +139,7 @@ def check_output(out: Path, fmt: ExportFormat, force: bool) -> None:
         probe = tempfile.NamedTemporaryFile(dir=parent, prefix=f".{out.name}.probe-")
         probe.close()
     except OSError as exc:
-        raise ConfigError(f"Cannot write to '{parent}' ({exc.strerror or exc}); pick another --out.") from None
+        raise ConfigError(f"Cannot write to '{parent}' ({exc.strerror or exc}); pick another output path (--out).") from None
 
 
 def plan_export(source: "str | Path", format_name: str, dtype: Optional[str] = None, out: "str | Path | None" = None,
@@ -166,6 +168,8 @@ def export(source: "str | Path", format_name: str, dtype: Optional[str] = None, 
         report = _write_file(fmt, ExportJob(Path(source), meta, path, dtype, log))
     report.format, report.path, report.dtype = fmt.name, str(path), dtype
     report.bytes = _size(path)
+    if fmt.run:
+        report.notes.append(f"run it with: {fmt.run.format(path=shlex.quote(str(path)))}")
     return report
 
 

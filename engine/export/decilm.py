@@ -180,8 +180,8 @@ def write(job: ExportJob) -> ExportReport:
     job.log(f"writing the weights in {dtype}")
     save_weights(state, job.target, dtype)
     notes = [f"weights in {dtype}" + (" (the original checkpoint's dtype)" if job.dtype == "auto" else ""),
-             f"serve with: vllm serve <this folder> --trust-remote-code (the config class is {CONFIG_FILE}: "
-             "transformers has no nemotron-nas config)"]
+             f"the config class is {CONFIG_FILE} (transformers has no nemotron-nas config, hence "
+             "--trust-remote-code)"]
     if zeros:
         size = zeros * torch.finfo(TORCH_DTYPES[dtype]).bits // 8
         notes.append(f"narrowed heads are zero-padded back to the full head width (exact): {zeros:,} zeros, "
@@ -200,4 +200,5 @@ DECILM = register_format(ExportFormat(
     write=write,
     dtypes=("auto",) + DTYPES,
     default_dtype="auto",
+    run="vllm serve {path} --trust-remote-code",
 ))

@@ -163,6 +163,7 @@ GGUF = register_format(ExportFormat(
     writes="file",
     suffix=".gguf",
     dtypes=DTYPES + BLOCK_DTYPES,
+    run="llama-cli -m {path}",
     check=check,
     write=write,
 ))

@@ -1,16 +1,23 @@
-"""Export tab: save the compressed model, download its recipe, push it to the Hub with a card."""
+"""Export tab: save the compressed model (SlimLab's folder, or a format other engines run), download
+its recipe, push it to the Hub with a card."""
 from __future__ import annotations
 
 import json
 import os
 import re
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
-from engine import ConfigError, check_repo_id, model_card, push_folder, read_meta, save_compressed
+from engine import (ConfigError, check_repo_id, export_formats, export_result, model_card, push_folder,
+                    read_meta, save_compressed)
 
+from .. import text
 from ..state import Session
 from .common import Progress, job, need_result
+
+SLIMLAB = "slimlab"  # SlimLab's own folder (``save_compressed``); every other format is the engine's export registry
 
 
 def output_root() -> Path:
@@ -38,12 +45,17 @@ def _target(folder: str, overwrite: bool) -> Path:
     path = Path(folder).expanduser()
     if not overwrite and path.exists() and (path.is_file() or any(path.iterdir())):
         raise ConfigError(f"'{path}' already exists and is not empty; tick Overwrite or choose another folder.")
+    _confine(path, "saved")
+    return path
+
+
+def _confine(path: Path, verb: str) -> None:
+    """On a public server, only the outputs folder may be written or read back."""
     if _restricted():
         root = output_root().resolve()
         resolved = (path if path.is_absolute() else Path.cwd() / path).resolve()
         if root != resolved and root not in resolved.parents:
-            raise ConfigError(f"On this server models can only be saved under '{output_root()}/'.")
-    return path
+            raise ConfigError(f"On this server models can only be {verb} under '{output_root()}/'.")
 
 
 def save(session: Session, folder: str, overwrite: bool, progress: Progress = None) -> str:
@@ -57,6 +69,73 @@ def save(session: Session, folder: str, overwrite: bool, progress: Progress = No
     reporter("save", 1, 1, "saved")
     return (f"Saved run {session.run.run_id} ({session.run.label}) to `{out}` ({size / 2**20:,.1f} MB). "
             f"Reload it with `slimlab info {out}` or `engine.load_compressed('{out}')`, or pick it in the Model tab.")
+
+
+@dataclass
+class FormatView:
+    """What the controls show for one format: its dtypes (none for SlimLab's folder, which keeps the
+    result's own), the default output path, and which results it can express."""
+
+    dtypes: list[str]
+    dtype: Optional[str]
+    path: str
+    about: str
+
+
+def format_choices() -> list[tuple[str, str]]:
+    """(label, name): SlimLab's folder first, then every export format the engine has installed."""
+    return [("SlimLab folder", SLIMLAB)] + [(f.label, name) for name, f in export_formats().items()]
+
+
+def pick_format(session: Session, name: str) -> FormatView:
+    if name == SLIMLAB:
+        return FormatView([], None, default_folder(session), "Reloads in SlimLab (Model tab, `slimlab info`) and "
+                          "in transformers alone (a plain checkpoint, or `trust_remote_code=True` where the shapes "
+                          "need it); weights as computed.")
+    fmt = _format(name)
+    base = Path(default_folder(session))
+    path = base.with_name(base.name + (fmt.suffix if fmt.writes == "file" else f"-{fmt.name}"))
+    return FormatView(list(fmt.dtypes), fmt.default_dtype, str(path), f"Writes one {fmt.writes}; exports {fmt.expresses}.")
+
+
+def default_output(session: Session, name: str) -> str:
+    """The output box after a new model or run: the default path for the format picked."""
+    return pick_format(session, name).path
+
+
+def _format(name: str):
+    formats = export_formats()
+    if name not in formats:
+        raise ConfigError(f"Export format '{name}' is not available here; pick one of "
+                          f"{', '.join(label for label, _ in format_choices())}.")
+    return formats[name]
+
+
+def export(session: Session, folder: str, overwrite: bool, fmt: str = SLIMLAB, dtype: Optional[str] = None,
+           source: str = "", progress: Progress = None) -> str:
+    """Write a result to ``folder`` (a file for single-file formats) in format ``fmt``: SlimLab's folder, or
+    through the engine's exporter. The result is ``source`` (a folder SlimLab saved) or, when blank, the
+    current run (saved to a temporary place first if it was not saved yet); the output appears only when
+    complete. The arguments after ``overwrite`` have defaults so the ``/save`` API keeps its old call."""
+    source = (source or "").strip()
+    if fmt == SLIMLAB:
+        if source:
+            raise ConfigError(f"'{source}' is already a SlimLab folder; pick another format to export it.")
+        return save(session, folder, overwrite, progress)
+    form = _format(fmt)
+    if source:
+        _confine(Path(source).expanduser(), "read")
+    else:
+        need_result(session)
+    path = _target(folder, bool(overwrite))
+    reporter = job(session, progress)
+    reporter("export", 0, 2, "saving the result")
+    result = Path(source).expanduser() if source else _saved_folder(session)
+    what = f"`{result}`" if source else f"run {session.run.run_id} ({session.run.label})"
+    report = export_result(result, form.name, dtype or None, path, force=bool(overwrite),
+                           log=lambda msg: reporter("export", 1, 2, msg))
+    reporter("export", 2, 2, "written")
+    return text.export_report(report, what, form.label)
 
 
 def recipe(session: Session) -> tuple[str, str]:

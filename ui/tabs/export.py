@@ -1,4 +1,5 @@
-"""Export tab: save the compressed model, download its recipe, push it to the Hub with a model card."""
+"""Export tab: save or export the compressed model (SlimLab folder, transformers, GGUF, DeciLM), download
+its recipe, push it to the Hub with a model card."""
 from __future__ import annotations
 
 from types import SimpleNamespace
@@ -6,16 +7,25 @@ from types import SimpleNamespace
 import gradio as gr
 
 from ..handlers import export as handlers
+from ..state import Session
 from ..wiring import HEAVY, LIGHT, guarded
 
 
 def build() -> SimpleNamespace:
     gr.Markdown("Everything here acts on this session's **current** compressed model (the latest run).")
     with gr.Column(variant="panel"):
-        gr.Markdown("**Save** in SlimLab's format (`model.safetensors` + `config.json` + `slimlab.json`); it reloads "
-                    "with `engine.load_compressed`, `slimlab info FOLDER`, or the Model tab.")
+        gr.Markdown("**Save** in SlimLab's format (`model.safetensors` + `config.json` + `slimlab.json`; it reloads "
+                    "with `engine.load_compressed`, `slimlab info FOLDER`, or the Model tab), or **export** it for "
+                    "the engine you deploy with: a transformers folder, GGUF for llama.cpp, DeciLM for vLLM.")
         with gr.Row():
-            folder = gr.Textbox(str(handlers.output_root() / "compressed"), label="Folder", scale=4)
+            fmt = gr.Radio(handlers.format_choices(), value=handlers.SLIMLAB, label="Format", scale=3)
+            # API callers (gradio_client) name any dtype: the engine checks it against the format's
+            dtype = gr.Dropdown([], value=None, label="Weights", visible=False, allow_custom_value=True, scale=1)
+        about = gr.Markdown(handlers.pick_format(Session(), handlers.SLIMLAB).about, elem_classes="explain")
+        with gr.Row():
+            source = gr.Textbox("", label="Result to export", placeholder="this session's current run (or a folder "
+                                "SlimLab saved)", scale=2)
+            folder = gr.Textbox(str(handlers.output_root() / "compressed"), label="Output path", scale=3)
             overwrite = gr.Checkbox(False, label="Overwrite", scale=1)
             save = gr.Button("Save", variant="primary", scale=1)
         save_status = gr.Markdown("")
@@ -39,15 +49,22 @@ def build() -> SimpleNamespace:
             push = gr.Button("Push", variant="primary")
         push_status = gr.Markdown("")
         card = gr.Code(language="markdown", label="Model card (README.md)", interactive=False, max_lines=30)
-    return SimpleNamespace(folder=folder, overwrite=overwrite, save=save, save_status=save_status, recipe=recipe,
-                           recipe_file=recipe_file, recipe_text=recipe_text, repo_id=repo_id, token=token,
+    return SimpleNamespace(format=fmt, dtype=dtype, about=about, source=source, folder=folder, overwrite=overwrite,
+                           save=save, save_status=save_status, recipe=recipe, recipe_file=recipe_file, recipe_text=recipe_text, repo_id=repo_id, token=token,
                            private=private, card_btn=card_btn, push=push, push_status=push_status, card=card)
+
+
+def _format_view(view: handlers.FormatView) -> list:
+    """A format's dtypes (the menu hides where the format has no choice), default output, description."""
+    return [gr.update(choices=view.dtypes, value=view.dtype, visible=bool(view.dtypes)), view.path, view.about]
 
 
 def wire(ui) -> None:
     t = ui.export
-    t.save.click(guarded(handlers.save), [ui.session, t.folder, t.overwrite], [t.save_status], api_name="save",
-                 **HEAVY)
+    t.format.change(guarded(handlers.pick_format, _format_view), [ui.session, t.format], [t.dtype, t.folder, t.about],
+                    api_visibility="private", **LIGHT)
+    t.save.click(guarded(handlers.export), [ui.session, t.folder, t.overwrite, t.format, t.dtype, t.source],
+                 [t.save_status], api_name="save", **HEAVY)
     t.recipe.click(guarded(handlers.recipe, list), [ui.session], [t.recipe_file, t.recipe_text], api_name="recipe",
                    **LIGHT)
     t.card_btn.click(guarded(handlers.card), [ui.session, t.repo_id], [t.card], api_name="model_card", **HEAVY)
