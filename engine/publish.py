@@ -12,18 +12,25 @@ import re
 from pathlib import Path
 from typing import Optional
 
+from .compressed.remote_code import transformers_loading
 from .errors import ConfigError, SlimLabError
 from .evaluate.report import measured_markdown, model_entry
+from .export import NotExpressible, available_formats
+from .export.base import default_output
 from .models.loading import SLIMLAB_META
 
 REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 def read_meta(folder: "str | Path") -> dict:
+    """The folder's ``slimlab.json`` with what its card's "Load it" needs: ``config`` (its config.json, which
+    the exporters' checks read) and ``loads`` (how transformers alone loads it, ``transformers_loading``)."""
     path = Path(folder) / SLIMLAB_META
     if not path.exists():
         raise ConfigError(f"'{folder}' has no {SLIMLAB_META}; save a compressed model there first.")
-    return json.loads(path.read_text())
+    config = Path(folder) / "config.json"
+    return json.loads(path.read_text()) | {"config": json.loads(config.read_text()),
+                                           "loads": transformers_loading(folder)}
 
 
 def _base_model(spec: str) -> Optional[str]:
@@ -50,6 +57,48 @@ def _measured(measured: Optional[dict]) -> list[str]:
                 "accuracy and speed are measured in SlimLab's Evaluate tab or with `slimlab eval`).", ""]
     return ["## Measured", "", "In the SlimLab session that made this model, each figure under the protocol "
             "above its table.", "", *tables]
+
+
+TRANSFORMERS = {
+    "plain": ("Every layer keeps the stock {arch} shapes, so this is a plain checkpoint (no SlimLab, no remote code):",
+              ""),
+    "remote": ("The shapes differ from the stock {arch} architecture; the repository carries `modeling_slimlab.py` "
+               "(torch and transformers only), which builds them, so no SlimLab is needed:", ", trust_remote_code=True"),
+}
+
+
+def _load_it(meta: dict, repo_id: str) -> list[str]:
+    """How to run this result for real: in transformers (plain, or with the shipped remote code), in SlimLab,
+    and in every engine an export format runs (llama.cpp, vLLM) after that export, or why it cannot."""
+    arch = (meta.get("config") or {}).get("model_type", "base")
+    loads = meta.get("loads", "slimlab")
+    lines = ["## Load it", ""]
+    if loads in TRANSFORMERS:
+        text, flag = TRANSFORMERS[loads]
+        lines += [text.format(arch=f"`{arch}`"), "", "```python",
+                  "from transformers import AutoModelForCausalLM, AutoTokenizer", "",
+                  f'model = AutoModelForCausalLM.from_pretrained("{repo_id}"{flag})',
+                  f'tokenizer = AutoTokenizer.from_pretrained("{repo_id}")', "```", ""]
+    else:
+        lines += ["transformers alone cannot build this result's modules; load it with SlimLab (below), or "
+                  "re-save it with a current SlimLab (`slimlab export FOLDER --format hf`).", ""]
+    name = repo_id.split("/")[-1]
+    lines += ["With SlimLab (the folder holds its `slimlab.json`):", "", "```python",
+              "from engine import load_compressed", "", f'lm = load_compressed("{name}")  # hf download {repo_id} '
+              f"--local-dir {name}", "```", ""]
+    for fmt in available_formats().values():
+        if not fmt.run:
+            continue
+        lines += [f"### {fmt.label}", ""]
+        try:
+            fmt.check(meta)
+        except NotExpressible as exc:
+            lines += [f"Not available for this result: {exc}", ""]
+            continue
+        out = default_output(Path(name), fmt, fmt.default_dtype)
+        lines += ["```bash", f"hf download {repo_id} --local-dir {name}",
+                  f"slimlab export {name} --format {fmt.name} --out {out}", fmt.run.format(path=out), "```", ""]
+    return lines
 
 
 def model_card(meta: dict, repo_id: str, measured: Optional[dict] = None) -> str:
@@ -83,10 +132,7 @@ def model_card(meta: dict, repo_id: str, measured: Optional[dict] = None) -> str
         f"({recipe['schedule']} schedule), made with SlimLab.", "",
         verdict, "", *table, "",
         f"The ratio is the mean fraction of each layer's width removed, not of the file. Calibration: {calib_line}.",
-        "", *_measured(measured), "## Load it", "",
-        "The per-layer widths differ from the base architecture, so load it with SlimLab:", "",
-        "```python", "from engine import load_compressed", "", "lm = load_compressed(\"path/to/this/folder\")",
-        "lm.model.generate(...)", "```", "",
+        "", *_measured(measured), *_load_it(meta, repo_id),
         "## Recipe (replay with `slimlab compress --recipe recipe.json`)", "",
         "```json", json.dumps(recipe, indent=2, default=str), "```", "",
         f"Software: {versions}." if versions else "",

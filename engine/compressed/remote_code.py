@@ -189,3 +189,18 @@ def write_remote_code(folder: "str | Path", strict: bool = True) -> bool:
     tmp.write_text(json.dumps(config, indent=2) + "\n")
     tmp.replace(config_path)
     return layout is not None
+
+
+def transformers_loading(folder: "str | Path") -> str:
+    """How transformers alone loads a saved result, for its model card: ``"remote"`` (the folder carries
+    ``modeling_slimlab.py``: ``trust_remote_code=True``), ``"plain"`` (the stock config says every shape) or
+    ``"slimlab"`` (neither: a module the modeling file cannot rebuild, or a folder saved before it existed)."""
+    from .format import build_empty
+
+    folder = Path(folder)
+    if "auto_map" in json.loads((folder / "config.json").read_text()) and (folder / MODELING_FILE).is_file():
+        return "remote"
+    try:
+        return "plain" if layout_of(build_empty(folder)[0]) is None else "slimlab"
+    except NotSelfContained:
+        return "slimlab"
