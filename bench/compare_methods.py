@@ -12,6 +12,7 @@ MLP+value parameters, of layers) and some methods add parameters back.
     python bench/compare_methods.py --runs modegpt=0.25,fasp=0.285 --skip-dense  # chosen points (equal totals)
     python bench/compare_methods.py --runs modegpt@block-influence=0.25        # with a schedule (max_ratio 0.8)
     python bench/compare_methods.py --runs "modegpt/parts=mlp=0.25"            # with method params (/NAME=VALUE)
+    python bench/compare_methods.py --runs olica=0.25,modegpt=0.265 --skip-dense  # Olica beside MoDeGPT
 
 Writes ``OUT.json`` (rows, protocol), ``OUT.figure.json`` (plotly figure) and ``OUT.html``.
 Rows are saved after every run, so an interrupted run keeps what it measured.

@@ -19,7 +19,7 @@ from engine.progress import Reporter
 from tiny import logits as _logits, random_calibration as _calibration
 
 METHOD_PARAMS = {"slicegpt": [{"variant": "per-layer"}, {"variant": "shared"}], "fasp": [{}], "wanda-sp": [{}],
-                 "shortgpt": [{}], "modegpt": [{}]}
+                 "shortgpt": [{}], "modegpt": [{}], "olica": [{}]}
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "opt", "gemma3"])

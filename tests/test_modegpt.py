@@ -8,65 +8,18 @@ from dataclasses import replace
 import pytest
 import torch
 
-from engine import CalibrationSpec, compress, load_compressed, save_compressed
+from engine import compress, load_compressed, save_compressed
 from engine.methods import Plan, get_method
 from engine.models import LoadedModel
-from engine.models.adapters import adapter_for, normalize
-from engine.stats import InputStats, capture_layer_inputs
+from engine.stats import InputStats
 from engine.transforms.importance import ridge_leverage
 from engine.transforms.prune import keep_top, prune_pair, restore_columns
 from engine.transforms.query_key import damped_gram, input_gram, narrow_query_key, query_key_rows, select_pairs
-from engine.transforms.value_heads import narrow_values
-from engine.transforms.value_svd import set_value_output, value_places, whitened_value_output
+from engine.transforms.value_svd import whitened_value_output
 
-ATOL = 1e-5  # fp32 logits
-
-
-def _lm(tiny, arch: str, **overrides) -> LoadedModel:
-    model, tok = tiny(arch, **overrides)
-    return LoadedModel(model=model, tokenizer=tok, spec=f"tiny-{arch}", adapter=adapter_for(model))
-
-
-def _calibration(lm: LoadedModel, n: int = 8, seqlen: int = 32, seed: int = 0) -> CalibrationSpec:
-    g = torch.Generator().manual_seed(seed)
-    tokens = torch.randint(3, lm.model.config.vocab_size, (n, seqlen), generator=g)
-    return CalibrationSpec("random", n, seqlen, seed, 4, tokens=tokens)
-
-
-def _logits(model, ids: torch.Tensor) -> torch.Tensor:
-    with torch.no_grad():
-        return model(input_ids=ids, use_cache=False).logits
-
-
-@torch.no_grad()
-def _spread(linear: torch.nn.Linear, gen: torch.Generator, scale: float = 1.0) -> None:
-    """Give a linear's rows uneven norms (trained models have them; random inits do not)."""
-    factors = torch.exp(1.5 * torch.randn(linear.out_features, generator=gen)) * scale
-    linear.weight.mul_(factors[:, None])
-
-
-class Attention:
-    """Layer 0's attention half on captured calibration inputs: the normed input, its Gram, and
-    the half's output error for a changed copy of the layer."""
-
-    @torch.no_grad()
-    def __init__(self, lm: LoadedModel, calib: CalibrationSpec):
-        self.lm, self.adapter = lm, lm.adapter
-        self.heads = self.adapter.heads(lm.model.config)
-        self.inputs = capture_layer_inputs(lm.model, self.adapter, calib.tokens, calib.batch_size)
-        self.layer = self.adapter.layers(lm.model)[0]
-        parts = self.adapter.parts_of(self.layer)
-        self.normed = [normalize(parts.attn_norm, h) for h in self.inputs.hidden]
-        ones = parts.query.bias is not None
-        self.gram = input_gram(InputStats.of(self.normed, gram=True, sums=ones), ones)
-        self.target = self.run(self.layer)
-
-    @torch.no_grad()
-    def run(self, layer) -> list[torch.Tensor]:
-        return [self.adapter.run_attention(layer, n, kw) for n, kw in zip(self.normed, self.inputs.kwargs)]
-
-    def error(self, layer) -> float:
-        return sum((o - t).double().square().sum() for o, t in zip(self.run(layer), self.target)).item()
+from decomposition import (ATOL, Attention, Mlp, calibration as _calibration, lm as _lm, spread as _spread,
+                           value_dims_weights)
+from tiny import logits as _logits
 
 
 # --- Q/K: CR decomposition with RoPE pairs ---------------------------------------
@@ -151,19 +104,12 @@ def test_cr_selection_beats_random_pairs_at_the_same_budget(tiny, arch):
 
 def _with_value_rank(att: Attention, rank: int, basis=None):
     """A copy of layer 0 with V/O of the given rank: the whitened SVD, or ``basis(group)`` -> (P, Q)."""
-    layer = copy.deepcopy(att.layer)
-    p = att.adapter.parts_of(layer)
+    p = att.adapter.parts_of(att.layer)
     gram = damped_gram(att.gram, 1e-4, p.value.in_features)
     weights = whitened_value_output(p.value, p.attn_out, gram, att.heads, rank)
     if basis is not None:  # the same rank by value dims chosen at random
-        n_heads, n_kv, hd = att.heads
-        keep = torch.cat([g * hd + basis(g) for g in range(n_kv)])
-        cols = torch.cat([h * hd + basis(h // (n_heads // n_kv)) for h in range(n_heads)])
-        weights = (p.value.weight[keep].double(), None if p.value.bias is None else p.value.bias[keep].double(),
-                   p.attn_out.weight[:, cols].double())
-    set_value_output(p.value, p.attn_out, weights)
-    narrow_values(p.value, p.attn_out, value_places(rank, att.heads), att.heads)
-    return layer
+        weights = value_dims_weights(p.value, p.attn_out, att.heads, [basis(g) for g in range(att.heads[1])])
+    return att.with_values(weights, rank)
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "opt"])
@@ -194,23 +140,14 @@ def test_nystrom_selection_beats_random_channels_with_the_same_refit(tiny, arch)
     layer = lm.adapter.layers(lm.model)[0]
     parts = lm.adapter.parts_of(layer)
     _spread(parts.up, g)
-    calib = _calibration(lm)
-    inputs = capture_layer_inputs(lm.model, lm.adapter, calib.tokens, calib.batch_size)
-    with torch.no_grad():
-        normed = [normalize(parts.mlp_norm, h) for h in inputs.hidden]
-        target = [lm.adapter.run_mlp(layer, n) for n in normed]
-    from engine.stats import bypassed
-    with torch.no_grad(), bypassed(layer, parts.down):
-        inner = [lm.adapter.run_mlp(layer, n) for n in normed]
-    stats = InputStats.of(inner, gram=True, sums=parts.down.bias is not None)
+    mlp = Mlp(lm, _calibration(lm))
+    stats, target = mlp.stats, mlp.target
 
     def error_with(kept: torch.Tensor, damp: float = 1e-2) -> float:
         pruned = copy.deepcopy(layer)
         p = lm.adapter.parts_of(pruned)
         prune_pair(p.mlp_in, p.down, kept, kept, restore_columns(p.down.weight, p.down.bias, stats, kept, damp))
-        with torch.no_grad():
-            out = [lm.adapter.run_mlp(pruned, n) for n in normed]
-        return sum((o - t).double().square().sum() for o, t in zip(out, target)).item()
+        return mlp.error(pruned)
 
     width = parts.down.in_features
     assert error_with(torch.arange(width), 0.0) < 1e-8 * sum(t.square().sum() for t in target)  # exact when whole

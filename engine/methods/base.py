@@ -23,7 +23,7 @@ from ..workspace import Workspace
 from ..params import Param, resolve_params, schema
 from ..progress import Reporter
 from ..schedules import Plan
-from ..stats import LayerHooks, run_sequential
+from ..stats import LayerHooks, LayerSource, run_sequential
 
 
 @dataclass
@@ -100,14 +100,15 @@ class Method(ABC):
 
 
 def timed_pass(work: Workspace, calibration: CalibrationSpec, hooks: LayerHooks, progress: Reporter, stage: str,
-               label: str) -> dict[str, float]:
-    """Capture layer 0's calibration inputs and run ``hooks`` over ``work`` through the driver;
-    returns the seconds of both stages (``label`` names the pass) for ``MethodOutput.stage_seconds``."""
+               label: str, source: Optional[LayerSource] = None) -> dict[str, float]:
+    """Capture layer 0's calibration inputs and run ``hooks`` over ``work`` (or another ``source``, e.g. the
+    read-only ``work.originals``) through the driver; returns the seconds of both stages (``label`` names
+    the pass, and prefixes the capture's when ``source`` is given) for ``MethodOutput.stage_seconds``."""
     t = time.perf_counter()
     inputs = work.capture(calibration)
-    stages = {"capture inputs": time.perf_counter() - t}
+    stages = {"capture inputs" if source is None else f"{label}: capture inputs": time.perf_counter() - t}
     t = time.perf_counter()
-    run_sequential(inputs, work.adapter, work, hooks, progress, stage)
+    run_sequential(inputs, work.adapter, work if source is None else source, hooks, progress, stage)
     stages[label] = time.perf_counter() - t
     return stages
 

@@ -33,7 +33,7 @@ from ..progress import Reporter
 from ..stats import HalfOutcome, HalfStep, InputStats, LayerHooks
 from ..transforms.importance import ridge_leverage
 from ..transforms.prune import keep_top, prune_pair, restore_columns
-from ..transforms.attention_heads import narrow_heads
+from ..transforms.attention_heads import decomposed_shapes, narrow_heads
 from ..transforms.query_key import damped_gram, input_gram, select_pairs
 from ..transforms.value_svd import set_value_output, whitened_value_output
 from ..transforms.widths import kept_mlp_width, kept_value_dims
@@ -171,15 +171,11 @@ class ModeGPT(Method):
     @torch.no_grad()
     def rebuild(self, model: nn.Module, adapter: Adapter, structure: ModeGPTStructure) -> None:
         heads = tuple(structure.heads)
-        n_heads, n_kv, head_dim = heads
+        head_dim = heads[2]
         for layer, width, rank, pairs in zip(adapter.layers(model), structure.mlp, structure.value_rank,
                                              structure.qk_pairs):
             parts = adapter.parts_of(layer)
-            if parts.mlp_out.in_features != width:
-                keep = torch.arange(width)
-                prune_pair(parts.mlp_in, parts.mlp_out, keep, keep)
-            if rank < head_dim:
-                prune_pair([parts.value], parts.attn_out, torch.arange(n_kv * rank), torch.arange(n_heads * rank))
+            decomposed_shapes(parts, width, rank, heads)
             if pairs is not None or rank < head_dim:
                 kept = torch.tensor(pairs, dtype=torch.long) if pairs is not None else None
                 narrow_heads(adapter, layer, kept, rank, heads, structure.shrunk)

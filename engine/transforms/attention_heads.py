@@ -16,9 +16,9 @@ from typing import Optional
 
 import torch
 
-from ..models.adapters import Adapter
+from ..models.adapters import Adapter, LayerParts
 from ..models.shrunk_attention import shrink_attention
-from .prune import keep_rows
+from .prune import keep_rows, prune_pair
 from .query_key import narrow_query_key, pair_dims, query_key_rows
 from .value_heads import narrow_values
 from .value_svd import value_places
@@ -44,3 +44,14 @@ def narrow_heads(adapter: Adapter, layer: torch.nn.Module, kept_pairs: Optional[
         keep_rows(parts.query, q_rows)
         keep_rows(parts.key, k_rows)
     shrink_attention(adapter.attention(layer), dims.repeat_interleave(n_heads // n_kv, 0), dims, rank)
+
+
+def decomposed_shapes(parts: LayerParts, width: int, rank: int, heads: tuple[int, int, int]) -> None:
+    """Give a fresh layer (``rebuild``) the MLP ``width`` and value ``rank`` a decomposition left it (the
+    kept value rows first in each group, as the decompositions place them); its heads are narrowed after."""
+    n_heads, n_kv, head_dim = heads
+    if parts.mlp_out.in_features != width:
+        keep = torch.arange(width)
+        prune_pair(parts.mlp_in, parts.mlp_out, keep, keep)
+    if rank < head_dim:
+        prune_pair([parts.value], parts.attn_out, torch.arange(n_kv * rank), torch.arange(n_heads * rank))

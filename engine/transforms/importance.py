@@ -54,6 +54,17 @@ def ridge_leverage(weight: torch.Tensor, stats: "InputStats", ridge: float = 1e-
     return torch.diagonal(torch.linalg.solve(c + ridge * torch.diagonal(c).mean() * eye, c)).to(weight.device)
 
 
+def pair_channel_scores(readers: list[torch.Tensor], in_norms: torch.Tensor, writers: list[torch.Tensor],
+                        inner_norms: list[torch.Tensor]) -> torch.Tensor:
+    """Olica's (and LLM-Pruner's) Wanda score of the channels between readers and writers, float64:
+    ``s_j = Σ_r ‖W_r[j,:] ∘ ‖X‖‖₂ + Σ_w ‖W_w[:,j]‖₂·‖A_w,j‖₂``, each reader's row weighted by the norms
+    of the inputs it reads, each writer's column by the norm of the channel it reads (``inner_norms``,
+    one per writer: under GQA a value dim feeds one output block per query head of its group)."""
+    x = in_norms.double()
+    score = sum((r.double() * x).norm(dim=1) for r in readers)
+    return score + sum(w.double().norm(dim=0) * a.double() for w, a in zip(writers, inner_norms))
+
+
 SCORES: dict[str, Importance] = {s.name: s for s in (
     Importance("wanda", "‖W_:,j‖₁·‖X_j‖₂ (FASP, Wanda-SP)", wanda),
     Importance("magnitude", "‖W_:,j‖₁, no calibration statistics", magnitude),

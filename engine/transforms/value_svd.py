@@ -15,7 +15,7 @@ then runs them inside any HF attention).
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 from torch import nn
@@ -43,24 +43,40 @@ def group_basis(value_rows: torch.Tensor, out_blocks: list[torch.Tensor], gram: 
     return f.T @ inv_root, root @ f
 
 
-def whitened_value_output(value: nn.Linear, out: nn.Linear, gram: torch.Tensor, heads: tuple[int, int, int],
-                          rank: int) -> tuple[torch.Tensor, Optional[torch.Tensor], torch.Tensor]:
-    """(value weight [n_kv·rank, in], value bias or None, output weight [out, n_heads·rank]), float64,
-    from the damped input Gram ``gram`` (with a trailing ones row/column when ``value`` has a bias)."""
+GroupBasis = Callable[[int, torch.Tensor, list[torch.Tensor]], tuple[torch.Tensor, torch.Tensor]]
+
+
+def group_value_output(value: nn.Linear, out: nn.Linear, heads: tuple[int, int, int], ones: bool,
+                       basis: GroupBasis, device: "torch.device | str" = "cpu",
+                       ) -> tuple[torch.Tensor, Optional[torch.Tensor], torch.Tensor]:
+    """(value weight [n_kv·r, in], value bias or None, output weight [out, n_heads·r]), float64, with each
+    KV group's value head mapped by ``P`` and its query heads' output blocks by ``Q``, where
+    ``basis(group, value_rows, out_blocks) -> (P [r, head_dim], Q [head_dim, r])``; ``value_rows`` is
+    ``[W_g, b_g]`` with ``ones`` (a bias column), ``out_blocks`` the ``O_h`` of the group's query heads.
+    Any such pair with ``QP = I`` leaves the layer's output unchanged."""
     n_heads, n_kv, head_dim = heads
     rep = n_heads // n_kv
-    ones = gram.shape[0] == value.in_features + 1
-    w = augmented(value, ones).to(gram.device)
-    o = out.weight.detach().double().to(gram.device)
+    w = augmented(value, ones).to(device)
+    o = out.weight.detach().double().to(device)
     new_v, new_o = [], []
     for grp in range(n_kv):
+        rows = w[grp * head_dim:(grp + 1) * head_dim]
         blocks = [o[:, h * head_dim:(h + 1) * head_dim] for h in range(grp * rep, (grp + 1) * rep)]
-        p, q = group_basis(w[grp * head_dim:(grp + 1) * head_dim], blocks, gram, rank)
-        new_v.append(p @ w[grp * head_dim:(grp + 1) * head_dim])
+        p, q = basis(grp, rows, blocks)
+        new_v.append(p @ rows)
         new_o.extend(b @ q for b in blocks)
     v = torch.cat(new_v)
     bias = v[:, -1] if value.bias is not None else None
     return (v[:, :-1] if ones else v), bias, torch.cat(new_o, 1)
+
+
+def whitened_value_output(value: nn.Linear, out: nn.Linear, gram: torch.Tensor, heads: tuple[int, int, int],
+                          rank: int) -> tuple[torch.Tensor, Optional[torch.Tensor], torch.Tensor]:
+    """(value weight [n_kv·rank, in], value bias or None, output weight [out, n_heads·rank]), float64,
+    from the damped input Gram ``gram`` (with a trailing ones row/column when ``value`` has a bias)."""
+    ones = gram.shape[0] == value.in_features + 1
+    return group_value_output(value, out, heads, ones,
+                              lambda _g, rows, blocks: group_basis(rows, blocks, gram, rank), gram.device)
 
 
 def value_places(rank: int, heads: tuple[int, int, int], device: "torch.device | str" = "cpu") -> torch.Tensor:
