@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from ..calibration import CalibrationSpec
-from ..models.adapters import Adapter, normalize
+from ..models.adapters import Adapter, LayerParts, normalize
 from ..params import Param
 from ..progress import Reporter
 from ..stats import HalfOutcome, HalfStep, InputStats, LayerHooks
@@ -84,6 +84,51 @@ def _weights(*linears: nn.Linear) -> int:
     return sum(lin.weight.numel() for lin in linears)
 
 
+@dataclass(frozen=True)
+class LayerShape:
+    """What a layer keeps at its ratio: the same numbers whether planned (``plan_shapes``) or run."""
+
+    value_rank: int  # value dims per KV group (head_dim: V/O untouched)
+    qk_rank: list[int]  # [query, key] rank of their factors (0: that projection stays dense)
+    mlp: int  # MLP width
+
+
+def layer_shape(parts: LayerParts, head_dim: int, ratio: float, params: dict) -> LayerShape:
+    """The ranks and widths of one (original) layer at ``ratio``: the split of ``split_ratio``, a
+    factorisation only where it holds fewer weights than the projection."""
+    sizes = (_weights(parts.query, parts.key), _weights(parts.value, parts.attn_out),
+             _weights(*parts.mlp_in, parts.down))
+    split = split_ratio(ratio, params, sizes)
+    ranks = []
+    for lin in (parts.query, parts.key):
+        r = rank_for_ratio(lin.out_features, lin.in_features, split.qk) if split.qk > 0 else 0
+        ranks.append(r if r and saves_params(lin.out_features, lin.in_features, r) else 0)
+    return LayerShape(kept_value_dims(head_dim, split.vo) if split.vo > 0 else head_dim, ranks,
+                      kept_mlp_width(parts.down.in_features, split.mlp, params["round_to"]))
+
+
+def planned(adapter: Adapter, model: nn.Module, plan: Plan,
+            params: dict) -> tuple[list[LayerShape], list[int], int]:
+    """(each layer's shape at its plan ratio, each layer's MLP width, the side-branch rank) of an original model."""
+    head_dim = adapter.heads(model.config)[2]
+    layers = adapter.layers(model)
+    shapes = [layer_shape(adapter.parts_of(layer), head_dim, ratio, params)
+              for layer, ratio in zip(layers, plan.ratios)]
+    widths = [adapter.parts_of(layer).down.in_features for layer in layers]
+    return shapes, widths, round(params["calibration_rank"] * adapter.hidden_size(model.config))
+
+
+def calibration_ranks(shapes: list[LayerShape], widths: list[int], unexplained: Optional[list[float]],
+                      rank: int, count: int) -> list[int]:
+    """The side-branch rank of each layer: ``rank`` on the ``count`` layers with a pruned MLP whose output
+    is best predicted linearly (``unexplained`` lowest; without it, the first: same shapes), 0 elsewhere."""
+    pruned = [i for i, (shape, width) in enumerate(zip(shapes, widths)) if shape.mlp < width]
+    if unexplained is not None:
+        pruned.sort(key=lambda i: unexplained[i])
+    chosen = set(pruned[:count]) if rank else set()
+    return [rank if i in chosen else 0 for i in range(len(shapes))]
+
+
 class Predictability(LayerHooks):
     """Read-only pass over the original: the share of each MLP's output a ridge-regressed linear map of
     its input leaves unexplained (lower: a linear side branch can stand in for more of it)."""
@@ -115,12 +160,9 @@ class OlicaPass(LayerHooks):
 
     exact = False
 
-    def __init__(self, adapter: Adapter, heads: tuple[int, int, int], plan: Plan, params: dict, shrink: bool):
-        self.adapter, self.heads, self.plan, self.params, self.shrink = adapter, heads, plan, params, shrink
-        self.splits: list[Split] = []
+    def __init__(self, adapter: Adapter, heads: tuple[int, int, int], shapes: list[LayerShape], shrink: bool):
+        self.adapter, self.heads, self.shapes, self.shrink = adapter, heads, shapes, shrink
         self.mlp: list[int] = []
-        self.value_rank: list[int] = []
-        self.qk_rank: list[list[int]] = []
 
     def half(self, step: HalfStep) -> Optional[HalfOutcome]:
         if step.half == "attention":
@@ -129,18 +171,8 @@ class OlicaPass(LayerHooks):
 
     def _attention(self, step: HalfStep) -> HalfOutcome:
         parts = step.parts
-        sizes = (_weights(parts.query, parts.key), _weights(parts.value, parts.attn_out),
-                 _weights(*parts.mlp_in, parts.down))
-        split = split_ratio(self.plan.ratios[step.index], self.params, sizes)
-        self.splits.append(split)
-        head_dim = self.heads[2]
-        rank = kept_value_dims(head_dim, split.vo) if split.vo > 0 else head_dim
-        low = [rank_for_ratio(lin.out_features, lin.in_features, split.qk) if split.qk > 0 else 0
-               for lin in (parts.query, parts.key)]
-        low = [r if r and saves_params(lin.out_features, lin.in_features, r) else 0
-               for r, lin in zip(low, (parts.query, parts.key))]
-        self.value_rank.append(rank)
-        self.qk_rank.append(low)
+        shape = self.shapes[step.index]
+        rank, low, head_dim = shape.value_rank, shape.qk_rank, self.heads[2]
         if rank == head_dim and not any(low):
             return HalfOutcome()
         normed = [normalize(parts.attn_norm, r) for r in step.residual]
@@ -160,8 +192,7 @@ class OlicaPass(LayerHooks):
         return HalfOutcome(residual=step.add(step.residual, written))
 
     def _mlp(self, step: HalfStep) -> HalfOutcome:
-        width = step.writer.in_features
-        k = kept_mlp_width(width, self.splits[step.index].mlp, self.params["round_to"])
+        width, k = step.writer.in_features, self.shapes[step.index].mlp
         kept = None
         if k < width:
             parts = step.parts
@@ -172,12 +203,6 @@ class OlicaPass(LayerHooks):
             prune_pair(parts.mlp_in, step.writer, kept, kept)
         self.mlp.append(step.writer.in_features)
         return HalfOutcome(columns=kept)
-
-
-def calibrated(unexplained: list[float], count: int) -> set[int]:
-    """The ``count`` layers whose MLP output is best predicted linearly."""
-    order = sorted(range(len(unexplained)), key=lambda i: unexplained[i])
-    return set(order[:count])
 
 
 @register
@@ -211,29 +236,41 @@ class Olica(Method):
     def compress(self, work, calibration: CalibrationSpec, plan: Plan, params: dict, progress: Reporter) -> MethodOutput:
         adapter = work.adapter
         heads = adapter.heads(work.model.config)
-        rank = round(params["calibration_rank"] * adapter.hidden_size(work.model.config))
-        chosen: set[int] = set()
-        stages: dict[str, float] = {}
-        if rank and params["calibrated_layers"] and plan.target > 0:
+        originals = adapter.layers(work.lm.model)
+        shapes, widths, rank = planned(adapter, work.lm.model, plan, params)
+        unexplained, stages = None, {}
+        if rank and params["calibrated_layers"] and any(s.mlp < w for s, w in zip(shapes, widths)):
             pre = Predictability(params["calibration_ridge"])
             stages = timed_pass(work, calibration, pre, progress, f"{self.name}: predictability", "predictability",
                                 source=work.originals)
-            chosen = calibrated(pre.unexplained, params["calibrated_layers"])
-        ranks = [rank if i in chosen else 0 for i in range(work.num_layers)]
-        inner = OlicaPass(adapter, heads, plan, params, adapter.shrinks_heads(adapter.layers(work.lm.model)[0]))
+            unexplained = pre.unexplained
+        ranks = calibration_ranks(shapes, widths, unexplained, rank, params["calibrated_layers"])
+        inner = OlicaPass(adapter, heads, shapes, adapter.shrinks_heads(originals[0]))
         hooks = CompensatedPass(inner, adapter, ranks, ("mlp",), params["calibration_ridge"])
         stages |= timed_pass(work, calibration, hooks, progress, self.name, "decompose")
-        calibration_rank = hooks.ranks["mlp"]
+        structure = OlicaStructure(inner.mlp, [s.value_rank for s in shapes], [s.qk_rank for s in shapes],
+                                   hooks.ranks["mlp"], list(heads), inner.shrink)
+        query, key = [q for q, _k in structure.qk_rank], [k for _q, k in structure.qk_rank]
         return MethodOutput(
-            widths={"mlp": inner.mlp, "value": inner.value_rank, "query_rank": [q for q, _k in inner.qk_rank],
-                    "key_rank": [k for _q, k in inner.qk_rank], "calibration_rank": calibration_rank},
-            structure=OlicaStructure(inner.mlp, inner.value_rank, inner.qk_rank, calibration_rank, list(heads),
-                                     inner.shrink),
+            widths={"mlp": structure.mlp, "value": structure.value_rank, "query_rank": query, "key_rank": key,
+                    "calibration_rank": structure.calibration_rank},
+            structure=structure,
             params_added={"linear calibration branches": hooks.params} if hooks.params else {},
             stage_seconds=stages,
-            plots={"query/key rank": [q for q, _k in inner.qk_rank], "value rank": inner.value_rank,
-                   "calibration rank": calibration_rank},
+            plots={"query/key rank": query, "value rank": structure.value_rank,
+                   "calibration rank": structure.calibration_rank},
         )
+
+    def plan_shapes(self, model: nn.Module, adapter: Adapter, plan: Plan, params: dict) -> bool:
+        """The shapes ``compress`` gives: which layers get the side branches depends on the data, not their
+        size, so the first candidates stand in."""
+        shapes, widths, rank = planned(adapter, model, plan, params)
+        ranks = calibration_ranks(shapes, widths, None, rank, params["calibrated_layers"])
+        structure = OlicaStructure([s.mlp for s in shapes], [s.value_rank for s in shapes],
+                                   [s.qk_rank for s in shapes], ranks, list(adapter.heads(model.config)),
+                                   adapter.shrinks_heads(adapter.layers(model)[0]))
+        self.rebuild(model, adapter, structure)
+        return True
 
     @torch.no_grad()
     def rebuild(self, model: nn.Module, adapter: Adapter, structure: OlicaStructure) -> None:
