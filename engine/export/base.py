@@ -21,7 +21,7 @@ from ..errors import ConfigError, CorruptWeightsError
 from ..models.loaded import SLIMLAB_META
 
 DTYPES = ("f32", "f16", "bf16")
-KNOWN_FORMATS = ("gguf", "hf", "decilm")  # named in help even before their module registers
+KNOWN_FORMATS = ("hf", "gguf", "decilm")  # named in help even before their module registers; the order menus show
 
 
 class NotExpressible(ConfigError):
@@ -89,7 +89,8 @@ def available_formats() -> dict[str, ExportFormat]:
     from . import load_all
 
     load_all()
-    return dict(sorted(REGISTRY.items()))
+    rank = {name: i for i, name in enumerate(KNOWN_FORMATS)}
+    return dict(sorted(REGISTRY.items(), key=lambda item: (rank.get(item[0], len(rank)), item[0])))
 
 
 def get_format(name: str) -> ExportFormat:

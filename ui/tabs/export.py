@@ -8,7 +8,8 @@ import gradio as gr
 
 from ..handlers import export as handlers
 from ..state import Session
-from ..wiring import HEAVY, LIGHT, guarded
+from ..wiring import HEAVY, LIGHT, guarded, heavy
+from .common import job_line
 
 
 def build() -> SimpleNamespace:
@@ -28,7 +29,8 @@ def build() -> SimpleNamespace:
             folder = gr.Textbox(str(handlers.output_root() / "compressed"), label="Output path", scale=3)
             overwrite = gr.Checkbox(False, label="Overwrite", scale=1)
             save = gr.Button("Save", variant="primary", scale=1)
-        save_status = gr.Markdown("")
+        save_job = job_line()
+        save_status = gr.Markdown("", elem_id="export-status")
     with gr.Column(variant="panel"):
         gr.Markdown("**Recipe**: method, parameters, plan and calibration; replay it with "
                     "`slimlab compress MODEL --recipe recipe.json` or in the Compress tab.")
@@ -50,7 +52,7 @@ def build() -> SimpleNamespace:
         push_status = gr.Markdown("")
         card = gr.Code(language="markdown", label="Model card (README.md)", interactive=False, max_lines=30)
     return SimpleNamespace(format=fmt, dtype=dtype, about=about, source=source, folder=folder, overwrite=overwrite,
-                           save=save, save_status=save_status, recipe=recipe, recipe_file=recipe_file, recipe_text=recipe_text, repo_id=repo_id, token=token,
+                           save=save, save_job=save_job, save_status=save_status, recipe=recipe, recipe_file=recipe_file, recipe_text=recipe_text, repo_id=repo_id, token=token,
                            private=private, card_btn=card_btn, push=push, push_status=push_status, card=card)
 
 
@@ -64,7 +66,7 @@ def wire(ui) -> None:
     t.format.change(guarded(handlers.pick_format, _format_view), [ui.session, t.format], [t.dtype, t.folder, t.about],
                     api_visibility="private", **LIGHT)
     t.save.click(guarded(handlers.export), [ui.session, t.folder, t.overwrite, t.format, t.dtype, t.source],
-                 [t.save_status], api_name="save", **HEAVY)
+                 [t.save_status], api_name="save", **heavy(t.save_job))
     t.recipe.click(guarded(handlers.recipe, list), [ui.session], [t.recipe_file, t.recipe_text], api_name="recipe",
                    **LIGHT)
     t.card_btn.click(guarded(handlers.card), [ui.session, t.repo_id], [t.card], api_name="model_card", **HEAVY)
