@@ -18,7 +18,7 @@ from .analysis.spectra import ResidualAnalysis, cut_width
 from .api import (
     Subject, block_influence, chat, compensation_plan, evaluate_chat_check, evaluate_lambada, evaluate_perplexity, evaluate_speed,
     evaluate_zeroshot, has_chat_template, model_summary, module_params, num_layers, params_total, residual_analysis,
-    zeroshot_tasks,
+    zeroshot_tasks, zeroshot_item_counts, context_length, perplexity_windows,
 )
 from .compress import CompressionResult, compress, make_calibration
 from .compressed import load_compressed, save_compressed
@@ -55,6 +55,7 @@ __all__ = [
     "model_summary", "params_total", "compensation_plan", "module_params", "residual_analysis", "block_influence", "has_chat_template",
     # evaluation, reports, chat, publishing
     "perplexity", "PerplexityResult", "evaluate_perplexity", "evaluate_zeroshot", "evaluate_speed", "zeroshot_tasks",
+    "zeroshot_item_counts", "context_length", "perplexity_windows",
     "chat_check", "ChatCheckResult", "evaluate_chat_check", "lambada", "LambadaResult", "evaluate_lambada",
     "nonsense_warning", "NONSENSE_WARNING", "build_report", "model_entry", "write_report", "chat", "Generation",
     "SamplingSettings", "check_repo_id", "model_card", "push_folder", "read_meta",

@@ -16,6 +16,7 @@ from .analysis.modules import module_params as _module_params
 from .analysis.spectra import ResidualAnalysis
 from .analysis.spectra import residual_analysis as _residual_analysis
 from .calibration import CalibrationSpec
+from .errors import ConfigError
 from .evaluate import ChatCheckResult, LambadaResult, PerplexityResult, chat_check, lambada, measure_speed, perplexity, \
     run_zeroshot
 from .generate import Generation, SamplingSettings, stream_chat
@@ -129,3 +130,29 @@ def zeroshot_tasks() -> list[str]:
     from .evaluate import TASKS
 
     return list(TASKS)
+
+
+def zeroshot_item_counts(tasks: Sequence[str]) -> dict[str, int]:
+    """How many items each task has in the data dir (as SOURCES.md states them): the most a ``limit``
+    can pick; no data is read."""
+    from .evaluate.zeroshot import ITEM_COUNTS, check_tasks
+
+    return {name: ITEM_COUNTS[name] for name in check_tasks(list(tasks))}
+
+
+def context_length(subject: Subject) -> Optional[int]:
+    """The most positions the model takes (its config's ``max_position_embeddings``); None when it does not say."""
+    return getattr(getattr(subject.model, "config", None), "max_position_embeddings", None)
+
+
+def perplexity_windows(subject: Subject, dataset: str = "wikitext2", seqlen: int = 2048,
+                       data_dir: Optional[str] = None) -> int:
+    """How many whole windows of ``seqlen`` tokens the evaluation text holds: the most ``max_windows`` can
+    measure (the text is tokenized once and cached, so ``evaluate_perplexity`` reuses it). A ``seqlen``
+    beyond the model's context is refused: learned positions would fail there, and rotary ones extrapolate."""
+    from .data import eval_windows, load_text
+
+    context = context_length(subject)
+    if context is not None and seqlen > context:
+        raise ConfigError(f"seqlen {seqlen:,} is longer than the model's context ({context:,} positions).")
+    return eval_windows(subject.tokenizer, load_text(dataset, data_dir), seqlen).shape[0]

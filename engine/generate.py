@@ -31,7 +31,8 @@ class SamplingSettings:
     def check(self) -> "SamplingSettings":
         if self.max_new_tokens < 1:
             raise ConfigError(f"max_new_tokens must be at least 1 (got {self.max_new_tokens}).")
-        if self.temperature < 0 or not 0 < self.top_p <= 1 or self.top_k < 0 or self.repetition_penalty <= 0:
+        # written so that a NaN fails every test
+        if not (self.temperature >= 0 and 0 < self.top_p <= 1 and self.top_k >= 0 and self.repetition_penalty > 0):
             raise ConfigError("Sampling needs temperature >= 0, 0 < top_p <= 1, top_k >= 0 and a positive "
                               f"repetition penalty (got {self}).")
         return self

@@ -93,6 +93,8 @@ def read_settings_file(path: "str | Path", what: str) -> Any:
         raise ConfigError(f"{what} not found: {path}") from None
     except OSError as exc:
         raise ConfigError(f"{what} {path} could not be read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{what} {path} is not a text file (JSON or YAML).") from None
     try:
         if p.suffix in (".yaml", ".yml"):
             import yaml

@@ -7,8 +7,12 @@ from pathlib import Path
 
 import pytest
 
+from engine import SamplingSettings, build_plan, check_ratio
 from engine.cli import main
 from engine.commands import common
+from engine.data import load_text
+from engine.errors import ConfigError, SlimLabError
+from engine.params import read_settings_file
 
 BAD = {
     "compress": [
@@ -83,3 +87,23 @@ def test_every_command_is_in_the_matrix():
 
     sub = next(a for a in build_parser()._actions if a.dest == "command")
     assert set(sub.choices) - {"methods", "schedules"} <= set(BAD)
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda: check_ratio(None, "target ratio"), "target ratio must be a number"),
+    (lambda: build_plan(None, 0.2, 4), "Pick a schedule"),
+    (lambda: load_text(None), "Pick a text source"),
+    (lambda: SamplingSettings(temperature=float("nan")).check(), "Sampling needs"),
+    (lambda: SamplingSettings(repetition_penalty=float("nan")).check(), "Sampling needs"),
+], ids=["ratio None", "schedule None", "text None", "temperature NaN", "penalty NaN"])
+def test_the_engine_refuses_what_a_ui_or_api_client_can_send(call, match):
+    """Values the UI matrix (tests/test_ui_bad_input.py) found crashing deep inside: each is a clear error."""
+    with pytest.raises(SlimLabError, match=match):
+        call()
+
+
+def test_a_binary_recipe_file_is_named(tmp_path):
+    path = tmp_path / "recipe.yaml"
+    path.write_bytes(b"\xff\xfe\x00\x81")
+    with pytest.raises(ConfigError, match="recipe.yaml is not a text file"):
+        read_settings_file(path, "Recipe file")

@@ -144,8 +144,11 @@ def test_analyze_handler_builds_every_chart(session):
     assert len(one.data) == 1 and any("cut for ratio 0.50: keep 32" in a.text for a in one.layout.annotations)
 
 
-@pytest.mark.parametrize("bad, match", [(("wikitext2:validation", "x", 64, 42), "whole numbers"),
-                                        (("wikitext2:validation", 0, 64, 42), "at least 1"),
+@pytest.mark.parametrize("bad, match", [(("wikitext2:validation", "x", 64, 42), "Samples must be a whole number"),
+                                        (("wikitext2:validation", 0, 64, 42), "Samples .* from 1 to 10,000"),
+                                        (("wikitext2:validation", 8, 4096, 42), "Tokens per sample .* from 8 to 2,048 .*"
+                                                                                 "the model takes 2,048 positions"),
+                                        (("wikitext2:validation", 8, 64, -1), "Seed .* of at least 0"),
                                         (("", 8, 64, 42), "calibration source"),
                                         (("nosuchsource", 8, 64, 42), "Unknown text source")])
 def test_analyze_rejects_bad_calibration(session, bad, match):
@@ -328,6 +331,54 @@ def test_evaluate_asks_for_what_is_missing(session):
         he.run_perplexity(session, ["compressed"], "wikitext2", 64, 2)
 
 
+SIZING_BAD = [None, "", float("nan"), -1, 0, 2.5, "many", 1e30]  # what a browser or an API client can send
+
+
+@pytest.mark.parametrize("bad", SIZING_BAD)
+@pytest.mark.parametrize("handler, field, call", [
+    ("perplexity", "seqlen", lambda s, v: he.run_perplexity(s, ["original"], "wikitext2", v, 2)),
+    ("perplexity", "windows", lambda s, v: he.run_perplexity(s, ["original"], "wikitext2", 64, v)),
+    ("zeroshot", "Items per task", lambda s, v: he.run_zeroshot(s, ["original"], ["piqa", "arc_easy"], v)),
+    ("speed", "Prefill tokens", lambda s, v: he.run_speed(s, ["original"], v, 4)),
+    ("speed", "Decode tokens", lambda s, v: he.run_speed(s, ["original"], 16, v)),
+    ("analyze", "Samples", lambda s, v: ha.analyze(s, "wikitext2:validation", v, 64, 42, 0.25)),
+    ("analyze", "Tokens per sample", lambda s, v: ha.analyze(s, "wikitext2:validation", 8, v, 42, 0.25)),
+    ("compress", "Samples", lambda s, v: hc.run(s, "fasp", {}, 0.25, "uniform", None, "wikitext2:validation", v, 64,
+                                                42, [])),
+])
+def test_a_blank_or_huge_size_is_refused_naming_the_field_and_its_range(session, handler, field, call, bad):
+    """A sizing field never reads a blank, a NaN or a huge value as "all of it": the message names the field
+    and the range it takes, and nothing was measured or run."""
+    with pytest.raises(ConfigError, match=f"^{field} must be a whole number (from|of at least) "):
+        call(session, bad)
+    assert not session.original_evals and session.run is None and session.analysis is None
+
+
+def test_the_ranges_come_from_the_model_and_the_data(session):
+    """windows is bounded by what the text holds at that seqlen, seqlen and the speed sizes by the model's
+    context, the items per task by the largest picked task."""
+    from engine import context_length, perplexity_windows, zeroshot_item_counts
+
+    available = perplexity_windows(session.lm, "wikitext2", 64)
+    assert context_length(session.lm) == 2048 and available > 100
+    with pytest.raises(ConfigError, match=f"windows .* from 1 to {available:,} .*wikitext2 has {available:,} windows "
+                                          "of 64 tokens"):
+        he.run_perplexity(session, ["original"], "wikitext2", 64, available + 1)
+    with pytest.raises(ConfigError, match="seqlen .* from 8 to 2,048 .*the model takes 2,048 positions"):
+        he.run_perplexity(session, ["original"], "wikitext2", 2049, 1)
+    with pytest.raises(ConfigError, match="longer than the model's context"):
+        perplexity_windows(session.lm, "wikitext2", 2049)
+    counts = zeroshot_item_counts(["piqa", "arc_easy"])
+    assert counts == {"piqa": 1838, "arc_easy": 2376}
+    with pytest.raises(ConfigError, match="Items per task .* from 1 to 2,376 .*piqa 1,838, arc_easy 2,376 items"):
+        he.run_zeroshot(session, ["original"], ["piqa", "arc_easy"], 2377)
+    with pytest.raises(ConfigError, match="Prefill tokens .* from 1 to 2,048"):
+        he.run_speed(session, ["original"], 2049, 4)
+    assert not session.original_evals
+    view = he.run_perplexity(session, ["original"], "wikitext2", "64", 2.0)  # what the Number boxes send
+    assert session.original_evals["perplexity"]["windows"] == 2 and "2 windows" in view.table[0][0]
+
+
 def test_perplexity_comparison_and_history(compressed):
     view = he.run_perplexity(compressed, ["original", "compressed"], "wikitext2", 64, 2)
     row = view.table[0]
@@ -377,6 +428,47 @@ def test_chat_both_models_side_by_side(compressed):
     cleared = hch.clear(compressed)
     assert cleared.original == [] and cleared.compressed_stats == ""  # a run is loaded: no "no compressed model"
     assert cleared.compressed_label.startswith("Compressed: run 1 · slicegpt") and "run 1" in cleared.compressed_placeholder
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda s: list(hch.chat(s, "hi", 1e30, 0.7, 0.9, 50, 1.1, 0)), r"Max new tokens .* from 1 to 512"),
+    (lambda s: list(hch.chat(s, "hi", 4, float("nan"), 0.9, 50, 1.1, 0)), r"Temperature .* from 0 to 2 \(got nan\)"),
+    (lambda s: list(hch.chat(s, "hi", 4, 0.7, 0.9, 50, None, 0)), r"Repetition penalty .* \(got a blank field\)"),
+    (lambda s: list(hch.chat(s, "hi", 4, 0.7, 0.9, -1, 1.1, 0)), "top-k .* from 0 to 200"),
+    (lambda s: list(hch.chat(s, "hi", 4, 0.7, 0.9, 50, 1.1, 1e30)), "Seed .* from 0 to 4,294,967,295"),
+    (lambda s: ha.lines(s, [], float("nan")), r"Slicing ratio .* from 0 to 0.9 \(got nan\)"),
+    (lambda s: hc.preview_plan(s, "uniform", None, {}, *CALIB), "target ratio must be a number"),
+    (lambda s: hc.preview_plan(s, None, 0.2, {}, *CALIB), "Pick a schedule"),
+    (lambda s: he.run_perplexity(s, ["original"], None, 64, 1), "Pick a text source"),
+    (lambda s: he.run_speed(s, ["original", "compressed"], 8, 4, "no-such-run"), "Run no-such-run"),
+    (lambda s: hch.pick_run(s, ""), "Run  is no longer kept"),
+], ids=["max tokens huge", "temperature NaN", "penalty blank", "top-k negative", "seed huge", "cut NaN",
+        "ratio blank", "schedule blank", "text blank", "run typo", "run blank"])
+def test_values_the_ui_matrix_found_crashing_are_clear_errors(session, call, match):
+    """What tests/test_ui_bad_input.py found raising deep inside (TypeError, ValueError, an overflow), each
+    now a one-line message that names the field."""
+    hc.run(session, "slicegpt", {}, 0.25, "uniform", None, *CALIB, [])
+    with pytest.raises(SlimLabError, match=match):
+        call(session)
+
+
+def test_a_bad_preset_name_or_recipe_upload_is_named(tmp_path):
+    from ui.presets import Preset, all_presets, preset_named
+
+    first = next(iter(all_presets()))
+    assert preset_named(None) is None and preset_named(first).name == first
+    with pytest.raises(ConfigError, match="There is no preset 'nope'; pick one of: Demo 0.90x"):
+        preset_named("nope")
+    with pytest.raises(ConfigError, match="No recipe file came with the upload"):
+        Preset.read(None)
+    (tmp_path / "r.json").write_bytes(b"\xff\xfe\x00")
+    with pytest.raises(ConfigError, match="r.json: not a text file"):
+        Preset.read(tmp_path / "r.json")
+
+
+def test_a_folder_name_the_file_system_refuses_is_a_clear_error(compressed, tmp_path):
+    with pytest.raises(ConfigError, match="Could not save into '.*word word .*File name too long"):
+        hx.save(compressed, str(tmp_path / ("word " * 100)), True)
 
 
 def test_chat_and_evaluate_pick_any_kept_run_newest_first(session, monkeypatch):

@@ -191,6 +191,13 @@ def test_cancel_stops_the_run_and_leaves_the_model_alone(tiny, data_dir):
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
+def test_an_answer_longer_than_the_context_is_a_clear_error(tiny, data_dir):
+    """lm-eval stops on a bare ``assert`` when a choice does not fit the model; ours names the lengths."""
+    model, tok = tiny("llama", max_position_embeddings=16)
+    with pytest.raises(ConfigError, match=r"answer of \d+ tokens is longer than the model's context \(16 positions\)"):
+        run_zeroshot(model, tok, ["piqa"], limit=2, data_dir=str(data_dir), source="local")
+
+
 def test_lm_eval_does_not_retie_an_untied_head(tiny):
     """A head untied by hand while the config still says 'tied' is what HFLM's tie_weights() would re-tie."""
     model, tok = tiny("llama")

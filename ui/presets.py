@@ -59,6 +59,8 @@ class Preset:
     @classmethod
     def read(cls, path: "str | Path") -> "Preset":
         """A preset file, or any recipe file (a download, a whole slimlab.json: nothing measured)."""
+        if not path:
+            raise ConfigError("No recipe file came with the upload; choose a .json or .yaml recipe.")
         path = Path(path)
         if path.suffix != ".json":
             return cls(path.stem, Recipe.read(path), path=path)
@@ -69,8 +71,20 @@ class Preset:
             return cls.from_dict(data, path.stem, path)
         except json.JSONDecodeError as exc:
             raise ConfigError(f"Recipe file {path}: not valid JSON ({exc}).") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"Recipe file {path}: not a text file (JSON or YAML).") from None
         except (OSError, ConfigError) as exc:
             raise ConfigError(f"Recipe file {path}: {exc}") from None
+
+
+def preset_named(name: Optional[str]) -> Optional[Preset]:
+    """The shipped preset called ``name``; None when no name is picked (the controls stay as they are)."""
+    if not name:
+        return None
+    found = all_presets().get(name)
+    if found is None:
+        raise ConfigError(f"There is no preset {str(name)[:60]!r}; pick one of: {', '.join(all_presets())}.")
+    return found
 
 
 def preset_order(path: Path) -> tuple:

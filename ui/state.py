@@ -125,7 +125,11 @@ class Session:
         """The run ``run_id`` (None: the newest), or None when there is none."""
         if run_id is None:
             return self.history[-1] if self.history else None
-        return next((r for r in self.history if r.run_id == int(run_id)), None)
+        try:
+            wanted = int(run_id)
+        except (TypeError, ValueError):  # not a run id at all (an API client's blank or typo)
+            return None
+        return next((r for r in self.history if r.run_id == wanted), None)
 
     def new_job(self) -> CancelToken:
         """A fresh cancel token for the job about to start (the Stop button sets it)."""

@@ -65,6 +65,8 @@ def mixture_counts(total: int, parts: int) -> list[int]:
 
 
 def parse_source(spec: str) -> SourceSpec:
+    if not isinstance(spec, str) or not spec.strip():
+        raise DataError(f"Pick a text source (got {spec!r}). Known: {', '.join(KNOWN_SOURCES)}.")
     spec = spec.strip()
     if spec.startswith("file:"):
         return SourceSpec("file", "", spec[len("file:"):])
@@ -97,7 +99,7 @@ def load_text(
     ``generate`` produces text for the ``generated`` source; the caller supplies it because
     only the caller has the model.
     """
-    src = parse_source(spec) if isinstance(spec, str) else spec
+    src = spec if isinstance(spec, SourceSpec) else parse_source(spec)
     if src.is_chat:
         raise DataError(f"'{src}' is a chat source: it is rendered through a model's chat template, so it can "
                         "calibrate or heal a model (--calib) but is not a text to evaluate on.")

@@ -110,6 +110,10 @@ def _reporting_hflm():
             return super().loglikelihood(requests, disable_tqdm=True)  # our reporter draws the bar
 
         def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, override_bs=None):
+            longest = max((len(continuation) for _, _, continuation in requests), default=0)
+            if longest > self.max_length:  # lm-eval would stop on a bare assert
+                raise ConfigError(f"An answer of {longest:,} tokens is longer than the model's context "
+                                  f"({self.max_length:,} positions): this model cannot be scored on these tasks.")
             self._done, self._total = 0, len(requests)
             self._reporter(STAGE, 0, self._total, f"{self._total} choices")
             out = super()._loglikelihood_tokens(requests, disable_tqdm=True, override_bs=override_bs)

@@ -39,7 +39,10 @@ class Plan:
 
 
 def check_ratio(ratio: float, what: str = "ratio") -> float:
-    ratio = float(ratio)
+    try:
+        ratio = float(ratio)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{what} must be a number in [0, 1) — the fraction to remove — got {ratio!r}.") from None
     if not (0.0 <= ratio < 1.0) or math.isnan(ratio):
         raise ConfigError(f"{what} must be in [0, 1) — the fraction to remove — got {ratio}.")
     return ratio
@@ -129,6 +132,8 @@ def available_schedules() -> dict[str, Schedule]:
 
 def split_schedule(spec: str, params: Optional[dict] = None) -> tuple[str, dict]:
     """``"manual:FILE"`` (the CLI's and v1 recipes' short form) -> ``("manual", {"file": FILE})``."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise ConfigError(f"Pick a schedule: {', '.join(REGISTRY)} (got {spec!r}).")
     name, _, arg = spec.partition(":")
     if name == "manual" and arg:
         return name, {"file": arg} | dict(params or {})

@@ -2,14 +2,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import plotly.graph_objects as go
 
-from engine import CalibrationSpec, ConfigError, ResidualAnalysis, cut_width, make_calibration, residual_analysis
+from engine import (
+    CalibrationSpec, ConfigError, ResidualAnalysis, context_length, cut_width, make_calibration, residual_analysis,
+)
 
 from .. import figures
 from ..state import Session
-from .common import Progress, data_dir, job, need_model
+from .common import Progress, data_dir, job, need_model, whole, within
 
 CALIBRATION_SOURCES = ["wikitext2:validation+alpaca-chat", "alpaca-chat", "wikitext2:validation", "wikitext2:test", "c4", "alpaca", "generated",
                        "generated-chat"]  # the *-chat ones render chats through the model's template
@@ -25,15 +28,16 @@ class AnalysisView:
     chosen: list[str]
 
 
-def calibration_spec(source: str, nsamples, seqlen, seed) -> CalibrationSpec:
-    """Validated calibration settings; the numbers arrive from UI widgets as floats or strings."""
-    try:
-        n, length, s = int(nsamples), int(seqlen), int(seed)
-    except (TypeError, ValueError):
-        raise ConfigError(f"Calibration samples, length and seed must be whole numbers (got {nsamples!r}, "
-                          f"{seqlen!r}, {seed!r}).") from None
-    if n < 1 or length < 8:
-        raise ConfigError(f"Use at least 1 calibration sample of at least 8 tokens (got {n} × {length}).")
+MAX_CUT = 0.9  # the Slicing ratio slider's maximum
+MAX_CALIBRATION_SAMPLES = 10_000  # the papers calibrate on 128 to 1,024: more is a typo, not a plan
+
+
+def calibration_spec(source: str, nsamples, seqlen, seed, context: Optional[int] = None) -> CalibrationSpec:
+    """Validated calibration settings (the numbers arrive from UI widgets as floats or strings); a sample is
+    at most the model's ``context`` tokens long."""
+    n = whole(nsamples, "Samples", 1, MAX_CALIBRATION_SAMPLES)
+    length = whole(seqlen, "Tokens per sample", 8, context, f"the model takes {context:,} positions" if context else "")
+    s = whole(seed, "Seed", 0)
     source = (source or "").strip()
     if not source:
         raise ConfigError("Pick a calibration source, e.g. wikitext2:validation.")
@@ -52,7 +56,7 @@ def default_points(points: list[str]) -> list[str]:
 
 def analyze(session: Session, source: str, nsamples, seqlen, seed, ratio, progress: Progress = None) -> AnalysisView:
     lm = need_model(session)
-    spec = calibration_spec(source, nsamples, seqlen, seed)
+    spec = calibration_spec(source, nsamples, seqlen, seed, context_length(lm))
     reporter = job(session, progress)
     reporter("calibration data", 0, 1, spec.source)
     calib = make_calibration(lm, spec, data_dir())
@@ -79,8 +83,8 @@ def view(session: Session, chosen: list[str], ratio) -> AnalysisView:
 def lines(session: Session, chosen: list[str], ratio) -> go.Figure:
     """Re-drawn when the user picks other layers or another ratio (no recomputation)."""
     a: ResidualAnalysis | None = session.analysis
+    ratio = 0.0 if ratio is None else within(ratio, "Slicing ratio", 0.0, MAX_CUT)
     if a is None:
         return figures.placeholder("Run the analysis to see cumulative explained variance.")
-    ratio = float(ratio or 0.0)
     return figures.spectra_lines(a.points, a.explained(), chosen or default_points(a.points),
                                  cut_width(a.hidden_size, ratio), ratio)

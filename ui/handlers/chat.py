@@ -10,7 +10,7 @@ from engine import ConfigError, Generation, SamplingSettings
 from engine import chat as engine_chat
 
 from ..state import RunRecord, Session
-from .common import NotReady, need_model
+from .common import NotReady, need_model, whole, within
 
 NO_COMPRESSED = "No compressed model yet: run one in the Compress tab to compare."
 
@@ -36,12 +36,20 @@ def stats(g: Optional[Generation]) -> str:
     return f"**{speed}** (decode) · {g.tokens} tokens{first}" + (f" · {reason}" if g.done and reason else "")
 
 
+# (label, minimum, maximum) of each sampling control, read by the Chat tab's sliders and checked here
+SAMPLING = {"max_new_tokens": ("Max new tokens", 1, 512), "temperature": ("Temperature", 0.0, 2.0),
+            "top_p": ("top-p", 0.05, 1.0), "top_k": ("top-k", 0, 200),
+            "repetition_penalty": ("Repetition penalty", 1.0, 2.0)}
+MAX_SEED = 2**32 - 1  # what every generator takes
+
+
 def settings(max_new_tokens, temperature, top_p, top_k, repetition_penalty, seed) -> SamplingSettings:
-    try:
-        return SamplingSettings(int(max_new_tokens), float(temperature), float(top_p), int(top_k),
-                                float(repetition_penalty), int(seed)).check()
-    except (TypeError, ValueError):
-        raise ConfigError("Sampling settings must be numbers.") from None
+    """The sampling the controls say, each value inside its slider's range (an API client can send any)."""
+    values = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
+                  repetition_penalty=repetition_penalty)
+    checked = {name: (whole if isinstance(low, int) else within)(values[name], label, low, high)
+               for name, (label, low, high) in SAMPLING.items()}
+    return SamplingSettings(**checked, seed=whole(seed, "Seed", 0, MAX_SEED)).check()
 
 
 def chat_run(session: Session) -> Optional[RunRecord]:

@@ -1,11 +1,12 @@
 """What every handler shares: requirements on the session, progress plumbing, the data dir."""
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
-from engine import CompressionResult, LoadedModel, ProgressEvent, Reporter, SlimLabError
+from engine import CompressionResult, ConfigError, LoadedModel, ProgressEvent, Reporter, SlimLabError
 
 from ..state import Session
 
@@ -26,6 +27,37 @@ def need_result(session: Session) -> CompressionResult:
     if session.result is None:
         raise NotReady("There is no compressed model in this session yet. Run a compression in the Compress tab.")
     return session.result
+
+
+def _shown(value: Any) -> str:
+    return "a blank field" if value is None or str(value).strip() == "" else repr(value)[:40]
+
+
+def _number(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def whole(value: Any, field: str, minimum: int, maximum: Optional[int] = None, why: str = "") -> int:
+    """A whole-number control's value. A blank, a non-number, a fraction or a value outside
+    [minimum, maximum] is refused with one line naming the field and its range (``why`` says where
+    the maximum comes from): a blank or a huge size never quietly means "all of it"."""
+    number = _number(value)
+    if not number.is_integer() or number < minimum or (maximum is not None and number > maximum):
+        span = f"from {minimum:,} to {maximum:,}" if maximum is not None else f"of at least {minimum:,}"
+        raise ConfigError(f"{field} must be a whole number {span} (got {_shown(value)}){f'; {why}' if why else ''}.")
+    return int(number)
+
+
+def within(value: Any, field: str, minimum: float, maximum: float) -> float:
+    """A number control's value, refused with one line naming the field and its range when blank, not a
+    number (NaN included) or outside [minimum, maximum]."""
+    number = _number(value)
+    if not minimum <= number <= maximum:  # NaN fails both
+        raise ConfigError(f"{field} must be a number from {minimum:g} to {maximum:g} (got {_shown(value)}).")
+    return number
 
 
 def job(session: Session, progress: Progress) -> Reporter:

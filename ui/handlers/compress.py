@@ -14,8 +14,8 @@ import plotly.graph_objects as go
 from engine import (
     COMPENSATION_HALVES, RECOVERY_GROUPS, CalibrationSpec, CompensationSpec, ConfigError, Plan, Recipe, RecoverySpec,
     Reporter, SlimLabError, available_methods, available_schedules, block_influence, build_plan, check_ratio, compress,
-    default_calibration, get_method, get_schedule, make_calibration, nonsense_warning, num_layers, planned_size,
-    starter_recipe,
+    context_length, default_calibration, get_method, get_schedule, make_calibration, nonsense_warning, num_layers,
+    planned_size, starter_recipe,
 )
 
 from .. import figures, presets, text
@@ -228,15 +228,15 @@ def preview_plan(session: Session, schedule: str, ratio, schedule_params: Option
                  seqlen, seed, progress: Progress = None) -> PlanView:
     """The plan the schedule makes for this model (scoring layers on the calibration data if it must)."""
     lm = need_model(session)
-    calib = calibration_spec(source, nsamples, seqlen, seed)
+    calib = calibration_spec(source, nsamples, seqlen, seed, context_length(lm))
     layers = num_layers(lm)
+    ratio = check_ratio(ratio, "target ratio")
     reporter = job(session, progress)
     if schedule == TABLE_SCHEDULE:
-        plan = table_plan([check_ratio(ratio, "target ratio")] * layers)
+        plan = table_plan([ratio] * layers)
     else:
         params = dict(schedule_params or {})
-        plan = build_plan(schedule, float(ratio), layers, scores=lambda: _scores(session, calib, reporter),
-                          params=params)
+        plan = build_plan(schedule, ratio, layers, scores=lambda: _scores(session, calib, reporter), params=params)
         session.plan_key = _plan_key(schedule, ratio, params, calib)
     session.plan = plan
     return plan_view(plan)
@@ -279,8 +279,10 @@ def make_recipe(session: Session, method: str, params: dict, ratio, schedule: st
     if schedule == TABLE_SCHEDULE:
         plan, schedule_params = plan_from_rows(rows, num_layers(lm)), {}
         ratio = plan.target
-    elif session.plan is not None and session.plan_key == _plan_key(schedule, ratio, schedule_params, calib):
-        plan = session.plan  # the previewed plan, scores already computed
+    else:
+        ratio = check_ratio(ratio, "target ratio")
+        if session.plan is not None and session.plan_key == _plan_key(schedule, ratio, schedule_params, calib):
+            plan = session.plan  # the previewed plan, scores already computed
     recipe = replace(base, model=lm.spec, method=method, method_params=dict(params),
                      ratio=check_ratio(ratio, "target ratio"), schedule=schedule, schedule_params=schedule_params,
                      plan=plan, calibration=calib, recovery=recovery or RecoverySpec(),
@@ -296,7 +298,7 @@ def run(session: Session, method: str, params: dict, ratio, schedule: str, sched
     keep the result as a new run. A Stop (or an error), in the recovery too, leaves the session's
     previous run as it was: nothing of this one is kept."""
     lm = need_model(session)
-    calib = calibration_spec(source, nsamples, seqlen, seed)
+    calib = calibration_spec(source, nsamples, seqlen, seed, context_length(lm))
     recipe = make_recipe(session, method, params, ratio, schedule, schedule_params, calib, rows, recovery, compensation)
     reporter = job(session, progress)
     cached = session.scores.get(calibration_key(calib))  # block influence from Analyze or an earlier preview
@@ -464,7 +466,8 @@ def size_from_controls(session: Session, method: str, params: dict, ratio, sched
         return ""
     try:
         recipe = make_recipe(session, method, params, ratio, schedule, schedule_params,
-                             calibration_spec(source, nsamples, seqlen, seed), rows, compensation=compensation)
+                             calibration_spec(source, nsamples, seqlen, seed, context_length(session.lm)), rows,
+                             compensation=compensation)
     except ConfigError as exc:
         return text.not_sized(str(exc))
     return size_note(session, recipe)

@@ -9,13 +9,14 @@ from typing import Optional, Sequence
 import plotly.graph_objects as go
 
 from engine import (
-    ConfigError, ProgressEvent, Reporter, Subject, build_report, evaluate_perplexity, evaluate_speed, evaluate_zeroshot,
-    model_entry, model_summary, nonsense_warning, params_total, write_report,
+    ConfigError, ProgressEvent, Reporter, Subject, build_report, context_length, evaluate_perplexity, evaluate_speed,
+    evaluate_zeroshot, model_entry, model_summary, nonsense_warning, params_total, perplexity_windows, write_report,
+    zeroshot_item_counts,
 )
 
 from .. import figures, text
 from ..state import RunRecord, Session
-from .common import NotReady, Progress, data_dir, job, need_model, need_result
+from .common import NotReady, Progress, data_dir, job, need_model, need_result, whole
 
 TARGETS = ["original", "compressed"]
 PPL_DATASETS = ["wikitext2", "wikitext2:test"]
@@ -59,19 +60,19 @@ def _targets(session: Session, which: Sequence[str], run_id: Optional[int]) -> l
     return out
 
 
-def _whole(value, what: str, minimum: int = 1) -> int:
-    try:
-        n = int(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{what} must be a whole number (got {value!r}).") from None
-    if n < minimum:
-        raise ConfigError(f"{what} must be at least {minimum} (got {n}).")
-    return n
+def _context(session: Session) -> tuple[Optional[int], str]:
+    """The model's context (the most tokens a sequence may have) and a note saying so, for the range messages."""
+    context = context_length(need_model(session))
+    return context, f"the model takes {context:,} positions" if context else ""
 
 
 def run_perplexity(session: Session, which: Sequence[str], dataset: str, seqlen, windows,
                    run_id: Optional[int] = None, progress: Progress = None) -> EvalView:
-    seqlen, windows = _whole(seqlen, "seqlen", 8), _whole(windows, "windows")
+    """Perplexity on the first ``windows`` windows; seqlen is bounded by the model's context and windows by
+    what the text holds (a blank or huge count is refused, never read as "every window")."""
+    seqlen = whole(seqlen, "seqlen", 8, *_context(session))
+    available = perplexity_windows(need_model(session), dataset, seqlen, data_dir())
+    windows = whole(windows, "windows", 1, available, f"{dataset} has {available:,} windows of {seqlen:,} tokens")
     reporter = job(session, progress)
     for name, subject, store in _targets(session, which, run_id):
         reporter("perplexity", 0, windows, name)
@@ -82,17 +83,22 @@ def run_perplexity(session: Session, which: Sequence[str], dataset: str, seqlen,
 
 def run_zeroshot(session: Session, which: Sequence[str], tasks: Sequence[str], limit,
                  run_id: Optional[int] = None, progress: Progress = None) -> EvalView:
-    limit = _whole(limit, "limit (items per task)")
+    """Zero-shot accuracy on a seeded subset of ``limit`` items per task, at most the largest picked task."""
+    counts = zeroshot_item_counts(list(tasks or []))
+    most = ", ".join(f"{task} {n:,}" for task, n in counts.items())
+    limit = whole(limit, "Items per task", 1, max(counts.values()), f"the picked tasks have {most} items")
     reporter = job(session, progress)
     for name, subject, store in _targets(session, which, run_id):
-        store["zeroshot"] = evaluate_zeroshot(subject, list(tasks or []), limit, data_dir=data_dir(),
+        store["zeroshot"] = evaluate_zeroshot(subject, list(counts), limit, data_dir=data_dir(),
                                               progress=_named(reporter, name).callback, cancel=reporter.cancel)
     return view(session, run_id)
 
 
 def run_speed(session: Session, which: Sequence[str], prefill_len, decode_tokens,
               run_id: Optional[int] = None, progress: Progress = None) -> EvalView:
-    prefill_len, decode_tokens = _whole(prefill_len, "prefill length"), _whole(decode_tokens, "decode tokens")
+    context = _context(session)
+    prefill_len = whole(prefill_len, "Prefill tokens", 1, *context)
+    decode_tokens = whole(decode_tokens, "Decode tokens", 1, *context)
     reporter = job(session, progress)
     for name, subject, store in _targets(session, which, run_id):
         store["speed"] = evaluate_speed(subject, prefill_len, decode_tokens, progress=_named(reporter, name).callback,

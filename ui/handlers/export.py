@@ -60,10 +60,13 @@ def _confine(path: Path, verb: str) -> None:
 
 def save(session: Session, folder: str, overwrite: bool, progress: Progress = None) -> str:
     result = need_result(session)
-    path = _target(folder, bool(overwrite))
-    reporter = job(session, progress)
-    reporter("save", 0, 1, str(path))
-    out = save_compressed(result, path, force=bool(overwrite))
+    try:  # a name the file system refuses (too long, a file in the way, no permission) is the user's to fix
+        path = _target(folder, bool(overwrite))
+        reporter = job(session, progress)
+        reporter("save", 0, 1, str(path))
+        out = save_compressed(result, path, force=bool(overwrite))
+    except OSError as exc:
+        raise ConfigError(f"Could not save into '{str(folder)[:80]}': {exc.strerror or exc}.") from None
     session.saved = out
     size = sum(f.stat().st_size for f in out.iterdir() if f.is_file())
     reporter("save", 1, 1, "saved")

@@ -19,7 +19,8 @@ def build() -> SimpleNamespace:
     with gr.Row(equal_height=True):
         source = gr.Dropdown(handlers.CALIBRATION_SOURCES, value="wikitext2:validation", allow_custom_value=True,
                              label="Calibration source", info="or file:/path/to/text.txt|jsonl", scale=3)
-        nsamples = gr.Number(16, precision=0, minimum=1, label="Samples", scale=1)
+        nsamples = gr.Number(16, precision=0, minimum=1, maximum=handlers.MAX_CALIBRATION_SAMPLES, label="Samples",
+                             scale=1)
         seqlen = gr.Number(256, precision=0, minimum=8, label="Tokens per sample", scale=1)
         seed = gr.Number(42, precision=0, label="Seed", scale=1)
         run = gr.Button("Run analysis", variant="primary", scale=1)
@@ -29,7 +30,7 @@ def build() -> SimpleNamespace:
     heatmap = plot("Press 'Run analysis' to compute the spectra.", "Spectra heatmap", "spectra_heatmap")
     with gr.Row(equal_height=True):
         points = gr.Dropdown([], multiselect=True, label="Residual points to compare", scale=3)
-        ratio = gr.Slider(0.0, 0.9, value=0.25, step=0.01, label="Slicing ratio (marks the cut)", scale=2)
+        ratio = gr.Slider(0.0, handlers.MAX_CUT, value=0.25, step=0.01, label="Slicing ratio (marks the cut)", scale=2)
     lines = plot("Cumulative explained variance appears after the analysis.", "Cumulative explained variance",
                  "spectra_lines")
     scores = plot("Block influence and layer redundancy appear after the analysis.", "Layer scores", "layer_scores")

@@ -12,6 +12,9 @@ from ..wiring import LIGHT, guarded, guarded_stream, heavy, stop
 from .common import explain, job_line, stop_button
 
 
+RANGE = {name: (low, high) for name, (_, low, high) in handlers.SAMPLING.items()}
+
+
 def build() -> SimpleNamespace:
     explain("chat")
     run = gr.Dropdown([], value=None, label="Compressed model to chat with", elem_id="chat-run",
@@ -37,12 +40,12 @@ def build() -> SimpleNamespace:
     preset_answers = gr.Markdown("", elem_id="preset-answers")  # a picked preset's stored answers (Compress tab)
     with gr.Accordion("Sampling (the same for both models)", open=False):
         with gr.Row():
-            max_new_tokens = gr.Slider(1, 512, value=96, step=1, label="Max new tokens")
-            temperature = gr.Slider(0.0, 2.0, value=0.7, step=0.05, label="Temperature (0 = greedy)")
-            top_p = gr.Slider(0.05, 1.0, value=0.9, step=0.05, label="top-p")
+            max_new_tokens = gr.Slider(*RANGE["max_new_tokens"], value=96, step=1, label="Max new tokens")
+            temperature = gr.Slider(*RANGE["temperature"], value=0.7, step=0.05, label="Temperature (0 = greedy)")
+            top_p = gr.Slider(*RANGE["top_p"], value=0.9, step=0.05, label="top-p")
         with gr.Row():
-            top_k = gr.Slider(0, 200, value=50, step=1, label="top-k (0 = off)")
-            repetition_penalty = gr.Slider(1.0, 2.0, value=1.1, step=0.05, label="Repetition penalty")
+            top_k = gr.Slider(*RANGE["top_k"], value=50, step=1, label="top-k (0 = off)")
+            repetition_penalty = gr.Slider(*RANGE["repetition_penalty"], value=1.1, step=0.05, label="Repetition penalty")
             seed = gr.Number(0, precision=0, label="Seed")
     return SimpleNamespace(job=job, run=run, original=original, compressed=compressed, original_stats=original_stats,
                            compressed_stats=compressed_stats, prompt=prompt, send=send, stop=stop_btn, clear=clear,

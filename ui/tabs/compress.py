@@ -12,7 +12,7 @@ from engine import Recipe
 
 from .. import presets
 from ..handlers import compress as handlers
-from ..handlers.analyze import CALIBRATION_SOURCES
+from ..handlers.analyze import CALIBRATION_SOURCES, MAX_CALIBRATION_SAMPLES
 from ..wiring import LIGHT, guarded, heavy, stop
 from .common import job_line, plot, stop_button
 
@@ -95,7 +95,8 @@ def build() -> SimpleNamespace:
                                      label="Source", info="A+B mixes sources; a chat model's default is Wikipedia "
                                                           "text plus chats through its template (alpaca-chat)")
                 with gr.Row():
-                    nsamples = gr.Number(calib["nsamples"], precision=0, minimum=1, label="Samples")
+                    nsamples = gr.Number(calib["nsamples"], precision=0, minimum=1, maximum=MAX_CALIBRATION_SAMPLES,
+                                         label="Samples")
                     seqlen = gr.Number(calib["seqlen"], precision=0, minimum=8, label="Tokens per sample")
                     seed = gr.Number(calib["seed"], precision=0, label="Seed")
             compensation = compensation_controls(c.compensation)
@@ -290,7 +291,7 @@ def wire(ui) -> gr.events.Dependency:
     outputs = recipe_outputs(ui)
 
     def pick(session, name):
-        return handlers.use_preset(session, presets.all_presets()[name] if name else None)
+        return handlers.use_preset(session, presets.preset_named(name))
 
     def upload(session, path):
         return handlers.use_preset(session, presets.Preset.read(path))
