@@ -190,3 +190,17 @@ def test_olica_keeps_gqa_native_and_calibration_lowers_the_error(tiny):
         assert cache.layers[i].keys.shape[1:] == (n_kv, ids.shape[1], head_dim)  # not repeated to n_heads
         assert cache.layers[i].values.shape[1:] == (n_kv, ids.shape[1], rank) and rank < head_dim
     assert errors[3] < errors[0], errors
+
+
+@pytest.mark.parametrize("linear", [0, 1])
+def test_the_most_linearly_predictable_mlp_gets_the_side_branch(tiny, linear):
+    """OPT's MLP is fc2(relu(fc1 x)): shifting fc1's bias up by 100 keeps every ReLU open and fc2's bias takes
+    the shift back out, so that layer's MLP becomes exactly linear with its outputs unchanged in scale; the
+    read-only pass must rank it first."""
+    lm = tiny_lm(tiny, "opt")
+    with torch.no_grad():
+        parts = lm.adapter.parts(lm.model, linear)
+        parts.up.bias.add_(100.0)
+        parts.down.bias.sub_(100.0 * parts.down.weight.sum(1))
+    result = compress(lm, "olica", 0.3, calibration=calibration(lm), method_params={"calibrated_layers": 1})
+    assert [i for i, r in enumerate(result.widths["calibration_rank"]) if r] == [linear]

@@ -130,8 +130,8 @@ def calibration_ranks(shapes: list[LayerShape], widths: list[int], unexplained: 
 
 
 class Predictability(LayerHooks):
-    """Read-only pass over the original: the share of each MLP's output a ridge-regressed linear map of
-    its input leaves unexplained (lower: a linear side branch can stand in for more of it)."""
+    """Read-only pass over the original: the share of the variance of each MLP's output that a ridge-regressed
+    affine map of its input leaves unexplained (lower: a linear side branch can stand in for more of it)."""
 
     exact = False
     needs_last_output = False
@@ -150,7 +150,11 @@ class Predictability(LayerHooks):
             stats = stats or ErrorStats(x.shape[-1], y.shape[-1], y.device)
             stats.add(x, y)
         fit = stats.fit(x.shape[-1], self.damp)
-        self.unexplained.append(1.0 if fit is None else fit.remaining)
+        # as a share of the output's variance, not its energy: a constant output is no evidence that a
+        # linear map predicts the MLP (the reference scores correlations, which ignore the mean too)
+        n, energy = stats.gram.count, float(stats.energy)
+        varying = energy - float(stats.sum_out @ stats.sum_out) / n
+        self.unexplained.append(1.0 if fit is None or varying <= 0 else fit.remaining * energy / varying)
         return None
 
 
