@@ -155,14 +155,16 @@ WIDEST = """return [...document.querySelectorAll('body *')].filter(e => e.getBou
     `${e.tagName}#${e.id}.${String(e.className).slice(0, 40)} ${Math.round(e.getBoundingClientRect().width)}px`)"""
 
 
+NARROW = {"width": 412, "height": 900, "deviceScaleFactor": 1, "mobile": True}  # a phone
+
+
 def test_no_sideways_scroll_at_412_px(page, shots):
-    narrow = {"width": 412, "height": 900, "deviceScaleFactor": 1, "mobile": True}
     try:
         for tab in ("analyze", "compress", "evaluate", "chat", "export", "learn", "model"):
             # chosen at full width: at 412 px gradio may fold some tab buttons into its overflow menu
             page.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
             page.find_element(By.ID, f"tab-{tab}-button").click()
-            page.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", narrow)
+            page.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", NARROW)
             time.sleep(1)
             width, viewport = page.execute_script(
                 "return [document.documentElement.scrollWidth, document.documentElement.clientWidth]")

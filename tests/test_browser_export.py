@@ -87,4 +87,12 @@ def test_a_run_exports_as_gguf_and_a_refusal_keeps_what_the_tab_showed(page, sho
     assert text(page, "export-status") == status and "Error" not in text(page, "export-status") and not (tmp_path / "other.gguf").exists()
     assert page.find_element(By.XPATH, "//*[@id='tab-export']//button[normalize-space()='Save']").is_enabled()
     page.save_screenshot(str(shots / "export-refused.png"))
+    page.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", browser.NARROW)
+    try:
+        width, viewport = page.execute_script(
+            "return [document.documentElement.scrollWidth, document.documentElement.clientWidth]")
+        assert width <= viewport, "the Export tab scrolls sideways at 412 px"
+        page.save_screenshot(str(shots / "export-narrow-412.png"))
+    finally:
+        page.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
     assert browser.console_errors(page) == []

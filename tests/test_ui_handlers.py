@@ -532,6 +532,8 @@ def test_save_is_confined_to_outputs_on_a_space(compressed, monkeypatch, tmp_pat
     monkeypatch.setenv("SPACE_ID", "someone/slimlab")
     with pytest.raises(ConfigError, match="only be saved under"):
         hx.save(compressed, str(tmp_path / "elsewhere"), False)
+    with pytest.raises(ConfigError, match="only be read under"):  # nor read back from elsewhere
+        hx.export(Session(), "outputs/m.gguf", False, "gguf", "f16", str(tmp_path))
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,8 @@ def build() -> SimpleNamespace:
                     "with `engine.load_compressed`, `slimlab info FOLDER`, or the Model tab), or **export** it for "
                     "the engine you deploy with: a transformers folder, GGUF for llama.cpp, DeciLM for vLLM.")
         with gr.Row():
-            fmt = gr.Radio(handlers.format_choices(), value=handlers.SLIMLAB, label="Format", scale=3)
+            fmt = gr.Radio(handlers.format_choices(), value=handlers.SLIMLAB, label="Format", scale=3,
+                           min_width=320)  # on a phone the Weights menu wraps below instead of squeezing it
             # API callers (gradio_client) name any dtype: the engine checks it against the format's
             dtype = gr.Dropdown([], value=None, label="Weights", visible=False, allow_custom_value=True, scale=1)
         about = gr.Markdown(handlers.pick_format(Session(), handlers.SLIMLAB).about, elem_classes="explain")
