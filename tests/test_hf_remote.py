@@ -41,6 +41,9 @@ CASES = {
     "gemma3-fasp-compensated": ("gemma3", "fasp", {}, UNEVEN, 4, True),  # norms after each half, sliding layers
     "gemma3-modegpt": ("gemma3", "modegpt", {}, UNEVEN, 0, True),
     "gemma3-shortgpt": ("gemma3", "shortgpt", {}, None, 0, False),
+    "llama-olica": ("llama", "olica", {}, UNEVEN, 0, True),  # low-rank q/k, shrunk value heads, side branches
+    "qwen2-olica": ("qwen2", "olica", {}, UNEVEN, 0, True),
+    "gemma3-olica": ("gemma3", "olica", {}, UNEVEN, 0, True),
 }
 # `slimlab export --format hf --dtype bf16` of a saved case: name -> (case, remote code expected)
 EXPORTS = {"qwen2-fasp-hf-bf16": ("qwen2-fasp", True), "llama-shortgpt-hf-bf16": ("llama-shortgpt", False)}

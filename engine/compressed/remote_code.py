@@ -32,6 +32,7 @@ from ..models.adapters import Adapter, adapter_for
 from ..models.shrunk_attention import ShrunkAttention
 from ..models.side_branches import LayerBranches, LowRankBranch, side_branches
 from ..transforms.fusion import RMSN
+from ..transforms.low_rank import LowRankLinear
 from ..transforms.shortcuts import ShortcutForward
 from ..transforms.value_heads import GatherLinear, ScatterLinear
 
@@ -92,6 +93,8 @@ def _module_spec(module: nn.Module) -> Optional[dict]:
         return {"kind": "scatter", "index": module.index.tolist(), "full": int(module.full)}
     if isinstance(module, GatherLinear):
         return {"kind": "gather", "index": module.index.tolist()}
+    if isinstance(module, LowRankLinear):
+        return {"kind": "low_rank", "rank": module.rank}
     if isinstance(module, ShrunkAttention):
         return {"kind": "shrunk", "q_dims": module.q_dims.tolist(), "k_dims": module.k_dims.tolist(),
                 "v_dim": int(module.v_dim)}
@@ -129,12 +132,12 @@ def layout_of(model: nn.Module) -> Optional[dict]:
             continue
         if spec is not None:
             modules[path] = spec
-            if spec["kind"] == "mixed":
+            if spec["kind"] in ("mixed", "low_rank"):  # their children are part of the kind
                 skip += (path + ".",)
         elif stock_types.get(path) is not type(module):
             raise NotSelfContained(
                 f"The result has a {type(module).__name__} at '{path}' that the self-contained transformers "
-                "folder cannot rebuild; SliceGPT, FASP, Wanda-SP, MoDeGPT and ShortGPT results (with or without "
+                "folder cannot rebuild; SliceGPT, FASP, Wanda-SP, MoDeGPT, Olica and ShortGPT results (with or without "
                 "compensation) export.")
     modules.update(_branch_specs(model, adapter))
     remote = remote_module()

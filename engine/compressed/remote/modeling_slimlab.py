@@ -16,11 +16,12 @@ are transformers' own:
   (``x·attn_shortcut_Q + attn`` and ``x·mlp_shortcut_Q + mlp``), ``branch`` a low-rank map from a half's
   norm output added to its writer's output, ``shrunk`` an attention whose query/key heads keep the head
   dims ``q_dims``/``k_dims`` (each rotated by its own RoPE angle) and whose value heads have ``v_dim``
-  dims (MoDeGPT), softmax scale unchanged;
+  dims (MoDeGPT), softmax scale unchanged; ``low_rank`` a linear computed as two, ``weight`` (out × rank)
+  after a bias-free ``down`` (rank × in) (Olica's query/key);
 - ``params``: parameter name -> shape (``null``: removed) where it differs from the stock architecture.
 
 The module kinds repeat SlimLab's own (``transforms.fusion.RMSN``, ``transforms.value_heads``,
-``models.shrunk_attention``, ``models.side_branches``, ``transforms.shortcuts``) operation for operation,
+``models.shrunk_attention``, ``models.side_branches``, ``transforms.shortcuts``, ``transforms.low_rank``) operation for operation,
 so the logits are bit-identical to SlimLab's loader (``tests/test_hf_remote.py``); this file cannot
 import them, since it runs where SlimLab is not installed.
 """
@@ -36,7 +37,7 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 
 BASE_MODEL_TYPE = "llama"  # the folder's architecture: SlimLab writes this line per folder
 LAYOUT_VERSION = 1  # raised when a kind's meaning changes; a newer layout is refused, not misread
-KIND_ORDER = ("rms", "mixed", "scatter", "gather", "shrunk", "shortcut", "branch")  # branches hook the final norms
+KIND_ORDER = ("rms", "mixed", "scatter", "gather", "low_rank", "shrunk", "shortcut", "branch")  # branches hook the final norms
 
 
 class RMSN(nn.Module):
@@ -98,6 +99,13 @@ class GatherLinear(_IndexedLinear):
         index = self._index(x.device)
         picked = x.reshape(-1, x.shape[-1]).index_select(1, index).view(*x.shape[:-1], index.numel())
         return F.linear(picked, self.weight, self.bias)
+
+
+class LowRankLinear(nn.Linear):
+    """``weight·(down·x) + bias``: in_features stays the input width."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(self.down(x), self.weight, self.bias)
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -221,6 +229,13 @@ def _indexed(cls):
     return apply
 
 
+def _low_rank(model, path, spec):
+    linear = model.get_submodule(path)
+    linear.__class__ = LowRankLinear
+    linear.add_module("down", nn.Linear(linear.in_features, spec["rank"], bias=False))
+    linear.weight = nn.Parameter(torch.empty(linear.out_features, spec["rank"]))
+
+
 def _shortcut(model, path, spec):
     layer = model.get_submodule(path)
     _with_mixin(layer, ShortcutLayer)
@@ -249,7 +264,7 @@ def _branch(model, path, spec):
 
 
 KINDS = {"rms": _rms, "mixed": _mixed, "scatter": _indexed(ScatterLinear), "gather": _indexed(GatherLinear),
-         "shrunk": _shrunk, "shortcut": _shortcut, "branch": _branch}
+         "low_rank": _low_rank, "shrunk": _shrunk, "shortcut": _shortcut, "branch": _branch}
 
 
 def _set_param(model: nn.Module, name: str, shape: Optional[list]) -> None:
