@@ -16,7 +16,7 @@ def client(url: str):
     return gradio_client.Client(url, verbose=False)
 
 
-def test_two_sessions_compressing_at_once_are_queued_and_stay_apart(app_url, tiny_dirs, monkeypatch):
+def test_two_sessions_compressing_at_once_are_queued_and_stay_apart(app_url, tiny_dirs, monkeypatch, tmp_path):
     import ui.handlers.compress as compress_handlers
 
     spans = []
@@ -50,6 +50,13 @@ def test_two_sessions_compressing_at_once_are_queued_and_stay_apart(app_url, tin
     recipe_b = json.loads(b.predict(api_name="/recipe")[1])
     assert (recipe_a["model"], recipe_a["ratio"], recipe_a["method_params"]["variant"]) == (llama, 0.25, "per-layer")
     assert (recipe_b["model"], recipe_b["ratio"], recipe_b["method_params"]["variant"]) == (qwen, 0.5, "shared")
+    # /save keeps its old call (a SlimLab folder) and takes the export formats by name
+    assert "Saved run 1" in a.predict(folder=str(tmp_path / "a"), overwrite=False, api_name="/save")
+    exported = a.predict(folder=str(tmp_path / "a-hf"), overwrite=False, fmt="hf", dtype="f16", api_name="/save")
+    assert "Exported run 1" in exported and "trust_remote_code=True" in exported
+    with pytest.raises(Exception, match="llama.cpp cannot express"):  # a qwen2 result
+        b.predict(folder=str(tmp_path / "b.gguf"), overwrite=False, fmt="gguf", dtype="q8_0", api_name="/save")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "a-hf"]
 
 
 def test_errors_are_messages_and_the_session_survives(app_url, tiny_dirs):
