@@ -84,6 +84,14 @@ def test_database_layers_are_the_uniform_runs_layers(lm, data_dir, db_dir):
         LevelDatabase(db_dir, DatabaseSpec("other", 4, "fasp", {}, (0.0, 0.5), {}))
 
 
+def test_a_database_folder_that_cannot_be_made_is_named(tmp_path):
+    (tmp_path / "a-file").write_text("")
+    spec = DatabaseSpec("m", 4, "fasp", {}, (0.0, 0.5), {})
+    for root, why in ((tmp_path / ("word " * 100), "File name too long"), (tmp_path / "a-file" / "db", "Not a directory")):
+        with pytest.raises(ConfigError, match=f"level database folder .* cannot be made: {why}"):
+            LevelDatabase(root, spec)
+
+
 def test_searched_plan_through_compress_keeps_the_budget(lm, data_dir, db_dir):
     params = _params(db_dir, generations=4, seed=3)
     result = compress(lm, "fasp", 0.25, schedule="searched", schedule_params=dict(params), calibration=CALIB,

@@ -6,8 +6,10 @@ end as a result or a toast (``gr.Error``/``gr.Warning``) that says what is wrong
 model must come out unchanged.
 
 The other inputs keep the app's own defaults, shrunk where they size a job (samples, windows, tokens)
-so that an accepted value runs a tiny job on a tiny model; Run compresses for real only where the value
-can change what is computed (``REAL_COMPRESSION``), and speed is measured once per call at batch 1.
+so that an accepted value runs a tiny job on a tiny model, except that the bad value's control is made
+one that is read (``_reading``: its method or schedule selected, recovery on for a recovery setting).
+Run compresses for real only where the value can change what is computed (``REAL_COMPRESSION``; elsewhere
+the recipe is checked as the engine checks it), and speed is measured once per call at batch 1.
 
 Run it alone with ``python -m pytest -q -s tests/test_ui_bad_input.py`` (it prints, per endpoint, how many
 bad values were tried and how many were refused with a toast)."""
@@ -25,13 +27,14 @@ import gradio as gr
 import pytest
 import torch
 
+from engine import available_methods, available_schedules, get_method
 from engine import compress as engine_compress
-from engine import get_method
 from engine.evaluate import measure_speed
 from engine.methods import check_architecture
 from tiny import save_model_dir
 from ui import build_app
 from ui.handlers import compress as hc
+from ui.handlers.compress import TABLE_SCHEDULE
 from ui.handlers import model as hm
 from ui.state import ModelCache, Session
 
@@ -58,7 +61,7 @@ SMALL = {  # label -> a default that keeps an accepted call to a tiny job
     "Prefill tokens": 8, "Decode tokens": 4, "Max new tokens": 4, "Steps": "1", "generations": 1, "tokens": 64,
     "first_tokens": 32, "offspring": 2, "Overwrite": True, None: "hello",  # None: the chat box has no label
 }
-REAL_COMPRESSION = ("ratio", "fasp_")  # the method's own controls, and what sizes its plan
+REAL_COMPRESSION = ("ratio", "fasp_", "searched_database")  # the method's controls, the plan's size, a folder
 DEFAULTS_REFUSED = {"edit_plan": "an empty table before any preview", "push": "the Hub is unreachable here"}
 
 
@@ -94,6 +97,27 @@ def _call(fn, args):
     if inspect.isgenerator(out):
         for _ in out:
             pass
+
+
+def _owners() -> dict[str, tuple[str, str]]:
+    """A control's parameter-name prefix -> (the input that selects its owner, the owner): a method's or a
+    schedule's controls are read only while it is the selected one."""
+    owners = {f"{name.replace('-', '_')}_": ("method", name) for name in available_methods()}
+    owners |= {f"{name.replace('-', '_')}_": ("schedule", name) for name in available_schedules()}
+    return owners | {"plan": ("schedule", TABLE_SCHEDULE), "recovery_": ("recovery_kind", "lora"),
+                     "compensation_halves": ("compensation_share", 0.1)}
+
+
+def _reading(param: str, names: list[str], args: list) -> list:
+    """``args`` with the bad value's control made one that is read: its method or schedule selected,
+    recovery on for a recovery setting, a compensation budget for its halves, the manual schedule for the
+    plan table."""
+    args = list(args)
+    for prefix, (selector, value) in sorted(_owners().items(), key=lambda item: -len(item[0])):
+        if param.startswith(prefix) and param != selector and selector in names:
+            args[names.index(selector)] = value
+            break
+    return args
 
 
 def _origin(exc: BaseException) -> str:
@@ -163,6 +187,7 @@ def test_every_ui_endpoint_answers_bad_values_with_a_message(session_with_run, m
     monkeypatch.setenv("SLIMLAB_OUTPUT_DIR", str(tmp_path))
     monkeypatch.setenv("SLIMLAB_RESTRICT_PATHS", "1")
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SLIMLAB_CACHE", str(tmp_path / "cache"))  # a searched plan's level database goes there
     first = session.lm.model
     original = {k: v.clone() for k, v in first.state_dict().items()}
     app = build_app(preload_demo=False)
@@ -186,7 +211,7 @@ def test_every_ui_endpoint_answers_bad_values_with_a_message(session_with_run, m
             kind, label = type(component).__name__, getattr(component, "label", None)
             bad_values = BAD_MODEL if label == "Model" else bad_files if kind == "UploadButton" else BAD.get(kind, [])
             for bad in bad_values:
-                args = list(defaults)
+                args = _reading(param_names[i], param_names, defaults)
                 args[i] = bad
                 tried += 1
                 real_compression.value = name == "compress" and param_names[i].startswith(REAL_COMPRESSION)

@@ -784,6 +784,21 @@ def test_recovery_controls_read_blanks_and_refuse_bad_values():
         hc.recovery_spec("lora", 2.5, None, "", 4, ["mlp"], "", 8, 32)
 
 
+@pytest.mark.parametrize("field, value, match", [
+    ("steps", "1e30", r"Recovery steps must be a whole number from 1 to 100,000"),
+    ("minutes", "1e30", r"Recovery minutes must be a number from 0 to 10080"),
+    ("rank", 1e30, r"LoRA rank must be a whole number from 1 to 1,024"),
+    ("nsamples", 10**9, r"Recovery samples must be a whole number from 1 to 10,000"),
+    ("seqlen", 4096, r"Recovery tokens per sample .* from 8 to 2,048 .*the model takes 2,048 positions"),
+])
+def test_a_huge_recovery_size_is_refused_before_anything_runs(session, field, value, match):
+    """A recovery bounded only by a huge step count or time would run until Stop: refused in one line."""
+    heal = dict(zip(hc.RECOVERY_FIELDS, HEAL)) | {field: value}
+    with pytest.raises(ConfigError, match=match):
+        hc.run(session, "slicegpt", {}, 0.25, "uniform", None, *CALIB, [], recovery=hc.recovery_spec(**heal))
+    assert session.run is None
+
+
 def test_compress_with_recovery_reports_the_stage_and_draws_the_loss_curve(session):
     events = []
     view = hc.run(session, "fasp", {}, 0.3, "uniform", None, *CALIB, [], events.append,

@@ -66,7 +66,11 @@ class LevelDatabase:
 
     def __init__(self, root: "str | Path", spec: DatabaseSpec):
         self.root, self.spec = Path(root), spec
-        self.root.mkdir(parents=True, exist_ok=True)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # a name the file system refuses, a file in the way, no permission
+            raise ConfigError(f"The level database folder '{str(root)[:80]}' cannot be made: "
+                              f"{exc.strerror or exc}.") from None
         manifest = self.root / MANIFEST
         if manifest.exists():
             found = json.loads(manifest.read_text())

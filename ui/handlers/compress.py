@@ -21,8 +21,8 @@ from engine import (
 from .. import figures, presets, text
 from ..presets import Preset
 from ..state import Session
-from .analyze import calibration_key, calibration_spec
-from .common import Progress, data_dir, job, need_model, status_line
+from .analyze import MAX_CALIBRATION_SAMPLES, calibration_key, calibration_spec
+from .common import Progress, data_dir, job, need_model, status_line, whole, within
 from .evaluate import quality_warning
 
 DEFAULT_SCHEDULE = "uniform"
@@ -100,6 +100,25 @@ def recovery_values(spec: "RecoverySpec | dict") -> list:
 
 def _text(value) -> str:
     return "" if value is None else f"{value:g}"
+
+
+MAX_RECOVERY_STEPS = 100_000
+MAX_RECOVERY_MINUTES = 7 * 24 * 60
+MAX_LORA_RANK = 1024
+
+
+def check_recovery_sizes(spec: RecoverySpec, context: Optional[int]) -> None:
+    """The recovery's sizes inside the controls' ranges (the engine checks types and minimums): a huge
+    step count, time, rank or amount of text is refused in one line, never run until someone presses Stop."""
+    if not spec.enabled:
+        return
+    if spec.steps is not None:
+        whole(spec.steps, "Recovery steps", 1, MAX_RECOVERY_STEPS)
+    if spec.minutes is not None:
+        within(spec.minutes, "Recovery minutes", 0.0, MAX_RECOVERY_MINUTES)
+    whole(spec.rank, "LoRA rank", 1, MAX_LORA_RANK)
+    whole(spec.nsamples, "Recovery samples", 1, MAX_CALIBRATION_SAMPLES)
+    whole(spec.seqlen, "Recovery tokens per sample", 8, context, f"the model takes {context:,} positions" if context else "")
 
 
 def recovery_spec(kind, steps, minutes, lr, rank, groups, source, nsamples, seqlen,
@@ -288,6 +307,7 @@ def make_recipe(session: Session, method: str, params: dict, ratio, schedule: st
                      plan=plan, calibration=calib, recovery=recovery or RecoverySpec(),
                      compensation=compensation or base.compensation).validate()
     recipe.check_layers(num_layers(lm))
+    check_recovery_sizes(recipe.recovery, context_length(lm))
     return recipe
 
 

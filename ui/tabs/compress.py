@@ -149,12 +149,12 @@ def recovery_controls(values: Sequence) -> list[gr.components.Component]:
             controls += [gr.Textbox(steps, label="Steps", placeholder="blank: no step bound"),
                          gr.Textbox(minutes, label="Minutes", placeholder="blank: no time bound"),
                          gr.Textbox(lr, label="Learning rate", placeholder="blank: 5e-4 for LoRA, 5e-5 for full"),
-                         gr.Number(rank, precision=0, minimum=1, label="LoRA rank")]
+                         gr.Number(rank, precision=0, minimum=1, maximum=handlers.MAX_LORA_RANK, label="LoRA rank")]
         controls.append(gr.CheckboxGroup(handlers.recovery_group_choices(), value=groups, label="Trained groups"))
         with gr.Row():
             controls += [gr.Dropdown([handlers.SAME_TEXT] + CALIBRATION_SOURCES, value=source, allow_custom_value=True,
                                      label="Text", scale=2),
-                         gr.Number(nsamples, precision=0, minimum=1, label="Samples"),
+                         gr.Number(nsamples, precision=0, minimum=1, maximum=MAX_CALIBRATION_SAMPLES, label="Samples"),
                          gr.Number(seqlen, precision=0, minimum=8, label="Tokens per sample")]
     return controls
 
