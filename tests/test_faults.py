@@ -1,6 +1,6 @@
 """Faults while saving, loading and compressing: nothing half-written, nothing lost, one clear message.
 
-A save is killed (SIGKILL) midway, the disk fills up, a saved folder is damaged, memory runs out:
+A save or an export (GGUF file, transformers folder) is killed (SIGKILL) midway, the disk fills up, a saved folder is damaged, memory runs out:
 each leaves the previous result (or nothing) in place and says what happened, naming the file."""
 from __future__ import annotations
 
@@ -46,39 +46,92 @@ def _leftovers(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.parent.iterdir() if p.name.startswith(f".{folder.name}."))
 
 
-KILLED_SAVE = textwrap.dedent("""
-    import sys, time, torch, safetensors.torch as st
+STALLED = textwrap.dedent("""
+    import importlib, sys, time
+    from pathlib import Path
     sys.path.insert(0, {tests!r})
-    from engine import compress, load_model, save_compressed
-    from test_faults import _calibration
-    lm = load_model({model!r}, device="cpu")
-    result = compress(lm, "fasp", 0.5, calibration=_calibration(lm.model.config.vocab_size))
-    def stalled(model, filename, *a, **k):  # half a file, then wait for the kill
-        open(filename, "wb").write(b"partial")
-        open({marker!r}, "w").write("saving")
+    module, _, attr = {stall!r}.partition(":")
+    *path, name = attr.split(".")
+    owner = importlib.import_module(module)
+    for part in path:
+        owner = getattr(owner, part)
+    def stalled(*args, **kwargs):  # the write gets this far, then waits for the kill
+        for arg in args:
+            if isinstance(arg, (str, Path)) and not Path(arg).is_dir():
+                Path(arg).write_bytes(b"partial")  # half a file
+            elif hasattr(arg, "flush"):
+                arg.flush()  # what a writer wrote so far (a GGUF header) reaches the disk
+        open({marker!r}, "w").write("writing")
         time.sleep(120)
-    st.save_model = stalled
-    save_compressed(result, {out!r}, force=True)
+    setattr(owner, name, stalled)
 """)
+
+
+def _killed_midway(stall: str, run: str, tmp_path: Path) -> None:
+    """Run ``run`` (Python) in a child process whose ``stall`` ("module:attr", a writer) writes part of
+    its file and waits; SIGKILL the child there, as a power cut or the OOM killer would."""
+    marker = tmp_path / "marker"
+    marker.unlink(missing_ok=True)
+    script = STALLED.format(tests=str(TESTS), stall=stall, marker=str(marker)) + textwrap.dedent(run)
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=TESTS.parent)
+    deadline = time.time() + 600  # the child imports torch and may compress first; a loaded machine is slow
+    while not marker.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    if not marker.exists():
+        proc.kill()
+        pytest.fail("the child never reached the write")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
 
 
 def test_a_save_killed_midway_leaves_the_previous_result(saved, tiny_dirs, tmp_path):
     result, out = saved
     before = _logits(load_compressed(out, device="cpu").model)
-    marker = tmp_path / "marker"
-    script = KILLED_SAVE.format(tests=str(TESTS), model=str(tiny_dirs["llama"]), marker=str(marker), out=str(out))
-    proc = subprocess.Popen([sys.executable, "-c", script], cwd=TESTS.parent)
-    deadline = time.time() + 600  # the child compresses first; a loaded machine is slow
-    while not marker.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.2)
-    assert marker.exists(), "the child never reached the save"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    _killed_midway("safetensors.torch:save_model", f"""
+        from engine import compress, load_model, save_compressed
+        from test_faults import _calibration
+        lm = load_model({str(tiny_dirs["llama"])!r}, device="cpu")
+        result = compress(lm, "fasp", 0.5, calibration=_calibration(lm.model.config.vocab_size))
+        save_compressed(result, {str(out)!r}, force=True)
+    """, tmp_path)
     torch.testing.assert_close(_logits(load_compressed(out, device="cpu").model), before, rtol=0, atol=0)
     assert _leftovers(out)  # the killed save's temp folder is still there ...
     save_compressed(result, out, force=True)  # ... until the next save of the same folder clears it
     assert _leftovers(out) == []
     torch.testing.assert_close(_logits(load_compressed(out, device="cpu").model), before, rtol=0, atol=0)
+
+
+def _contents(path: Path) -> dict[str, bytes]:
+    """Every file of a file or folder output, by name, with its bytes."""
+    if path.is_file():
+        return {path.name: path.read_bytes()}
+    return {str(f.relative_to(path)): f.read_bytes() for f in sorted(path.rglob("*")) if f.is_file()}
+
+
+EXPORTS = {  # how the child exports: the CLI, or the engine's public call
+    "cli": "from engine.cli import main\nmain(['export', {source!r}, '--format', {fmt!r}, '--out', {out!r}, '--force'])",
+    "api": "from engine import export_result\nexport_result({source!r}, {fmt!r}, out={out!r}, force=True)",
+}
+WRITERS = {"gguf": "gguf:GGUFWriter.write_tensors_to_file", "hf": "safetensors.torch:save_file"}
+
+
+@pytest.mark.parametrize("how, fmt, previous", [("cli", "gguf", True), ("cli", "hf", True), ("api", "gguf", False)])
+def test_an_export_killed_midway_leaves_the_previous_output_or_none(saved, tmp_path, how, fmt, previous):
+    from engine import export_result
+
+    _, source = saved
+    target = tmp_path / ("model.gguf" if fmt == "gguf" else "model-hf")
+    if previous:
+        export_result(source, fmt, out=target)
+    before = _contents(target) if previous else None
+    _killed_midway(WRITERS[fmt], EXPORTS[how].format(source=str(source), fmt=fmt, out=str(target)), tmp_path)
+    assert (_contents(target) if target.exists() else None) == before  # the previous output whole, or none
+    assert _leftovers(target)  # the killed export's temp is beside it, never at the target ...
+    export_result(source, fmt, out=target, force=True)  # ... until the next export of the same target clears it
+    assert _leftovers(target) == []
+    fresh = tmp_path / "fresh" / target.name
+    export_result(source, fmt, out=fresh)
+    assert _contents(target) == _contents(fresh)  # whole: the bytes of an export never interrupted
 
 
 def test_a_full_disk_leaves_nothing_and_says_so(saved, monkeypatch):
