@@ -129,7 +129,15 @@ def compress(
     recipe = recipe.validate()
     impl = get_method(recipe.method)
     check_architecture(impl, lm.adapter)
-    reporter = Reporter(callback=progress, cancel=cancel)
+    # the whole run, not only the method's pass: plan scores and recovery run the model too
+    with out_of_memory_as_error(f"compressing with {recipe.method}", "Use fewer calibration samples (--nsamples), "
+                                "a smaller --batch-size, or the CPU; the original model is unchanged."):
+        return _run(lm, recipe, impl, calibration, scores, data_dir, Reporter(callback=progress, cancel=cancel))
+
+
+def _run(lm: LoadedModel, recipe: Recipe, impl, calibration: Optional[CalibrationSpec],
+         scores: Optional[Callable[[], list[float]]], data_dir: Optional[str], reporter: Reporter) -> CompressionResult:
+    """``compress`` once its arguments are checked: calibration, plan, the method's pass, recovery."""
     keep_freed_memory()
     reset_peak(lm.compute_device)
     stages: dict[str, float] = {}
@@ -157,9 +165,7 @@ def compress(
 
     work = Workspace(lm, compensation=recipe.compensation)
     try:
-        with out_of_memory_as_error(f"compressing with {recipe.method}", "Use fewer calibration samples "
-                                    "(--nsamples), a smaller --batch-size, or the CPU; the original model is unchanged."):
-            out = impl.compress(work, calib, plan, recipe.method_params, reporter)
+        out = impl.compress(work, calib, plan, recipe.method_params, reporter)
         compensation = work.compensation_structure()
     except CompensationUnsupported as exc:
         raise ConfigError(f"Compensation does not apply to method '{recipe.method}': {exc}. It corrects methods "

@@ -1,9 +1,11 @@
 """Faults while saving, loading and compressing: nothing half-written, nothing lost, one clear message.
 
-A save or an export (GGUF file, transformers folder) is killed (SIGKILL) midway, the disk fills up, a saved folder is damaged, memory runs out:
+A save or an export (GGUF file, transformers folder) is killed (SIGKILL) midway, the disk fills up, a
+saved folder is damaged, memory runs out (in the engine, or under a UI session's Compress and Evaluate):
 each leaves the previous result (or nothing) in place and says what happened, naming the file."""
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -236,3 +238,88 @@ def test_out_of_memory_while_evaluating_is_a_clear_error(tiny_dirs, monkeypatch,
     monkeypatch.setattr(lm.model, "forward", oom)
     with pytest.raises(SlimLabError, match="[Oo]ut of memory"):
         api.evaluate_perplexity(lm, seqlen=64, max_windows=2)
+
+
+# --- out of memory under a UI session: a toast, the session as it was, the next run works -----------------
+
+UI_CALIB = ("wikitext2:validation", 8, 64, 42)  # source, samples, tokens per sample, seed
+
+
+@pytest.fixture
+def ui_session(tiny_dirs, data_dir):
+    """A UI session on the tiny llama holding one run and the original's and that run's perplexity."""
+    from ui.handlers import compress as hc
+    from ui.handlers import evaluate as he
+    from ui.handlers import model as hm
+    from ui.state import ModelCache, Session
+
+    session = Session()
+    hm.load(session, str(tiny_dirs["llama"]), cache=ModelCache(capacity=1))
+    hc.run(session, "slicegpt", {}, 0.25, "uniform", None, *UI_CALIB, [])
+    he.run_perplexity(session, ["original", "compressed"], "wikitext2", 64, 2)
+    return session
+
+
+@contextlib.contextmanager
+def _out_of_memory(model):
+    """Every forward pass through the attention of ``model``'s second layer runs out of memory (as a GPU would):
+    the whole model's, and the layer-by-layer passes of plan scores and compression."""
+    from engine.models.adapters import adapter_for
+
+    def oom(*_):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    adapter = adapter_for(model)
+    handle = adapter.attention(adapter.layers(model)[1]).register_forward_pre_hook(oom)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def _toast(handler, *args) -> str:
+    """Call ``handler`` as the app does (wrapped by ``guarded``); the error toast's message."""
+    import gradio as gr
+
+    from ui.wiring import guarded
+
+    with pytest.raises(gr.Error) as info:
+        guarded(handler)(*args, lambda *a, **k: None)
+    return info.value.message
+
+
+def _session_view(session) -> tuple:
+    return (session.result, session.run, [r.run_id for r in session.history], json.dumps(session.original_evals),
+            [json.dumps(r.evals) for r in session.history])
+
+
+@pytest.mark.parametrize("schedule", ["uniform", "block-influence"])  # OOM in the method's pass, in the plan's scores
+def test_out_of_memory_in_the_compress_tab_is_a_toast_and_keeps_the_session(ui_session, schedule):
+    from ui.handlers import compress as hc
+
+    session, before = ui_session, _session_view(ui_session)
+    original = {k: v.clone() for k, v in session.lm.model.state_dict().items()}
+    args = (session, "slicegpt", {}, 0.25, schedule, None, *UI_CALIB, [])
+    with _out_of_memory(session.lm.model):
+        message = _toast(hc.run, *args)
+    assert message.startswith("Out of memory while") and "Tried to allocate 2.00 GiB" in message, message
+    assert "original model is unchanged" in message
+    assert _session_view(session) == before  # the previous run, its evaluations and the original's, as they were
+    assert all(torch.equal(original[k], v) for k, v in session.lm.model.state_dict().items())
+    hc.run(*args)  # memory back: the same run goes through
+    assert [r.run_id for r in session.history] == [1, 2] and session.run.run_id == 2
+
+
+@pytest.mark.parametrize("which", ["original", "compressed"])
+def test_out_of_memory_in_the_evaluate_tab_is_a_toast_and_keeps_the_measurements(ui_session, which):
+    from ui.handlers import evaluate as he
+
+    session, before = ui_session, _session_view(ui_session)
+    model = session.lm.model if which == "original" else session.result.model
+    args = (session, ["original", "compressed"], "wikitext2", 32, 3, None)  # other settings than the ones kept
+    with _out_of_memory(model):
+        message = _toast(he.run_perplexity, *args)
+    assert message.startswith("Out of memory while computing perplexity") and "2.00 GiB" in message, message
+    assert _session_view(session) == before  # neither model's earlier figures replaced by half of a new pair
+    he.run_perplexity(*args)
+    assert session.original_evals["perplexity"] != json.loads(before[3])["perplexity"]

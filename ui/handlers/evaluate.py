@@ -73,12 +73,12 @@ def run_perplexity(session: Session, which: Sequence[str], dataset: str, seqlen,
     seqlen = whole(seqlen, "seqlen", 8, *_context(session))
     available = perplexity_windows(need_model(session), dataset, seqlen, data_dir())
     windows = whole(windows, "windows", 1, available, f"{dataset} has {available:,} windows of {seqlen:,} tokens")
-    reporter = job(session, progress)
+    reporter, measured = job(session, progress), []
     for name, subject, store in _targets(session, which, run_id):
         reporter("perplexity", 0, windows, name)
-        store["perplexity"] = evaluate_perplexity(subject, dataset, seqlen, windows, data_dir=data_dir(),
-                                                  progress=_named(reporter, name)).to_dict()
-    return view(session, run_id)
+        measured.append((store, evaluate_perplexity(subject, dataset, seqlen, windows, data_dir=data_dir(),
+                                                    progress=_named(reporter, name)).to_dict()))
+    return _keep(session, run_id, "perplexity", measured)
 
 
 def run_zeroshot(session: Session, which: Sequence[str], tasks: Sequence[str], limit,
@@ -87,11 +87,11 @@ def run_zeroshot(session: Session, which: Sequence[str], tasks: Sequence[str], l
     counts = zeroshot_item_counts(list(tasks or []))
     most = ", ".join(f"{task} {n:,}" for task, n in counts.items())
     limit = whole(limit, "Items per task", 1, max(counts.values()), f"the picked tasks have {most} items")
-    reporter = job(session, progress)
+    reporter, measured = job(session, progress), []
     for name, subject, store in _targets(session, which, run_id):
-        store["zeroshot"] = evaluate_zeroshot(subject, list(counts), limit, data_dir=data_dir(),
-                                              progress=_named(reporter, name).callback, cancel=reporter.cancel)
-    return view(session, run_id)
+        measured.append((store, evaluate_zeroshot(subject, list(counts), limit, data_dir=data_dir(),
+                                                  progress=_named(reporter, name).callback, cancel=reporter.cancel)))
+    return _keep(session, run_id, "zeroshot", measured)
 
 
 def run_speed(session: Session, which: Sequence[str], prefill_len, decode_tokens,
@@ -99,10 +99,18 @@ def run_speed(session: Session, which: Sequence[str], prefill_len, decode_tokens
     context = _context(session)
     prefill_len = whole(prefill_len, "Prefill tokens", 1, *context)
     decode_tokens = whole(decode_tokens, "Decode tokens", 1, *context)
-    reporter = job(session, progress)
+    reporter, measured = job(session, progress), []
     for name, subject, store in _targets(session, which, run_id):
-        store["speed"] = evaluate_speed(subject, prefill_len, decode_tokens, progress=_named(reporter, name).callback,
-                                        cancel=reporter.cancel)
+        measured.append((store, evaluate_speed(subject, prefill_len, decode_tokens,
+                                               progress=_named(reporter, name).callback, cancel=reporter.cancel)))
+    return _keep(session, run_id, "speed", measured)
+
+
+def _keep(session: Session, run_id: Optional[int], key: str, measured: list[tuple[dict, dict]]) -> EvalView:
+    """Store a job's figures only once every ticked model is measured: a failure (out of memory) or a Stop
+    halfway keeps the earlier figures of both, so the two columns never come from different settings."""
+    for store, values in measured:
+        store[key] = values
     return view(session, run_id)
 
 
