@@ -8,7 +8,7 @@ from engine import CalibrationSpec, ConfigError, Plan, Recipe, compress, load_mo
 CALIB = CalibrationSpec(nsamples=4, seqlen=32)
 CASES = [("slicegpt", {}), ("slicegpt", {"variant": "shared"}), ("slicegpt", {"slice_head": True}), ("fasp", {}),
          ("fasp", {"parts": "value"}), ("wanda-sp", {"parts": "mlp"}), ("shortgpt", {}),
-         ("olica", {"calibrated_layers": 2, "calibration_rank": 0.05})]
+         ("olica", {"calibrated_layers": 2, "calibration_rank": 0.05}), ("prunenet", {"episodes": 2})]
 
 
 @pytest.fixture(scope="module")

@@ -159,20 +159,24 @@ class PairPruning(Method):
         self.rebuild(model, adapter, PairPruningStructure(mlp, value_kept, list(heads)))
         return True
 
-    @torch.no_grad()
     def rebuild(self, model: nn.Module, adapter: Adapter, structure: PairPruningStructure) -> None:
-        """Recreate the pruned shapes (which MLP channels were kept does not matter for empty
-        weights; which value dims were kept does, for the scatter/gather indices)."""
-        heads = tuple(structure.heads)
-        for layer, width, kept_v in zip(adapter.layers(model), structure.mlp, structure.value_kept):
-            parts = adapter.parts_of(layer)
-            if parts.mlp_out.in_features != width:
-                keep = torch.arange(width)
-                prune_pair(parts.mlp_in, parts.mlp_out, keep, keep)
-            if kept_v is not None:
-                kept_v = torch.tensor(kept_v, dtype=torch.long)
-                prune_pair([parts.value], parts.attn_out, kept_v, output_columns(kept_v, heads))
-                narrow_values(parts.value, parts.attn_out, kept_v, heads)
+        rebuild_pairs(model, adapter, structure)
+
+
+@torch.no_grad()
+def rebuild_pairs(model: nn.Module, adapter: Adapter, structure: PairPruningStructure) -> None:
+    """Recreate the pruned shapes (which MLP channels were kept does not matter for empty
+    weights; which value dims were kept does, for the scatter/gather indices)."""
+    heads = tuple(structure.heads)
+    for layer, width, kept_v in zip(adapter.layers(model), structure.mlp, structure.value_kept):
+        parts = adapter.parts_of(layer)
+        if parts.mlp_out.in_features != width:
+            keep = torch.arange(width)
+            prune_pair(parts.mlp_in, parts.mlp_out, keep, keep)
+        if kept_v is not None:
+            kept_v = torch.tensor(kept_v, dtype=torch.long)
+            prune_pair([parts.value], parts.attn_out, kept_v, output_columns(kept_v, heads))
+            narrow_values(parts.value, parts.attn_out, kept_v, heads)
 
 
 FASP = register(PairPruning(
