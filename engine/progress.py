@@ -58,6 +58,12 @@ class Reporter:
         if self.cancel is not None:
             self.cancel.check()
 
+    def finished(self, stage: str, total: int, message: str = "") -> None:
+        """The last report of a job that is done: a Stop now has nothing left to stop, so it is not
+        checked (it would call a finished job, a save already in place, "cancelled")."""
+        if self.callback is not None:
+            self.callback(ProgressEvent(stage, total, total, message))
+
 
 def as_reporter(progress: "Reporter | ProgressCallback | None") -> Reporter:
     if isinstance(progress, Reporter):

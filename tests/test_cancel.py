@@ -1,5 +1,6 @@
 """Stop at every stage of a run: calibration, plan, each layer, recovery, evaluation. Each stop
-raises Cancelled at once and leaves the original model exactly as it was."""
+raises Cancelled at once and leaves the original model exactly as it was. (A Stop while saving:
+tests/test_faults.py, ``test_a_stop_while_saving_*``.)"""
 from __future__ import annotations
 
 import pytest

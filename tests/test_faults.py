@@ -171,6 +171,44 @@ def test_a_save_interrupted_between_the_renames_is_restored(saved):
     assert _leftovers(out) == []
 
 
+def _stop_in_save_model(monkeypatch, stop) -> None:
+    """The user presses Stop while the weights are being written (``stop`` presses it)."""
+    import safetensors.torch as st
+
+    real = st.save_model
+
+    def pressed(*args, **kwargs):
+        stop()
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(st, "save_model", pressed)
+
+
+@pytest.mark.parametrize("when", ["weights", "tokenizer and slimlab.json", "putting the folder in place",
+                                  "while writing the weights"])
+def test_a_stop_while_saving_writes_nothing_and_keeps_the_previous_folder(saved, when, monkeypatch):
+    from engine import CancelToken, Reporter
+    from engine.errors import Cancelled
+
+    result, out = saved
+    before, inode, token = _contents(out), out.stat().st_ino, CancelToken()
+    if when == "while writing the weights":
+        _stop_in_save_model(monkeypatch, token.cancel)
+    reporter = Reporter(callback=lambda e: e.message == when and token.cancel(), cancel=token)
+    with pytest.raises(Cancelled, match=f"Saving cancelled: nothing was written; '{out}' is as it was"):
+        save_compressed(result, out, force=True, progress=reporter)
+    assert _contents(out) == before and out.stat().st_ino == inode and _leftovers(out) == []
+    fresh = out.with_name("fresh")
+    with pytest.raises(Cancelled):  # a folder that was not there is still not there
+        save_compressed(result, fresh, progress=reporter)
+    assert not fresh.exists() and _leftovers(fresh) == []
+    monkeypatch.undo()
+    events = []
+    save_compressed(result, out, force=True, progress=Reporter(callback=events.append, cancel=CancelToken()))
+    assert out.stat().st_ino != inode and events[-1].message == "saved"
+    torch.testing.assert_close(_logits(load_compressed(out, device="cpu").model), _logits(result.model))
+
+
 def _damage(out: Path, how: str) -> str:
     """Damage the saved folder one way; returns the file the error must name."""
     if how == "truncated weights":
@@ -323,3 +361,25 @@ def test_out_of_memory_in_the_evaluate_tab_is_a_toast_and_keeps_the_measurements
     assert _session_view(session) == before  # neither model's earlier figures replaced by half of a new pair
     he.run_perplexity(*args)
     assert session.original_evals["perplexity"] != json.loads(before[3])["perplexity"]
+
+
+def test_a_stop_while_saving_in_the_export_tab_warns_and_keeps_the_previous_folder(ui_session, tmp_path,
+                                                                                   monkeypatch):
+    import gradio as gr
+
+    from ui.handlers import export as hx
+    from ui.wiring import guarded
+
+    session, folder = ui_session, tmp_path / "saved"
+    hx.save(session, str(folder), False)
+    before, inode = _contents(folder), folder.stat().st_ino
+    warned = []
+    monkeypatch.setattr(gr, "Warning", lambda message, *a, **k: warned.append(message))
+    _stop_in_save_model(monkeypatch, session.stop)  # the Stop button, pressed mid-write
+    assert guarded(hx.save)(session, str(folder), True, lambda *a, **k: None) == gr.skip()  # outputs keep theirs
+    assert warned == [f"Saving cancelled: nothing was written; '{folder}' is as it was."]
+    assert _contents(folder) == before and folder.stat().st_ino == inode and _leftovers(folder) == []
+    assert session.saved == folder
+    monkeypatch.undo()
+    assert hx.save(session, str(folder), True).startswith("Saved run 1")
+    assert folder.stat().st_ino != inode and _leftovers(folder) == []

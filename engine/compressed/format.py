@@ -16,11 +16,12 @@ from typing import Optional
 import torch
 
 from ..atomic import atomic_dir
-from ..errors import ConfigError, CorruptWeightsError
+from ..errors import Cancelled, ConfigError, CorruptWeightsError
 from ..models.adapters import adapter_for_config
 from ..models.loaded import SLIMLAB_META, LoadedModel, resolve_device, resolve_dtype
 from ..models.side_branches import rebuild_branches
 from ..models.streaming import INDEX, checkpoint_files, tensor_names
+from ..progress import Reporter, as_reporter
 from ..transforms.compensation import CompensationStructure
 from .remote_code import write_remote_code
 
@@ -47,9 +48,15 @@ def _slimlab_version() -> str:
         return "dev"
 
 
-def save_compressed(result, out: "str | Path", force: bool = False) -> Path:
-    """Write a CompressionResult to ``out`` atomically; refuses to overwrite without ``force``."""
+def save_compressed(result, out: "str | Path", force: bool = False, progress: "Reporter | None" = None) -> Path:
+    """Write a CompressionResult to ``out`` atomically; refuses to overwrite without ``force``.
+
+    A Stop (``progress``'s cancel token) takes effect at the next safe point: between the parts, and
+    at the latest just before the rename that puts the folder in place. Then nothing was written and
+    ``out`` is as it was; once renamed, the save is done and a Stop has nothing left to stop."""
     from safetensors.torch import save_model
+
+    reporter = as_reporter(progress)
 
     model = result.model
     compensation = getattr(result, "compensation", None)
@@ -68,20 +75,28 @@ def save_compressed(result, out: "str | Path", force: bool = False) -> Path:
     }
     if compensation is not None:  # an older SlimLab refuses the folder (format 2) instead of dropping them
         meta["compensation"] = compensation.to_dict()
-    with atomic_dir(out, force) as tmp:
-        model.config.save_pretrained(tmp)
-        if result.spooled:
-            _save_shards(model, result.spooled, tmp)
-        else:
-            save_model(model, str(tmp / "model.safetensors"))
-        if result.tokenizer is not None:
-            result.tokenizer.save_pretrained(tmp)
-        (tmp / SLIMLAB_META).write_text(json.dumps(meta, indent=2, default=str))
-        write_remote_code(tmp, strict=False)  # shapes a stock config cannot say: a transformers folder anyway
+    try:
+        with atomic_dir(out, force) as tmp:
+            reporter("save", 0, 3, "weights")
+            model.config.save_pretrained(tmp)
+            if result.spooled:
+                _save_shards(model, result.spooled, tmp, reporter)
+            else:
+                save_model(model, str(tmp / "model.safetensors"))
+            reporter("save", 1, 3, "tokenizer and slimlab.json")
+            if result.tokenizer is not None:
+                result.tokenizer.save_pretrained(tmp)
+            (tmp / SLIMLAB_META).write_text(json.dumps(meta, indent=2, default=str))
+            write_remote_code(tmp, strict=False)  # shapes a stock config cannot say: a transformers folder anyway
+            reporter("save", 2, 3, "putting the folder in place")
+            reporter.check()  # the last safe point: a Stop pressed until now is honoured, then the rename
+    except Cancelled:
+        raise Cancelled(f"Saving cancelled: nothing was written; '{out}' is as it was.") from None
+    reporter.finished("save", 3, "saved")
     return Path(out)
 
 
-def _save_shards(model, layer_files: list[Path], folder: Path) -> None:
+def _save_shards(model, layer_files: list[Path], folder: Path, reporter: Reporter) -> None:
     """A streamed result: its layers are already on disk, one file each (the driver wrote
     them as it went); add the parts outside the layers and a transformers-style index."""
     from safetensors.torch import save_file
@@ -93,6 +108,7 @@ def _save_shards(model, layer_files: list[Path], folder: Path) -> None:
     save_file({k: v.contiguous() for k, v in outside.items()}, str(folder / names[0]))
     weight_map.update({k: names[0] for k in outside})
     for name, src in zip(names[1:], layer_files):
+        reporter.check()  # a Stop between two layers' files
         shutil.copyfile(src, folder / name)
         weight_map.update({k: name for k in tensor_names(folder / name)})
     size = sum((folder / n).stat().st_size for n in names)

@@ -62,14 +62,11 @@ def save(session: Session, folder: str, overwrite: bool, progress: Progress = No
     result = need_result(session)
     try:  # a name the file system refuses (too long, a file in the way, no permission) is the user's to fix
         path = _target(folder, bool(overwrite))
-        reporter = job(session, progress)
-        reporter("save", 0, 1, str(path))
-        out = save_compressed(result, path, force=bool(overwrite))
+        out = save_compressed(result, path, force=bool(overwrite), progress=job(session, progress))
     except OSError as exc:
         raise ConfigError(f"Could not save into '{str(folder)[:80]}': {exc.strerror or exc}.") from None
     session.saved = out
     size = sum(f.stat().st_size for f in out.iterdir() if f.is_file())
-    reporter("save", 1, 1, "saved")
     return (f"Saved run {session.run.run_id} ({session.run.label}) to `{out}` ({size / 2**20:,.1f} MB). "
             f"Reload it with `slimlab info {out}` or `engine.load_compressed('{out}')`, or pick it in the Model tab.")
 
@@ -137,7 +134,7 @@ def export(session: Session, folder: str, overwrite: bool, fmt: str = SLIMLAB, d
     what = f"`{result}`" if source else f"run {session.run.run_id} ({session.run.label})"
     report = export_result(result, form.name, dtype or None, path, force=bool(overwrite),
                            log=lambda msg: reporter("export", 1, 2, msg))
-    reporter("export", 2, 2, "written")
+    reporter.finished("export", 2, "written")
     return text.export_report(report, what, form.label)
 
 
@@ -181,5 +178,5 @@ def push(session: Session, repo_id: str, token: str, private: bool, progress: Pr
     folder = _saved_folder(session)
     reporter("push", 1, 2, f"uploading to {repo_id}")
     url = push_folder(folder, repo_id, token, private=bool(private), api=api, measured=measured(session))
-    reporter("push", 2, 2, "done")
+    reporter.finished("push", 2, "done")
     return f"Pushed to [{url}]({url}) with a generated model card."
