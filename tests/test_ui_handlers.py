@@ -816,6 +816,14 @@ def test_compress_with_recovery_reports_the_stage_and_draws_the_loss_curve(sessi
     assert "**Recovery:**" not in plain.card
 
 
+def test_without_recovery_a_method_shows_its_own_training_curve(session, tmp_path, monkeypatch):
+    monkeypatch.setenv("SLIMLAB_CACHE", str(tmp_path))  # PruneNet stores its policy there
+    view = hc.run(session, "prunenet", {"episodes": 3}, 0.3, "uniform", None, *CALIB, [])
+    rewards = session.result.plots["policy reward"]["curve"]
+    assert list(view.recovery.data[0].y) == rewards and len(rewards) == 3
+    assert "mean reward per training episode" in view.recovery.layout.title.text
+
+
 def test_the_compensation_controls_set_a_budget_in_parameters(session):
     from engine import CompensationSpec, compensation_plan
 

@@ -194,6 +194,18 @@ def recovery_curve(report: dict) -> go.Figure:
                   f"{on}{report['steps']} steps in {report['seconds']:.0f} s, stopped by {report['stopped_by']}")
 
 
+def method_curve(entry: dict) -> go.Figure:
+    """A method's own training curve (a ``result.plots`` entry with ``curve``, ``title``, ``x_label``,
+    ``y_label`` and an optional ``note``), e.g. PruneNet's reward by episode."""
+    ys = entry["curve"]
+    xs = list(range(1, len(ys) + 1))
+    fig = go.Figure(go.Scatter(x=xs, y=ys, mode="lines+markers" if len(ys) <= 40 else "lines",
+                               line=dict(color=COMPRESSED), hovertemplate="%{x}<br>%{y:.4f}<extra></extra>"))
+    fig.update_xaxes(title=entry["x_label"])
+    fig.update_yaxes(title=entry["y_label"])
+    return _style(fig, entry["title"], entry.get("note", ""))
+
+
 def perplexity_chart(rows: list[tuple[str, float]], protocol: str) -> go.Figure:
     fig = go.Figure(go.Bar(x=[r[0] for r in rows], y=[r[1] for r in rows],
                            marker_color=[ORIGINAL if r[0] == "original" else COMPRESSED for r in rows],

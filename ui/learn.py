@@ -53,7 +53,8 @@ PLOTS: dict[str, str] = {
         "model's, on the recovery text (plus the weighted hidden-state match when it is on). **Look for** a curve "
         "that falls and flattens: more steps past the flat part buy little. LoRA trains small adapters that are "
         "merged into the weights at the end, so the model keeps its size; full fine-tuning trains the chosen "
-        "groups themselves."
+        "groups themselves. Without a recovery, a method that trains something of its own shows that curve here "
+        "instead (PruneNet: the mean reward of its policy per episode; higher is better)."
     ),
     "perplexity": (
         "**What it shows.** Perplexity on WikiText-2 raw test, paper protocol: the text joined by blank lines, "
@@ -104,7 +105,7 @@ PLOT_TITLES = {
     "spectra_heatmap": "PCA spectrum heatmap (Analyze)", "spectra_lines": "Cumulative explained variance (Analyze)",
     "layer_scores": "Block influence and layer redundancy (Analyze)", "params_by_type": "Parameters per module type",
     "params_per_layer": "Parameters per layer", "plan": "Per-layer plan (Compress)",
-    "accounting": "Original vs compressed parameters (Compress)", "recovery": "Recovery loss curve (Compress)",
+    "accounting": "Original vs compressed parameters (Compress)", "recovery": "Recovery loss or method training curve (Compress)",
     "perplexity": "Perplexity (Evaluate)",
     "zeroshot": "Zero-shot accuracy (Evaluate)", "speed": "Speed and memory (Evaluate)",
     "history": "History of runs (Evaluate)", "chat": "Chat side by side",

@@ -136,8 +136,11 @@ class PruneNet(Method):
         structure = PruneNetStructure(budgets, [None] * len(budgets), list(adapter.heads(work.model.config)),
                                       plain, key, rewards, trained)
         return MethodOutput(widths={"mlp": budgets}, structure=structure,
-                            plots={"policy reward": {"reward": rewards, "trained_here": trained,
-                                                     "policy": str(policy_path(key)) if rewards else ""}})
+                            plots={"policy reward": {
+                                "curve": rewards, "title": "PruneNet policy: mean reward per training episode",
+                                "x_label": "episode", "y_label": "mean reward (1 / KS distance of the spectra)",
+                                "note": "trained in this run" if trained else "a stored policy, reused: no training",
+                                "trained_here": trained, "policy": str(policy_path(key)) if rewards else ""}})
 
     def _policy(self, rows: list[torch.Tensor], budgets: list[int], plan: Plan, params: dict,
                 progress: Reporter) -> tuple[RowPolicy, list[float], bool, str]:

@@ -327,13 +327,21 @@ def run(session: Session, method: str, params: dict, ratio, schedule: str, sched
     session.set_result(result, result.recipe.label())
     session.run.preset = _preset_measured(session.preset, recipe, lm.spec)
     original, compressed = result.original.to_dict(), result.accounting.to_dict()
-    report = result.plots.get("recovery")
     return CompressView(card=card(session), accounting=figures.accounting_chart(original, compressed),
                         plan=plan_view(result.recipe.plan, result.widths), status=status_line(session),
-                        recovery=figures.recovery_curve(report) if report else figures.placeholder(NO_RECOVERY))
+                        recovery=training_curve(result.plots))
 
 
 NO_RECOVERY = "Recovery was off for this run: turn it on under 'Recovery (distillation)' to see its loss curve."
+
+
+def training_curve(plots: dict) -> go.Figure:
+    """The recovery's loss curve; without a recovery, the method's own training curve if it has one (a plots
+    entry with a ``curve``: PruneNet's reward by episode); else the placeholder."""
+    if plots.get("recovery"):
+        return figures.recovery_curve(plots["recovery"])
+    own = next((p for p in plots.values() if isinstance(p, dict) and p.get("curve")), None)
+    return figures.method_curve(own) if own else figures.placeholder(NO_RECOVERY)
 
 
 def _core(recipe: Recipe) -> tuple[dict, Optional[list]]:

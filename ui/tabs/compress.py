@@ -117,7 +117,7 @@ def build() -> SimpleNamespace:
     card = gr.Markdown(NO_RESULT, elem_id="result-card")
     accounting = plot("The parameter comparison appears after a run.", "Parameters: original vs compressed",
                       "accounting")
-    recovery_plot = plot(handlers.NO_RECOVERY, "Recovery: distillation loss", "recovery")
+    recovery_plot = plot(handlers.NO_RECOVERY, "Recovery loss or the method's training curve", "recovery")
     return SimpleNamespace(job=job, preset=preset, preset_card=preset_card, recipe_file=recipe_file, method=method,
                            method_info=method_info, methods=method_controls, ratio=ratio, schedule=schedule,
                            schedule_info=schedule_info, schedules=schedule_controls, source=source, nsamples=nsamples,
