@@ -19,7 +19,7 @@ from engine.progress import Reporter
 from tiny import logits as _logits, random_calibration as _calibration
 
 METHOD_PARAMS = {"slicegpt": [{"variant": "per-layer"}, {"variant": "shared"}], "fasp": [{}], "wanda-sp": [{}],
-                 "shortgpt": [{}], "modegpt": [{}], "olica": [{}]}
+                 "shortgpt": [{}], "modegpt": [{}], "olica": [{}], "prunenet": [{"episodes": 2}]}
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "opt", "gemma3"])
@@ -48,7 +48,8 @@ def test_driver_reproduces_each_layers_own_forward(tiny, arch):
 
 
 @pytest.mark.parametrize("method", sorted(METHOD_PARAMS))
-def test_no_method_writes_into_the_original(tiny, method):
+def test_no_method_writes_into_the_original(tiny, method, tmp_path, monkeypatch):
+    monkeypatch.setenv("SLIMLAB_CACHE", str(tmp_path))  # where a method stores what it learned (PruneNet's policy)
     model, tok = tiny("llama")
     lm = LoadedModel(model, tok, "tiny", adapter_for(model))
     before = {k: v.clone() for k, v in model.state_dict().items()}
