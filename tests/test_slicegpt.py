@@ -1,4 +1,5 @@
 """SliceGPT: invariance, slicing, honest size, schedules, save/reload, cancel, bad input."""
+import importlib.util
 import json
 
 import pytest
@@ -102,17 +103,24 @@ def test_shared_variant_refuses_uneven_plans(tiny):
                  method_params={"variant": "shared"}, schedule_params={"slicing_base": 0.0})
 
 
-@pytest.mark.parametrize("arch,variant", [("llama", "per-layer"), ("qwen2", "per-layer"), ("opt", "per-layer"),
-                                          ("llama", "shared"), ("opt", "shared")])
-def test_save_reload_gives_identical_logits(tiny, tmp_path, arch, variant):
+NO_POT = pytest.mark.skipif(importlib.util.find_spec("ot") is None, reason="DOTResize needs POT (the ot extra)")
+
+
+@pytest.mark.parametrize("arch,variant,method", [
+    ("llama", "per-layer", "slicegpt"), ("qwen2", "per-layer", "slicegpt"), ("opt", "per-layer", "slicegpt"),
+    ("llama", "shared", "slicegpt"), ("opt", "shared", "slicegpt"),
+    *(pytest.param(arch, variant, "dotresize", marks=NO_POT)
+      for arch, variant in (("llama", "per-layer"), ("qwen2", "per-layer"), ("llama", "shared")))])
+def test_save_reload_gives_identical_logits(tiny, tmp_path, arch, variant, method):
+    """SliceGPT and DOTResize (its basis swapped for an OT merge) share this pipeline and structure."""
     lm = _lm(tiny, arch)
     cal = _calibration(lm.model.config.vocab_size)
     dynamic = variant == "per-layer"
-    result = compress(lm, "slicegpt", 0.3, schedule="layer-redundancy" if dynamic else "uniform", calibration=cal,
+    result = compress(lm, method, 0.3, schedule="layer-redundancy" if dynamic else "uniform", calibration=cal,
                       method_params={"variant": variant}, schedule_params={"slicing_base": 0.1} if dynamic else None)
     out = save_compressed(result, tmp_path / "out")
     meta = json.loads((out / "slimlab.json").read_text())
-    assert meta["method"] == "slicegpt" and meta["recipe"]["calibration"]["seed"] == 0
+    assert meta["method"] == method and meta["recipe"]["calibration"]["seed"] == 0
     reloaded = load_compressed(out, device="cpu")
     torch.testing.assert_close(_logits(reloaded.model, cal.tokens[:2]), _logits(result.model, cal.tokens[:2]),
                                rtol=0, atol=0)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Protocol
 
 import torch
 from torch import nn
@@ -90,28 +90,50 @@ def _apply(tensors: list[torch.Tensor], fn) -> list[torch.Tensor]:
     return [fn(t) for t in tensors]
 
 
+class Basis(Protocol):
+    """The one step that differs between SliceGPT and DOTResize: from a residual point's float64
+    second moment ``h`` (n×n), an n×width matrix with orthonormal columns, the basis kept there."""
+
+    def __call__(self, h: torch.Tensor, width: int) -> torch.Tensor: ...
+
+    def plots(self) -> dict: ...
+
+
+class PCABasis:
+    """SliceGPT's basis: the leading eigenvectors; each spectrum is kept for the plot."""
+
+    def __init__(self, damp: float):
+        self.damp = damp
+        self.spectra: list[list[float]] = []
+
+    def __call__(self, h: torch.Tensor, width: int) -> torch.Tensor:
+        values, vectors = pca_basis(h, self.damp)
+        self.spectra.append(values.tolist())
+        return vectors[:, :width]
+
+    def plots(self) -> dict:
+        return {"spectra": self.spectra}
+
+
 class PerLayerPass(LayerHooks):
-    """SliceGPT's pass: a fresh PCA basis at every residual point, on the already sliced model.
+    """SliceGPT's pass: a fresh basis at every residual point, on the already sliced model.
 
     At each half the residual goes back to the full basis (``x·backᵀ + writer(inner)``), its
-    PCA gives the next basis, the writer is rotated into it and the residual with it."""
+    second moment gives the next basis, the writer is rotated into it and the residual with it."""
 
-    def __init__(self, work, widths: list[int], damp: float, slice_head: bool):
+    def __init__(self, work, widths: list[int], basis: Basis, slice_head: bool):
         self.work, self.adapter = work, work.adapter
-        self.widths, self.damp, self.slice_head = widths, damp, slice_head
+        self.widths, self.basis, self.slice_head = widths, basis, slice_head
         self.hidden = self.adapter.hidden_size(work.model.config)
-        self.spectra: list[list[float]] = []
         self.shortcut_params = 0
         self.q_in: Optional[torch.Tensor] = None
         self.q_mid: Optional[torch.Tensor] = None
 
-    def _basis(self, signals: list[torch.Tensor]) -> torch.Tensor:
-        values, vectors = pca_basis(gram_of(signals).h, self.damp)
-        self.spectra.append(values.tolist())
-        return vectors
+    def _basis(self, signals: list[torch.Tensor], width: int) -> torch.Tensor:
+        return self.basis(gram_of(signals).h, width)
 
     def start(self, hidden):
-        self.q_in = self._basis(hidden)[:, : self.widths[0]]
+        self.q_in = self._basis(hidden, self.widths[0])
         _rotate_embeddings(self.work.model, self.adapter, self.q_in)
         return _apply(hidden, lambda h: h @ self.q_in.to(h.dtype))
 
@@ -129,7 +151,7 @@ class PerLayerPass(LayerHooks):
         full = step.output(residual=_apply(step.residual, lambda x: x @ back_t))  # in the full basis
         d_out = self.widths[step.index] if step.half == "attention" else _output_width(
             self.widths, step.index, self.hidden, self.slice_head)
-        q = self._basis(full)[:, :d_out]
+        q = self._basis(full, d_out)
         _rotate_out(step.writer, q)
         rotated = _apply(full, lambda f: f @ q.to(f.dtype))
         if step.half == "attention":
@@ -208,6 +230,10 @@ class SliceGPT(Method):
     structure_type = SliceGPTStructure
     rotates_residual = True
 
+    def make_basis(self, params: dict) -> Basis:
+        """The basis step; DOTResize overrides it and reuses everything else."""
+        return PCABasis(params["damp"])
+
     # --- compression ------------------------------------------------------
     def compress(self, work, calibration: CalibrationSpec, plan: Plan, params: dict,
                  progress: Reporter) -> MethodOutput:
@@ -241,9 +267,10 @@ class SliceGPT(Method):
         fuse_outside(model, adapter)
         stages = {"fuse norms": time.perf_counter() - t}
         t = time.perf_counter()
-        hooks = PerLayerPass(work, widths, params["damp"], params["slice_head"])
+        basis = self.make_basis(params)
+        hooks = PerLayerPass(work, widths, basis, params["slice_head"])
         # captured from the shell: LayerNorm models see their centred embeddings
-        run_sequential(work.capture(calibration, shell=True), adapter, work, hooks, progress, "slicegpt")
+        run_sequential(work.capture(calibration, shell=True), adapter, work, hooks, progress, self.name)
         head = adapter.head(model)
         _rotate_in([head], hooks.q_in)
         d_head = hooks.q_in.shape[1]
@@ -255,7 +282,7 @@ class SliceGPT(Method):
                                                      for i in range(len(widths))], "head": [d_head]},
             structure=SliceGPTStructure("per-layer", hidden, widths, d_head, head.bias is not None,
                                         slice_head=params["slice_head"]),
-            params_added=added, stage_seconds=stages, plots={"spectra": hooks.spectra},
+            params_added=added, stage_seconds=stages, plots=basis.plots(),
         )
 
     def _compress_shared(self, work, calibration, d, params, progress) -> MethodOutput:
@@ -273,10 +300,11 @@ class SliceGPT(Method):
         hidden = adapter.hidden_size(model.config)
         stats = SharedStatsPass(adapter)
         run_sequential(work.capture(calibration, shell=True), adapter, FusedCopies(work, close=lambda i, layer: None), stats,
-                       progress, "slicegpt shared basis")
+                       progress, f"{self.name} shared basis")
         stages["statistics"] = time.perf_counter() - t
         t = time.perf_counter()
-        q = pca_basis(stats.total, params["damp"])[1][:, :d]
+        basis = self.make_basis(params)
+        q = basis(stats.total, d)
         _rotate_embeddings(model, adapter, q)
         layers = FusedCopies(work, close=work.close)
         for i in range(work.num_layers):  # no calibration data: every layer gets the same rotation
@@ -304,7 +332,7 @@ class SliceGPT(Method):
         return MethodOutput(
             widths={"attention": [d] * work.num_layers, "mlp_out": [d] * work.num_layers, "head": [d]},
             structure=SliceGPTStructure("shared", hidden, [d] * work.num_layers, d, head.bias is not None, tied=tied),
-            params_added=added, stage_seconds=stages, plots={"spectra": stats.spectra},
+            params_added=added, stage_seconds=stages, plots={**basis.plots(), "spectra": stats.spectra},
         )
 
     # --- reload -----------------------------------------------------------
