@@ -19,7 +19,8 @@ from engine.progress import Reporter
 from tiny import logits as _logits, random_calibration as _calibration
 
 METHOD_PARAMS = {"slicegpt": [{"variant": "per-layer"}, {"variant": "shared"}], "fasp": [{}], "wanda-sp": [{}],
-                 "shortgpt": [{}], "modegpt": [{}], "olica": [{}], "prunenet": [{"episodes": 2}]}
+                 "shortgpt": [{}], "modegpt": [{}], "olica": [{}], "prunenet": [{"episodes": 2}],
+                 "dotresize": [{"variant": "per-layer"}, {"variant": "shared"}]}
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "opt", "gemma3"])
