@@ -383,3 +383,17 @@ def test_a_stop_while_saving_in_the_export_tab_warns_and_keeps_the_previous_fold
     monkeypatch.undo()
     assert hx.save(session, str(folder), True).startswith("Saved run 1")
     assert folder.stat().st_ino != inode and _leftovers(folder) == []
+
+
+def test_a_stop_while_an_export_saves_the_run_writes_nothing(ui_session, tmp_path, monkeypatch):
+    """Export of a run not saved yet saves it to a temporary folder first; a Stop there ends the export."""
+    from engine.errors import Cancelled
+    from ui.handlers import export as hx
+
+    session, target = ui_session, tmp_path / "model-hf"
+    _stop_in_save_model(monkeypatch, session.stop)
+    with pytest.raises(Cancelled, match="Saving cancelled: nothing was written"):
+        hx.export(session, str(target), False, "hf", "auto")
+    assert not target.exists() and _leftovers(target) == [] and session.saved is None
+    monkeypatch.undo()
+    assert "model-hf" in hx.export(session, str(target), False, "hf", "auto") and target.is_dir()

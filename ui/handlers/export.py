@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from engine import (ConfigError, check_repo_id, export_formats, export_result, model_card, push_folder,
+from engine import (ConfigError, Reporter, check_repo_id, export_formats, export_result, model_card, push_folder,
                     read_meta, save_compressed)
 
 from .. import text
@@ -130,7 +130,7 @@ def export(session: Session, folder: str, overwrite: bool, fmt: str = SLIMLAB, d
     path = _target(folder, bool(overwrite))
     reporter = job(session, progress)
     reporter("export", 0, 2, "saving the result")
-    result = Path(source).expanduser() if source else _saved_folder(session)
+    result = Path(source).expanduser() if source else _saved_folder(session, reporter)
     what = f"`{result}`" if source else f"run {session.run.run_id} ({session.run.label})"
     report = export_result(result, form.name, dtype or None, path, force=bool(overwrite),
                            log=lambda msg: reporter("export", 1, 2, msg))
@@ -148,12 +148,13 @@ def recipe(session: Session) -> tuple[str, str]:
     return str(path), body
 
 
-def _saved_folder(session: Session) -> Path:
-    """The folder of the current result, saving it to a temporary place when it was not saved yet."""
+def _saved_folder(session: Session, reporter: Optional[Reporter] = None) -> Path:
+    """The folder of the current result, saving it to a temporary place when it was not saved yet (a Stop
+    during that save, through ``reporter``, ends the export or push there)."""
     need_result(session)
     if session.saved is not None and session.saved.exists():
         return session.saved
-    out = save_compressed(session.result, Path(tempfile.mkdtemp(prefix="slimlab-push-")) / "model")
+    out = save_compressed(session.result, Path(tempfile.mkdtemp(prefix="slimlab-push-")) / "model", progress=reporter)
     session.saved = out
     return out
 
@@ -175,7 +176,7 @@ def push(session: Session, repo_id: str, token: str, private: bool, progress: Pr
         raise ConfigError("Paste a Hugging Face access token with write permission to push.")
     reporter = job(session, progress)
     reporter("push", 0, 2, "saving")
-    folder = _saved_folder(session)
+    folder = _saved_folder(session, reporter)
     reporter("push", 1, 2, f"uploading to {repo_id}")
     url = push_folder(folder, repo_id, token, private=bool(private), api=api, measured=measured(session))
     reporter.finished("push", 2, "done")
