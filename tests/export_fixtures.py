@@ -16,6 +16,7 @@ RESULTS = {  # name: (method, ratio or plan, params)
     "wanda-values": ("wanda-sp", 0.3, {"parts": "value"}),  # uniform, narrowed value heads
     "shortgpt": ("shortgpt", 0.34, {}),  # one layer fewer
     "slicegpt-shared": ("slicegpt", 0.25, {"variant": "shared"}),  # narrower residual, tied head behind a mix
+    "dotresize-shared": ("dotresize", 0.25, {"variant": "shared"}),  # the same shapes, an OT-merge basis
 }
 
 

@@ -149,6 +149,7 @@ def test_the_padded_weights_give_slimlabs_logits(exported, name):
 
 @pytest.mark.parametrize("meta, words", [
     ({"method": "slicegpt", "config": {"model_type": "llama"}}, "SliceGPT"),
+    ({"method": "dotresize", "config": {"model_type": "llama"}}, "DOTResize"),
     ({"method": "fasp", "compensation": {"ranks": {}}, "config": {"model_type": "llama"}}, "side branches"),
     ({"method": "fasp", "config": {"model_type": "qwen3"}}, "'qwen3'"),
     ({"method": "fasp", "config": {"model_type": "opt"}}, "'opt'"),

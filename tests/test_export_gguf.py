@@ -37,7 +37,7 @@ def _same_logits(folder, path, atol=1e-4):
 
 @pytest.mark.parametrize("name, arch", [("fasp-mixed", "deci"), ("fasp-mlp-uniform", "llama"),
                                         ("wanda-values", "llama"), ("shortgpt", "llama"),
-                                        ("slicegpt-shared", "llama")])
+                                        ("slicegpt-shared", "llama"), ("dotresize-shared", "llama")])
 def test_each_result_runs_with_llama_cpp_semantics(results, tmp_path, name, arch):
     report = export(results[name], "gguf", "f32", tmp_path / "m.gguf")
     assert report.architecture == arch
@@ -149,7 +149,9 @@ def test_a_layer_without_mlp_keeps_its_attention(tiny, tmp_path):
 def test_results_llama_cpp_cannot_express_are_refused_before_loading(results, tmp_path, capsys):
     meta_path = results["fasp-mixed"] / "slimlab.json"
     meta = json.loads(meta_path.read_text())
-    for change, message in [({"method": "slicegpt"}, "SliceGPT per-layer"), ({"compensation": {"ranks": {}}}, "side branches")]:
+    for change, message in [({"method": "slicegpt"}, "SliceGPT per-layer"),
+                            ({"method": "dotresize"}, "DOTResize per-layer"),
+                            ({"compensation": {"ranks": {}}}, "side branches")]:
         folder = tmp_path / message.replace(" ", "-")
         folder.mkdir()
         (folder / "slimlab.json").write_text(json.dumps(meta | change))

@@ -28,7 +28,7 @@ from ..models.loaded import LoadedModel
 from ..models.shrunk_attention import ShrunkAttention
 from ..transforms.value_heads import GatherLinear, ScatterLinear
 from ._folder import TORCH_DTYPES, copy_side_files, resolve_dtype, save_weights, set_config_dtype
-from .base import DTYPES, ExportFormat, ExportJob, ExportReport, NotExpressible, register_format
+from .base import DTYPES, ROTATED_RESIDUAL, ExportFormat, ExportJob, ExportReport, NotExpressible, register_format
 from ..compressed.remote_code import MODELING_FILE
 
 CONFIG_FILE = "configuration_decilm.py"
@@ -53,8 +53,9 @@ def check(meta: dict) -> None:
     """Refuse, before loading, what no DeciLM config can hold."""
     if meta.get("compensation"):
         raise not_expressible("low-rank side branches (compensation)")
-    if meta.get("method") == "slicegpt":
-        raise not_expressible("SliceGPT (the residual width changes; DeciLM has one hidden size)")
+    rotated = ROTATED_RESIDUAL.get(meta.get("method"))
+    if rotated:
+        raise not_expressible(f"{rotated} (the residual width changes; DeciLM has one hidden size)")
     model_type = meta.get("config", {}).get("model_type")
     if model_type not in ARCHITECTURES:
         raise not_expressible(f"the '{model_type}' architecture (DeciLM blocks are Llama blocks)")

@@ -21,7 +21,7 @@ import torch
 
 from ..compressed import load_compressed
 from ..models.loaded import LoadedModel
-from .base import DTYPES, ExportFormat, ExportJob, ExportReport, register_format
+from .base import DTYPES, ROTATED_RESIDUAL, ExportFormat, ExportJob, ExportReport, register_format
 from .gguf_vocab import add_vocab
 from .llama_layout import Layout, layout, not_expressible
 
@@ -38,8 +38,9 @@ def check(meta: dict) -> None:
     """Refuse, before loading, what no llama/deci GGUF can hold."""
     if meta.get("compensation"):
         raise not_expressible("low-rank side branches (compensation)")
-    if meta.get("method") == "slicegpt" and meta.get("structure", {}).get("variant") != "shared":
-        raise not_expressible("SliceGPT per-layer (a residual width per layer, shortcut matrices)")
+    rotated = ROTATED_RESIDUAL.get(meta.get("method"))
+    if rotated and meta.get("structure", {}).get("variant") != "shared":
+        raise not_expressible(f"{rotated} per-layer (a residual width per layer, shortcut matrices)")
     config = meta.get("config", {})
     if config.get("model_type") != "llama":
         raise not_expressible(f"the '{config.get('model_type')}' architecture with this exporter (llama only)")
@@ -159,7 +160,7 @@ GGUF = register_format(ExportFormat(
     name="gguf",
     label="GGUF (llama.cpp)",
     expresses="llama-family results of ShortGPT, FASP and Wanda-SP (any plan; per-layer widths use the deci "
-              "architecture) and SliceGPT variant=shared",
+              "architecture) and SliceGPT or DOTResize variant=shared",
     writes="file",
     suffix=".gguf",
     dtypes=DTYPES + BLOCK_DTYPES,

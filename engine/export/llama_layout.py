@@ -39,7 +39,7 @@ from ..transforms.fusion import RMSN, norm_eps
 from ..transforms.value_heads import GatherLinear, ScatterLinear
 from .base import NotExpressible
 
-EXPORTABLE = ("ShortGPT", "FASP and Wanda-SP (any parts and any per-layer plan)", "SliceGPT variant=shared")
+EXPORTABLE = ("ShortGPT", "FASP and Wanda-SP (any parts and any per-layer plan)", "SliceGPT and DOTResize variant=shared")
 LAYER_WEIGHTS = {  # what a llama-family layer may hold, by state-dict name
     "input_layernorm.weight", "post_attention_layernorm.weight",
     "self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight", "self_attn.o_proj.weight",
