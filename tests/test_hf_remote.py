@@ -28,6 +28,7 @@ CASES = {
     "llama-slicegpt-per-layer": ("llama", "slicegpt", {}, UNEVEN, 0, True),
     "qwen2-slicegpt-per-layer": ("qwen2", "slicegpt", {}, UNEVEN, 0, True),
     "llama-slicegpt-shared-tied": ("llama", "slicegpt", {"variant": "shared"}, None, 0, True),
+    "llama-dotresize-per-layer": ("llama", "dotresize", {}, UNEVEN, 0, True),  # SliceGPT's modules, an OT basis
     "llama-fasp": ("llama", "fasp", {}, UNEVEN, 0, True),
     "qwen2-fasp": ("qwen2", "fasp", {}, UNEVEN, 0, True),
     "qwen2-wanda-sp-mlp": ("qwen2", "wanda-sp", {"parts": "mlp"}, UNEVEN, 0, True),

@@ -8,7 +8,8 @@ from engine import CalibrationSpec, ConfigError, Plan, Recipe, compress, load_mo
 CALIB = CalibrationSpec(nsamples=4, seqlen=32)
 CASES = [("slicegpt", {}), ("slicegpt", {"variant": "shared"}), ("slicegpt", {"slice_head": True}), ("fasp", {}),
          ("fasp", {"parts": "value"}), ("wanda-sp", {"parts": "mlp"}), ("shortgpt", {}),
-         ("olica", {"calibrated_layers": 2, "calibration_rank": 0.05}), ("prunenet", {"episodes": 2})]
+         ("olica", {"calibrated_layers": 2, "calibration_rank": 0.05}), ("prunenet", {"episodes": 2}),
+         ("dotresize", {"variant": "shared"})]
 
 
 @pytest.fixture(scope="module")
@@ -19,7 +20,8 @@ def models(tiny_dirs):
 
 
 @pytest.mark.parametrize("arch,method,params", [(arch, method, params) for arch in ("llama", "qwen2", "opt", "gemma3")
-                                               for method, params in CASES if (arch, method) != ("gemma3", "slicegpt")])
+                                               for method, params in CASES
+                                               if arch != "gemma3" or method not in ("slicegpt", "dotresize")])
 def test_planned_size_is_the_size_compress_gives(models, data_dir, arch, method, params):
     lm = models[arch]
     recipe = Recipe(model=lm.spec, method=method, method_params=params, ratio=0.3, calibration=CALIB)
