@@ -98,8 +98,8 @@ class _RandomBasis:
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
 def test_merging_beats_a_random_basis_at_the_same_width(tiny, arch, monkeypatch):
-    """Measured on held-out tokens (3 tiny seeds x 2 widths): per-layer OT error is 1.8-3.6x below the
-    best of 3 random bases; PCA is usually, not always, below OT; shared-basis OT vs random is not robust."""
+    """Measured on held-out tokens (llama, qwen2; seeds 0-2; 25% and 50%): per-layer OT error is 1.7-3.4x
+    below the best of 3 random bases, PCA below OT in 11 of 12; shared-basis OT vs random is not robust."""
     lm = _lm(tiny, arch)
     cal = _calibration(lm.model.config.vocab_size)
     held_out = _tokens(lm.model.config.vocab_size, 4, 1)
