@@ -822,6 +822,45 @@ def test_without_recovery_a_method_shows_its_own_training_curve(session, tmp_pat
     rewards = session.result.plots["policy reward"]["curve"]
     assert list(view.recovery.data[0].y) == rewards and len(rewards) == 3
     assert "mean reward per training episode" in view.recovery.layout.title.text
+    assert not view.method.data  # the curve is drawn once, in the curve slot
+
+
+@pytest.mark.parametrize("method, charts", [
+    ("dotresize", {"merge map: transport cost": ("merge map", "transport_cost"),
+                   "merge map: sources mean": ("merge map", "sources_mean")}),
+    ("olica", {"query/key rank": ("query/key rank", None), "value rank": ("value rank", None)}),
+    ("modegpt", {"kept RoPE pairs": ("kept RoPE pairs", None), "value rank": ("value rank", None)}),
+])
+def test_a_methods_own_plots_are_drawn_from_its_result(session, method, charts):
+    """Each method's ``result.plots`` is drawn by shape alone (no method-specific UI code): one chart per
+    per-layer series, one per numeric field of a list of dicts (DOTResize's merge map)."""
+    view = hc.run(session, method, {}, 0.3, "uniform", None, *CALIB, [])
+    plots = session.result.plots
+    titles = [a.text for a in view.method.layout.annotations]
+    for title, (key, field) in charts.items():
+        expected = [row[field] for row in plots[key]] if field else plots[key]
+        trace = view.method.data[titles.index(title)]
+        assert list(trace.y) == expected and list(trace.x) == list(range(len(expected)))
+    layers = session.lm.model.config.num_hidden_layers
+    axes = {view.method.layout[k].title.text for k in view.method.layout if k.startswith("xaxis")}
+    # per-layer SliceGPT-style bases sit at every residual point: 2 per layer, then the output
+    assert axes == ({"residual point (before each half, then the output)"} if method == "dotresize" else {"layer"})
+    assert len(expected) == (2 * layers + 1 if method == "dotresize" else layers)
+    assert "per layer" in view.method.layout.title.text
+
+
+def test_method_plots_are_read_by_shape():
+    plots = {"compensation": {"ranks": {"mlp": [4, 8]}, "remaining_error": {"mlp": [0.5, None]}},
+             "spectra": [[100.0, 1.0, 1e-3], [50.0, 2.0, 1e-4]], "reward": {"curve": [1.0, 2.0], "title": "R",
+                                                                            "x_label": "episode"},
+             "note": "text is skipped", "flags": [True, False]}
+    panels = {p.title: p for p in figures.method_panels(plots)}
+    assert set(panels) == {"compensation: ranks: mlp", "compensation: remaining error: mlp", "spectra", "R"}
+    assert panels["spectra"].kind == "grid" and panels["R"].kind == "curve" and panels["R"].x_label == "episode"
+    fig = figures.method_plots(plots)
+    heat = next(t for t in fig.data if t.type == "heatmap")
+    assert heat.z[0][0] == pytest.approx(2.0) and heat.z[1][2] == pytest.approx(-4.0)  # log10: spans 1e6
+    assert figures.method_plots({"note": "x"}) is None
 
 
 def test_the_compensation_controls_set_a_budget_in_parameters(session):
@@ -865,7 +904,7 @@ def test_the_default_calibration_is_chats_for_a_chat_model(session):
 
     chats = "wikitext2:validation+alpaca-chat"
     assert hc.default_calibration_source(session) == chats  # the tiny tokenizer has a chat template
-    assert _after_model(session)[2] == chats  # Analyze's source (the Compress tab opens on a recipe with it)
+    assert _after_model(session)[3] == chats  # Analyze's source (the Compress tab opens on a recipe with it)
     assert hc.starting_point(session).controls.calibration["source"] == chats
     no_template = Session(lm=SimpleNamespace(tokenizer=SimpleNamespace(chat_template=None)))
     assert hc.default_calibration_source(no_template) == "wikitext2:validation"

@@ -5,6 +5,7 @@ Figures take plain numbers (lists, dicts, engine dataclasses) and never touch a 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import plotly.graph_objects as go
@@ -204,6 +205,102 @@ def method_curve(entry: dict) -> go.Figure:
     fig.update_xaxes(title=entry["x_label"])
     fig.update_yaxes(title=entry["y_label"])
     return _style(fig, entry["title"], entry.get("note", ""))
+
+
+@dataclass
+class Panel:
+    """One chart of a method's plots: a per-layer series, a curve, or a grid (one row per layer)."""
+
+    title: str
+    values: list
+    kind: str  # "layers" (bars, one per layer or residual point), "curve" (line), "grid" (heatmap, a row each)
+    x_label: str = ""
+    y_label: str = ""
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _numbers(values) -> bool:
+    return isinstance(values, list) and any(_number(v) for v in values) and all(v is None or _number(v) for v in values)
+
+
+def method_panels(plots: dict, prefix: str = "") -> list[Panel]:
+    """Every drawable entry of a result's ``plots``, read by shape alone so a new method's plots are drawn
+    without UI code: a list of numbers (one per layer), a list of dicts (one chart per numeric field, e.g.
+    DOTResize's merge map), a list of lists (one row per layer: SliceGPT's spectra), a ``curve`` dict
+    (PruneNet's reward) and nested dicts (compensation ranks per half). Anything else is skipped."""
+    panels: list[Panel] = []
+    for key, value in plots.items():
+        name = f"{prefix}{key}".replace("_", " ")
+        if isinstance(value, dict) and _numbers(value.get("curve")):
+            panels.append(Panel(value.get("title", name), value["curve"], "curve", value.get("x_label", "step"),
+                                value.get("y_label", "")))
+        elif isinstance(value, dict):
+            panels += method_panels(value, f"{name}: ")
+        elif _numbers(value):
+            panels.append(Panel(name, value, "layers", y_label=name))
+        elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+            fields = [f for f in value[0] if _numbers([v.get(f) for v in value])]
+            panels += [Panel(f"{name}: {f}".replace("_", " "), [v.get(f) for v in value], "layers",
+                             y_label=f.replace("_", " ")) for f in fields]
+        elif isinstance(value, list) and value and all(_numbers(v) for v in value):
+            panels.append(Panel(name, value, "grid", "index within the row"))
+    return panels
+
+
+def along(count: int, layers: Optional[int]) -> str:
+    """What the entries of a per-model series are, from its length: one per layer, per half, or per residual
+    point (before each half, and the output: a rotation's bases)."""
+    if layers and count == layers:
+        return "layer"
+    if layers and count == 2 * layers:
+        return "half (attention, MLP of each layer)"
+    if layers and count == 2 * layers + 1:
+        return "residual point (before each half, then the output)"
+    return "index"
+
+
+def _grid(rows: list[list]) -> tuple[list[list], str]:
+    """A heatmap's colours: log10 when the values are positive and span orders of magnitude (spectra)."""
+    flat = [v for row in rows for v in row if v is not None]
+    if flat and min(flat) >= 0 and max(flat) > 1e3 * max(min(flat), 1e-300):
+        return [[None if v is None else math.log10(max(v, 1e-12)) for v in row] for row in rows], "log10 value"
+    return rows, "value"
+
+
+def method_plots(plots: dict, subtitle: str = "", layers: Optional[int] = None) -> Optional[go.Figure]:
+    """One chart per drawable ``plots`` entry (``method_panels``), stacked, on a model of ``layers`` layers;
+    None when there is none."""
+    panels = method_panels(plots)
+    if not panels:
+        return None
+    fig = make_subplots(rows=len(panels), cols=1, subplot_titles=[p.title for p in panels],
+                        vertical_spacing=min(0.12, 0.5 / len(panels)))
+    for row, p in enumerate(panels, start=1):
+        xs = list(range(len(p.values))) if p.kind != "curve" else list(range(1, len(p.values) + 1))
+        where = p.x_label if p.kind == "curve" else along(len(p.values), layers)
+        if p.kind == "grid":
+            z, scale = _grid(p.values)
+            fig.add_trace(go.Heatmap(z=z, colorscale="Viridis", showscale=False,
+                                     hovertemplate=f"{where} %{{y}}<br>%{{x}}<br>{scale} %{{z:.3g}}<extra></extra>"),
+                          row=row, col=1)
+            fig.update_yaxes(title_text=where.split(" (")[0], autorange="reversed", row=row, col=1)
+        elif p.kind == "curve":
+            fig.add_trace(go.Scatter(x=xs, y=p.values, mode="lines+markers" if len(xs) <= 40 else "lines",
+                                     line=dict(color=COMPRESSED), hovertemplate="%{x}<br>%{y:.4g}<extra></extra>"),
+                          row=row, col=1)
+        else:
+            fig.add_trace(go.Bar(x=xs, y=p.values, marker_color=PALETTE[(row - 1) % len(PALETTE)],
+                                 hovertemplate=f"{where.split(' (')[0]} %{{x}}<br>{p.y_label} %{{y:.4g}}<extra></extra>"),
+                          row=row, col=1)
+        fig.update_xaxes(title_text=p.x_label if p.kind == "grid" else where, row=row, col=1)
+        if p.kind != "grid":
+            fig.update_yaxes(title_text=p.y_label[:28], row=row, col=1)
+    fig.update_layout(showlegend=False)
+    fig.update_annotations(font_size=12)
+    return _style(fig, "What the method measured and chose, per layer", subtitle, height=140 + 240 * len(panels))
 
 
 def perplexity_chart(rows: list[tuple[str, float]], protocol: str) -> go.Figure:

@@ -56,6 +56,13 @@ PLOTS: dict[str, str] = {
         "groups themselves. Without a recovery, a method that trains something of its own shows that curve here "
         "instead (PruneNet: the mean reward of its policy per episode; higher is better)."
     ),
+    "method": (
+        "**What it shows.** What the method itself measured and chose, per layer, read from the run's result: "
+        "ranks kept (Olica's query/key and value ranks, MoDeGPT's kept RoPE pairs and value ranks), DOTResize's "
+        "merge map (how many residual neurons each merged one draws on, and the transport cost), SliceGPT's "
+        "spectra, ShortGPT's block influence, the compensation branches' ranks. **Look for** uneven bars: the "
+        "layers where the method kept more, which are the ones it found harder to compress."
+    ),
     "perplexity": (
         "**What it shows.** Perplexity on WikiText-2 raw test, paper protocol: the text joined by blank lines, "
         "tokenized once, cut into non-overlapping windows of `seqlen` tokens, mean loss over every predicted "
@@ -106,6 +113,7 @@ PLOT_TITLES = {
     "layer_scores": "Block influence and layer redundancy (Analyze)", "params_by_type": "Parameters per module type",
     "params_per_layer": "Parameters per layer", "plan": "Per-layer plan (Compress)",
     "accounting": "Original vs compressed parameters (Compress)", "recovery": "Recovery loss or method training curve (Compress)",
+    "method": "The method's own charts (Compress)",
     "perplexity": "Perplexity (Evaluate)",
     "zeroshot": "Zero-shot accuracy (Evaluate)", "speed": "Speed and memory (Evaluate)",
     "history": "History of runs (Evaluate)", "chat": "Chat side by side",

@@ -282,6 +282,7 @@ class CompressView:
     plan: PlanView
     status: str
     recovery: go.Figure  # the distillation loss curve, or a placeholder when recovery was off
+    method: go.Figure  # the method's own per-layer plots (``method_figure``)
 
 
 def make_recipe(session: Session, method: str, params: dict, ratio, schedule: str, schedule_params: Optional[dict],
@@ -329,19 +330,38 @@ def run(session: Session, method: str, params: dict, ratio, schedule: str, sched
     original, compressed = result.original.to_dict(), result.accounting.to_dict()
     return CompressView(card=card(session), accounting=figures.accounting_chart(original, compressed),
                         plan=plan_view(result.recipe.plan, result.widths), status=status_line(session),
-                        recovery=training_curve(result.plots))
+                        recovery=training_curve(result.plots), method=method_figure(result.plots, num_layers(lm)))
 
 
 NO_RECOVERY = "Recovery was off for this run: turn it on under 'Recovery (distillation)' to see its loss curve."
 
 
+NO_METHOD_PLOTS = "The method's own per-layer charts (ranks, widths, scores it chose) appear here after a run."
+
+
+def _own_curve(plots: dict) -> Optional[str]:
+    """The plots entry the curve slot draws when there was no recovery: the method's training curve (a dict
+    with a ``curve``: PruneNet's reward by episode), if it has one."""
+    if plots.get("recovery"):
+        return None
+    return next((k for k, p in plots.items() if isinstance(p, dict) and p.get("curve")), None)
+
+
 def training_curve(plots: dict) -> go.Figure:
-    """The recovery's loss curve; without a recovery, the method's own training curve if it has one (a plots
-    entry with a ``curve``: PruneNet's reward by episode); else the placeholder."""
+    """The recovery's loss curve; without a recovery, the method's own training curve if it has one; else the
+    placeholder."""
     if plots.get("recovery"):
         return figures.recovery_curve(plots["recovery"])
-    own = next((p for p in plots.values() if isinstance(p, dict) and p.get("curve")), None)
-    return figures.method_curve(own) if own else figures.placeholder(NO_RECOVERY)
+    own = _own_curve(plots)
+    return figures.method_curve(plots[own]) if own else figures.placeholder(NO_RECOVERY)
+
+
+def method_figure(plots: dict, layers: Optional[int] = None) -> go.Figure:
+    """Everything else the method carries in ``result.plots``, drawn by shape (``figures.method_plots``), so a
+    new method's plots show without UI code; the recovery and a curve already in the curve slot are left out."""
+    own = {k: v for k, v in plots.items() if k not in ("recovery", _own_curve(plots))}
+    drawn = figures.method_plots(own, "read from the run's result; hover a bar for its value", layers)
+    return drawn or figures.placeholder("This method recorded no per-layer charts for this run.")
 
 
 def _core(recipe: Recipe) -> tuple[dict, Optional[list]]:

@@ -118,6 +118,7 @@ def build() -> SimpleNamespace:
     accounting = plot("The parameter comparison appears after a run.", "Parameters: original vs compressed",
                       "accounting")
     recovery_plot = plot(handlers.NO_RECOVERY, "Recovery loss or the method's training curve", "recovery")
+    method_plot = plot(handlers.NO_METHOD_PLOTS, "The method's own charts", "method")
     return SimpleNamespace(job=job, preset=preset, preset_card=preset_card, recipe_file=recipe_file, method=method,
                            method_info=method_info, methods=method_controls, ratio=ratio, schedule=schedule,
                            schedule_info=schedule_info, schedules=schedule_controls, source=source, nsamples=nsamples,
@@ -125,7 +126,7 @@ def build() -> SimpleNamespace:
                            preview=preview, run=run,
                            stop=stop_btn,
                            plan_note=plan_note, plan_plot=plan_plot, plan_table=plan_table, card=card,
-                           accounting=accounting, recovery_plot=recovery_plot)
+                           accounting=accounting, recovery_plot=recovery_plot, method_plot=method_plot)
 
 
 def compensation_controls(values: Sequence) -> list[gr.components.Component]:
@@ -316,8 +317,8 @@ def wire(ui) -> gr.events.Dependency:
     t.stop.click(stop, [ui.session], None, api_name="stop_compress", **LIGHT)
 
     def adapt(view: handlers.CompressView) -> list:
-        return [view.card, view.accounting] + adapt_plan(view.plan) + [view.recovery, view.status]
+        return [view.card, view.accounting] + adapt_plan(view.plan) + [view.recovery, view.method, view.status]
 
     return t.run.click(guarded(_from_run_controls(t.methods, t.schedules, "compress", _run), adapt), run_inputs,
-                       [t.card, t.accounting] + plan_outputs(t) + [t.recovery_plot, ui.status], api_name="compress",
+                       [t.card, t.accounting] + plan_outputs(t) + [t.recovery_plot, t.method_plot, ui.status], api_name="compress",
                        scroll_to_output=True, **heavy(t.job))
