@@ -20,6 +20,7 @@ from .errors import ConfigError
 from .evaluate import ChatCheckResult, LambadaResult, PerplexityResult, chat_check, lambada, measure_speed, perplexity, \
     run_zeroshot
 from .generate import Generation, SamplingSettings, stream_chat
+from .memory import CALIBRATION_OOM_ADVICE, out_of_memory_as_error
 from .models import LoadedModel
 from .progress import CancelToken, ProgressCallback, Reporter
 from .transforms.compensation import CompensationRequest, planned_params, planned_ranks
@@ -73,12 +74,14 @@ def module_params(lm: LoadedModel) -> ModuleParams:
     return _module_params(lm.model, lm.adapter)
 
 
+@out_of_memory_as_error("analysing the residual stream", CALIBRATION_OOM_ADVICE)
 def residual_analysis(lm: LoadedModel, calibration: CalibrationSpec,
                       progress: "Reporter | None" = None) -> ResidualAnalysis:
     """Residual spectra at every layer and block influence, in one read-only calibration pass."""
     return _residual_analysis(lm.model, lm.adapter, calibration.tokens, calibration.batch_size, progress)
 
 
+@out_of_memory_as_error("scoring the layers (block influence)", CALIBRATION_OOM_ADVICE)
 def block_influence(lm: LoadedModel, calibration: CalibrationSpec, progress: "Reporter | None" = None) -> list[float]:
     """Per-layer ``1 - cos(input, output)`` on the calibration tokens (what score-driven schedules rank by)."""
     return _block_influence(lm.model, lm.adapter, calibration.tokens, calibration.batch_size, progress)

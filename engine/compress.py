@@ -20,7 +20,7 @@ from .analysis.layer_scores import block_influence
 from .data import calibration_windows, load_text
 from .data.sources import mixture_counts, mixture_parts
 from .errors import ConfigError
-from .memory import keep_freed_memory, out_of_memory_as_error, peak_mb, reset_peak
+from .memory import CALIBRATION_OOM_ADVICE, keep_freed_memory, out_of_memory_as_error, peak_mb, reset_peak
 from .methods import Plan, Structure, check_architecture, get_method
 from .models import LoadedModel
 from .progress import CancelToken, Reporter
@@ -82,6 +82,7 @@ class CompressionResult:
         }
 
 
+@out_of_memory_as_error("drawing the calibration text", CALIBRATION_OOM_ADVICE)  # `generated` runs the model
 def make_calibration(lm: LoadedModel, spec: CalibrationSpec, data_dir: Optional[str] = None) -> CalibrationSpec:
     """``spec`` with its token windows drawn (``tokens``); a mixture ``A+B`` takes its windows evenly from each
     source."""

@@ -96,6 +96,8 @@ def release_freed_memory(keep_bytes: int = 0) -> bool:
         return False
 
 EVAL_OOM_ADVICE = "Use a shorter --seqlen, fewer windows or items, or the CPU; the model is unchanged."
+CALIBRATION_OOM_ADVICE = ("Use fewer or shorter calibration samples (Samples, Tokens per sample; --nsamples, "
+                          "--seqlen), or the CPU; the model is unchanged.")
 
 
 @contextlib.contextmanager

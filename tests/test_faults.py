@@ -363,6 +363,33 @@ def test_out_of_memory_in_the_evaluate_tab_is_a_toast_and_keeps_the_measurements
     assert session.original_evals["perplexity"] != json.loads(before[3])["perplexity"]
 
 
+@pytest.mark.parametrize("source", ["wikitext2:validation", "generated"])  # OOM in the pass, in drawing the text
+def test_out_of_memory_in_the_analyze_tab_is_a_toast_that_says_what_to_do(ui_session, source):
+    from ui.handlers import analyze as ha
+
+    session = ui_session
+    ha.analyze(session, *UI_CALIB, 0.25)
+    kept = session.analysis
+    with _out_of_memory(session.lm.model):
+        message = _toast(ha.analyze, session, source, 16, 32, 7, 0.25)
+    assert message.startswith("Out of memory while") and "2.00 GiB" in message, message
+    assert "fewer or shorter calibration samples" in message and "model is unchanged" in message
+    assert session.analysis is kept  # the charts it drew stay (a failed event updates no output)
+
+
+def test_out_of_memory_in_a_plan_preview_is_a_toast_and_keeps_the_plan(ui_session):
+    from ui.handlers import compress as hc
+
+    session = ui_session
+    hc.preview_plan(session, "uniform", 0.3, None, *UI_CALIB)
+    kept = (session.plan, session.plan_key)
+    with _out_of_memory(session.lm.model):  # block influence on calibration not scored yet
+        message = _toast(hc.preview_plan, session, "block-influence", 0.3, None, "wikitext2:validation", 16, 32, 7)
+    assert message.startswith("Out of memory while scoring the layers (block influence)"), message
+    assert "Tokens per sample" in message and (session.plan, session.plan_key) == kept
+    assert hc.preview_plan(session, "block-influence", 0.3, None, "wikitext2:validation", 16, 32, 7).rows
+
+
 def test_a_stop_while_saving_in_the_export_tab_warns_and_keeps_the_previous_folder(ui_session, tmp_path,
                                                                                    monkeypatch):
     import gradio as gr
