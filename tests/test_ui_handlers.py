@@ -759,6 +759,27 @@ def test_app_builds_with_named_endpoints_and_one_heavy_queue():
     heavy = [fns[n] for n in ("load_model", "analyze", "compress", "perplexity", "chat", "save", "push")]
     assert {fn.concurrency_id for fn in heavy} == {"heavy"} and {fn.concurrency_limit for fn in heavy} == {1}
     assert fns["stop_compress"].concurrency_limit is None  # Stop never waits behind the job it stops
+    for fn in app.fns.values():  # a job's progress and a failure's red mark go on its job line, never on outputs
+        if fn.show_progress != "hidden":
+            on = {block._id for block in fn.show_progress_on or []}
+            assert on and not on & {block._id for block in fn.outputs}, fn.api_name or fn.name
+
+
+def test_a_failed_card_preview_or_push_is_a_toast_and_keeps_what_the_export_tab_showed(compressed):
+    """Neither returns anything on failure (so gradio leaves the shown card and push status as they were):
+    the message says what to do."""
+    import gradio as gr
+
+    from ui.wiring import guarded
+
+    shown = hx.card(compressed, "me/tiny-slice")
+    with pytest.raises(gr.Error, match="no compressed model in this session yet"):
+        guarded(hx.card)(Session(), "me/x")
+    with pytest.raises(gr.Error, match="repo"):
+        guarded(hx.card)(compressed, "not a repo id")
+    with pytest.raises(gr.Error, match="Paste a Hugging Face access token"):
+        guarded(hx.push)(compressed, "me/tiny-slice", "", True, lambda *a, **k: None)
+    assert hx.card(compressed, "me/tiny-slice") == shown  # the session's result is as it was
 
 
 # --- recovery, presets with measured quality, the 2x warning (issue 12) -----------

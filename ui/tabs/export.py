@@ -8,7 +8,7 @@ import gradio as gr
 
 from ..handlers import export as handlers
 from ..state import Session
-from ..wiring import HEAVY, LIGHT, guarded, heavy
+from ..wiring import LIGHT, guarded, heavy
 from .common import job_line
 
 
@@ -50,11 +50,13 @@ def build() -> SimpleNamespace:
         with gr.Row():
             card_btn = gr.Button("Preview model card")
             push = gr.Button("Push", variant="primary")
+        push_job = job_line()
         push_status = gr.Markdown("")
         card = gr.Code(language="markdown", label="Model card (README.md)", interactive=False, max_lines=30)
     return SimpleNamespace(format=fmt, dtype=dtype, about=about, source=source, folder=folder, overwrite=overwrite,
                            save=save, save_job=save_job, save_status=save_status, recipe=recipe, recipe_file=recipe_file, recipe_text=recipe_text, repo_id=repo_id, token=token,
-                           private=private, card_btn=card_btn, push=push, push_status=push_status, card=card)
+                           private=private, card_btn=card_btn, push=push, push_job=push_job, push_status=push_status,
+                           card=card)
 
 
 def _format_view(view: handlers.FormatView) -> list:
@@ -70,6 +72,8 @@ def wire(ui) -> None:
                  [t.save_status], api_name="save", **heavy(t.save_job))
     t.recipe.click(guarded(handlers.recipe, list), [ui.session], [t.recipe_file, t.recipe_text], api_name="recipe",
                    **LIGHT)
-    t.card_btn.click(guarded(handlers.card), [ui.session, t.repo_id], [t.card], api_name="model_card", **HEAVY)
+    # progress and a failure's mark on the job line; the card and the last push's status stay as they were
+    t.card_btn.click(guarded(handlers.card), [ui.session, t.repo_id], [t.card], api_name="model_card",
+                     **heavy(t.push_job))
     t.push.click(guarded(handlers.push), [ui.session, t.repo_id, t.token, t.private], [t.push_status],
-                 api_name="push", **HEAVY)
+                 api_name="push", **heavy(t.push_job))
