@@ -57,7 +57,7 @@ def bytes_on_disk(path: "str | os.PathLike | None") -> Optional[int]:
     if p.is_file():
         return p.stat().st_size
     if p.is_dir():
-        files = [f for f in p.iterdir() if f.suffix in (".safetensors", ".bin", ".gguf", ".pt")]
+        files = [f for f in p.iterdir() if f.suffix in (".safetensors", ".bin", ".gguf", ".pt", ".bitsback")]
         return sum(f.stat().st_size for f in files) or None
     return None
 

@@ -23,6 +23,7 @@ from ..models.side_branches import rebuild_branches
 from ..models.streaming import INDEX, checkpoint_files, tensor_names
 from ..progress import Reporter, as_reporter
 from ..transforms.compensation import CompensationStructure
+from .bitsback import WEIGHTS_FILE, read_bitsback
 from .remote_code import write_remote_code
 
 FORMAT_VERSION = 2  # 2: side branches (``compensation``); a folder without them is still written as 1
@@ -127,10 +128,13 @@ def _dedupe(state: dict) -> dict:
 
 
 def read_state(path: Path) -> dict:
-    """Every tensor of a saved result by name (a tied head once, under one of its names)."""
+    """Every tensor of a saved result by name (a tied head once, under one of its names), from its
+    safetensors or from the ``model.bitsback`` of a compact export."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
+    if (path / WEIGHTS_FILE).is_file():  # an export in the compact (bits-back) format
+        return read_bitsback(path / WEIGHTS_FILE)
     files = sorted(set(checkpoint_files(path).values())) if (path / INDEX).exists() else [path / "model.safetensors"]
     state = {}
     for file in files:

@@ -10,11 +10,14 @@ from typing import Optional
 import torch
 
 from ..models.streaming import INDEX
+from .base import DTYPES
 
 TORCH_DTYPES = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}
 HALF = {"bfloat16": "bf16", "float16": "f16"}
 WEIGHTS = ("*.safetensors", INDEX)
 SHARD_BYTES = 2 * 2**30  # transformers' default shard size
+# what a folder format's registration says unless it differs: any dtype, the original checkpoint's by default
+FOLDER_FORMAT = dict(writes="folder", suffix="", dtypes=("auto",) + DTYPES, default_dtype="auto")
 
 
 def original_dtype(meta: dict) -> str:
@@ -79,10 +82,11 @@ def save_weights(state: dict[str, torch.Tensor], folder: Path, dtype: str) -> in
     return size
 
 
-def set_config_dtype(folder: Path, dtype: str, extra: Optional[dict] = None) -> dict:
-    """Say the written dtype in ``config.json`` (what ``dtype="auto"`` loaders read); returns the config."""
+def set_config_dtype(folder: Path, dtype: str, extra: Optional[dict] = None, drop: tuple[str, ...] = ()) -> dict:
+    """Say the written dtype in ``config.json`` (what ``dtype="auto"`` loaders read), with ``extra`` keys
+    set and ``drop`` keys removed; returns the config."""
     path = folder / "config.json"
-    config = json.loads(path.read_text()) | (extra or {})
+    config = {k: v for k, v in json.loads(path.read_text()).items() if k not in drop} | (extra or {})
     config["dtype"] = str(TORCH_DTYPES[dtype]).replace("torch.", "")
     config.pop("torch_dtype", None)
     path.write_text(json.dumps(config, indent=2) + "\n")

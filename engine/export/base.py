@@ -23,7 +23,7 @@ from ..models.loaded import SLIMLAB_META
 DTYPES = ("f32", "f16", "bf16")
 # methods whose results have SliceGPT's structure (a rotated, narrower residual stream): label by name
 ROTATED_RESIDUAL = {"slicegpt": "SliceGPT", "dotresize": "DOTResize"}
-KNOWN_FORMATS = ("hf", "gguf", "decilm")  # named in help even before their module registers; the order menus show
+KNOWN_FORMATS = ("hf", "gguf", "decilm", "bits-back")  # named in help even before their module registers; the order menus show
 
 
 class NotExpressible(ConfigError):
