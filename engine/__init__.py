@@ -29,6 +29,7 @@ from .evaluate import (
 )
 from .export import ExportFormat, ExportReport, NotExpressible
 from .export import available_formats as export_formats
+from .export import check_result as check_export
 from .export import export as export_result
 from .generate import Generation, SamplingSettings
 from .methods import available_methods, get_method
@@ -60,7 +61,7 @@ __all__ = [
     "nonsense_warning", "NONSENSE_WARNING", "build_report", "model_entry", "write_report", "chat", "Generation",
     "SamplingSettings", "check_repo_id", "model_card", "push_folder", "read_meta",
     # exporting a saved result for other engines (GGUF for llama.cpp, transformers, DeciLM for vLLM)
-    "export_formats", "export_result", "ExportFormat", "ExportReport", "NotExpressible",
+    "export_formats", "export_result", "check_export", "ExportFormat", "ExportReport", "NotExpressible",
     # memory, progress and errors
     "release_freed_memory", "CancelToken", "ProgressEvent", "Reporter", "SlimLabError", "ConfigError", "Cancelled",
 ]

@@ -607,6 +607,24 @@ def test_a_refused_or_unwritable_export_is_a_toast_and_leaves_nothing(compressed
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "first.gguf"] and first.read_bytes() == before
 
 
+@pytest.mark.parametrize("fmt, match", [("gguf", "cannot express SliceGPT per-layer"),
+                                        ("decilm", "DeciLM \\(vLLM\\) cannot express SliceGPT")])
+def test_the_current_run_is_refused_by_the_format_before_anything_is_saved(compressed, tmp_path, monkeypatch, fmt,
+                                                                          match):
+    """The format's check reads the result in memory: a run it cannot express is refused in a moment, without
+    the temporary save the export of a run not saved yet would start with."""
+    import time
+
+    saves = []
+    monkeypatch.setattr(hx, "save_compressed", lambda *args, **kwargs: saves.append(args))
+    monkeypatch.setattr(compressed, "saved", None)  # not saved yet (an earlier test may have saved it)
+    t = time.perf_counter()
+    with pytest.raises(ConfigError, match=match):
+        hx.export(compressed, str(tmp_path / "out"), False, fmt, None)
+    assert time.perf_counter() - t < 1.0 and saves == [] and compressed.saved is None
+    assert list(tmp_path.iterdir()) == []
+
+
 class RecordingHub:
     """Stands in for huggingface_hub.HfApi: records each call instead of going to the network."""
 

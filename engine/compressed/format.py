@@ -49,17 +49,9 @@ def _slimlab_version() -> str:
         return "dev"
 
 
-def save_compressed(result, out: "str | Path", force: bool = False, progress: "Reporter | None" = None) -> Path:
-    """Write a CompressionResult to ``out`` atomically; refuses to overwrite without ``force``.
-
-    A Stop (``progress``'s cancel token) takes effect at the next safe point: between the parts, and
-    at the latest just before the rename that puts the folder in place. Then nothing was written and
-    ``out`` is as it was; once renamed, the save is done and a Stop has nothing left to stop."""
-    from safetensors.torch import save_model
-
-    reporter = as_reporter(progress)
-
-    model = result.model
+def result_meta(result) -> dict:
+    """A CompressionResult's ``slimlab.json``: what a saved folder says about itself (and what an export
+    format's check reads, so a result can be judged before it is saved)."""
     compensation = getattr(result, "compensation", None)
     meta = {
         "format_version": FORMAT_VERSION if compensation is not None else 1,
@@ -76,6 +68,19 @@ def save_compressed(result, out: "str | Path", force: bool = False, progress: "R
     }
     if compensation is not None:  # an older SlimLab refuses the folder (format 2) instead of dropping them
         meta["compensation"] = compensation.to_dict()
+    return meta
+
+
+def save_compressed(result, out: "str | Path", force: bool = False, progress: "Reporter | None" = None) -> Path:
+    """Write a CompressionResult to ``out`` atomically; refuses to overwrite without ``force``.
+
+    A Stop (``progress``'s cancel token) takes effect at the next safe point: between the parts, and
+    at the latest just before the rename that puts the folder in place. Then nothing was written and
+    ``out`` is as it was; once renamed, the save is done and a Stop has nothing left to stop."""
+    from safetensors.torch import save_model
+
+    reporter = as_reporter(progress)
+    model, meta = result.model, result_meta(result)
     try:
         with atomic_dir(out, force) as tmp:
             reporter("save", 0, 3, "weights")

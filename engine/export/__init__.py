@@ -16,9 +16,9 @@ def load_all() -> None:
 
 
 from .base import (DTYPES, KNOWN_FORMATS, REGISTRY, ExportFormat, ExportJob, ExportReport,  # noqa: E402
-                   NotExpressible, available_formats, export, get_format, plan_export, read_result,
+                   NotExpressible, available_formats, check_result, export, get_format, plan_export, read_result,
                    register_format, unregister_format)
 
 __all__ = ["DTYPES", "KNOWN_FORMATS", "REGISTRY", "ExportFormat", "ExportJob", "ExportReport", "NotExpressible",
-           "available_formats", "export", "get_format", "plan_export", "read_result", "register_format",
+           "available_formats", "check_result", "export", "get_format", "plan_export", "read_result", "register_format",
            "unregister_format", "load_all"]

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from ..atomic import atomic_dir, atomic_file
-from ..compressed import is_compressed
+from ..compressed import is_compressed, result_meta
 from ..errors import ConfigError, CorruptWeightsError
 from ..models.loaded import SLIMLAB_META
 
@@ -145,13 +145,26 @@ def check_output(out: Path, fmt: ExportFormat, force: bool) -> None:
         raise ConfigError(f"Cannot write to '{parent}' ({exc.strerror or exc}); pick another output path (--out).") from None
 
 
-def plan_export(source: "str | Path", format_name: str, dtype: Optional[str] = None, out: "str | Path | None" = None,
-                force: bool = False) -> tuple[ExportFormat, str, dict, Path]:
-    """Every check an export makes before loading anything: (format, dtype, slimlab.json, output path)."""
+def _format_and_dtype(format_name: str, dtype: Optional[str]) -> tuple[ExportFormat, str]:
     fmt = get_format(format_name)
     dtype = dtype or fmt.default_dtype
     if dtype not in fmt.dtypes:
         raise ConfigError(f"--dtype {dtype!r} is not one of {', '.join(fmt.dtypes)} (format {fmt.name}).")
+    return fmt, dtype
+
+
+def check_result(result, format_name: str, dtype: Optional[str] = None) -> tuple[ExportFormat, str]:
+    """The checks ``plan_export`` makes on a saved folder, made on a CompressionResult still in memory: a result
+    the format cannot express is refused at once, before anything is saved. (format, dtype)."""
+    fmt, dtype = _format_and_dtype(format_name, dtype)
+    fmt.check(result_meta(result) | {"config": result.model.config.to_dict()})
+    return fmt, dtype
+
+
+def plan_export(source: "str | Path", format_name: str, dtype: Optional[str] = None, out: "str | Path | None" = None,
+                force: bool = False) -> tuple[ExportFormat, str, dict, Path]:
+    """Every check an export makes before loading anything: (format, dtype, slimlab.json, output path)."""
+    fmt, dtype = _format_and_dtype(format_name, dtype)
     meta = read_result(source)
     fmt.check(meta)
     path = Path(out) if out is not None else default_output(Path(source), fmt, dtype)

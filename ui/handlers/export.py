@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from engine import (ConfigError, Reporter, check_repo_id, export_formats, export_result, model_card, push_folder,
+from engine import (ConfigError, Reporter, check_export, check_repo_id, export_formats, export_result, model_card, push_folder,
                     read_meta, save_compressed)
 
 from .. import text
@@ -125,8 +125,8 @@ def export(session: Session, folder: str, overwrite: bool, fmt: str = SLIMLAB, d
     form = _format(fmt)
     if source:
         _confine(Path(source).expanduser(), "read")
-    else:
-        need_result(session)
+    else:  # a result the format cannot express is refused now, not after saving it to a temporary folder
+        check_export(need_result(session), form.name, dtype or None)
     path = _target(folder, bool(overwrite))
     reporter = job(session, progress)
     reporter("export", 0, 2, "saving the result")
