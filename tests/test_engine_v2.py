@@ -20,7 +20,8 @@ from tiny import logits as _logits, random_calibration as _calibration
 
 METHOD_PARAMS = {"slicegpt": [{"variant": "per-layer"}, {"variant": "shared"}], "fasp": [{}], "wanda-sp": [{}],
                  "shortgpt": [{}], "modegpt": [{}], "olica": [{}], "prunenet": [{"episodes": 2}],
-                 "dotresize": [{"variant": "per-layer"}, {"variant": "shared"}]}
+                 "dotresize": [{"variant": "per-layer"}, {"variant": "shared"}],
+                 "disp-llm": [{"steps": 2, "seqlen": 16, "batch": 2}]}
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "opt", "gemma3"])

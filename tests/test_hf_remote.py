@@ -45,6 +45,10 @@ CASES = {
     "llama-olica": ("llama", "olica", {}, UNEVEN, 0, True),  # low-rank q/k, shrunk value heads, side branches
     "qwen2-olica": ("qwen2", "olica", {}, UNEVEN, 0, True),
     "gemma3-olica": ("gemma3", "olica", {}, UNEVEN, 0, True),
+    # per-block channel selections: gather readers, scatter writers (its own per-layer amounts: no plan)
+    "llama-disp-llm": ("llama", "disp-llm", {"steps": 2, "seqlen": 16, "batch": 2}, None, 0, True),
+    "opt-disp-llm": ("opt", "disp-llm", {"steps": 2, "seqlen": 16, "batch": 2}, None, 0, True),
+    "gemma3-disp-llm": ("gemma3", "disp-llm", {"steps": 2, "seqlen": 16, "batch": 2}, None, 0, True),
 }
 # `slimlab export --format hf --dtype bf16` of a saved case: name -> (case, remote code expected)
 EXPORTS = {"qwen2-fasp-hf-bf16": ("qwen2-fasp", True), "llama-shortgpt-hf-bf16": ("llama-shortgpt", False)}

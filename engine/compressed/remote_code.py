@@ -137,8 +137,8 @@ def layout_of(model: nn.Module) -> Optional[dict]:
         elif stock_types.get(path) is not type(module):
             raise NotSelfContained(
                 f"The result has a {type(module).__name__} at '{path}' that the self-contained transformers "
-                "folder cannot rebuild; SliceGPT, FASP, Wanda-SP, MoDeGPT, Olica and ShortGPT results (with or without "
-                "compensation) export.")
+                "folder cannot rebuild; SliceGPT, FASP, Wanda-SP, MoDeGPT, Olica, DISP-LLM and ShortGPT results "
+                "(with or without compensation) export.")
     modules.update(_branch_specs(model, adapter))
     remote = remote_module()
     reshaped = _stock(model.config)

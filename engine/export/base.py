@@ -24,6 +24,15 @@ DTYPES = ("f32", "f16", "bf16")
 # methods whose results have SliceGPT's structure (a rotated, narrower residual stream): label by name
 ROTATED_RESIDUAL = {"slicegpt": "SliceGPT", "dotresize": "DOTResize"}
 KNOWN_FORMATS = ("hf", "gguf", "decilm", "bits-back")  # named in help even before their module registers; the order menus show
+# methods whose blocks read and write their own subsets of the residual channels (index lists per block)
+SELECTED_CHANNELS = {"disp-llm": "DISP-LLM"}
+
+
+def selected_channels(meta: dict) -> Optional[str]:
+    """What a result whose blocks each read and write their own residual channels is, in words; else None."""
+    name = SELECTED_CHANNELS.get(meta.get("method"))
+    return f"{name}'s per-block channel selections (each block reads and writes its own residual channels)" \
+        if name else None
 
 
 class NotExpressible(ConfigError):

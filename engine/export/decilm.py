@@ -28,7 +28,8 @@ from ..models.loaded import LoadedModel
 from ..models.shrunk_attention import ShrunkAttention
 from ..transforms.value_heads import GatherLinear, ScatterLinear
 from ._folder import TORCH_DTYPES, copy_side_files, resolve_dtype, save_weights, set_config_dtype
-from .base import DTYPES, ROTATED_RESIDUAL, ExportFormat, ExportJob, ExportReport, NotExpressible, register_format
+from .base import (DTYPES, ROTATED_RESIDUAL, ExportFormat, ExportJob, ExportReport, NotExpressible, register_format,
+                   selected_channels)
 from ..compressed.remote_code import MODELING_FILE
 
 CONFIG_FILE = "configuration_decilm.py"
@@ -53,6 +54,8 @@ def check(meta: dict) -> None:
     """Refuse, before loading, what no DeciLM config can hold."""
     if meta.get("compensation"):
         raise not_expressible("low-rank side branches (compensation)")
+    if (what := selected_channels(meta)) is not None:
+        raise not_expressible(what)
     rotated = ROTATED_RESIDUAL.get(meta.get("method"))
     if rotated:
         raise not_expressible(f"{rotated} (the residual width changes; DeciLM has one hidden size)")

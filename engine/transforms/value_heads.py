@@ -74,8 +74,7 @@ def narrow_values(value: nn.Linear, out: nn.Linear, kept_values: torch.Tensor, h
     The indices stay on ``kept_values``'s device (weights may still be empty meta tensors)."""
     _n_heads, n_kv, head_dim = heads
     scatter_outputs(value, kept_values, n_kv * head_dim)
-    out.__class__ = GatherLinear
-    out.register_buffer("index", output_columns(kept_values, heads), persistent=False)
+    gather_inputs(out, output_columns(kept_values, heads))
 
 
 def scatter_outputs(linear: nn.Linear, index: torch.Tensor, full: int) -> None:
@@ -83,4 +82,11 @@ def scatter_outputs(linear: nn.Linear, index: torch.Tensor, full: int) -> None:
     of a zero vector of width ``full`` (the places of its kept rows in the unpruned output)."""
     linear.__class__ = ScatterLinear
     linear.full = full
+    linear.register_buffer("index", index, persistent=False)
+
+
+def gather_inputs(linear: nn.Linear, index: torch.Tensor) -> None:
+    """Turn an already column-pruned linear into a ``GatherLinear`` that reads the inputs at ``index``
+    (the places of its kept columns in the unpruned input)."""
+    linear.__class__ = GatherLinear
     linear.register_buffer("index", index, persistent=False)
