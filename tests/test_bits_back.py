@@ -9,7 +9,7 @@ import torch
 from engine import compress, load_compressed, load_model, save_compressed
 from engine.analysis.accounting import bytes_on_disk
 from engine.cli import main
-from engine.compressed.bitsback import WEIGHTS_FILE, read_bitsback, recentre, write_bitsback
+from engine.compressed.bitsback import TOP_BITS, WEIGHTS_FILE, joint_symbols, read_bitsback, recentre, write_bitsback
 from engine.compressed.format import read_state
 from engine.errors import CorruptWeightsError, SlimLabError
 from engine.export import NotExpressible, export
@@ -154,6 +154,16 @@ def test_exponents_are_recentred_along_the_rotated_directions():
     assert axis == 1 and offsets.size == 64
     _, _, plain = recentre(e.reshape(-1), 5)
     assert len(np.unique(r)) < len(np.unique(plain))
+
+
+def test_top_mantissa_bits_join_the_exponent_where_that_pays():
+    """A large bell-shaped tensor: the leading mantissa bits depend on the exponent, worth the bigger table;
+    a small one: the table would cost more than it saves."""
+    for n, expected in ((200_000, TOP_BITS), (50, 0)):
+        u = torch.randn(n, generator=torch.Generator().manual_seed(0)).half().view(torch.int16).numpy().view(np.uint16)
+        _, _, r = recentre(((u >> 10) & 31).astype(np.uint8), 5)
+        k, symbols = joint_symbols(r, u, 10)
+        assert k == expected and symbols.max() < (32 << k)
 
 
 def test_the_ui_offers_it_from_the_registry():
