@@ -150,10 +150,26 @@ def test_exponents_are_recentred_along_the_rotated_directions():
     """Columns of very different scales (a rotated reader in PCA order): per-column offsets win."""
     w = torch.randn(256, 64, generator=torch.Generator().manual_seed(0)) * torch.logspace(0, -6, 64)
     e = ((w.half().view(torch.int16).numpy().view(np.uint16) >> 10) & 31).astype(np.uint8)
-    axis, offsets, r = recentre(e, 5)
-    assert axis == 1 and offsets.size == 64
-    _, _, plain = recentre(e.reshape(-1), 5)
+    axis, offsets, r, saved = recentre(e, 5)
+    assert axis == 1 and offsets.size == 64 and saved > 0
+    _, _, plain, _ = recentre(e.reshape(-1), 5)
     assert len(np.unique(r)) < len(np.unique(plain))
+
+
+def test_residual_directions_of_unequal_scale_are_what_recentring_exploits(results, tmp_path):
+    """An embedding whose residual directions span three decades (as real models' do): after SliceGPT's
+    rotation the per-direction offsets pay; on the isotropic random model they do not."""
+    from tiny import make_model
+
+    lm = lm_of(make_model)
+    with torch.no_grad():
+        lm.model.get_input_embeddings().weight.mul_(torch.logspace(0, -3, 64))
+    method, plan, params = ROTATED["slicegpt-per-layer"]
+    result = compress(lm, method, plan=plan, calibration=random_calibration(len(lm.tokenizer)), method_params=params)
+    scaled = export(save_compressed(result, tmp_path / "scaled"), "bits-back", "bf16", tmp_path / "a")
+    plain = export(results["slicegpt-per-layer"], "bits-back", "bf16", tmp_path / "b")
+    assert scaled.details["direction_saved_bytes"] > 0 == plain.details["direction_saved_bytes"]
+    assert any("per residual direction" in note for note in scaled.notes)
 
 
 def test_top_mantissa_bits_join_the_exponent_where_that_pays():
@@ -161,7 +177,7 @@ def test_top_mantissa_bits_join_the_exponent_where_that_pays():
     a small one: the table would cost more than it saves."""
     for n, expected in ((200_000, TOP_BITS), (50, 0)):
         u = torch.randn(n, generator=torch.Generator().manual_seed(0)).half().view(torch.int16).numpy().view(np.uint16)
-        _, _, r = recentre(((u >> 10) & 31).astype(np.uint8), 5)
+        r = recentre(((u >> 10) & 31).astype(np.uint8), 5).residues
         k, symbols = joint_symbols(r, u, 10)
         assert k == expected and symbols.max() < (32 << k)
 

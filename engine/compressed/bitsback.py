@@ -23,7 +23,7 @@ import struct
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, NamedTuple
 
 import numpy as np
 import torch
@@ -86,22 +86,29 @@ def _entropy_bits(r: np.ndarray) -> float:
     return float(-(p * np.log2(p)).sum() * r.size)
 
 
-def recentre(e: np.ndarray, exponent_bits: int) -> tuple[int, np.ndarray, np.ndarray]:
-    """(axis, offsets, residues): the exponents minus the mode of their row (axis 0), column (axis 1) or
-    of the whole tensor (axis -1), modulo the field's range (so it is a bijection), whichever is cheapest."""
+class Recentred(NamedTuple):
+    axis: int  # 0: per row, 1: per column, -1: one offset for the tensor
+    offsets: np.ndarray  # uint8, one per row/column (or one)
+    residues: np.ndarray  # uint8, flat, row-major
+    saved_bits: float  # estimated, against one offset for the whole tensor: what the directions gave
+
+
+def recentre(e: np.ndarray, exponent_bits: int) -> Recentred:
+    """The exponents minus the mode of their row, column or whole tensor, modulo the field's range (so it
+    is a bijection), whichever is cheapest by the residues' entropy plus a byte per offset."""
     symbols = 1 << exponent_bits
     mask = np.uint8(symbols - 1)
     flat = e.reshape(-1)
     whole = np.array([np.bincount(flat, minlength=symbols).argmax()], dtype=np.uint8)
-    best = (-1, whole, (flat - whole[0]) & mask)
-    cost = _entropy_bits(best[2]) + 8
+    best = Recentred(-1, whole, (flat - whole[0]) & mask, 0.0)
+    plain = cost = _entropy_bits(best.residues) + 8
     if e.ndim == 2 and min(e.shape) > 1:
         for axis in (0, 1):
             offsets = _modes(e if axis == 0 else e.T, symbols)
             r = (e - (offsets[:, None] if axis == 0 else offsets[None, :])) & mask
             c = _entropy_bits(r) + 8 * offsets.size
             if c < cost:
-                best, cost = (axis, offsets, r.reshape(-1)), c
+                best, cost = Recentred(axis, offsets, r.reshape(-1), plain - c), c
     return best
 
 
@@ -187,6 +194,9 @@ class Summary:
     file_bytes: int = 0
     exponent_bits: int = 0  # exponent field bits as stored in safetensors
     exponent_coded_bits: int = 0  # what they cost here (tables and offsets included, top mantissa bits not)
+    direction_bits: float = 0.0  # of the saving, what recentring per row/column gave (estimated)
+    by_direction: int = 0  # tensors recentred per row or column
+    coded: int = 0  # float tensors coded
 
 
 def _dtype_name(dtype: torch.dtype) -> str:
@@ -212,7 +222,7 @@ def _write_float(t: torch.Tensor, out: BinaryIO, entry: dict, summary: Summary) 
     u = _bits(t, layout)
     exponents = ((u >> layout.mantissa) & ((1 << layout.exponent) - 1)).astype(np.uint8)
     shape2d = (t.shape[0], -1) if t.dim() >= 2 else (-1,)
-    axis, offsets, r = recentre(exponents.reshape(shape2d), layout.exponent)
+    axis, offsets, r, saved = recentre(exponents.reshape(shape2d), layout.exponent)
     k, symbols = joint_symbols(r, u, layout.mantissa)
     table, coded = encode_symbols(symbols)
     low = layout.mantissa - k  # mantissa bits stored as they are
@@ -221,6 +231,8 @@ def _write_float(t: torch.Tensor, out: BinaryIO, entry: dict, summary: Summary) 
                                             _put(out, pack_rest(rest, low + 1))])
     summary.exponent_bits += u.size * layout.exponent
     summary.exponent_coded_bits += 8 * (len(coded) + len(table) + offsets.size) - u.size * k
+    summary.direction_bits += saved
+    summary.by_direction += axis >= 0
 
 
 def _read_float(entry: dict, streams: list[bytes], dtype: torch.dtype) -> torch.Tensor:
@@ -262,6 +274,7 @@ def write_bitsback(state: dict[str, torch.Tensor], path: "str | Path") -> Summar
             summary.tensor_bytes += t.numel() * t.element_size()
             if t.dtype in LAYOUTS and t.numel():
                 _write_float(t, out, entry, summary)
+                summary.coded += 1
             else:
                 entry["streams"] = [_put(out, t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())]
             entries.append(entry)
