@@ -37,7 +37,7 @@ from .loader import load_model
 from .memory import release_freed_memory
 from .planning import PlannedSize, default_calibration, planned_size, starter_recipe
 from .models import LoadedModel
-from .progress import CancelToken, ProgressEvent, Reporter
+from .progress import CancelToken, CurvePoint, ProgressEvent, Reporter
 from .publish import check_repo_id, model_card, push_folder, read_meta
 from .recipes import (COMPENSATION_HALVES, PRESET_KEYS, RECOVERY_GROUPS, RECOVERY_KINDS, CalibrationSpec,
                       CompensationSpec, Recipe, RecoverySpec)
@@ -63,5 +63,5 @@ __all__ = [
     # exporting a saved result for other engines (GGUF for llama.cpp, transformers, DeciLM for vLLM)
     "export_formats", "export_result", "check_export", "ExportFormat", "ExportReport", "NotExpressible",
     # memory, progress and errors
-    "release_freed_memory", "CancelToken", "ProgressEvent", "Reporter", "SlimLabError", "ConfigError", "Cancelled",
+    "release_freed_memory", "CancelToken", "CurvePoint", "ProgressEvent", "Reporter", "SlimLabError", "ConfigError", "Cancelled",
 ]

@@ -13,11 +13,23 @@ from .errors import Cancelled
 
 
 @dataclass(frozen=True)
+class CurvePoint:
+    """One point of a named curve a job draws as it goes (a search's best fitness by generation), so a
+    listener can chart it live without knowing the job: points of one ``curve`` share their axes."""
+
+    curve: str  # the y axis, e.g. "best KL to the original"
+    x: float
+    y: float
+    x_label: str = "step"
+
+
+@dataclass(frozen=True)
 class ProgressEvent:
     stage: str
     step: int
     total: int
     message: str = ""
+    point: Optional[CurvePoint] = None
 
 
 ProgressCallback = Callable[[ProgressEvent], None]
@@ -48,11 +60,12 @@ class Reporter:
     callback: Optional[ProgressCallback] = None
     cancel: Optional[CancelToken] = None
 
-    def __call__(self, stage: str, step: int, total: int, message: str = "") -> None:
+    def __call__(self, stage: str, step: int, total: int, message: str = "",
+                 point: Optional[CurvePoint] = None) -> None:
         if self.cancel is not None:
             self.cancel.check()
         if self.callback is not None:
-            self.callback(ProgressEvent(stage, step, total, message))
+            self.callback(ProgressEvent(stage, step, total, message, point))
 
     def check(self) -> None:
         if self.cancel is not None:

@@ -57,7 +57,8 @@ def _after_model(session: Session) -> list:
     Compress tab opens on too, so Analyze's scores are reused). ``compress.start`` refills the Compress tab."""
     source = compress_handlers.default_calibration_source(session)
     return ([compress.NO_RESULT, figures.placeholder(compress_handlers.NO_RECOVERY),
-             figures.placeholder(compress_handlers.NO_METHOD_PLOTS), source]
+             figures.placeholder(compress_handlers.NO_METHOD_PLOTS), source,
+             figures.placeholder(compress_handlers.NO_LIVE)]
             + _after_run(session))
 
 
@@ -96,7 +97,8 @@ def build_app(preload_demo: bool = True) -> gr.Blocks:
 
         c = ui.compress
         after_run_outputs = evaluate.outputs(ui) + [ui.evaluate.run] + chat.outputs(ui) + [ui.chat.run]
-        after_model_outputs = [c.card, c.recovery_plot, c.method_plot, ui.analyze.source] + after_run_outputs
+        after_model_outputs = ([c.card, c.recovery_plot, c.method_plot, ui.analyze.source, c.live_plot]
+                               + after_run_outputs)
         loaded.success(guarded(_after_model), [session], after_model_outputs, api_visibility="private", **LIGHT)
         compress.start(ui, loaded)
         ran.success(guarded(_after_run), [session], after_run_outputs, api_visibility="private", **LIGHT)

@@ -131,8 +131,10 @@ def params_per_layer(per_layer: list[dict[str, int]]) -> go.Figure:
 # --- Compress --------------------------------------------------------------
 
 def plan_chart(ratios: list[float], scores: Optional[list[float]] = None, score_label: str = "score",
-               applied: Optional[dict[str, list]] = None) -> go.Figure:
-    """``applied``: what the method really did per layer (e.g. {"attention": widths}), shown on hover."""
+               applied: Optional[dict[str, list]] = None,
+               reference: Optional[tuple[str, list[float]]] = None) -> go.Figure:
+    """``applied``: what the method really did per layer (e.g. {"attention": widths}), shown on hover;
+    ``reference``: (name, ratios) of another plan at the same total, drawn as bars beside each layer's."""
     layers = list(range(len(ratios)))
     mean = sum(ratios) / len(ratios) if ratios else 0.0
     fig = make_subplots(specs=[[{"secondary_y": True}]])
@@ -141,13 +143,18 @@ def plan_chart(ratios: list[float], scores: Optional[list[float]] = None, score_
     extra = "".join(f"<br>{k} %{{customdata[{j}]}}" for j, k in enumerate(applied))
     fig.add_trace(go.Bar(x=layers, y=ratios, name="fraction removed", marker_color=COMPRESSED, customdata=custom,
                          hovertemplate="layer %{x}<br>remove %{y:.3f}" + extra + "<extra></extra>"))
+    if reference is not None:
+        fig.add_trace(go.Bar(x=layers, y=reference[1], name=reference[0], marker_color=ORIGINAL, opacity=0.55,
+                             hovertemplate="layer %{x}<br>" + reference[0] + ": remove %{y:.3f}<extra></extra>"))
+        fig.update_layout(barmode="group")
     if scores:
         fig.add_trace(go.Scatter(x=layers, y=scores, name=score_label, mode="lines+markers",
                                  line=dict(color="#d97706")), secondary_y=True)
         fig.update_yaxes(title=score_label, secondary_y=True, showgrid=False)
     fig.add_hline(y=mean, line_dash="dash", line_color="#dc2626", annotation_text=f"mean {mean:.3f}")
     fig.update_xaxes(title="layer", dtick=1 if len(layers) <= 40 else None)
-    fig.update_yaxes(title="fraction removed", range=[0, max(0.05, max(ratios, default=0) * 1.15)],
+    top = max(list(ratios) + (list(reference[1]) if reference else []), default=0)
+    fig.update_yaxes(title="fraction removed", range=[0, max(0.05, top * 1.15)],
                      secondary_y=False)
     return _style(fig, "Per-layer plan: fraction of each layer to remove",
                   "edit the table to change it; the red line is the mean the plan achieves")
@@ -301,6 +308,22 @@ def method_plots(plots: dict, subtitle: str = "", layers: Optional[int] = None) 
     fig.update_layout(showlegend=False)
     fig.update_annotations(font_size=12)
     return _style(fig, "What the method measured and chose, per layer", subtitle, height=140 + 240 * len(panels))
+
+
+def live_curves(curves: dict[str, tuple[str, list[float], list[float]]]) -> go.Figure:
+    """The curves a running job draws (name -> (x label, xs, ys)), e.g. a search's best KL by generation;
+    redrawn as points arrive, one colour per curve."""
+    fig = go.Figure()
+    for k, (name, (x_label, xs, ys)) in enumerate(curves.items()):
+        fig.add_trace(go.Scatter(x=xs, y=ys, name=name, mode="lines+markers" if len(ys) <= 60 else "lines",
+                                 line=dict(color=PALETTE[k % len(PALETTE)]),
+                                 hovertemplate=x_label + " %{x}<br>" + name + " %{y:.4f}<extra></extra>"))
+        fig.update_xaxes(title=x_label)
+    names = list(curves)
+    fig.update_yaxes(title=names[0] if len(names) == 1 else "value")
+    last = {name: ys[-1] for name, (_, _, ys) in curves.items() if ys}
+    return _style(fig, "Live: " + ", ".join(names) + " as the run goes",
+                  "; ".join(f"latest {name} {y:.4f}" for name, y in last.items()))
 
 
 def perplexity_chart(rows: list[tuple[str, float]], protocol: str) -> go.Figure:

@@ -39,7 +39,15 @@ PLOTS: dict[str, str] = {
         "**What it shows.** The fraction of each layer's width to remove. Uniform removes the same everywhere; "
         "layer redundancy removes more where the layer-redundancy score is high (never below the slicing base); "
         "block influence allocates by a softmax of the scores. Edit the table to make a manual plan; the mean is "
-        "what the headline ratio means."
+        "what the headline ratio means. A plan that varies by layer is drawn beside the uniform plan at the same "
+        "total (grey), e.g. a searched plan after Run."
+    ),
+    "live": (
+        "**What it shows.** A curve the run draws while it goes, point by point: the Searched schedule's best "
+        "fitness by generation, the KL divergence of the best plan's next-token distribution to the original "
+        "model's on held-out calibration tokens (lower is closer). **Look for** a curve that falls and flattens: "
+        "more generations past the flat part buy little. Stop ends the search between two candidates and keeps "
+        "the previous result; the level database stays, so the next Run reuses its levels."
     ),
     "accounting": (
         "**What it shows.** Total parameters of the original and the compressed model, split into embedding, an "
@@ -114,6 +122,7 @@ PLOT_TITLES = {
     "params_per_layer": "Parameters per layer", "plan": "Per-layer plan (Compress)",
     "accounting": "Original vs compressed parameters (Compress)", "recovery": "Recovery loss or method training curve (Compress)",
     "method": "The method's own charts (Compress)",
+    "live": "Live curve of a run: a search's best KL by generation (Compress)",
     "perplexity": "Perplexity (Evaluate)",
     "zeroshot": "Zero-shot accuracy (Evaluate)", "speed": "Speed and memory (Evaluate)",
     "history": "History of runs (Evaluate)", "chat": "Chat side by side",

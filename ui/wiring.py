@@ -101,11 +101,13 @@ def guarded(fn: Callable, adapt: Callable = lambda out: out) -> Callable:
 
 
 def guarded_stream(fn: Callable, adapt: Callable = lambda out: out) -> Callable:
-    """Like ``guarded`` for generator handlers (streaming chat)."""
-    sig, _, own = _signature(fn)
+    """Like ``guarded`` for generator handlers (streaming chat, a run that draws a live chart)."""
+    sig, has_progress, own = _signature(fn)
 
     def call(*args):
         args = _track(list(args), own)
+        if has_progress:
+            args[-1] = progress_callback(args[-1])
         try:
             for out in fn(*args):
                 yield adapt(out)

@@ -18,7 +18,7 @@ import torch
 from ..errors import ConfigError
 from ..methods import Plan, get_method
 from ..models import LoadedModel
-from ..progress import Reporter
+from ..progress import CurvePoint, Reporter
 from ..recipes import CalibrationSpec
 from ..schedules.searched import level_grid
 from . import cluster
@@ -28,6 +28,7 @@ from .fitness import KLScorer, dense_targets
 
 LOGITS_BYTES = 2 ** 28  # a scoring batch's logits stay under ~256 MB
 DEPTH_LEVELS = (0.0, 1.0)  # a layer kept or removed
+BEST_CURVE = "best KL to the original"  # the curve the search draws in progress events
 
 
 @dataclass
@@ -98,6 +99,10 @@ def search_plan(run: SearchRun, target: float, params: dict) -> Plan:
     t0 = time.perf_counter()
     db = open_database(run, params)
     missing = cluster.agreed(db.missing())
+    stored = [k for k in range(len(db.spec.levels)) if not (db.is_original(k) or db.is_removed(k))]
+    reused = len(stored) - len(missing)
+    if reused:  # an earlier (perhaps stopped) build's levels: said, so a user sees the rerun resumed
+        run.reporter("level database", reused, len(stored), f"{reused} of {len(stored)} levels reused from {db.root}")
     for done, level in enumerate(cluster.mine(missing)):  # in a process group, each builds its share
         run.reporter("level database", done, len(missing), f"level {db.spec.levels[level]:.2f}")
         build_level(run.lm, db, level, run.calibration, run.reporter)
@@ -114,7 +119,8 @@ def search_plan(run: SearchRun, target: float, params: dict) -> Plan:
     total = settings.generations or 0
 
     def report(g: Generation) -> None:
-        run.reporter("search", min(g.index, total), total, f"generation {g.index}: KL {g.fitness:.4f}")
+        run.reporter("search", min(g.index, total), total, f"generation {g.index}: KL {g.fitness:.4f}",
+                     CurvePoint(BEST_CURVE, g.index, g.fitness, "generation"))
         if run.on_generation is not None:
             run.on_generation(g)
 
@@ -126,7 +132,7 @@ def search_plan(run: SearchRun, target: float, params: dict) -> Plan:
         "generations_run": result.generations, "stopped_by": result.stopped_by, "fitness": result.fitness,
         "fitness_tokens": int(tokens.numel()), "params_budget": space.budget, "params_kept": space.total(result.levels),
         "history": [[g.index, g.fitness, round(g.seconds, 3)] for g in result.history],
-        "database": str(db.root), "levels_built": len(missing), "build_seconds": round(build_seconds, 3),
+        "database": str(db.root), "levels_built": len(missing), "levels_reused": reused, "build_seconds": round(build_seconds, 3),
         "search_seconds": round(time.perf_counter() - t1, 3),
     }
     if depth:  # the method follows the plan's ranking: the layers scored 0 go

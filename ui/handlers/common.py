@@ -3,14 +3,17 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
-from typing import Any, Callable, Optional
+import queue
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Optional, TypeVar, Union
 
-from engine import CompressionResult, ConfigError, LoadedModel, ProgressEvent, Reporter, SlimLabError
+from engine import CompressionResult, ConfigError, CurvePoint, LoadedModel, ProgressEvent, Reporter, SlimLabError
 
 from ..state import Session
 
 Progress = Optional[Callable[[ProgressEvent], None]]
+T = TypeVar("T")
 
 
 class NotReady(SlimLabError):
@@ -97,3 +100,63 @@ def run_choices(session: Session, selected: Optional[int] = None) -> RunChoices:
     ids = [r.run_id for r in runs]
     value = selected if selected in ids else (ids[0] if ids else None)
     return RunChoices([(r.title(), r.run_id) for r in runs], value)
+
+
+@dataclass
+class Curves:
+    """The named curves a running job has drawn so far: the points its progress events carry."""
+
+    points: dict[str, tuple[str, list[float], list[float]]] = field(default_factory=dict)  # name -> (x label, xs, ys)
+
+    def add(self, point: CurvePoint) -> None:
+        _, xs, ys = self.points.setdefault(point.curve, (point.x_label, [], []))
+        xs.append(point.x)
+        ys.append(point.y)
+
+
+_DONE = object()  # the worker's last word on the queue
+
+
+def live(work: Callable[[Progress], T], progress: Progress, stop: Callable[[], Any]) -> Iterator[Union[Curves, T]]:
+    """Run ``work(callback)`` on a worker thread; yield the ``Curves`` its progress events draw, each time
+    new points arrive, then its result. Its progress reaches ``progress`` on this thread (gradio's bar
+    belongs to the event's thread); its error (a Stop's ``Cancelled`` too) is raised here. Closing the
+    generator early (the client left) calls ``stop``, so the job is cancelled at its next step."""
+    events: queue.Queue = queue.Queue()
+    outcome: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            outcome["result"] = work(events.put)
+        except BaseException as exc:  # noqa: BLE001 - handed to the generator, which raises it
+            outcome["error"] = exc
+        finally:
+            events.put(_DONE)
+
+    worker = threading.Thread(target=target, name="slimlab-job", daemon=True)
+    worker.start()
+    curves, done = Curves(), False
+    try:
+        while not done:
+            batch = [events.get()]
+            while not events.empty():  # what piled up meanwhile: one chart update for all of it
+                batch.append(events.get())
+            drawn = False
+            for event in batch:
+                if event is _DONE:
+                    done = True
+                    continue
+                if progress is not None:
+                    progress(event)
+                if event.point is not None:
+                    curves.add(event.point)
+                    drawn = True
+            if drawn:
+                yield curves
+    finally:
+        if not done:  # closed before the job ended
+            stop()
+    worker.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    yield outcome["result"]

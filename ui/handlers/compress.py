@@ -7,7 +7,7 @@ manual one, whose plan the UI takes from its editable table instead of a file.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Iterator, Optional, Sequence, Union
 
 import plotly.graph_objects as go
 
@@ -22,7 +22,7 @@ from .. import figures, presets, text
 from ..presets import Preset
 from ..state import Session
 from .analyze import MAX_CALIBRATION_SAMPLES, calibration_key, calibration_spec
-from .common import Progress, data_dir, job, need_model, status_line, whole, within
+from .common import Curves, Progress, data_dir, job, live, need_model, status_line, whole, within
 from .evaluate import quality_warning
 
 DEFAULT_SCHEDULE = "uniform"
@@ -173,7 +173,16 @@ def plan_view(plan: Plan, applied: Optional[dict[str, list]] = None) -> PlanView
             f"(min {min(plan.ratios):.3f}, max {max(plan.ratios):.3f}).") + _search_note(plan.options)
     # a schedule's scores are named after it ("layer-redundancy" ranks layers by layer redundancy)
     label = plan.schedule.replace("-", " ")
-    return PlanView(rows, figures.plan_chart(plan.ratios, scores, label, applied), note, round(mean, 4))
+    figure = figures.plan_chart(plan.ratios, scores, label, applied, _uniform_beside(plan))
+    return PlanView(rows, figure, note, round(mean, 4))
+
+
+def _uniform_beside(plan: Plan) -> Optional[tuple[str, list[float]]]:
+    """The uniform plan at the same total, to set a plan that varies by layer against (None for a flat plan)."""
+    if len(set(plan.ratios)) <= 1:
+        return None
+    uniform = build_plan(DEFAULT_SCHEDULE, plan.target, len(plan.ratios))
+    return f"{DEFAULT_SCHEDULE} at the same total (mean {plan.target:.3f})", uniform.ratios
 
 
 def _search_note(options: dict) -> str:
@@ -183,7 +192,15 @@ def _search_note(options: dict) -> str:
         return ""
     return (f" Searched over levels {options['levels']} in {options['generations_run']} generations (seed "
             f"{options['seed']}): KL to the original {history[0][1]:.4f} at the start, {history[-1][1]:.4f} at the "
-            f"end; level database {options['build_seconds']:.0f} s, search {options['search_seconds']:.0f} s.")
+            f"end; level database {options['build_seconds']:.0f} s ({_levels_note(options)}), search "
+            f"{options['search_seconds']:.0f} s.")
+
+
+def _levels_note(options: dict) -> str:
+    """How much of the level database this run built and how much an earlier (perhaps stopped) run left."""
+    reused = options.get("levels_reused", 0)
+    built = f"{options['levels_built']} level{'s' if options['levels_built'] != 1 else ''} built"
+    return f"{built}, {reused} reused from {options['database']}" if reused else built
 
 
 def table_plan(ratios: Sequence[float]) -> Plan:
@@ -283,6 +300,11 @@ class CompressView:
     status: str
     recovery: go.Figure  # the distillation loss curve, or a placeholder when recovery was off
     method: go.Figure  # the method's own per-layer plots (``method_figure``)
+    live: Optional[go.Figure] = None  # the curves the run drew as it went (``run_live``); None: not drawn live
+
+
+NO_LIVE = ("This run drew no live curve. A schedule that searches (Searched) draws its best KL by generation "
+           "here while it runs.")
 
 
 def make_recipe(session: Session, method: str, params: dict, ratio, schedule: str, schedule_params: Optional[dict],
@@ -331,6 +353,23 @@ def run(session: Session, method: str, params: dict, ratio, schedule: str, sched
     return CompressView(card=card(session), accounting=figures.accounting_chart(original, compressed),
                         plan=plan_view(result.recipe.plan, result.widths), status=status_line(session),
                         recovery=training_curve(result.plots), method=method_figure(result.plots, num_layers(lm)))
+
+
+def run_live(session: Session, method: str, params: dict, ratio, schedule: str, schedule_params: Optional[dict],
+             source: str, nsamples, seqlen, seed, rows: Sequence[Sequence], progress: Progress = None,
+             recovery: Optional[RecoverySpec] = None,
+             compensation: Optional[CompensationSpec] = None) -> Iterator[Union[Curves, CompressView]]:
+    """``run`` on a worker thread: yields the curves the engine draws while it runs (a searched plan's best
+    KL by generation), then the view, whose ``live`` chart holds the finished curves. A Stop or an error
+    is raised after the curves drawn so far, so the previous run stays as with ``run``."""
+    drawn = Curves()
+    for out in live(lambda report: run(session, method, params, ratio, schedule, schedule_params, source, nsamples,
+                                       seqlen, seed, rows, report, recovery, compensation), progress, session.stop):
+        if isinstance(out, Curves):
+            drawn = out
+            yield out
+        else:
+            yield replace(out, live=figures.live_curves(drawn.points) if drawn.points else figures.placeholder(NO_LIVE))
 
 
 NO_RECOVERY = "Recovery was off for this run: turn it on under 'Recovery (distillation)' to see its loss curve."

@@ -11,9 +11,9 @@ def explain(key: str) -> gr.Markdown:
     return gr.Markdown(learn.PLOTS[key], elem_classes="explain")
 
 
-def plot(message: str, label: str, note: str | None = None) -> gr.Plot:
+def plot(message: str, label: str, note: str | None = None, elem_id: str | None = None) -> gr.Plot:
     """A plot showing ``message`` until it has data, with the ``learn.PLOTS[note]`` text under it."""
-    figure = gr.Plot(figures.placeholder(message), label=label, show_label=False)
+    figure = gr.Plot(figures.placeholder(message), label=label, show_label=False, elem_id=elem_id)
     if note:
         explain(note)
     return figure

@@ -10,10 +10,10 @@ import gradio as gr
 
 from engine import Recipe
 
-from .. import presets
+from .. import figures, presets
 from ..handlers import compress as handlers
 from ..handlers.analyze import CALIBRATION_SOURCES, MAX_CALIBRATION_SAMPLES
-from ..wiring import LIGHT, guarded, heavy, stop
+from ..wiring import LIGHT, guarded, guarded_stream, heavy, stop
 from .common import job_line, plot, stop_button
 
 DEMO = "demo"  # the model the app preloads
@@ -110,14 +110,20 @@ def build() -> SimpleNamespace:
     plan_note = gr.Markdown("")
     with gr.Row():
         with gr.Column(scale=3):
-            plan_plot = plot("Press 'Preview plan' to see the per-layer plan.", "Per-layer plan", "plan")
+            plan_plot = plot("Press 'Preview plan' to see the per-layer plan.", "Per-layer plan", "plan",
+                             "plan-chart")
         with gr.Column(scale=2):
             plan_table = gr.Dataframe(headers=["layer", "ratio", "score"], type="array", interactive=True,
                                       static_columns=[0, 2], label="Plan (edit the ratio column)", max_height=380)
     card = gr.Markdown(NO_RESULT, elem_id="result-card")
     accounting = plot("The parameter comparison appears after a run.", "Parameters: original vs compressed",
                       "accounting")
-    recovery_plot = plot(handlers.NO_RECOVERY, "Recovery loss or the method's training curve", "recovery")
+    with gr.Row():
+        with gr.Column():
+            live_plot = plot(handlers.NO_LIVE, "Live curve of the run (a search's best KL by generation)", "live",
+                             "live-curve")
+        with gr.Column():
+            recovery_plot = plot(handlers.NO_RECOVERY, "Recovery loss or the method's training curve", "recovery")
     method_plot = plot(handlers.NO_METHOD_PLOTS, "The method's own charts", "method")
     return SimpleNamespace(job=job, preset=preset, preset_card=preset_card, recipe_file=recipe_file, method=method,
                            method_info=method_info, methods=method_controls, ratio=ratio, schedule=schedule,
@@ -126,7 +132,8 @@ def build() -> SimpleNamespace:
                            preview=preview, run=run,
                            stop=stop_btn,
                            plan_note=plan_note, plan_plot=plan_plot, plan_table=plan_table, card=card,
-                           accounting=accounting, recovery_plot=recovery_plot, method_plot=method_plot)
+                           accounting=accounting, live_plot=live_plot, recovery_plot=recovery_plot,
+                           method_plot=method_plot)
 
 
 def compensation_controls(values: Sequence) -> list[gr.components.Component]:
@@ -216,8 +223,8 @@ def _from_run_controls(methods: ControlGroups, schedules: ControlGroups, name: s
 
 def _run(session, method, params, ratio, schedule, schedule_params, calib, plan, compensation, heal, progress):
     base = session.preset.recipe.recovery if session.preset is not None else None
-    return handlers.run(session, method, params, ratio, schedule, schedule_params, *calib, plan, progress,
-                        recovery=handlers.recovery_spec(*heal, base=base), compensation=compensation)
+    yield from handlers.run_live(session, method, params, ratio, schedule, schedule_params, *calib, plan, progress,
+                                 recovery=handlers.recovery_spec(*heal, base=base), compensation=compensation)
 
 
 def _size(session, method, params, ratio, schedule, schedule_params, calib, plan, compensation, heal, progress):
@@ -316,9 +323,12 @@ def wire(ui) -> gr.events.Dependency:
                                                                   api_visibility="private", **LIGHT)
     t.stop.click(stop, [ui.session], None, api_name="stop_compress", **LIGHT)
 
-    def adapt(view: handlers.CompressView) -> list:
-        return [view.card, view.accounting] + adapt_plan(view.plan) + [view.recovery, view.method, view.status]
+    def adapt(out: "handlers.CompressView | handlers.Curves") -> list:
+        if isinstance(out, handlers.Curves):  # while it runs only the live chart changes
+            return [gr.skip()] * 7 + [figures.live_curves(out.points), gr.skip()]
+        return [out.card, out.accounting] + adapt_plan(out.plan) + [out.recovery, out.method, out.live, out.status]
 
-    return t.run.click(guarded(_from_run_controls(t.methods, t.schedules, "compress", _run), adapt), run_inputs,
-                       [t.card, t.accounting] + plan_outputs(t) + [t.recovery_plot, t.method_plot, ui.status], api_name="compress",
-                       scroll_to_output=True, **heavy(t.job))
+    return t.run.click(guarded_stream(_from_run_controls(t.methods, t.schedules, "compress", _run), adapt),
+                       run_inputs, [t.card, t.accounting] + plan_outputs(t)
+                       + [t.recovery_plot, t.method_plot, t.live_plot, ui.status],
+                       api_name="compress", scroll_to_output=True, **heavy(t.job))
