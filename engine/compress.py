@@ -73,7 +73,7 @@ class CompressionResult:
         return {
             "method": self.method, "ratio": self.plan.target, "schedule": self.plan.schedule,
             "params_total": a.params_total, "params_non_embedding": a.params_non_embedding,
-            "params_added": a.params_added, "params_added_detail": a.added_detail,
+            "params_added": a.params_added, "params_added_detail": a.added_detail, "index_entries": a.index_entries,
             "params_original": o.params_total, "params_fraction": a.params_total / o.params_total,
             "flops_per_token": a.flops_per_token, "widths": self.widths, "plan": self.plan.to_dict(),
             "seconds": self.seconds, "stage_seconds": self.stage_seconds, "peak_rss_mb": self.peak_memory_mb,

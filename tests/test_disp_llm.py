@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from engine import CancelToken, Cancelled, Recipe, compress, load_compressed, save_compressed
+from engine.analysis import account
 from engine.methods.disp_llm import TRAIN_STAGE
 from engine.transforms.block_channels import MaskBox, masked, select_channels
 from engine.transforms.selection_net import KINDS, LayerCost
@@ -81,8 +82,8 @@ def test_a_trained_run_hits_the_target_with_its_own_widths_and_curves(tiny):
     result = run(lm, ratio=0.3, events=events, penalty=16.0)
     kept = layer_linears(result.model, lm.adapter) / layer_linears(lm.model, lm.adapter)
     assert abs(kept - 0.7) < 0.01
-    plot = result.plots["selection training"]
-    assert len(plot["curve"]) == len(plot["right"]) == FAST["steps"] and plot["right_target"] == pytest.approx(0.7)
+    loss, ratio = result.plots["selection training"]["curve"], result.plots["kept parameters"]["curve"]
+    assert len(loss) == len(ratio) == FAST["steps"] and "target 0.700" in result.plots["kept parameters"]["title"]
     assert [e.step for e in events if e.stage == TRAIN_STAGE] == [1, 2, 3, 4]
     widths = result.widths
     assert set(widths) == set(KINDS) and all(len(w) == 3 for w in widths.values())
@@ -96,7 +97,7 @@ def test_a_trained_run_hits_the_target_with_its_own_widths_and_curves(tiny):
 def test_training_moves_the_kept_ratio_to_the_target(tiny):
     """The penalty term alone (a flat LM loss is not what this checks) drives the sampled masks' ratio down."""
     lm = tiny_lm(tiny, "llama")
-    ratios = run(lm, ratio=0.4, steps=25, lr=1e-2).plots["selection training"]["right"]
+    ratios = run(lm, ratio=0.4, steps=25, lr=1e-2).plots["kept parameters"]["curve"]
     assert ratios[-1] < ratios[0] - 0.1 and abs(ratios[-1] - 0.6) < abs(ratios[0] - 0.6)
 
 
@@ -123,6 +124,11 @@ def test_save_and_reload_give_identical_logits(tiny, tmp_path, arch):
     back = load_compressed(tmp_path / "out", device="cpu", dtype="float32")
     torch.testing.assert_close(logits(back.model, ids(lm)), logits(result.model, ids(lm)), atol=0, rtol=0)
     assert back.meta["widths"] == result.widths
+    # the index buffers, counted beside the parameters: one per read or written selection, shared by a half's
+    # readers (the MLP's neurons are simply cut: no index)
+    entries = sum(sum(result.widths[k]) for k in ("attn_in", "attn_out", "mlp_in", "mlp_out"))
+    assert result.accounting.index_entries == entries == result.summary()["index_entries"]
+    assert account(back.model, back.adapter).index_entries == entries and result.original.index_entries == 0
 
 
 def test_llama_cpp_and_decilm_refuse_it_by_name_and_transformers_loads_it(tiny, tmp_path, capsys):
@@ -133,3 +139,16 @@ def test_llama_cpp_and_decilm_refuse_it_by_name_and_transformers_loads_it(tiny, 
     for fmt in ("gguf", "decilm"):
         assert main(["export", str(folder), "--format", fmt]) == 2
         assert "DISP-LLM's per-block channel selections" in capsys.readouterr().err
+
+
+def test_the_compress_tab_draws_the_loss_curve_the_ratio_curve_and_the_widths(tiny):
+    from ui.handlers.compress import method_figure, training_curve
+
+    lm = tiny_lm(tiny, "llama")
+    plots = run(lm, ratio=0.3).plots
+    assert list(training_curve(plots).data[0].y) == plots["selection training"]["curve"]
+    drawn = method_figure(plots, 3)
+    curves = [list(t.y) for t in drawn.data if t.type == "scatter"]
+    bars = [list(t.y) for t in drawn.data if t.type == "bar"]
+    assert curves == [plots["kept parameters"]["curve"]]
+    assert bars == [plots["kept channels"][label] for label in plots["kept channels"]] and len(bars) == 5

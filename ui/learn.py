@@ -62,12 +62,15 @@ PLOTS: dict[str, str] = {
         "that falls and flattens: more steps past the flat part buy little. LoRA trains small adapters that are "
         "merged into the weights at the end, so the model keeps its size; full fine-tuning trains the chosen "
         "groups themselves. Without a recovery, a method that trains something of its own shows that curve here "
-        "instead (PruneNet: the mean reward of its policy per episode; higher is better)."
+        "instead (PruneNet: the mean reward of its policy per episode, higher is better; DISP-LLM: the LM loss of "
+        "each training step of its selection network, with its kept-parameter share beside the method's charts)."
     ),
     "method": (
         "**What it shows.** What the method itself measured and chose, per layer, read from the run's result: "
         "ranks kept (Olica's query/key and value ranks, MoDeGPT's kept RoPE pairs and value ranks), DOTResize's "
-        "merge map (how many residual neurons each merged one draws on, and the transport cost), SliceGPT's "
+        "merge map (how many residual neurons each merged one draws on, and the transport cost), DISP-LLM's "
+        "channels per block (how many residual channels each attention and MLP reads and writes, and its MLP "
+        "neurons) and the kept-parameter share per training step, which should settle at the target, SliceGPT's "
         "spectra, ShortGPT's block influence, the compensation branches' ranks. **Look for** uneven bars: the "
         "layers where the method kept more, which are the ones it found harder to compress."
     ),

@@ -38,6 +38,7 @@ def accounting_rows(info: dict) -> list[list[str]]:
         ["token + position embeddings", m(info["params_embedding"])],
         ["head", "tied to the embedding" if info["tied_embeddings"] else m(info["params_head"])],
         ["added by a compression method", m(info["params_added"])],
+        ["index entries (integer buffers: which channels a block reads/writes)", f"{info.get('index_entries', 0):,}"],
         ["FLOPs per token (linear layers incl. head)", g(info["flops_per_token"])],
         ["size on disk", mb(info["bytes_on_disk"]) if info.get("bytes_on_disk") else "–"],
     ]

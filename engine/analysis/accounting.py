@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
 
+import torch
 from torch import nn
 
 from ..models.adapters import Adapter
@@ -37,6 +38,9 @@ class Accounting:
     flops_per_token: int  # 2 x multiply-accumulates of every linear incl. the head; attention scores excluded
     bytes_on_disk: Optional[int]
     added_detail: dict = field(default_factory=dict)
+    # integer buffers in the layers (which channels a block reads or writes: DISP-LLM, narrowed value heads):
+    # stored and loaded beside the parameters, not counted among them
+    index_entries: int = 0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -44,6 +48,13 @@ class Accounting:
 
 def _unique_params(module: nn.Module) -> int:
     return sum(p.numel() for p in {id(p): p for p in module.parameters()}.values())
+
+
+def index_entries(layers: nn.Module) -> int:
+    """Entries of the layers' integer buffers, each tensor once (a half's readers share one index)."""
+    unique = {id(b): b for b in layers.buffers()
+              if not (b.is_floating_point() or b.is_complex() or b.dtype == torch.bool)}
+    return sum(b.numel() for b in unique.values())
 
 
 def linear_flops(model: nn.Module) -> int:
@@ -102,4 +113,5 @@ def account(
         flops_per_token=linear_flops(model),
         bytes_on_disk=bytes_on_disk(path),
         added_detail=added,
+        index_entries=index_entries(layers),
     )

@@ -176,7 +176,8 @@ def run(args) -> int:
     lines = [
         f"{result.recipe.label()} in {result.seconds:.1f} s, peak memory {result.peak_memory_mb:.0f} MB",
         f"params {a.params_total:,} vs {o:,} original: {verdict}",
-        f"non-embedding {a.params_non_embedding:,}; added {a.params_added:,} {a.added_detail or ''}",
+        f"non-embedding {a.params_non_embedding:,}; added {a.params_added:,} {a.added_detail or ''}"
+        + (f"; index entries {a.index_entries:,} (integer buffers beside the parameters)" if a.index_entries else ""),
         f"FLOPs/token {a.flops_per_token:,} vs {result.original.flops_per_token:,}",
     ] + recovery_lines(result.plots.get("recovery")) + (
         [f"saved to {args.out} ({summary['bytes_on_disk']:,} bytes)"] if args.out else [])

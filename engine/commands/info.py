@@ -25,6 +25,8 @@ def run(args) -> int:
         f"FLOPs/token     {info['flops_per_token']:,} (linear layers incl. head)",
         f"bytes on disk   {info['bytes_on_disk']:,}" if info["bytes_on_disk"] else "bytes on disk   -",
     ]
+    if info.get("index_entries"):
+        lines.append(f"index entries   {info['index_entries']:,} (integer buffers beside the parameters)")
     if "method" in info:
         lines.append(f"compressed with {info['method']}; per-layer widths {info['widths']}")
     return emit(args, lines, info)

@@ -33,6 +33,8 @@ from ..transforms.selection_net import (KINDS, LayerCost, Selection, final_selec
 from .base import Method, MethodOutput, Plan, Structure, register
 
 TRAIN_STAGE = "disp-llm: train selections"
+LABELS = {"attn_in": "attention reads", "attn_out": "attention writes", "mlp_in": "MLP reads",
+          "mlp_mid": "MLP neurons", "mlp_out": "MLP writes"}
 
 
 @dataclass
@@ -112,15 +114,18 @@ class DispLLM(Method):
         for layer, selection in zip(layers, kept):
             select_channels(layer, adapter, selection)
         structure = DispStructure.of(kept)
-        return MethodOutput(
-            widths={k: [len(x) for x in getattr(structure, k)] for k in KINDS}, structure=structure,
-            plots={"selection training": {
-                "curve": curves["loss"], "title": "DISP-LLM: LM loss and kept parameters per training step",
-                "x_label": "step", "y_label": "LM loss (nats/token)", "right": curves["ratio"],
-                "right_label": "kept / full layer parameters", "right_target": 1 - plan.target,
-                "note": f"{len(curves['loss'])} steps of {params['batch']} × {params['seqlen']} tokens; "
-                        f"λ = {params['penalty']}, lr {params['lr']}"}},
-        )
+        widths = {k: [len(x) for x in getattr(structure, k)] for k in KINDS}
+        steps = f"{len(curves['loss'])} steps of {params['batch']} × {params['seqlen']} tokens"
+        return MethodOutput(widths=widths, structure=structure, plots={
+            "selection training": {  # the first curve: the Compress tab's curve slot draws it
+                "curve": curves["loss"], "title": "DISP-LLM: LM loss per training step", "x_label": "step",
+                "y_label": "LM loss (nats/token)",
+                "note": f"{steps}; λ = {params['penalty']}, lr {params['lr']}; the model's weights frozen"},
+            "kept parameters": {
+                "curve": curves["ratio"], "x_label": "step", "y_label": "kept / full",
+                "title": f"DISP-LLM: sampled masks' share of the layers' parameters (target {1 - plan.target:.3f})"},
+            "kept channels": {LABELS[k]: widths[k] for k in KINDS},
+        })
 
     def _train(self, work, net: nn.Module, costs: list[LayerCost], target: float, calibration: CalibrationSpec,
                params: dict, progress: Reporter) -> dict:
