@@ -182,7 +182,27 @@ def test_top_mantissa_bits_join_the_exponent_where_that_pays():
         assert k == expected and symbols.max() < (32 << k)
 
 
-def test_the_ui_offers_it_from_the_registry():
-    from ui.handlers.export import format_choices
+def test_the_export_tab_offers_and_writes_it(results, tmp_path):
+    from engine.errors import ConfigError
+    from ui.handlers import export as hx
+    from ui.state import Session
 
-    assert ("compact (bits-back)", "bits-back") in format_choices()
+    assert ("compact (bits-back)", "bits-back") in hx.format_choices()
+    message = hx.export(Session(), str(tmp_path / "out"), False, "bits-back", "bf16", str(results["slicegpt-shared"]))
+    assert "as **compact (bits-back)**" in message and "% smaller" in message
+    assert (tmp_path / "out" / WEIGHTS_FILE).is_file()
+    with pytest.raises(ConfigError, match="does not rotate the residual stream"):
+        hx.export(Session(), str(tmp_path / "no"), False, "bits-back", "bf16", str(results["fasp"]))
+    assert not (tmp_path / "no").exists()
+
+
+def test_without_the_entropy_coder_the_format_says_what_to_install(results, tmp_path, monkeypatch):
+    from engine.errors import ConfigError
+
+    export(results["slicegpt-shared"], "bits-back", "f16", tmp_path / "out")
+    monkeypatch.setitem(__import__("sys").modules, "constriction", None)  # import fails as if not installed
+    for call in (lambda: export(results["slicegpt-shared"], "bits-back", out=tmp_path / "again"),
+                 lambda: load_model(str(tmp_path / "out"), device="cpu")):
+        with pytest.raises(ConfigError, match=r"needs the 'constriction' package.*slimlab\[compact\]"):
+            call()
+    assert not (tmp_path / "again").exists()
