@@ -73,10 +73,11 @@ def _end_session(request: gr.Request) -> None:
     SESSIONS.end(request.session_hash)
 
 
-def build_app(preload_demo: bool = True) -> gr.Blocks:
-    """The whole UI as a ``gr.Blocks``; launch it with ``.queue().launch(**launch_kwargs())``."""
+def build_app(preload_demo: bool = True, start: str = "demo") -> gr.Blocks:
+    """The whole UI as a ``gr.Blocks``; launch it with ``.queue().launch(**launch_kwargs())``. Each page loads
+    ``start`` when it opens (the demo; a tiny model for screenshots and tests), preloaded if ``preload_demo``."""
     if preload_demo:
-        preload()
+        preload(start)
     with gr.Blocks(title=TITLE) as app:
         session = gr.State(Session())  # deep-copied per client session; freed after it leaves (_end_session)
         gr.Markdown(HEADER, elem_id="slimlab-header")
@@ -85,7 +86,7 @@ def build_app(preload_demo: bool = True) -> gr.Blocks:
         with gr.Tabs():
             for name, tab in TABS:
                 with gr.Tab(name, id=name.lower(), elem_id=f"tab-{name.lower()}"):
-                    tabs[name.lower()] = tab.build()
+                    tabs[name.lower()] = tab.build(start) if tab is model else tab.build()
         tabs.pop("learn")  # static text, nothing to wire
         ui = SimpleNamespace(session=session, status=status, **tabs)
         loaded = model.wire(ui)

@@ -16,14 +16,19 @@ LOG_TICKS = [float(f"{m}e{e}") for e in range(-6, 1) for m in (1, 2, 5) if e < 0
 PALETTE = ("#4f46e5", "#0891b2", "#16a34a", "#d97706", "#dc2626", "#9333ea", "#db2777", "#65a30d")
 
 
+# See-through backgrounds: a chart sits on its block's colour, light or dark, and assets/style.css turns its
+# text and grid light under gradio's dark mode (the template follows the page, not the other way round).
+CLEAR = dict(template="plotly_white", paper_bgcolor="rgba(0,0,0,0)", plot_bgcolor="rgba(0,0,0,0)")
+
+
 def millions(n: float) -> float:
     return n / 1e6
 
 
 def _style(fig: go.Figure, title: str, subtitle: str = "", height: int = 380) -> go.Figure:
     text = f"{title}<br><sup>{subtitle}</sup>" if subtitle else title
-    fig.update_layout(title=dict(text=text, x=0.01, xanchor="left", font=dict(size=15)), template="plotly_white",
-                      height=height, margin=dict(l=60, r=20, t=70 if subtitle else 50, b=50),
+    fig.update_layout(title=dict(text=text, x=0.01, xanchor="left", font=dict(size=15)), **CLEAR, height=height,
+                      margin=dict(l=60, r=20, t=70 if subtitle else 50, b=50),
                       legend=dict(orientation="h", yanchor="bottom", y=-0.35, x=0), hovermode="closest")
     return fig
 
@@ -35,7 +40,7 @@ def placeholder(message: str, height: int = 300) -> go.Figure:
                        font=dict(size=14, color="#64748b"))
     fig.update_xaxes(visible=False)
     fig.update_yaxes(visible=False)
-    fig.update_layout(template="plotly_white", height=height, margin=dict(l=20, r=20, t=20, b=20))
+    fig.update_layout(**CLEAR, height=height, margin=dict(l=20, r=20, t=20, b=20))
     return fig
 
 

@@ -1,6 +1,7 @@
 """Headless Chromium screenshots of every tab after a real flow through the UI.
 
     python -m ui.screenshots --out /tmp/slimlab_shots
+    python -m ui.screenshots --model /path/to/tiny --theme dark --quick   # a tiny folder instead of the demo
 
 Launches the app (or uses --url), opens it in headless Chromium over the DevTools protocol,
 lets the demo model load by itself, runs the analysis, a SliceGPT compression, perplexity,
@@ -135,10 +136,10 @@ class Page:
         await self.send("Emulation.clearDeviceMetricsOverride")
 
 
-def start_app(port: int) -> str:
+def start_app(port: int, model: str = "demo") -> str:
     from ui import build_app, launch_kwargs
 
-    app = build_app()
+    app = build_app(start=model)
     app.queue(default_concurrency_limit=1).launch(prevent_thread_lock=True, quiet=True, server_name="127.0.0.1",
                                                   server_port=port, **launch_kwargs())
     return app.local_url
@@ -263,12 +264,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--url", default=None, help="use a running app instead of launching one")
     parser.add_argument("--port", type=int, default=7861, help="port for the app this script launches")
     parser.add_argument("--quick", action="store_true", help="skip the Evaluate measurements")
+    parser.add_argument("--model", dest="start", default="demo", help="the model the page loads (a folder, e.g. a tiny random one)")
+    parser.add_argument("--theme", choices=("light", "dark"), default="light", help="gradio's colour mode")
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     # saved models go to a scratch folder, never into the repository
     os.environ.setdefault("SLIMLAB_OUTPUT_DIR", tempfile.mkdtemp(prefix="slimlab-outputs-"))
-    url = args.url or start_app(args.port)
+    url = (args.url or start_app(args.port, args.start)) + f"?__theme={args.theme}"
     print(f"app at {url}; screenshots in {out}", flush=True)
     problems = asyncio.run(run(url, out, args.quick))
     (out / "console.json").write_text(json.dumps(problems, indent=2))

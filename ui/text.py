@@ -54,7 +54,7 @@ def verdict(summary: dict) -> str:
                 f"**{m(new)} parameters vs {m(old)} original ({pct_change(new, old)}).** The method added {detail}, "
                 f"more than slicing removed. Try a variant that adds less (for SliceGPT: variant = shared, which "
                 f"keeps the head tied and needs no shortcut matrices) or a larger ratio.")
-    return (f"### ✅ {100 * (1 - new / old):.1f}% fewer parameters than the original\n"
+    return (f"### ✓ {100 * (1 - new / old):.1f}% fewer parameters than the original\n"  # ✓: in every text font
             f"**{m(new)} parameters vs {m(old)} original ({pct_change(new, old)}).**"
             + (f" Added by the method: {', '.join(f'{k} {m(v)}' for k, v in added.items())}." if added else ""))
 

@@ -16,10 +16,11 @@ INTRO = (
 )
 
 
-def build() -> SimpleNamespace:
+def build(start: str = "demo") -> SimpleNamespace:
+    """The tab, its Model box showing ``start`` (what the page loads when it opens)."""
     gr.Markdown(INTRO)
     with gr.Row(equal_height=True):
-        spec = gr.Dropdown(["demo"], value="demo", allow_custom_value=True, label="Model", scale=4,
+        spec = gr.Dropdown(["demo"], value=start, allow_custom_value=True, label="Model", scale=4,
                            info="demo · org/name · /path/to/folder · /path/to/model.gguf")
         upload = gr.UploadButton("Upload a .gguf", file_types=[".gguf"], scale=1)
         load = gr.Button("Load", variant="primary", scale=1)
