@@ -32,6 +32,7 @@ from .export import available_formats as export_formats
 from .export import check_result as check_export
 from .export import export as export_result
 from .generate import Generation, SamplingSettings
+from .methods import PARTS as METHOD_PARTS
 from .methods import available_methods, get_method
 from .loader import load_model
 from .memory import release_freed_memory
@@ -48,7 +49,7 @@ __all__ = [
     "LoadedModel", "load_model", "compress", "CompressionResult", "Recipe", "CalibrationSpec",
     "RecoverySpec", "CompensationSpec", "COMPENSATION_HALVES", "RECOVERY_KINDS", "RECOVERY_GROUPS", "PRESET_KEYS",
     "make_calibration", "Plan", "build_plan",
-    "check_ratio", "available_methods", "get_method", "available_schedules", "get_schedule", "save_compressed",
+    "check_ratio", "available_methods", "get_method", "METHOD_PARTS", "available_schedules", "get_schedule", "save_compressed",
     "load_compressed",
     # analysis and accounting, sizes before a run
     "planned_size", "PlannedSize", "starter_recipe", "default_calibration",

@@ -738,6 +738,24 @@ def test_learn_page_covers_every_method_schedule_and_plot():
         assert learn.PLOTS[key] in page
 
 
+
+def test_learn_page_draws_and_links_every_method():
+    """Each method's picture and paper come from its own attributes (``removes``, ``paper``): no UI code per method."""
+    import base64
+
+    from engine import METHOD_PARTS, available_methods
+
+    page = learn.learn_page()
+    for name, method in available_methods().items():
+        assert method.paper.startswith("https://arxiv.org/abs/") and f"[{method.paper}]({method.paper})" in page, name
+        assert method.removes and set(method.removes) <= set(METHOD_PARTS), name
+        section = page.split(f"(`{name}`)")[1].split("\n### ")[0]
+        assert learn.diagram(method.removes) in section and learn.shrinks(method.removes) in section
+    svg = base64.b64decode(learn.diagram(("mlp",)).split("base64,")[1].split('"')[0]).decode()
+    assert svg.count(learn.CUT[1]) == 1 and ">MLP<" in svg  # only the MLP box is red
+    assert {"olica", "prunenet", "dotresize"} <= set(available_methods())
+
+
 def test_guarded_turns_errors_into_messages_and_wires_progress():
     import inspect
 

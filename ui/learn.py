@@ -2,6 +2,11 @@
 present from the app. Method explanations come from each method's own ``summary``."""
 from __future__ import annotations
 
+import base64
+from typing import Sequence
+
+from engine import METHOD_PARTS as PARTS_SHOWN
+
 PLOTS: dict[str, str] = {
     "spectra_heatmap": (
         "**What it shows.** For every point of the residual stream (the vector each layer reads and adds to), "
@@ -132,11 +137,56 @@ PLOT_TITLES = {
 }
 
 
+CUT, KEPT = ("#fecaca", "#dc2626"), ("#e0e7ff", "#6366f1")  # (fill, stroke) of a shrunk and of a kept part
+# (part, x, y, width, height, label) of one transformer layer's schematic; the residual stream runs beside it
+BLOCK = (("residual", 8, 16, 34, 112, "residual"), ("layers", 56, 8, 356, 128, ""),
+         ("attention_qk", 72, 40, 76, 80, "Q·K"), ("attention_vo", 156, 40, 76, 80, "V·O"),
+         ("mlp", 252, 40, 144, 80, "MLP"))
+
+
+def diagram(removes: Sequence[str]) -> str:
+    """A small picture of one layer with what a method shrinks (``Method.removes``) in red, as an inline
+    image (an SVG data URI, so the Markdown sanitizer keeps it); the text under it says the same in words."""
+    shapes = []
+    for part, x, y, w, h, label in BLOCK:
+        whole = "layers" in removes and part != "residual"  # a removed layer takes everything in it
+        fill, stroke = CUT if part in removes or whole else KEPT
+        if part == "layers":  # the layer's outline: dashed, filled only when whole layers go
+            fill = fill if part in removes else "none"
+        dash = ' stroke-dasharray="6 4"' if part == "layers" else ""
+        shapes.append(f'<rect x="{x}" y="{y}" width="{w}" height="{h}" rx="6" fill="{fill}" stroke="{stroke}" '
+                      f'stroke-width="2"{dash}/>')
+        if label:  # a tall, narrow part (the residual stream) reads upwards
+            cx, cy = x + w / 2, y + h / 2
+            turn = f' transform="rotate(-90 {cx} {cy})"' if h > 2 * w else ""
+            shapes.append(f'<text x="{cx}" y="{cy + 5}" text-anchor="middle" font-size="14" fill="#111827" '
+                          f'font-family="sans-serif"{turn}>{label}</text>')
+    shapes.append('<text x="68" y="30" font-size="12" fill="#64748b" font-family="sans-serif">one layer '
+                  '(attention, then MLP)</text>')
+    svg = ('<svg xmlns="http://www.w3.org/2000/svg" width="420" height="144" viewBox="0 0 420 144">'
+           + "".join(shapes) + "</svg>")
+    data = base64.b64encode(svg.encode()).decode()
+    return f'<img src="data:image/svg+xml;base64,{data}" alt="shrinks: {shrinks(removes)}" width="420">'
+
+
+def shrinks(removes: Sequence[str]) -> str:
+    return ", ".join(PARTS_SHOWN[p] for p in removes)
+
+
+def about_method(owner) -> list[str]:
+    """A method's picture, what it shrinks in words, and its paper (from the method's own attributes)."""
+    removes = getattr(owner, "removes", ())
+    lines = [diagram(removes), "", f"**Shrinks** (red): {shrinks(removes)}."] if removes else []
+    paper = getattr(owner, "paper", "")
+    return lines + ([f"**Paper:** [{paper}]({paper})", ""] if paper else [""] if lines else [])
+
+
 def registry_section(title: str, owners: dict, intro: str = "") -> list[str]:
-    """Markdown for every registered method or schedule: label, summary, parameter table."""
+    """Markdown for every registered method or schedule: label, summary, what it shrinks and its paper (when
+    the owner says), parameter table."""
     parts = [f"## {title}", ""] + ([intro, ""] if intro else [])
     for name, owner in owners.items():
-        parts += [f"### {owner.label} (`{name}`)", "", owner.summary, ""]
+        parts += [f"### {owner.label} (`{name}`)", "", owner.summary, ""] + about_method(owner)
         schema = owner.schema()
         if schema:
             parts += ["| parameter | default | what it does |", "|---|---|---|"]

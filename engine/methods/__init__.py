@@ -12,8 +12,8 @@ def load_all() -> None:
 
 
 from ..schedules import Plan  # noqa: E402  (re-exported: methods take plans)
-from .base import (REGISTRY, Method, MethodOutput, Structure, available_methods, check_architecture,  # noqa: E402
-                   get_method, register, unregister)
+from .base import (PARTS, REGISTRY, Method, MethodOutput, Structure, available_methods,  # noqa: E402
+                   check_architecture, get_method, register, unregister)
 
-__all__ = ["REGISTRY", "Method", "MethodOutput", "Plan", "Structure", "available_methods", "check_architecture",
+__all__ = ["PARTS", "REGISTRY", "Method", "MethodOutput", "Plan", "Structure", "available_methods", "check_architecture",
            "get_method", "register", "unregister", "load_all"]

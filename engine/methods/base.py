@@ -58,12 +58,24 @@ class MethodOutput:
     plots: dict = field(default_factory=dict)  # data the UI may plot (spectra, scores)
 
 
+# What a method can take from a transformer, named for ``Method.removes`` (the Learn panel draws them)
+PARTS = {
+    "residual": "residual-stream width (the hidden size every layer reads and writes)",
+    "attention_qk": "query/key dimensions (what attention scores are computed in)",
+    "attention_vo": "value/output dimensions of attention",
+    "mlp": "MLP channels (intermediate neurons)",
+    "layers": "whole layers",
+}
+
+
 class Method(ABC):
     """Subclasses set the class attributes and implement ``compress`` and ``rebuild``."""
 
     name: ClassVar[str]
     label: ClassVar[str]
     summary: ClassVar[str]  # one plain-language paragraph for the Learn panel
+    paper: ClassVar[str] = ""  # the paper it implements (a link in the Learn panel)
+    removes: ClassVar[tuple[str, ...]] = ()  # the PARTS it can shrink (the Learn panel's diagram)
     params: ClassVar[tuple[Param, ...]] = ()
     needs_calibration: ClassVar[bool] = True
     uses_plan: ClassVar[bool] = True  # False for methods that pick their own per-layer amounts

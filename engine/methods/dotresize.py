@@ -59,6 +59,7 @@ class OTBasis:
 class DOTResize(SliceGPT):
     name = "dotresize"
     label = "DOTResize (merge neurons by optimal transport)"
+    paper = "https://arxiv.org/abs/2507.04517"
     summary = (
         "Narrows the residual stream by merging neurons instead of deleting them: neurons whose activations "
         "are alike (on calibration data) are merged by entropic optimal transport (Sinkhorn) onto the ones that "

@@ -115,9 +115,10 @@ class PairPruning(Method):
     """Prune linear pairs by an importance score, with or without least-squares restoration."""
 
     structure_type = PairPruningStructure
+    removes = ("mlp", "attention_vo")
 
-    def __init__(self, name: str, label: str, summary: str, score: str, restore: bool):
-        self.name, self.label, self.summary, self.restore = name, label, summary, restore
+    def __init__(self, name: str, label: str, summary: str, score: str, restore: bool, paper: str = ""):
+        self.name, self.label, self.summary, self.restore, self.paper = name, label, summary, restore, paper
         self.params = (
             Param("parts", "choice", "mlp+value", "what loses the plan's ratio: MLP channels, attention value dims, "
                   "or both", choices=("mlp+value", "mlp", "value")),
@@ -191,4 +192,5 @@ FASP = register(PairPruning(
     ),
     score="wanda",
     restore=True,
+    paper="https://arxiv.org/abs/2501.09412",
 ))

@@ -127,6 +127,8 @@ class ModeGPTPass(LayerHooks):
 class ModeGPT(Method):
     name = "modegpt"
     label = "MoDeGPT (modular decomposition)"
+    paper = "https://arxiv.org/abs/2408.09632"
+    removes = ("attention_qk", "attention_vo", "mlp")
     summary = (
         "Shrinks all three parts of every layer, each the way it is built, with no training. MLP: keeps the "
         "channels that carry the most independent information (ridge leverage, a Nyström approximation) and "

@@ -213,6 +213,8 @@ class OlicaPass(LayerHooks):
 class Olica(Method):
     name = "olica"
     label = "Olica (orthogonal decomposition + linear calibration)"
+    paper = "https://arxiv.org/abs/2506.08436"
+    removes = ("attention_qk", "attention_vo", "mlp")
     summary = (
         "Shrinks all three parts of every layer without training. Query/key: each projection becomes two "
         "thin ones (an SVD weighted by how strongly each input is used), and position encoding runs after "

@@ -92,6 +92,8 @@ def save_policy(key: str, policy: RowPolicy, rewards: list[float], trained_at: f
 class PruneNet(Method):
     name = "prunenet"
     label = "PruneNet (learned policy, no data)"
+    paper = "https://arxiv.org/abs/2501.15296"
+    removes = ("mlp",)
     summary = (
         "Removes MLP neurons without any calibration text. A small network looks at each neuron's weights and "
         "scores it; it is trained by trial and error (reinforcement learning) to keep the neurons whose removal "

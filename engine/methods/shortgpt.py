@@ -39,6 +39,8 @@ def _dropped(plan: Plan, num_layers: int) -> int:
 class ShortGPT(Method):
     name = "shortgpt"
     label = "ShortGPT (remove layers)"
+    paper = "https://arxiv.org/abs/2403.03853"
+    removes = ("layers",)
     summary = (
         "Deletes whole layers: the ones whose output is most similar to their input on calibration text "
         "(lowest 'block influence'), so the model loses the layers that change its hidden state least. The ratio "

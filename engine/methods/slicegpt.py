@@ -210,6 +210,8 @@ class FusedCopies:
 class SliceGPT(Method):
     name = "slicegpt"
     label = "SliceGPT (rotate + slice)"
+    paper = "https://arxiv.org/abs/2401.15024"
+    removes = ("residual",)
     summary = (
         "Rotates the residual stream into its principal components (PCA of calibration activations), "
         "then deletes the least-used directions from every weight matrix that reads or writes it. "

@@ -18,4 +18,5 @@ WANDA_SP = register(PairPruning(
     ),
     score="wanda",
     restore=False,
+    paper="https://arxiv.org/abs/2312.11983",  # FLAP, where Wanda-SP is the structured Wanda baseline
 ))
