@@ -747,8 +747,9 @@ def test_learn_page_draws_and_links_every_method():
 
     page = learn.learn_page()
     for name, method in available_methods().items():
-        assert method.paper.startswith("https://arxiv.org/abs/") and f"[{method.paper}]({method.paper})" in page, name
-        assert method.removes and set(method.removes) <= set(METHOD_PARTS), name
+        missing = f"{name}: set its `paper` and `removes` (docs/ADDING_A_METHOD.md)"
+        assert method.paper.startswith("https://arxiv.org/abs/") and f"[{method.paper}]({method.paper})" in page, missing
+        assert method.removes and set(method.removes) <= set(METHOD_PARTS), missing
         section = page.split(f"(`{name}`)")[1].split("\n### ")[0]
         assert learn.diagram(method.removes) in section and learn.shrinks(method.removes) in section
     svg = base64.b64decode(learn.diagram(("mlp",)).split("base64,")[1].split('"')[0]).decode()

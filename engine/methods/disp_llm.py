@@ -68,6 +68,8 @@ def windows(tokens: torch.Tensor, seqlen: int) -> torch.Tensor:
 class DispLLM(Method):
     name = "disp-llm"
     label = "DISP-LLM (learned per-block channels)"
+    paper = "https://arxiv.org/abs/2410.11988"
+    removes = ("residual", "mlp")  # each block reads and writes its own subset of the residual channels
     summary = (
         "Lets every block of the model read and write its own subset of the residual stream's channels, "
         "instead of one width shared by all layers, and keeps its own MLP neurons. A small network proposes "
