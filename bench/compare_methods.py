@@ -16,6 +16,7 @@ MLP+value parameters, of layers) and some methods add parameters back.
     python bench/compare_methods.py --runs "prunenet=0.34,wanda-sp/parts=mlp=0.34" --skip-dense  # no data vs data
     python bench/compare_methods.py --runs "slicegpt/variant=shared=0.2,dotresize/variant=shared=0.2" --skip-dense
                                                           # OT merge vs PCA, same widths (456), about 0.79x total
+    python bench/compare_methods.py --runs "disp-llm=0.254,prunenet=0.34" --skip-dense  # learned channels, 0.80x total
 
 Writes ``OUT.json`` (rows, protocol), ``OUT.figure.json`` (plotly figure) and ``OUT.html``.
 Rows are saved after every run, so an interrupted run keeps what it measured.
