@@ -30,6 +30,11 @@ def test_measure_speed_reports_every_figure(tiny):
     assert out["weights_mb"] == pytest.approx(sum(t.numel() for t in tensors) * 4 / 2**20)
     assert out["model_memory_mb"] >= out["weights_mb"]
     assert [e.step for e in events] == list(range(1, 3 * 3 + 1)) and events[-1].total == 9
+    for key, (low, high) in out["spread"].items():  # the repeats' range brackets the median
+        assert low <= out[key] <= high, key
+    assert set(out["spread"]) == {"prefill_tokens_per_s", "ttft_ms", "decode_tokens_per_s_b1", "decode_tokens_per_s_b3"}
+    assert out["spread"]["ttft_ms"] == pytest.approx([1000 * min(out["timings_s"]["prefill"]),
+                                                      1000 * max(out["timings_s"]["prefill"])])
 
 
 @pytest.mark.parametrize("sliced", [False, True], ids=["dense", "slicegpt"])

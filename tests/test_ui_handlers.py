@@ -401,6 +401,18 @@ def test_speed_and_zeroshot_land_in_the_table(compressed):
     assert md.endswith("report.md") and json.loads(open(js).read())["models"][1]["zeroshot"]
 
 
+def test_speed_rows_show_the_repeats_range_and_call_overlaps_noise():
+    def speed(median, low, high):
+        return {"decode_tokens_per_s_b1": median, "spread": {"decode_tokens_per_s_b1": [low, high]}}
+
+    row = he.comparison_rows({"speed": speed(100.0, 90.0, 110.0)}, {"speed": speed(105.0, 104.0, 120.0)})[0]
+    assert row == ["decode tokens/s, batch 1", "100.0 (90.0–110.0)", "105.0 (104.0–120.0)", "within noise"]
+    apart = he.comparison_rows({"speed": speed(100.0, 90.0, 110.0)}, {"speed": speed(150.0, 140.0, 160.0)})[0]
+    assert apart[3] == "+50.0% (better)"
+    old = he.comparison_rows({"speed": {"decode_tokens_per_s_b1": 100.0}}, {"speed": speed(150.0, 140.0, 160.0)})[0]
+    assert old[1:] == ["100.0", "150.0 (140.0–160.0)", "+50.0% (better)"]  # a figure kept from before has no range
+
+
 # --- chat ----------------------------------------------------------------------
 
 def test_stream_chat_same_seed_same_answer(tiny):

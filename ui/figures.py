@@ -370,12 +370,16 @@ def speed_chart(models: dict[str, dict]) -> go.Figure:
     for col, (key, _label) in enumerate(present, start=1):
         for name, res in models.items():
             if res.get(key) is not None:
+                low, high = (res.get("spread") or {}).get(key) or (res[key], res[key])
                 fig.add_trace(go.Bar(x=[name], y=[res[key]], name=name, showlegend=False,
                                      marker_color=ORIGINAL if name == "original" else COMPRESSED,
+                                     error_y=dict(type="data", symmetric=False, array=[high - res[key]],
+                                                  arrayminus=[res[key] - low]),
                                      hovertemplate=f"{name}<br>%{{y:.1f}}<extra></extra>"), row=1, col=col)
     fig.update_annotations(font_size=11)
     device = next((m.get("device") for m in models.values() if m.get("device")), "")
-    return _style(fig, "Speed and memory", f"measured on {device}; higher tokens/s and lower ms/MB are better")
+    return _style(fig, "Speed and memory", f"measured on {device}; median of the repeats, bars from the lowest to "
+                  "the highest; higher tokens/s and lower ms/MB are better")
 
 
 def history_scatter(points: list[dict]) -> go.Figure:

@@ -93,7 +93,9 @@ PLOTS: dict[str, str] = {
     ),
     "speed": (
         "**What it shows.** Prefill throughput (reading the prompt), decode throughput (writing new tokens) at "
-        "batch 1 and 16, time to first token and peak memory, measured on this machine. Slicing only speeds "
+        "batch 1 and 16, time to first token and peak memory, measured on this machine: the median of a few "
+        "repeats after a warm-up, with the lowest and highest as error bars and in brackets in the table. When the "
+        "two models' ranges overlap the table says 'within noise' instead of better or worse. Slicing only speeds "
         "things up if the saved matrix multiplications outweigh what the method added."
     ),
     "history": (

@@ -50,6 +50,17 @@ class SpeedResult:
     protocol: str = ("median of repeats after warm-up; greedy decode over the KV cache, fixed step count; "
                      "seeded random token ids")
 
+    def spread(self) -> dict[str, list[float]]:
+        """Each timed figure's [lowest, highest] over the repeats (the headline is their median), so a front
+        end can tell a difference from run-to-run noise."""
+        prefill = self.timings_s["prefill"]
+        out = {"prefill_tokens_per_s": [self.prefill_len / max(prefill), self.prefill_len / min(prefill)],
+               "ttft_ms": [1000 * min(prefill), 1000 * max(prefill)]}
+        for b in self.decode_tokens_per_s:
+            runs = self.timings_s[f"decode_b{b}"]
+            out[f"decode_tokens_per_s_b{b}"] = [b * self.decode_tokens / max(runs), b * self.decode_tokens / min(runs)]
+        return out
+
     def to_dict(self) -> dict:
         """Flat keys (``decode_tokens_per_s_b1`` ...) so the CLI, the UI and reports read the same names."""
         out = asdict(self)
@@ -57,6 +68,7 @@ class SpeedResult:
         for b, tps in self.decode_tokens_per_s.items():
             out[f"decode_tokens_per_s_b{b}"] = tps
         out["batch_sizes"] = list(self.decode_tokens_per_s)
+        out["spread"] = self.spread()
         return out
 
 

@@ -173,8 +173,16 @@ def comparison_rows(original: dict, compressed: dict) -> list[list]:
     for key, label in figures.SPEED_METRICS:
         if so.get(key) is not None or sc.get(key) is not None:
             lower = key in ("ttft_ms", "peak_memory_mb")
-            rows.append([label, _fmt(so.get(key), 1), _fmt(sc.get(key), 1), _change(sc.get(key), so.get(key), lower)])
+            ro, rc = (s.get("spread", {}).get(key) for s in (so, sc))
+            noise = ro and rc and ro[0] <= rc[1] and rc[0] <= ro[1]  # the repeats' ranges overlap
+            rows.append([label, _timed(so.get(key), ro), _timed(sc.get(key), rc),
+                         "within noise" if noise else _change(sc.get(key), so.get(key), lower)])
     return rows
+
+
+def _timed(value: Optional[float], spread: Optional[list[float]]) -> str:
+    """A speed figure: the median of the repeats, with their lowest and highest."""
+    return _fmt(value, 1) + (f" ({spread[0]:,.1f}–{spread[1]:,.1f})" if value is not None and spread else "")
 
 
 def history_points(session: Session) -> list[dict]:
