@@ -9,7 +9,7 @@ import torch
 
 from engine import CancelToken, Cancelled, Recipe, compress, load_compressed, save_compressed
 from engine.analysis import account
-from engine.methods.disp_llm import TRAIN_STAGE
+from engine.methods.disp_llm import LOSS_CURVE, RATIO_CURVE, TRAIN_STAGE
 from engine.transforms.block_channels import MaskBox, masked, select_channels
 from engine.transforms.selection_net import KINDS, LayerCost
 from engine.transforms.value_heads import GatherLinear, ScatterLinear
@@ -84,7 +84,9 @@ def test_a_trained_run_hits_the_target_with_its_own_widths_and_curves(tiny):
     assert abs(kept - 0.7) < 0.01
     loss, ratio = result.plots["selection training"]["curve"], result.plots["kept parameters"]["curve"]
     assert len(loss) == len(ratio) == FAST["steps"] and "target 0.700" in result.plots["kept parameters"]["title"]
-    assert [e.step for e in events if e.stage == TRAIN_STAGE] == [1, 2, 3, 4]
+    assert [e.step for e in events if e.stage == TRAIN_STAGE] == [1, 1, 2, 2, 3, 3, 4, 4]
+    live = {c: [e.point.y for e in events if e.point and e.point.curve == c] for c in (LOSS_CURVE, RATIO_CURVE)}
+    assert live == {LOSS_CURVE: loss, RATIO_CURVE: ratio}  # the live curves are the recorded ones
     widths = result.widths
     assert set(widths) == set(KINDS) and all(len(w) == 3 for w in widths.values())
     assert len({w for k in ("attn_in", "attn_out", "mlp_in", "mlp_out") for w in widths[k]}) > 1  # not one width
@@ -152,3 +154,17 @@ def test_the_compress_tab_draws_the_loss_curve_the_ratio_curve_and_the_widths(ti
     bars = [list(t.y) for t in drawn.data if t.type == "bar"]
     assert curves == [plots["kept parameters"]["curve"]]
     assert bars == [plots["kept channels"][label] for label in plots["kept channels"]] and len(bars) == 5
+
+
+def test_streamed_models_and_compensation_are_refused_in_one_line(tiny_dirs, tiny):
+    from engine import ConfigError, load_model
+    from engine.recipes import CompensationSpec
+
+    streamed = load_model(str(tiny_dirs["llama"]), device="cpu", stream=True)
+    with pytest.raises(ConfigError, match="disp-llm trains through the whole model at once"):
+        run(streamed)
+    lm = tiny_lm(tiny, "llama")
+    recipe = Recipe(model=lm.spec, method="disp-llm", ratio=0.3, method_params=FAST,
+                    compensation=CompensationSpec(4, "mlp"))
+    with pytest.raises(ConfigError, match="Compensation does not apply to method 'disp-llm'"):
+        compress(lm, recipe, calibration=calibration(lm, 4, 32))

@@ -26,13 +26,14 @@ from ..calibration import CalibrationSpec
 from ..errors import ConfigError
 from ..models.adapters import Adapter
 from ..params import Param
-from ..progress import Reporter
+from ..progress import CurvePoint, Reporter
 from ..transforms.block_channels import MaskBox, masked, select_channels
 from ..transforms.selection_net import (KINDS, LayerCost, Selection, final_selection, seeded_net,
                                         train_selection)
 from .base import Method, MethodOutput, Plan, Structure, register
 
 TRAIN_STAGE = "disp-llm: train selections"
+LOSS_CURVE, RATIO_CURVE = "DISP-LLM: LM loss", "DISP-LLM: kept share of the layers' parameters"  # drawn live
 LABELS = {"attn_in": "attention reads", "attn_out": "attention writes", "mlp_in": "MLP reads",
           "mlp_mid": "MLP neurons", "mlp_out": "MLP writes"}
 
@@ -144,8 +145,10 @@ class DispLLM(Method):
             batch = data[picks].to(device)
             return model(input_ids=batch, labels=batch, use_cache=False).loss
 
-        def report(step: int, loss: float, ratio: float) -> None:
-            progress(TRAIN_STAGE, step + 1, params["steps"], f"loss {loss:.3f}, kept {ratio:.3f}")
+        def report(step: int, loss: float, ratio: float) -> None:  # two events: one live point on each curve
+            message = f"loss {loss:.3f}, kept {ratio:.3f}"
+            progress(TRAIN_STAGE, step + 1, params["steps"], message, CurvePoint(LOSS_CURVE, step + 1, loss))
+            progress(TRAIN_STAGE, step + 1, params["steps"], message, CurvePoint(RATIO_CURVE, step + 1, ratio))
 
         with masked(adapter.layers(model), adapter, box):
             training = train_selection(net, costs, target, lm_loss, params["steps"], params["lr"],
