@@ -194,7 +194,7 @@ def _run(lm: LoadedModel, recipe: Recipe, impl, calibration: Optional[Calibratio
     return result
 
 
-def _search_run(lm: LoadedModel, recipe: Recipe, calib: Optional[Calibration], data_dir: Optional[str],
+def _search_run(lm: LoadedModel, recipe: Recipe, calib: Optional[CalibrationSpec], data_dir: Optional[str],
                 reporter: Reporter):
     """What a searched schedule plans on: this run's model, method and calibration."""
     from .search.run import SearchRun  # lazy: only searched plans need it

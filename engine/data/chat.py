@@ -17,7 +17,6 @@ ones (the last is cut at the window's end), so no window opens mid-answer.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import torch

@@ -13,7 +13,6 @@ from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, ClassVar, Optional
 
-import torch
 from torch import nn
 
 from ..calibration import CalibrationSpec
