@@ -21,6 +21,12 @@ FAST = {"steps": 4, "seqlen": 16, "batch": 2}
 ARCHS = ["llama", "qwen2", "opt", "gemma3"]
 
 
+@pytest.fixture(autouse=True)
+def own_cache(tmp_path, monkeypatch):
+    """Each test trains into its own cache of networks."""
+    monkeypatch.setenv("SLIMLAB_CACHE", str(tmp_path / "cache"))
+
+
 def ids(lm) -> torch.Tensor:
     return torch.randint(3, lm.model.config.vocab_size, (2, 16), generator=torch.Generator().manual_seed(3))
 
@@ -90,8 +96,8 @@ def test_a_trained_run_hits_the_target_with_its_own_widths_and_curves(tiny):
     widths = result.widths
     assert set(widths) == set(KINDS) and all(len(w) == 3 for w in widths.values())
     assert len({w for k in ("attn_in", "attn_out", "mlp_in", "mlp_out") for w in widths[k]}) > 1  # not one width
-    again = run(lm, ratio=0.3)
-    assert again.structure == result.structure  # seeded
+    again = run(lm, ratio=0.3, reuse=False)
+    assert again.structure == result.structure and again.plots["selection training"]["trained_here"]  # seeded
     other = run(lm, ratio=0.3, seed=1)
     assert other.structure != result.structure
 
@@ -168,3 +174,16 @@ def test_streamed_models_and_compensation_are_refused_in_one_line(tiny_dirs, tin
                     compensation=CompensationSpec(4, "mlp"))
     with pytest.raises(ConfigError, match="Compensation does not apply to method 'disp-llm'"):
         compress(lm, recipe, calibration=calibration(lm, 4, 32))
+
+
+def test_a_stored_network_is_reused_with_the_same_inputs_only(tiny):
+    lm = tiny_lm(tiny, "llama")
+    first = run(lm, ratio=0.3)
+    events = []
+    second = run(lm, ratio=0.3, events=events)
+    assert first.plots["selection training"]["trained_here"] and not second.plots["selection training"]["trained_here"]
+    assert not [e for e in events if e.stage == TRAIN_STAGE]  # no step ran
+    assert second.structure == first.structure and "reused" in second.plots["selection training"]["note"]
+    assert second.plots["selection training"]["curve"] == first.plots["selection training"]["curve"]
+    assert run(lm, ratio=0.2).plots["selection training"]["trained_here"]  # another target trains anew
+    assert run(lm, ratio=0.3, lr=2e-3).plots["selection training"]["trained_here"]  # another setting too

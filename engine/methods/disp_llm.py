@@ -27,11 +27,13 @@ from ..errors import ConfigError
 from ..models.adapters import Adapter
 from ..params import Param
 from ..progress import CurvePoint, Reporter
+from ..trained_cache import digest, load_trained, save_trained
 from ..transforms.block_channels import MaskBox, masked, select_channels
 from ..transforms.selection_net import (KINDS, LayerCost, Selection, final_selection, seeded_net,
                                         train_selection)
 from .base import Method, MethodOutput, Plan, Structure, register
 
+NET_VERSION = 1  # raise when the network or its inputs change: older stored networks are not reused
 TRAIN_STAGE = "disp-llm: train selections"
 LOSS_CURVE, RATIO_CURVE = "DISP-LLM: LM loss", "DISP-LLM: kept share of the layers' parameters"  # drawn live
 LABELS = {"attn_in": "attention reads", "attn_out": "attention writes", "mlp_in": "MLP reads",
@@ -55,6 +57,13 @@ class DispStructure(Structure):
     def selections(self) -> list[Selection]:
         lists = {k: getattr(self, k) for k in KINDS}
         return [{k: torch.tensor(lists[k][i], dtype=torch.long) for k in KINDS} for i in range(len(self.attn_in))]
+
+
+def network_key(layers: nn.ModuleList, calibration: CalibrationSpec, plan: Plan, params: dict) -> str:
+    """What decides a trained selection network: the layers' weights, the calibration tokens, the target and
+    the training settings (not ``reuse``)."""
+    settings = {k: v for k, v in params.items() if k != "reuse"} | {"version": NET_VERSION, "target": plan.target}
+    return digest(settings, [calibration.tokens, *layers.state_dict().values()])
 
 
 def windows(tokens: torch.Tensor, seqlen: int) -> torch.Tensor:
@@ -92,6 +101,8 @@ class DispLLM(Method):
         Param("temperature", "float", 0.4, "temperature of the Gumbel-sigmoid", minimum=0.01, maximum=10.0),
         Param("seed", "int", 0, "seed of the network's weights, the sampled masks and the window order",
               minimum=0, maximum=2**31 - 1),
+        Param("reuse", "bool", True, "reuse the network trained before on this model, calibration, ratio and "
+              "settings (stored in the cache); off: train again"),
     )
     uses_plan = False  # the network spreads the target over layers and blocks itself
     structure_type = DispStructure
@@ -108,10 +119,17 @@ class DispLLM(Method):
         costs = [LayerCost.of(adapter.parts_of(layer)) for layer in layers]
         full = sum(c.full for c in costs)
         target = (1 - plan.target) * full
-        net = seeded_net(costs, params["seed"]).to(work.device)
-        curves = {"loss": [], "ratio": []}
+        net, curves, trained = seeded_net(costs, params["seed"]), {"loss": [], "ratio": []}, False
         if plan.target > 0:
-            curves = self._train(work, net, costs, target, calibration, params, progress)
+            key = network_key(layers, calibration, plan, params)
+            stored = load_trained(self.name, key, lambda: seeded_net(costs, params["seed"])) \
+                if params["reuse"] else None
+            if stored is not None:
+                net, curves = stored[0], stored[1]["curves"]
+            else:
+                net.to(work.device)
+                curves, trained = self._train(work, net, costs, target, calibration, params, progress), True
+                save_trained(self.name, key, net, curves=curves)
         with torch.no_grad():
             kept = final_selection(net.logits(), costs, target)
         for layer, selection in zip(layers, kept):
@@ -123,7 +141,9 @@ class DispLLM(Method):
             "selection training": {  # the first curve: the Compress tab's curve slot draws it
                 "curve": curves["loss"], "title": "DISP-LLM: LM loss per training step", "x_label": "step",
                 "y_label": "LM loss (nats/token)",
-                "note": f"{steps}; λ = {params['penalty']}, lr {params['lr']}; the model's weights frozen"},
+                "note": f"{steps}; λ = {params['penalty']}, lr {params['lr']}; the model's weights frozen"
+                        + ("" if trained or not curves["loss"] else "; a stored network, reused: no training"),
+                "trained_here": trained},
             "kept parameters": {
                 "curve": curves["ratio"], "x_label": "step", "y_label": "kept / full",
                 "title": f"DISP-LLM: sampled masks' share of the layers' parameters (target {1 - plan.target:.3f})"},

@@ -13,18 +13,13 @@ ratio without training, as the paper intends: one policy, many budgets.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..atomic import atomic_file
-from ..cache import cache_root
 from ..calibration import CalibrationSpec
 from ..models.adapters import Adapter
 from ..params import Param
@@ -32,6 +27,7 @@ from ..progress import Reporter
 from ..transforms.prune import prune_pair
 from ..transforms.row_policy import RowPolicy, seeded_policy, top_rows, train_policy
 from ..transforms.widths import kept_mlp_width
+from ..trained_cache import digest, load_trained, save_trained, trained_path
 from .base import Method, MethodOutput, Plan, register
 from .fasp import PairPruningStructure, rebuild_pairs
 
@@ -55,37 +51,22 @@ def neuron_rows(parts) -> torch.Tensor:
 
 def policy_key(rows: list[torch.Tensor], params: dict) -> str:
     """What decides a trained policy: the MLP weights it learned from and the training settings."""
-    digest = hashlib.sha1(json.dumps({"version": POLICY_VERSION, "episodes": params["episodes"], "lr": params["lr"],
-                                      "seed": params["seed"]}, sort_keys=True).encode())
-    for r in rows:
-        digest.update(r.cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()[:16]
+    return digest({"version": POLICY_VERSION, "episodes": params["episodes"], "lr": params["lr"],
+                   "seed": params["seed"]}, rows)
 
 
 def policy_path(key: str) -> Path:
-    return cache_root() / "prunenet" / f"{key}.safetensors"
+    return trained_path("prunenet", key)
 
 
 def load_policy(key: str, features: int) -> Optional[tuple[RowPolicy, list[float]]]:
     """The cached policy and its training curve, or None when there is none for ``key``."""
-    path = policy_path(key)
-    if not path.exists():
-        return None
-    from safetensors import safe_open
-
-    with safe_open(str(path), "pt") as f:
-        rewards = json.loads(f.metadata()["rewards"])
-    policy = RowPolicy(features)
-    policy.load_state_dict(load_file(str(path)))
-    return policy, rewards
+    stored = load_trained("prunenet", key, lambda: RowPolicy(features))
+    return None if stored is None else (stored[0], stored[1]["rewards"])
 
 
 def save_policy(key: str, policy: RowPolicy, rewards: list[float], trained_at: float) -> None:
-    path = policy_path(key)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_file(path) as tmp:
-        save_file({k: v.detach().cpu().contiguous() for k, v in policy.state_dict().items()}, str(tmp),
-                  metadata={"rewards": json.dumps(rewards), "trained_at": str(trained_at)})
+    save_trained("prunenet", key, policy, rewards=rewards, trained_at=trained_at)
 
 
 @register
