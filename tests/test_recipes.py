@@ -69,6 +69,8 @@ def test_every_shipped_preset_parses_and_validates(path):
     if "slicing_base" in raw:  # the v1 top-level field lands in the schedule's params
         assert recipe.schedule_params["slicing_base"] == raw["slicing_base"]
     assert recipe.versions == {}  # a parsed file claims no versions it does not state
+    if recipe.recovery.enabled:  # the same work on any machine: a step count, never a time bound
+        assert recipe.recovery.steps and recipe.recovery.minutes is None, path.name
 
 
 def test_presets_are_there():
