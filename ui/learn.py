@@ -178,9 +178,14 @@ def shrinks(removes: Sequence[str]) -> str:
 def about_method(owner) -> list[str]:
     """A method's picture, what it shrinks in words, and its paper (from the method's own attributes)."""
     removes = getattr(owner, "removes", ())
-    lines = [diagram(removes), "", f"**Shrinks** (red): {shrinks(removes)}."] if removes else []
+    lines = [diagram(removes), "", f"**Shrinks** (red): {shrinks(removes)}.", ""] if removes else []
     paper = getattr(owner, "paper", "")
-    return lines + ([f"**Paper:** [{paper}]({paper})", ""] if paper else [""] if lines else [])
+    return lines + ([f"**Paper:** [{paper}]({paper})", ""] if paper else [])
+
+
+def cell(text: str) -> str:
+    """Text for a Markdown table cell: a '|' in it (e.g. |log(x)|) would end the cell."""
+    return text.replace("|", "\\|")
 
 
 def registry_section(title: str, owners: dict, intro: str = "") -> list[str]:
@@ -192,7 +197,7 @@ def registry_section(title: str, owners: dict, intro: str = "") -> list[str]:
         schema = owner.schema()
         if schema:
             parts += ["| parameter | default | what it does |", "|---|---|---|"]
-            parts += [f"| `{p['name']}` | `{p['default']}` | {p['help']} |" for p in schema]
+            parts += [f"| `{p['name']}` | `{p['default']}` | {cell(p['help'])} |" for p in schema]
             parts.append("")
     return parts
 
