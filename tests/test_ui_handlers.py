@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 
 import pytest
 import torch
@@ -767,6 +768,8 @@ def test_learn_page_draws_and_links_every_method():
     svg = base64.b64decode(learn.diagram(("mlp",)).split("base64,")[1].split('"')[0]).decode()
     assert svg.count(learn.CUT[1]) == 1 and ">MLP<" in svg  # only the MLP box is red
     assert {"olica", "prunenet", "dotresize"} <= set(available_methods())
+    rows = [line for line in page.splitlines() if line.startswith("| `")]
+    assert rows and all(len(re.findall(r"(?<!\\)\|", row)) == 4 for row in rows)  # a '|' in a help text is escaped
 
 
 def test_guarded_turns_errors_into_messages_and_wires_progress():
@@ -812,6 +815,17 @@ def test_app_builds_with_named_endpoints_and_one_heavy_queue():
         if fn.show_progress != "hidden":
             on = {block._id for block in fn.show_progress_on or []}
             assert on and not on & {block._id for block in fn.outputs}, fn.api_name or fn.name
+
+
+def test_presentation_mode_is_a_browser_only_toggle_the_stylesheet_reads():
+    from ui import build_app, presets
+    from ui.app import PRESENT_JS
+
+    app = build_app(preload_demo=False)
+    toggle = [fn for fn in app.fns.values() if any(getattr(b, "elem_id", None) == "present" for b in fn.inputs)]
+    assert len(toggle) == 1 and toggle[0].fn is None and toggle[0].js == PRESENT_JS  # nothing recomputed
+    css = open(presets.css_path()).read()
+    assert "'present'" in PRESENT_JS and ".present .js-plotly-plot" in css and "#tab-compress-button" in css
 
 
 def test_a_failed_card_preview_or_push_is_a_toast_and_keeps_what_the_export_tab_showed(compressed):

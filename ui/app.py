@@ -29,6 +29,11 @@ HEADER = ("# ✂️ SlimLab\nLoad a model, look inside it, compress it with the 
           "includes what a method adds.")
 
 
+# Presentation mode runs in the browser alone: a class on the page that assets/style.css enlarges (text, chart
+# labels) and numbers the tabs by (Load, Look, Compress, Compare); nothing is recomputed.
+PRESENT_JS = "(on) => { document.body.classList.toggle('present', on); return []; }"
+
+
 def preload(spec: str = "demo") -> threading.Thread:
     """Start loading the demo model in the background so the first visitor does not wait for it."""
     thread = threading.Thread(target=_quiet_load, args=(spec,), name="slimlab-preload", daemon=True)
@@ -81,7 +86,11 @@ def build_app(preload_demo: bool = True, start: str = "demo") -> gr.Blocks:
     with gr.Blocks(title=TITLE) as app:
         session = gr.State(Session())  # deep-copied per client session; freed after it leaves (_end_session)
         gr.Markdown(HEADER, elem_id="slimlab-header")
-        status = gr.Markdown("**Model:** loading the demo model …", elem_id="slimlab-status")
+        with gr.Row(equal_height=True):
+            status = gr.Markdown("**Model:** loading the demo model …", elem_id="slimlab-status")
+            present = gr.Checkbox(False, label="Presentation mode", scale=0, min_width=190, elem_id="present",
+                                  info="large text and charts, numbered steps")
+        present.change(None, [present], None, js=PRESENT_JS, api_visibility="private", **LIGHT)
         tabs = {}
         with gr.Tabs():
             for name, tab in TABS:

@@ -166,7 +166,7 @@ async def fill(page: Page, tab: str, values: tuple[tuple[str, object], ...]) -> 
         assert await page.js(f"slim.fill({tab!r}, {label!r}, {value})"), label
 
 
-async def flow(page: Page, url: str, out: Path, quick: bool) -> None:
+async def flow(page: Page, url: str, out: Path, quick: bool, present: bool = False) -> None:
     await page.send("Page.navigate", url=url)
     await page.wait("document.querySelector('button[role=tab]') !== null", "the app to render", 120)
     await page.js(PAGE_JS)
@@ -224,11 +224,15 @@ async def flow(page: Page, url: str, out: Path, quick: bool) -> None:
     await page.js("slim.click('Export', 'Preview model card')")
     await page.wait("slim.text('Export').includes('library_name')", "the model card", 300)
 
+    if present:  # the header's Presentation mode toggle
+        assert await page.js("(() => { const b = document.querySelector('#present input'); b && b.click(); "
+                             "return !!b; })()")
+        await page.wait("document.body.classList.contains('present')", "presentation mode", 30)
     for tab in TABS:
         await shot(tab)
 
 
-async def run(url: str, out: Path, quick: bool) -> list[dict]:
+async def run(url: str, out: Path, quick: bool, present: bool = False) -> list[dict]:
     import aiohttp
 
     profile = Path(tempfile.mkdtemp(prefix="slimlab-chromium-"))
@@ -242,7 +246,7 @@ async def run(url: str, out: Path, quick: bool) -> list[dict]:
                 for domain in ("Page", "Runtime", "Log"):
                     await page.send(f"{domain}.enable")
                 try:
-                    await flow(page, url, out, quick)
+                    await flow(page, url, out, quick, present)
                 except Exception:
                     await page.screenshot(out / "failure.png")
                     raise
@@ -265,15 +269,16 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--port", type=int, default=7861, help="port for the app this script launches")
     parser.add_argument("--quick", action="store_true", help="skip the Evaluate measurements")
     parser.add_argument("--model", dest="start", default="demo", help="the model the page loads (a folder, e.g. a tiny random one)")
-    parser.add_argument("--theme", choices=("light", "dark"), default="light", help="gradio's colour mode")
+    parser.add_argument("--theme", choices=("light", "dark", "present"), default="light",
+                        help="gradio's colour mode, or light with the Presentation mode toggle on")
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     # saved models go to a scratch folder, never into the repository
     os.environ.setdefault("SLIMLAB_OUTPUT_DIR", tempfile.mkdtemp(prefix="slimlab-outputs-"))
-    url = (args.url or start_app(args.port, args.start)) + f"?__theme={args.theme}"
+    url = (args.url or start_app(args.port, args.start)) + f"?__theme={'dark' if args.theme == 'dark' else 'light'}"
     print(f"app at {url}; screenshots in {out}", flush=True)
-    problems = asyncio.run(run(url, out, args.quick))
+    problems = asyncio.run(run(url, out, args.quick, args.theme == "present"))
     (out / "console.json").write_text(json.dumps(problems, indent=2))
     for p in problems:
         print(f"browser {p['kind']}: {p['text'][:300]}", file=sys.stderr)
