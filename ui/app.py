@@ -86,7 +86,7 @@ def build_app(preload_demo: bool = True, start: str = "demo") -> gr.Blocks:
     with gr.Blocks(title=TITLE) as app:
         session = gr.State(Session())  # deep-copied per client session; freed after it leaves (_end_session)
         gr.Markdown(HEADER, elem_id="slimlab-header")
-        with gr.Row(equal_height=True):
+        with gr.Row(elem_id="slimlab-top"):
             status = gr.Markdown("**Model:** loading the demo model …", elem_id="slimlab-status")
             present = gr.Checkbox(False, label="Presentation mode", scale=0, min_width=190, elem_id="present",
                                   info="large text and charts, numbered steps")

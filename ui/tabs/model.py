@@ -19,7 +19,7 @@ INTRO = (
 def build(start: str = "demo") -> SimpleNamespace:
     """The tab, its Model box showing ``start`` (what the page loads when it opens)."""
     gr.Markdown(INTRO)
-    with gr.Row(equal_height=True):
+    with gr.Row(elem_id="model-pick"):  # buttons sit at the bottom, box height (assets/style.css)
         spec = gr.Dropdown(["demo"], value=start, allow_custom_value=True, label="Model", scale=4,
                            info="demo · org/name · /path/to/folder · /path/to/model.gguf")
         upload = gr.UploadButton("Upload a .gguf", file_types=[".gguf"], scale=1)
