@@ -39,7 +39,8 @@ class Param:
     choices: Optional[tuple] = None
 
     def validate(self, value: Any) -> Any:
-        if value is None and self.default is None:
+        blank = isinstance(value, str) and not value.strip() and self.kind in ("int", "float")
+        if (value is None or blank) and self.default is None:  # an optional number left blank (a UI text box)
             return None
         try:
             if self.kind == "float":

@@ -44,7 +44,13 @@ def test_the_schema_gives_every_budget_control_and_the_defaults_run():
     assert schema["generations"]["kind"] == "int" and schema["minutes"]["default"] is None
     from ui.tabs.compress import control
 
-    assert control(schema["minutes"]).value is None and control(schema["generations"]).value == 30
+    assert control(schema["generations"]).value == 30
+    minutes = control(schema["minutes"])  # optional: a text box, since a number box sends 0 when left blank
+    assert minutes.value == "" and minutes.placeholder == "blank: unset"
+    from engine import get_schedule
+
+    assert get_schedule("searched").resolve_params({"minutes": " ", "generations": 3})["minutes"] is None
+    assert get_schedule("searched").resolve_params({"minutes": "1.5"})["minutes"] == 1.5
 
 
 def test_the_live_chart_gets_every_generation_while_the_search_runs(session, tmp_path):

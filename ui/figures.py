@@ -322,13 +322,13 @@ def live_curves(curves: dict[str, tuple[str, list[float], list[float]]]) -> go.F
     for k, (name, (x_label, xs, ys)) in enumerate(curves.items()):
         fig.add_trace(go.Scatter(x=xs, y=ys, name=name, mode="lines+markers" if len(ys) <= 60 else "lines",
                                  line=dict(color=PALETTE[k % len(PALETTE)]),
-                                 hovertemplate=x_label + " %{x}<br>" + name + " %{y:.4f}<extra></extra>"))
+                                 hovertemplate=x_label + " %{x}<br>" + name + " %{y:.4g}<extra></extra>"))
         fig.update_xaxes(title=x_label)
     names = list(curves)
     fig.update_yaxes(title=names[0] if len(names) == 1 else "value")
     last = {name: ys[-1] for name, (_, _, ys) in curves.items() if ys}
     return _style(fig, "Live: " + ", ".join(names) + " as the run goes",
-                  "; ".join(f"latest {name} {y:.4f}" for name, y in last.items()))
+                  "; ".join(f"latest {name} {y:.4g}" for name, y in last.items()))
 
 
 def perplexity_chart(rows: list[tuple[str, float]], protocol: str) -> go.Figure:

@@ -44,7 +44,7 @@ PLOTS: dict[str, str] = {
         "**What it shows.** The fraction of each layer's width to remove. Uniform removes the same everywhere; "
         "layer redundancy removes more where the layer-redundancy score is high (never below the slicing base); "
         "block influence allocates by a softmax of the scores. Edit the table to make a manual plan; the mean is "
-        "what the headline ratio means. A plan that varies by layer is drawn beside the uniform plan at the same "
+        "what the headline ratio means. Any other schedule's plan is drawn beside the uniform plan at the same "
         "total (grey), e.g. a searched plan after Run."
     ),
     "live": (

@@ -178,8 +178,8 @@ def plan_view(plan: Plan, applied: Optional[dict[str, list]] = None) -> PlanView
 
 
 def _uniform_beside(plan: Plan) -> Optional[tuple[str, list[float]]]:
-    """The uniform plan at the same total, to set a plan that varies by layer against (None for a flat plan)."""
-    if len(set(plan.ratios)) <= 1:
+    """The uniform plan at the same total, to set another schedule's plan against (None for a uniform plan)."""
+    if plan.schedule == DEFAULT_SCHEDULE:
         return None
     uniform = build_plan(DEFAULT_SCHEDULE, plan.target, len(plan.ratios))
     return f"{DEFAULT_SCHEDULE} at the same total (mean {plan.target:.3f})", uniform.ratios

@@ -41,6 +41,8 @@ def control(param: dict, value=None) -> gr.components.Component:
         return gr.Radio(param["choices"], value=value, **common)
     if kind == "bool":
         return gr.Checkbox(value=value, **common)
+    if kind in ("int", "float") and param["default"] is None:  # blank means something: a number box cannot be blank
+        return gr.Textbox("" if value is None else value, placeholder="blank: unset", **common)
     if kind in ("int", "float"):
         return gr.Number(value, precision=0 if kind == "int" else None, minimum=param["minimum"],
                          maximum=param["maximum"], **common)
@@ -248,6 +250,11 @@ def edited(view: handlers.PlanView) -> list:
     return adapt_plan(view) + [handlers.TABLE_SCHEDULE, view.mean]
 
 
+def typed_events(control: gr.components.Component) -> list[Callable]:
+    """The events that say a control's value is chosen: a number box's once it is typed, any other's input."""
+    return [control.blur, control.submit] if isinstance(control, gr.Number) else [control.input]
+
+
 def _switch(selector: gr.components.Component, info: gr.Markdown, controls: ControlGroups,
             markdown: Callable[[str], str]) -> None:
     """Picking a method (or schedule) shows its description and its controls, and hides the others'."""
@@ -309,10 +316,12 @@ def wire(ui) -> gr.events.Dependency:
     t.recipe_file.upload(guarded(upload, filled), [ui.session, t.recipe_file], outputs,
                          api_visibility="private", **LIGHT)
 
-    # the size beside Run follows every choice that changes it, before anything is computed
+    # the size beside Run follows every choice that changes it, before anything is computed; a number box once
+    # it is typed (left or Enter): on every keystroke, "2" on the way to "256" would fail its box's minimum
     size = guarded(_from_run_controls(t.methods, t.schedules, "planned_size", _size))
     for control in [t.method, t.ratio, t.schedule] + t.compensation + t.methods.controls + t.schedules.controls:
-        control.input(size, run_inputs, [t.size], api_visibility="private", trigger_mode="always_last", **LIGHT)
+        for event in typed_events(control):
+            event(size, run_inputs, [t.size], api_visibility="private", trigger_mode="always_last", **LIGHT)
 
     t.preview.click(guarded(_preview_from_controls(t.schedules), adapt_plan),
                     [ui.session, t.schedule, t.ratio] + calib + t.schedules.controls, plan_outputs(t),
