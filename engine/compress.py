@@ -172,6 +172,7 @@ def _run(lm: LoadedModel, recipe: Recipe, impl, calibration: Optional[Calibratio
         raise ConfigError(f"Compensation does not apply to method '{recipe.method}': {exc}. It corrects methods "
                           "that prune inside each layer through the sequential driver (e.g. fasp, wanda-sp); "
                           "turn compensation off (0).") from None
+    work.assemble()  # the finished layers, parked on the CPU during the pass, go where the original's are
     work.check_original(recipe.method)
     stages.update(out.stage_seconds)
     structure, added, plots = _with_compensation(out, compensation, work.compensated)

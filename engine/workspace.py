@@ -4,10 +4,12 @@
 ``Workspace`` instead holds a *shell*: the original's outside parts (embeddings, final norm,
 head, config) shared copy-on-write, and an empty layer list. The driver opens one layer at a
 time (a private copy, on the compute device), the method rewrites it, and ``close`` keeps it:
-where the original keeps that layer (the CPU for a layer accelerate offloaded), or written to a
-spool file on disk when the original itself streams from disk (``LoadedModel.layer_reader``), so
-peak memory is about one layer plus activations plus the outside parts, and a GPU holds only the
-layer at work unless the model itself lives there.
+on the CPU while the pass goes on, or written to a spool file on disk when the original itself
+streams from disk (``LoadedModel.layer_reader``). So peak memory is about one layer plus
+activations plus the outside parts, and a GPU holds only the layer at work (beside the original,
+when the original was loaded there). When the pass ends, ``assemble`` moves the finished layers
+where the original keeps its own: the GPU for a model loaded whole there, the CPU for a layer
+accelerate offloaded.
 
 Copy-on-write: a method that changes an outside part must give it a new ``Parameter``
 (never write ``.data`` or in place); ``Workspace.check_original`` proves it did.
@@ -40,6 +42,8 @@ from .models.streaming import SafetensorsLayers, layers_prefix, tensor_names, wr
 from .stats import LayerHooks, LayerInputs, capture_layer_inputs
 from .transforms.compensation import (CompensatedPass, CompensationRequest, CompensationStructure,
                                       CompensationUnsupported, DAMP, planned_ranks)
+
+PARKED = torch.device("cpu")  # where a finished layer waits until the pass ends
 
 
 def shell_copy(model: nn.Module, adapter: Adapter) -> nn.Module:
@@ -110,6 +114,7 @@ class Workspace:
             self.spool = Path(tempfile.mkdtemp(prefix="layers-", dir=root))
             weakref.finalize(self, shutil.rmtree, self.spool, True)
         self._fingerprint = _fingerprint(lm.model)
+        self._homes: list[torch.device] = []  # where each kept layer goes once the pass ends (``assemble``)
         self.compensation = compensation if compensation is not None and compensation.enabled else None
         self.compensated: Optional[CompensatedPass] = None  # the wrapped pass, once the driver ran it
 
@@ -166,14 +171,26 @@ class Workspace:
         return materialized_copy(original, self.device)
 
     def close(self, index: int, layer: nn.Module) -> None:
-        """Keep a finished layer as the shell's next one (spooled to disk for a streamed model)."""
+        """Keep a finished layer as the shell's next one: on the CPU until ``assemble`` (spooled to disk
+        for a streamed model), so the compute device holds only the layer at work."""
         kept = self.adapter.layers(self.model)
         if self.spool is not None:
             write_layer(self.spool, len(kept), layer, layers_prefix(self.model, kept))
             layer = _to_meta_keeping_loose_buffers(layer)
         else:
-            layer = layer.to(self.home(index))
+            layer = layer.to(PARKED)
         kept.append(layer)
+        self._homes.append(self.home(index))
+
+    def assemble(self) -> None:
+        """Move the finished layers where the original keeps its own, once no pass runs any more: the
+        result is then whole on one device, ready to run or train. A streamed model's layers stay in
+        their spool files (``load_spooled`` reads them when they are needed)."""
+        if self.spool is not None:
+            return
+        kept = self.adapter.layers(self.model)
+        for i, home in enumerate(self._homes):
+            kept[i] = kept[i].to(home)
 
     def load_spooled(self) -> None:
         """Read the spooled layers back into the shell, which is then whole in memory (to be trained)."""
@@ -181,13 +198,12 @@ class Workspace:
         files = {name: path for path in self.spooled_files() for name in tensor_names(path)}
         reader = SafetensorsLayers(files, layers_prefix(self.model, kept), lambda name: name, self.lm.dtype)
         for i in range(len(kept)):
-            kept[i] = reader.read(i, kept[i], self.home(i))
+            kept[i] = reader.read(i, kept[i], self._homes[i])
 
     def home(self, index: int) -> torch.device:
-        """Where finished layer ``index`` is kept: where the original keeps that layer. A model that
-        lives off the compute device is rebuilt off it too, so the device holds only the layer at work;
-        a layer accelerate offloaded or a folder streams (``meta`` in the module, its weights on the CPU,
-        a disk or in a file) is kept on the CPU."""
+        """Where finished layer ``index`` goes when the pass ends: where the original keeps that layer. A
+        layer accelerate offloaded or a folder streams (``meta`` in the module, its weights on the CPU, a
+        disk or in a file) goes to the CPU."""
         param = next(self.adapter.layers(self.lm.model)[index].parameters())
         return torch.device("cpu") if param.device.type == "meta" else param.device
 

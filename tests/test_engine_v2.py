@@ -173,6 +173,33 @@ def test_finished_layers_are_kept_where_the_original_keeps_them(tiny):
     assert all(p.device.type == "cpu" for p in lm.adapter.layers(work.model).parameters())
 
 
+
+@pytest.mark.parametrize("method", ["fasp", "shortgpt"])
+def test_finished_layers_leave_the_device_until_the_pass_ends(tiny, monkeypatch, method):
+    """A model loaded whole onto a GPU, not streamed: while the pass runs, every finished layer waits on
+    the CPU (the device holds the original and the layer at work only); when it ends the result's layers
+    go where the original's are. ``meta`` stands in for the GPU as the original's layers' home."""
+    from engine import workspace as ws
+
+    model, tok = tiny("llama")
+    lm = LoadedModel(model, tok, "tiny", adapter_for(model))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    on_device_while_running: list[str] = []
+    close = ws.Workspace.close
+
+    def watched_close(self, index, layer):
+        close(self, index, layer)
+        on_device_while_running.extend(str(p.device) for p in self.adapter.layers(self.model).parameters()
+                                       if p.device != ws.PARKED)
+
+    monkeypatch.setattr(ws.Workspace, "home", lambda self, index: torch.device("meta"))
+    monkeypatch.setattr(ws.Workspace, "close", watched_close)
+    result = compress(lm, method, 0.34, calibration=_calibration(model.config.vocab_size))
+    assert on_device_while_running == []
+    kept = list(lm.adapter.layers(result.model).parameters())
+    assert kept and all(p.device.type == "meta" for p in kept)  # assembled where the original's layers live
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
 def test_freed_heap_is_trimmed_only_beyond_the_pool_a_layer_reuses():
     from engine.memory import free_heap_bytes, release_freed_memory
 

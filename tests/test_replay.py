@@ -31,7 +31,9 @@ def _tensor_files(folder: Path) -> dict[str, bytes]:
 @pytest.mark.parametrize("flags", [
     ["--method", "slicegpt", "--ratio", "0.3", "--schedule", "layer-redundancy", "--slicing-base", "0.1"],
     ["--method", "fasp", "--ratio", "0.25", "--param", "damping=gcv", "--schedule", "block-influence"],
-], ids=["slicegpt-layer-redundancy", "fasp-gcv-block-influence"])
+    ["--method", "fasp", "--ratio", "0.25", "--recovery", "full", "--recovery-steps", "2", "--recovery-nsamples", "4",
+     "--recovery-seqlen", "32"],  # a preset's distillation (demo-80): the same steps, the same weights
+], ids=["slicegpt-layer-redundancy", "fasp-gcv-block-influence", "fasp-full-recovery"])
 def test_a_recipe_replays_bit_for_bit_in_a_fresh_process(tiny_dirs, data_dir, tmp_path, flags):
     first, replay = tmp_path / "first", tmp_path / "replay"
     _compress(str(tiny_dirs["llama"]), *flags, "--nsamples", "4", "--seqlen", "32", "--seed", "7",

@@ -115,6 +115,7 @@ class DispLLM(Method):
         adapter = work.adapter
         for i in range(work.num_layers):  # the whole model, copied: training runs it end to end
             work.close(i, work.open(i))
+        work.assemble()
         layers = adapter.layers(work.model)
         costs = [LayerCost.of(adapter.parts_of(layer)) for layer in layers]
         full = sum(c.full for c in costs)
