@@ -160,3 +160,21 @@ def test_the_recipe_keeps_the_search_settings_and_the_cli_replays_the_search(ses
     assert replayed.plan.ratios == ui_recipe.plan.ratios and replayed.schedule_params == ui_recipe.schedule_params
     assert [h[:2] for h in replayed.plan.options["history"]] == [h[:2] for h in ui_recipe.plan.options["history"]]
     assert replayed.plan.options["levels_reused"] == 2
+
+
+def test_the_app_streams_the_live_chart_before_the_result(app_url, tiny_dirs, tmp_path):
+    """Through the real app (gradio_client): the Run event yields live-chart updates while the search runs,
+    each leaving the other outputs as they were, then the result with the finished curve."""
+    gradio_client = pytest.importorskip("gradio_client")
+    c = gradio_client.Client(app_url, verbose=False)
+    c.predict(str(tiny_dirs["llama"]), api_name="/load_model")
+    search = {f"searched_{k}": v for k, v in controls(tmp_path / "db", generations=4, minutes="").items()}
+    job = c.submit(method="fasp", ratio=0.25, schedule="searched", source=CALIB[0], nsamples=CALIB[1],
+                   seqlen=CALIB[2], seed=CALIB[3], **search, api_name="/compress")
+    final = job.result(timeout=600)
+    outputs = job.outputs()
+    assert len(outputs) >= 2 and outputs[-1] == final
+    live_points = [json.loads(out[-2]["plot"])["data"][0]["x"] for out in outputs[:-1]]
+    assert live_points[0][0] == 0 and all(len(p) >= 1 for p in live_points)
+    assert json.loads(final[-2]["plot"])["data"][0]["x"] == [0, 1, 2, 3, 4]
+    assert "run 1" in final[-1] and "Searched over levels" in final[4]
