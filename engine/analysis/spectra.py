@@ -46,11 +46,6 @@ class ResidualAnalysis:
             out.append(row)
         return out
 
-    def kept_at(self, width: int) -> list[float]:
-        """Fraction of energy the first ``width`` directions keep, per residual point."""
-        k = max(0, min(width, self.hidden_size))
-        return [row[k - 1] if k else 0.0 for row in self.explained()]
-
     def to_dict(self) -> dict:
         return asdict(self) | {"layer_redundancy": self.layer_redundancy}
 
