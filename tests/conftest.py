@@ -6,6 +6,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from exit_guard import pytest_sessionfinish, pytest_unconfigure  # noqa: E402,F401  (hooks)
 from tiny import ARCHS, make_model, save_model_dir  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
