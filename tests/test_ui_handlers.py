@@ -929,7 +929,8 @@ def test_a_methods_own_plots_are_drawn_from_its_result(session, method, charts):
     # per-layer SliceGPT-style bases sit at every residual point: 2 per layer, then the output
     assert axes == ({"residual point (before each half, then the output)"} if method == "dotresize" else {"layer"})
     assert len(expected) == (2 * layers + 1 if method == "dotresize" else layers)
-    assert "per layer" in view.method.layout.title.text
+    assert "What the method measured" in view.method.layout.title.text
+    assert all(view.method.layout[k].dtick == 1 for k in view.method.layout if k.startswith("xaxis"))
 
 
 def test_method_plots_are_read_by_shape():

@@ -307,12 +307,13 @@ def method_plots(plots: dict, subtitle: str = "", layers: Optional[int] = None) 
             fig.add_trace(go.Bar(x=xs, y=p.values, marker_color=PALETTE[(row - 1) % len(PALETTE)],
                                  hovertemplate=f"{where.split(' (')[0]} %{{x}}<br>{p.y_label} %{{y:.4g}}<extra></extra>"),
                           row=row, col=1)
-        fig.update_xaxes(title_text=p.x_label if p.kind == "grid" else where, row=row, col=1)
+        fig.update_xaxes(title_text=p.x_label if p.kind == "grid" else where, row=row, col=1,
+                         dtick=1 if p.kind != "grid" and len(xs) <= 40 else None)  # whole layers, not 0.5
         if p.kind != "grid":
             fig.update_yaxes(title_text=p.y_label[:28], row=row, col=1)
     fig.update_layout(showlegend=False)
     fig.update_annotations(font_size=12)
-    return _style(fig, "What the method measured and chose, per layer", subtitle, height=140 + 240 * len(panels))
+    return _style(fig, "What the method measured and chose, along the model", subtitle, height=140 + 240 * len(panels))
 
 
 def live_curves(curves: dict[str, tuple[str, list[float], list[float]]]) -> go.Figure:
