@@ -117,18 +117,3 @@ def hidden_loss(student: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor]
     terms = [(s.float() - t.float()).square().mean() / t.float().square().mean().clamp_min(1e-12)
              for s, t in zip(student[1:], teacher[1:])]
     return torch.stack(terms).mean() if terms else None
-
-
-@torch.no_grad()
-def mean_kl(student: torch.nn.Module, teacher: torch.nn.Module, tokens: torch.Tensor, temperature: float = 1.0,
-            micro_batch: int = 1) -> float:
-    """Held-out mean KL per token (float64 accumulation) of ``student`` to ``teacher`` on ``tokens``."""
-    device = next(student.parameters()).device
-    total, count = 0.0, 0
-    for start in range(0, tokens.shape[0], micro_batch):
-        batch = tokens[start:start + micro_batch].to(device)
-        s = student(input_ids=batch, use_cache=False).logits
-        t = teacher(input_ids=batch.to(next(teacher.parameters()).device), use_cache=False).logits.to(s.device)
-        total += float(kl_loss(s, t, temperature).double()) * batch.numel()
-        count += batch.numel()
-    return total / count
