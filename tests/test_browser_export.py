@@ -48,8 +48,15 @@ def _type(element, value: str) -> None:
 
 def _box(driver, tab: str, label: str):
     """A text box (gradio renders some as textarea) or number input, by the label shown above it."""
-    return driver.find_element(By.XPATH, f"//*[@id='tab-{tab}']//label[.//span[normalize-space()='{label}']]"
-                                         "//*[self::input or self::textarea]")
+    return driver.find_element(By.XPATH, _BOX.format(tab=tab, label=label))
+
+
+def _boxes(driver, tab: str, label: str) -> list:
+    """``_box``'s matches, none while the box is not rendered yet (e.g. an accordion still opening)."""
+    return driver.find_elements(By.XPATH, _BOX.format(tab=tab, label=label))
+
+
+_BOX = "//*[@id='tab-{tab}']//label[.//span[normalize-space()='{label}']]//*[self::input or self::textarea]"
 
 
 def _radio(driver, tab: str, label: str) -> None:
@@ -61,6 +68,7 @@ def test_a_run_exports_as_gguf_and_a_refusal_keeps_what_the_tab_showed(page, sho
     page.find_element(By.ID, "tab-compress-button").click()
     browser.choose(page, "compress", "Method", "FASP")
     page.find_element(By.XPATH, "//*[@id='tab-compress']//button[.//span[normalize-space()='Calibration data']]").click()
+    wait(page, lambda: _boxes(page, "compress", "Samples"), 30, "the opened calibration fields")  # busy machines
     _type(field(page, "compress", "Samples"), "8")
     _type(field(page, "compress", "Tokens per sample"), "64")
     page.find_element(By.XPATH, "//*[@id='tab-compress']//button[normalize-space()='Run']").click()
