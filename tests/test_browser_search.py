@@ -1,5 +1,6 @@
 """The searched schedule in the real page (headless Chromium) on a tiny random model: the live best-KL chart
-fills while the search runs, then the plan chart holds the searched plan beside the uniform one.
+fills while the search runs, Stop keeps the page as it was, and the next Run (reusing the level database)
+ends with the searched plan beside the uniform one.
 
 Run alone: ``python -m pytest -m browser tests/test_browser_search.py``; the screenshot goes to
 ``$SLIMLAB_SCREENSHOTS`` (else a temporary folder). The page's own first load asks for the demo model; here
@@ -20,7 +21,7 @@ from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
 
 CALIBRATION = {"Samples": "8", "Tokens per sample": "32"}
-SEARCH = {"generations": "6", "offspring": "4", "tokens": "256", "first_tokens": "64", "level_step": "0.2",
+SEARCH = {"offspring": "4", "tokens": "256", "first_tokens": "64", "level_step": "0.2",
           "max_level": "0.4"}
 
 
@@ -61,6 +62,7 @@ def traces(driver, elem_id: str, kind: str) -> int:
 def test_the_search_draws_its_curve_live_then_the_plan_beside_uniform(page, tmp_path_factory):
     shots = Path(os.environ.get("SLIMLAB_SCREENSHOTS") or tmp_path_factory.mktemp("screenshots"))
     page.find_element(By.ID, "tab-compress-button").click()
+    wait(page, lambda: "Planned size" in text(page, "planned-size"), 60, "the tab's starting recipe")
     page.find_element(By.XPATH, "//label[.//span[normalize-space()='Searched (EvoPress)']]").click()
     wait(page, lambda: shown(page, "generations"), 30, "the searched controls")
     page.find_element(By.XPATH, "//button[.//span[normalize-space()='Calibration data']]").click()
@@ -72,12 +74,29 @@ def test_the_search_draws_its_curve_live_then_the_plan_beside_uniform(page, tmp_
     ratio = field(page, "compress", "number input for Target ratio")
     ratio.send_keys(Keys.CONTROL, "a")
     ratio.send_keys("0.2", Keys.TAB)
-    page.find_element(By.XPATH, "//button[normalize-space()='Run']").click()
+    run, stop = (page.find_element(By.XPATH, f"//button[normalize-space()='{name}']") for name in ("Run", "Stop"))
+    generations = field(page, "compress", "generations")
+    generations.send_keys(Keys.CONTROL, "a")
+    generations.send_keys("100000", Keys.TAB)  # runs until stopped
+    run.click()
     wait(page, lambda: traces(page, "live-curve", "scatter") == 1 or toasts(page), 300, "the live curve")
     assert not toasts(page)
+    page.execute_script("document.getElementById('plan-chart').scrollIntoView()")
+    page.save_screenshot(str(shots / "searched-live-running.png"))
+    stop.click()
+    wait(page, lambda: any("Cancelled" in t for t in toasts(page)), 120, "the Stop toast")
+    assert "No compressed model yet" in text(page, "result-card") and "none yet" in text(page, "slimlab-status")
+    for box in page.find_elements(By.CSS_SELECTOR, ".toast-body button, .toast-close"):
+        if box.is_displayed():
+            box.click()
+    generations = field(page, "compress", "generations")
+    generations.send_keys(Keys.CONTROL, "a")
+    generations.send_keys("6", Keys.TAB)
+    run.click()
     wait(page, lambda: "run 1" in text(page, "slimlab-status"), 300, "the searched run to finish")
     wait(page, lambda: traces(page, "plan-chart", "bar") == 2, 30, "the plan beside the uniform plan")
     assert "Searched over levels [0.0, 0.2, 0.4] in 6 generations" in page.page_source
+    assert "0 levels built, 2 reused from" in page.page_source  # the stopped run's level database
     page.execute_script("document.getElementById('plan-chart').scrollIntoView()")
     page.save_screenshot(str(shots / "searched-live-and-plan.png"))
     assert console_errors(page) == []

@@ -65,8 +65,9 @@ def test_the_live_chart_gets_every_generation_while_the_search_runs(session, tmp
             assert list(fig.data[0].x) == xs and fig.layout.xaxis.title.text == "generation"
         else:
             view = out
-    assert seen and seen[-1] == [0, 1, 2, 3] and all(a == seen[-1][:len(a)] for a in seen)
+    assert seen and seen[0][0] == 0 and all(a == seen[-1][:len(a)] for a in seen)  # at most one redraw a second
     history = session.result.recipe.plan.options["history"]
+    assert list(view.live.data[0].x) == [0, 1, 2, 3]
     assert list(view.live.data[0].y) == [h[1] for h in history]  # the finished curve is the recipe's trace
     bars = [t for t in view.plan.figure.data if t.type == "bar"]
     assert [b.name for b in bars] == ["fraction removed", "uniform at the same total (mean 0.250)"]
@@ -114,6 +115,16 @@ def test_live_forwards_progress_and_raises_the_jobs_error_after_its_curves():
     with pytest.raises(Cancelled):
         next(job)
     assert [e.step for e in forwarded] == [0, 1] and not stopped
+
+
+def test_live_redraws_at_most_once_a_second_and_the_first_point_at_once():
+    def work(report):
+        for step in range(2000):
+            report(ProgressEvent("search", step, 2000, "", CurvePoint("loss", step, 1.0 / (step + 1))))
+        return "done"
+
+    outs = [out if isinstance(out, str) else len(out.points["loss"][1]) for out in live(work, None, lambda: None)]
+    assert outs[0] == 1 and outs[-1] == "done" and len(outs) < 20  # not one redraw per point
 
 
 def test_closing_the_live_generator_stops_its_job():

@@ -5,6 +5,7 @@ import math
 import os
 import queue
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Optional, TypeVar, Union
 
@@ -117,11 +118,13 @@ class Curves:
 _DONE = object()  # the worker's last word on the queue
 
 
-def live(work: Callable[[Progress], T], progress: Progress, stop: Callable[[], Any]) -> Iterator[Union[Curves, T]]:
-    """Run ``work(callback)`` on a worker thread; yield the ``Curves`` its progress events draw, each time
-    new points arrive, then its result. Its progress reaches ``progress`` on this thread (gradio's bar
-    belongs to the event's thread); its error (a Stop's ``Cancelled`` too) is raised here. Closing the
-    generator early (the client left) calls ``stop``, so the job is cancelled at its next step."""
+def live(work: Callable[[Progress], T], progress: Progress, stop: Callable[[], Any],
+         every: float = 1.0) -> Iterator[Union[Curves, T]]:
+    """Run ``work(callback)`` on a worker thread; yield the ``Curves`` its progress events draw, at most once
+    every ``every`` seconds (a fast search would otherwise redraw the page's chart faster than a browser
+    draws it), then its result. Its progress reaches ``progress`` on this thread (gradio's bar belongs to the
+    event's thread); its error (a Stop's ``Cancelled`` too) is raised here. Closing the generator early (the
+    client left) calls ``stop``, so the job is cancelled at its next step."""
     events: queue.Queue = queue.Queue()
     outcome: dict[str, Any] = {}
 
@@ -135,23 +138,23 @@ def live(work: Callable[[Progress], T], progress: Progress, stop: Callable[[], A
 
     worker = threading.Thread(target=target, name="slimlab-job", daemon=True)
     worker.start()
-    curves, done = Curves(), False
+    curves, done, pending, shown = Curves(), False, False, -math.inf
     try:
         while not done:
-            batch = [events.get()]
-            while not events.empty():  # what piled up meanwhile: one chart update for all of it
-                batch.append(events.get())
-            drawn = False
-            for event in batch:
-                if event is _DONE:
-                    done = True
-                    continue
+            try:  # wait for the next event, or until a pending redraw is due
+                event = events.get(timeout=max(0.0, shown + every - time.monotonic()) if pending else None)
+            except queue.Empty:
+                event = None
+            if event is _DONE:
+                done = True
+            elif event is not None:
                 if progress is not None:
                     progress(event)
                 if event.point is not None:
                     curves.add(event.point)
-                    drawn = True
-            if drawn:
+                    pending = True
+            if pending and not done and time.monotonic() >= shown + every:
+                pending, shown = False, time.monotonic()
                 yield curves
     finally:
         if not done:  # closed before the job ended

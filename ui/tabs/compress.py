@@ -117,15 +117,16 @@ def build() -> SimpleNamespace:
         with gr.Column(scale=2):
             plan_table = gr.Dataframe(headers=["layer", "ratio", "score"], type="array", interactive=True,
                                       static_columns=[0, 2], label="Plan (edit the ratio column)", max_height=380)
-    card = gr.Markdown(NO_RESULT, elem_id="result-card")
-    accounting = plot("The parameter comparison appears after a run.", "Parameters: original vs compressed",
-                      "accounting")
+    # the run's curves under its plan, in sight while it runs
     with gr.Row():
         with gr.Column():
             live_plot = plot(handlers.NO_LIVE, "Live curve of the run (a search's best KL by generation)", "live",
                              "live-curve")
         with gr.Column():
             recovery_plot = plot(handlers.NO_RECOVERY, "Recovery loss or the method's training curve", "recovery")
+    card = gr.Markdown(NO_RESULT, elem_id="result-card")
+    accounting = plot("The parameter comparison appears after a run.", "Parameters: original vs compressed",
+                      "accounting")
     method_plot = plot(handlers.NO_METHOD_PLOTS, "The method's own charts", "method")
     return SimpleNamespace(job=job, preset=preset, preset_card=preset_card, recipe_file=recipe_file, method=method,
                            method_info=method_info, methods=method_controls, ratio=ratio, schedule=schedule,
