@@ -9,13 +9,13 @@ the model cache hands it a tiny random checkpoint instead, so nothing real is lo
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import pytest
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
-from test_browser import console_errors, field, page, text, toasts, wait  # noqa: E402,F401  (skips without a browser)
+from test_browser import console_errors, field, page, shots, text, toasts, wait  # noqa: E402,F401  (skips without a browser)
+from test_browser import test_no_sideways_scroll_at_412_px  # noqa: E402,F401  (the same check, on the tiny page with the live chart)
 from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
@@ -59,8 +59,7 @@ def traces(driver, elem_id: str, kind: str) -> int:
     return len(driver.find_elements(By.CSS_SELECTOR, f"#{elem_id} .{kind}layer .trace"))
 
 
-def test_the_search_draws_its_curve_live_then_the_plan_beside_uniform(page, tmp_path_factory):
-    shots = Path(os.environ.get("SLIMLAB_SCREENSHOTS") or tmp_path_factory.mktemp("screenshots"))
+def test_the_search_draws_its_curve_live_then_the_plan_beside_uniform(page, shots):
     page.find_element(By.ID, "tab-compress-button").click()
     wait(page, lambda: "Planned size" in text(page, "planned-size"), 60, "the tab's starting recipe")
     page.find_element(By.XPATH, "//label[.//span[normalize-space()='Searched (EvoPress)']]").click()
@@ -78,12 +77,12 @@ def test_the_search_draws_its_curve_live_then_the_plan_beside_uniform(page, tmp_
     generations = field(page, "compress", "generations")
     generations.send_keys(Keys.CONTROL, "a")
     generations.send_keys("100000", Keys.TAB)  # runs until stopped
-    run.click()
+    page.execute_script("arguments[0].click()", run)
     wait(page, lambda: traces(page, "live-curve", "scatter") == 1 or toasts(page), 300, "the live curve")
     assert not toasts(page)
     page.execute_script("document.getElementById('plan-chart').scrollIntoView()")
     page.save_screenshot(str(shots / "searched-live-running.png"))
-    stop.click()
+    page.execute_script("arguments[0].click()", stop)  # the button may sit under a toast
     wait(page, lambda: any("Cancelled" in t for t in toasts(page)), 120, "the Stop toast")
     assert "No compressed model yet" in text(page, "result-card") and "none yet" in text(page, "slimlab-status")
     for box in page.find_elements(By.CSS_SELECTOR, ".toast-body button, .toast-close"):
@@ -92,7 +91,7 @@ def test_the_search_draws_its_curve_live_then_the_plan_beside_uniform(page, tmp_
     generations = field(page, "compress", "generations")
     generations.send_keys(Keys.CONTROL, "a")
     generations.send_keys("6", Keys.TAB)
-    run.click()
+    page.execute_script("arguments[0].click()", run)
     wait(page, lambda: "run 1" in text(page, "slimlab-status"), 300, "the searched run to finish")
     wait(page, lambda: traces(page, "plan-chart", "bar") == 2, 30, "the plan beside the uniform plan")
     assert "Searched over levels [0.0, 0.2, 0.4] in 6 generations" in page.page_source
