@@ -270,6 +270,25 @@ def test_stored_top_k_with_the_whole_vocabulary_is_the_full_kl(teacher, held_out
 
 
 @pytest.mark.parametrize("k, temperature", [(5, 1.0), (5, 2.0), (40, 1.0)])
+def test_topk_summaries_written_chunk_by_chunk_equal_the_float64_distribution(k, temperature):
+    from engine.recovery.losses import TopK
+
+    logits = torch.randn(10, 40, generator=torch.Generator().manual_seed(1)) * 4
+    target = TopK.empty(10, k)
+    for rows in (slice(0, 3), slice(3, 8), slice(8, 10)):  # uneven chunks, each scratch overwritten
+        target.write(rows, logits[rows].clone(), temperature)
+    logp = torch.log_softmax(logits.double() / temperature, -1)
+    values, indices = logp.topk(k, dim=-1)
+    assert torch.equal(target.indices.long(), indices)
+    torch.testing.assert_close(target.logprobs.double(), values, rtol=0, atol=1e-5)
+    tail = logp.scatter(-1, indices, -torch.inf).logsumexp(-1)
+    if k < 40:
+        torch.testing.assert_close(target.tail.double(), tail, rtol=0, atol=1e-5)
+    else:  # the k tokens hold all the mass: the floor, not -inf (0 * (a - b) stays 0 in the KL)
+        assert (target.tail == torch.finfo(torch.float32).min).all()
+
+
+@pytest.mark.parametrize("k, temperature", [(5, 1.0), (5, 2.0), (40, 1.0)])
 def test_head_kl_and_its_gradients_equal_autograd_in_float64(k, temperature):
     """The fused KL (logits made and turned into their gradient inside) against the same KL written plainly
     and differentiated by autograd in float64; k = 40 is the whole vocabulary (no tail, no NaN)."""
@@ -278,7 +297,8 @@ def test_head_kl_and_its_gradients_equal_autograd_in_float64(k, temperature):
     gen = torch.Generator().manual_seed(0)
     hidden = torch.randn(12, 16, generator=gen, requires_grad=True)
     head = torch.nn.Linear(16, 40, bias=True)
-    target = TopK.of(torch.randn(12, 40, generator=gen) * 3, k, temperature)
+    target = TopK.empty(12, k)
+    target.write(slice(None), torch.randn(12, 40, generator=gen) * 3, temperature)
     ours = head_topk_kl(head, hidden, target, temperature)
     ours.backward()
     fused = [hidden.grad, head.weight.grad, head.bias.grad]

@@ -67,17 +67,27 @@ def teacher_targets(lm: LoadedModel, tokens: torch.Tensor, windows: list[int], s
     model, adapter, device = lm.model, lm.adapter, lm.compute_device
     norm, head = adapter.final_norm(model), adapter.head(model)
     per_pass = max(1, TEACHER_TOKENS // tokens.shape[1])
-    parts = []
+    seqlen = tokens.shape[1]
+    topk = TopK.empty(len(windows) * seqlen, min(spec.top_k, head.out_features))  # plain tensors: usable as targets
+    scratch = torch.empty(HEAD_TOKENS, head.out_features, device=head.weight.device)
     for start in range(0, len(windows), per_pass):
         chunk = tokens[windows[start:start + per_pass]]
         inputs = capture_layer_inputs(model, adapter, chunk, spec.micro_batch, device)
         last = run_sequential(inputs, adapter, OriginalLayers(lm, device), LayerHooks(), reporter, STAGE)
-        with torch.inference_mode():
+        with torch.no_grad():
             hidden = torch.cat([h.flatten(0, 1) for h in last]).to(head.weight.device)
             del last, inputs
-            parts += [TopK.of(head(norm(hidden[i:i + HEAD_TOKENS])), spec.top_k, spec.kl_temperature)
-                      for i in range(0, hidden.shape[0], HEAD_TOKENS)]
-    topk = TopK.cat(parts)  # outside inference mode: plain tensors, usable as targets under autograd
-    del parts
+            for i in range(0, hidden.shape[0], HEAD_TOKENS):
+                x = norm(hidden[i:i + HEAD_TOKENS])
+                row = start * seqlen + i
+                topk.write(slice(row, row + len(x)), _logits_into(head, x, scratch[:len(x)]), spec.kl_temperature)
+    del scratch
     release_freed_memory()  # the passes' activations: the training that follows allocates other shapes
     return TeacherTargets({w: i for i, w in enumerate(windows)}, topk, tokens.shape[1])
+
+
+def _logits_into(head: torch.nn.Linear, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """The head's float32 logits of ``x`` written into ``out`` (a buffer reused chunk after chunk)."""
+    if head.weight.dtype == out.dtype and head.bias is None:
+        return torch.mm(x, head.weight.t(), out=out)
+    return out.copy_(head(x))
