@@ -17,10 +17,10 @@ import torch
 from torch import nn
 
 from .analysis import Accounting, account
-from .api import compensation_plan, has_chat_template
+from .api import compensation_plan, context_length, has_chat_template
 from .methods import check_architecture, get_method
 from .models import LoadedModel
-from .recipes import CalibrationSpec, Recipe
+from .recipes import CalibrationSpec, Recipe, RecoverySpec
 from .schedules import build_plan, get_schedule, split_schedule
 
 # calibration: half encyclopedic text, half chats through the template for a chat model (on the demo,
@@ -93,16 +93,26 @@ def planned_size(lm: LoadedModel, recipe: Recipe,
     return PlannedSize(planned, original, exact)
 
 
+def within_context(lm: LoadedModel, seqlen: int) -> int:
+    """``seqlen`` cut to the model's context: a default window longer than a short-context model's
+    positions would be refused at Run."""
+    context = context_length(lm)
+    return seqlen if context is None else min(seqlen, context)
+
+
 def default_calibration(lm: LoadedModel) -> CalibrationSpec:
-    """The calibration a run of ``lm`` should start from: text plus chats for a chat model."""
-    return CalibrationSpec(CHAT_CALIBRATION if has_chat_template(lm) else TEXT_CALIBRATION)
+    """The calibration a run of ``lm`` should start from: text plus chats for a chat model, samples no
+    longer than the model's context."""
+    return CalibrationSpec(CHAT_CALIBRATION if has_chat_template(lm) else TEXT_CALIBRATION,
+                           seqlen=within_context(lm, CalibrationSpec.seqlen))
 
 
 def starter_recipe(lm: LoadedModel, fraction: float = STARTER_FRACTION) -> Recipe:
     """The best shrinking recipe the engine has for any model: FASP with its defaults and the default
     calibration, at the ratio that keeps about ``fraction`` of the parameters (found by bisection on
-    ``planned_size``, at most ``STARTER_MAX_RATIO``)."""
-    base = Recipe(model=lm.spec, method=STARTER_METHOD, ratio=0.0, calibration=default_calibration(lm))
+    ``planned_size``, at most ``STARTER_MAX_RATIO``); its windows, recovery's too, fit the model's context."""
+    base = Recipe(model=lm.spec, method=STARTER_METHOD, ratio=0.0, calibration=default_calibration(lm),
+                  recovery=RecoverySpec(seqlen=within_context(lm, RecoverySpec.seqlen)))
     low, high = 0.0, STARTER_MAX_RATIO
     for _ in range(12):
         mid = (low + high) / 2

@@ -69,3 +69,12 @@ def test_the_starter_recipe_shrinks_to_about_nine_tenths(models, arch):
     assert recipe.method == "fasp" and 0 < recipe.ratio <= 0.5
     assert 0.85 <= size.fraction <= 0.95  # tiny widths round in coarse steps of 8
     assert recipe.calibration.source == "wikitext2:validation+alpaca-chat"  # the tiny tokenizers have a chat template
+
+
+def test_the_starter_recipe_fits_a_short_context(tmp_path):
+    from tiny import save_model_dir
+
+    lm = load_model(str(save_model_dir(tmp_path / "short", "llama", max_position_embeddings=128)), device="cpu")
+    recipe = starter_recipe(lm)
+    assert recipe.calibration.seqlen == 128 and recipe.recovery.seqlen == 128  # the defaults ask 512
+    assert CalibrationSpec().seqlen == 512

@@ -271,6 +271,19 @@ def test_the_compress_tab_opens_on_a_recipe_that_shrinks_the_model(session, monk
     assert "measured:" in opened.card and "Planned size" in opened.size
 
 
+def test_on_a_short_context_model_the_opening_recipe_runs(cache, data_dir, tmp_path):
+    s = Session()
+    hm.load(s, str(save_model_dir(tmp_path / "short", "llama", max_position_embeddings=128)), cache=cache)
+    c = hc.starting_point(s).controls
+    calib = c.calibration
+    assert calib["seqlen"] == 128 and c.recovery[-1] == 128  # both default to 512 tokens, refused here
+    hc.check_recovery_sizes(hc.recovery_spec("lora", *c.recovery[1:]), 128)  # switching recovery on is runnable too
+    hc.run(s, c.method, c.method_params, c.ratio, c.schedule, c.schedule_params, calib["source"], 8,
+           calib["seqlen"], calib["seed"], c.plan.rows, recovery=hc.recovery_spec(*c.recovery))
+    assert s.result.recipe.calibration.seqlen == 128 and s.result.accounting.params_total < \
+        s.result.original.params_total
+
+
 def test_compress_applies_the_edited_plan_and_leaves_the_original(session):
     before = _state(session.lm.model)
     hc.preview_plan(session, "uniform", 0.25, None, *CALIB)
@@ -990,7 +1003,7 @@ def test_the_default_calibration_is_chats_for_a_chat_model(session):
     assert hc.default_calibration_source(session) == chats  # the tiny tokenizer has a chat template
     assert _after_model(session)[3] == chats  # Analyze's source (the Compress tab opens on a recipe with it)
     assert hc.starting_point(session).controls.calibration["source"] == chats
-    no_template = Session(lm=SimpleNamespace(tokenizer=SimpleNamespace(chat_template=None)))
+    no_template = Session(lm=SimpleNamespace(tokenizer=SimpleNamespace(chat_template=None), model=None))
     assert hc.default_calibration_source(no_template) == "wikitext2:validation"
 
 
