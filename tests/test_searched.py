@@ -168,12 +168,17 @@ def test_depth_search_removes_the_layers_whose_loss_hurts_least(lm, data_dir, tm
     is the best single removal by KL (checked by scoring all of them), and compress() removes it."""
     from engine.search.fitness import score_candidates, dense_targets
     from engine.methods import get_method
+    from engine.schedules import Plan
+    from ui.handlers import compress as hc
 
     params = _params(tmp_path / "depth", generations=3, offspring=3, tokens=128, first_tokens=128)
     run = SearchRun(lm, "shortgpt", get_method("shortgpt").resolve_params({}), _run(lm, data_dir).calibration, CALIB,
                     _run(lm, data_dir).tokens_of, Reporter())
     plan = search_plan(run, 0.25, params)
     assert plan.scores.count(0.0) == 1 and plan.ratios == [0.25] * 4
+    assert Plan.from_dict(plan.to_dict()).scores_label == "kept (1) / removed (0)"  # the plan says what 1 and 0 mean
+    assert [t.name for t in hc.plan_view(plan).figure.data][-1] == "kept (1) / removed (0)"  # the chart's score line
+    assert Plan("layer-redundancy", 0.2, [0.2], [0.5]).scores_label == "layer redundancy"  # else named by schedule
     db = open_database(run, params)
     assert db.spec.levels == (0.0, 1.0) and db.missing() == []
     from engine.search.run import fitness_tokens

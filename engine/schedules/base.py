@@ -26,7 +26,13 @@ class Plan:
     target: float  # mean ratio asked for
     ratios: list[float]
     scores: Optional[list[float]] = None  # what the schedule ranked layers by (plotted in the UI)
-    options: dict = field(default_factory=dict)
+    options: dict = field(default_factory=dict)  # "scores_label": what the scores mean, where the name does not say
+
+    @property
+    def scores_label(self) -> str:
+        """What the scores are, for a chart's legend: the plan's own words, else the schedule's name
+        ("layer-redundancy" ranks layers by layer redundancy)."""
+        return self.options.get("scores_label") or self.schedule.replace("-", " ")
 
     def to_dict(self) -> dict:
         return {"schedule": self.schedule, "target": self.target, "ratios": list(self.ratios),

@@ -137,5 +137,5 @@ def search_plan(run: SearchRun, target: float, params: dict) -> Plan:
     }
     if depth:  # the method follows the plan's ranking: the layers scored 0 go
         return Plan("searched", target, [target] * len(costs), scores=[float(k == 0) for k in result.levels],
-                    options=options)
+                    options=options | {"scores_label": "kept (1) / removed (0)"})
     return Plan("searched", target, [db.spec.levels[k] for k in result.levels], options=options)

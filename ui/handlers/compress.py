@@ -171,9 +171,7 @@ def plan_view(plan: Plan, applied: Optional[dict[str, list]] = None) -> PlanView
     mean = sum(plan.ratios) / len(plan.ratios)
     note = (f"Plan **{plan.schedule}**: {len(plan.ratios)} layers, mean ratio {mean:.3f} "
             f"(min {min(plan.ratios):.3f}, max {max(plan.ratios):.3f}).") + _search_note(plan.options)
-    # a schedule's scores are named after it ("layer-redundancy" ranks layers by layer redundancy)
-    label = plan.schedule.replace("-", " ")
-    figure = figures.plan_chart(plan.ratios, scores, label, applied, _uniform_beside(plan))
+    figure = figures.plan_chart(plan.ratios, scores, plan.scores_label, applied, _uniform_beside(plan))
     return PlanView(rows, figure, note, round(mean, 4))
 
 
