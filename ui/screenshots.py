@@ -5,7 +5,9 @@
 
 Launches the app (or uses --url), opens it in headless Chromium over the DevTools protocol,
 lets the demo model load by itself, runs the analysis, a SliceGPT compression, perplexity,
-speed, one chat turn and a save, then captures every tab as a full-page PNG. Browser console
+speed, one chat turn and a save, then captures every tab as a full-page PNG in each theme asked
+(``--theme all``, the default: light, dark and presentation mode, from the one flow; files
+``01-model-light.png`` ... ``07-learn-present.png``). Browser console
 errors, uncaught exceptions and failed requests are written to console.json; the exit code
 is 1 when there is any. Needs the ``chromium`` binary and ``aiohttp`` (a dependency of
 ``fsspec[http]``, which ``datasets`` installs).
@@ -30,6 +32,17 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
                   "--hide-scrollbars", "--window-size=1400,1000", "--remote-debugging-port=0"]
 
 TABS = ["Model", "Analyze", "Compress", "Evaluate", "Chat", "Export", "Learn"]
+THEMES = ("light", "dark", "present")  # present: light with the header's Presentation mode toggle on
+
+
+def themes(choice: str) -> list[str]:
+    """The themes ``--theme`` names: one, or ``all`` of them."""
+    return list(THEMES) if choice == "all" else [choice]
+
+
+def shot_name(tab: str, theme: str) -> str:
+    """A screenshot's file name: the tab's place, its name and the theme, e.g. ``03-compress-dark.png``."""
+    return f"{TABS.index(tab) + 1:02d}-{tab.lower()}-{theme}.png"
 
 # Helpers injected into the page: find things by visible text, fill inputs the way a user would.
 PAGE_JS = r"""
@@ -166,22 +179,24 @@ async def fill(page: Page, tab: str, values: tuple[tuple[str, object], ...]) -> 
         assert await page.js(f"slim.fill({tab!r}, {label!r}, {value})"), label
 
 
-async def flow(page: Page, url: str, out: Path, quick: bool, present: bool = False) -> None:
+async def set_theme(page: Page, theme: str) -> None:
+    """Switch the page in place (the session's results stay): gradio's dark class on the body, as its
+    ``?__theme=dark`` sets it, and the header's Presentation mode toggle."""
+    await page.js(f"document.body.classList.toggle('dark', {str(theme == 'dark').lower()})")
+    present = theme == "present"
+    if await page.js("document.body.classList.contains('present')") != present:
+        assert await page.js("(() => { const b = document.querySelector('#present input'); b && b.click(); "
+                             "return !!b; })()")
+        await page.wait(f"document.body.classList.contains('present') === {str(present).lower()}",
+                        "presentation mode", 30)
+
+
+async def flow(page: Page, url: str, out: Path, quick: bool, shot_themes: list[str]) -> None:
     await page.send("Page.navigate", url=url)
     await page.wait("document.querySelector('button[role=tab]') !== null", "the app to render", 120)
     await page.js(PAGE_JS)
     await page.wait("document.getElementById('slimlab-status').innerText.includes('compressed:')",
                     "the demo model to load by itself", 600)
-    shots = {}
-
-    async def shot(tab: str) -> None:
-        await page.js(f"slim.clickTab({tab!r})")
-        await asyncio.sleep(1.0)
-        path = out / f"{len(shots) + 1:02d}-{tab.lower()}.png"
-        await page.screenshot(path)
-        shots[tab] = path
-        print(f"  {path}", flush=True)
-
     await page.js("slim.clickTab('Analyze')")
     await asyncio.sleep(1.0)
     await fill(page, "Analyze", (("Samples", 8), ("Tokens per sample", 128)))
@@ -224,15 +239,16 @@ async def flow(page: Page, url: str, out: Path, quick: bool, present: bool = Fal
     await page.js("slim.click('Export', 'Preview model card')")
     await page.wait("slim.text('Export').includes('library_name')", "the model card", 300)
 
-    if present:  # the header's Presentation mode toggle
-        assert await page.js("(() => { const b = document.querySelector('#present input'); b && b.click(); "
-                             "return !!b; })()")
-        await page.wait("document.body.classList.contains('present')", "presentation mode", 30)
-    for tab in TABS:
-        await shot(tab)
+    for theme in shot_themes:
+        await set_theme(page, theme)
+        for tab in TABS:
+            await page.js(f"slim.clickTab({tab!r})")
+            await asyncio.sleep(1.0)
+            await page.screenshot(out / shot_name(tab, theme))
+            print(f"  {out / shot_name(tab, theme)}", flush=True)
 
 
-async def run(url: str, out: Path, quick: bool, present: bool = False) -> list[dict]:
+async def run(url: str, out: Path, quick: bool, shot_themes: list[str]) -> list[dict]:
     import aiohttp
 
     profile = Path(tempfile.mkdtemp(prefix="slimlab-chromium-"))
@@ -246,7 +262,7 @@ async def run(url: str, out: Path, quick: bool, present: bool = False) -> list[d
                 for domain in ("Page", "Runtime", "Log"):
                     await page.send(f"{domain}.enable")
                 try:
-                    await flow(page, url, out, quick, present)
+                    await flow(page, url, out, quick, shot_themes)
                 except Exception:
                     await page.screenshot(out / "failure.png")
                     raise
@@ -262,23 +278,28 @@ async def run(url: str, out: Path, quick: bool, present: bool = False) -> list[d
         shutil.rmtree(profile, ignore_errors=True)
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="/tmp/slimlab_shots", help="folder for the PNGs and console.json")
     parser.add_argument("--url", default=None, help="use a running app instead of launching one")
     parser.add_argument("--port", type=int, default=7861, help="port for the app this script launches")
     parser.add_argument("--quick", action="store_true", help="skip the Evaluate measurements")
     parser.add_argument("--model", dest="start", default="demo", help="the model the page loads (a folder, e.g. a tiny random one)")
-    parser.add_argument("--theme", choices=("light", "dark", "present"), default="light",
-                        help="gradio's colour mode, or light with the Presentation mode toggle on")
-    args = parser.parse_args(argv)
+    parser.add_argument("--theme", choices=(*THEMES, "all"), default="all",
+                        help="gradio's colour mode, light with the Presentation mode toggle on (present), "
+                             "or all three from one flow")
+    return parser.parse_args(argv)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     # saved models go to a scratch folder, never into the repository
     os.environ.setdefault("SLIMLAB_OUTPUT_DIR", tempfile.mkdtemp(prefix="slimlab-outputs-"))
-    url = (args.url or start_app(args.port, args.start)) + f"?__theme={'dark' if args.theme == 'dark' else 'light'}"
+    url = (args.url or start_app(args.port, args.start)) + "?__theme=light"  # set_theme switches it in place
     print(f"app at {url}; screenshots in {out}", flush=True)
-    problems = asyncio.run(run(url, out, args.quick, args.theme == "present"))
+    problems = asyncio.run(run(url, out, args.quick, themes(args.theme)))
     (out / "console.json").write_text(json.dumps(problems, indent=2))
     for p in problems:
         print(f"browser {p['kind']}: {p['text'][:300]}", file=sys.stderr)
