@@ -66,10 +66,10 @@ def teacher_targets(lm: LoadedModel, tokens: torch.Tensor, windows: list[int], s
     """The top-``spec.top_k`` summaries of the original's next-token distributions on ``tokens[windows]``."""
     model, adapter, device = lm.model, lm.adapter, lm.compute_device
     norm, head = adapter.final_norm(model), adapter.head(model)
-    per_pass = max(1, TEACHER_TOKENS // tokens.shape[1])
     seqlen = tokens.shape[1]
+    per_pass = max(1, TEACHER_TOKENS // seqlen)
     topk = TopK.empty(len(windows) * seqlen, min(spec.top_k, head.out_features))  # plain tensors: usable as targets
-    scratch = torch.empty(HEAD_TOKENS, head.out_features, device=head.weight.device)
+    scratch = torch.empty(HEAD_TOKENS, head.out_features, dtype=torch.float32, device=head.weight.device)
     for start in range(0, len(windows), per_pass):
         chunk = tokens[windows[start:start + per_pass]]
         inputs = capture_layer_inputs(model, adapter, chunk, spec.micro_batch, device)
@@ -83,7 +83,7 @@ def teacher_targets(lm: LoadedModel, tokens: torch.Tensor, windows: list[int], s
                 topk.write(slice(row, row + len(x)), _logits_into(head, x, scratch[:len(x)]), spec.kl_temperature)
     del scratch
     release_freed_memory()  # the passes' activations: the training that follows allocates other shapes
-    return TeacherTargets({w: i for i, w in enumerate(windows)}, topk, tokens.shape[1])
+    return TeacherTargets({w: i for i, w in enumerate(windows)}, topk, seqlen)
 
 
 def _logits_into(head: torch.nn.Linear, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
