@@ -163,7 +163,9 @@ def test_no_sideways_scroll_at_412_px(page, shots):
         for tab in ("analyze", "compress", "evaluate", "chat", "export", "learn", "model"):
             # chosen at full width: at 412 px gradio may fold some tab buttons into its overflow menu
             page.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
-            page.find_element(By.ID, f"tab-{tab}-button").click()
+            button = f"tab-{tab}-button"  # gradio unfolds the overflow menu a moment after the resize
+            wait(page, lambda: bool(page.find_elements(By.ID, button)), 30, f"the {tab} tab's button at full width")
+            page.find_element(By.ID, button).click()
             page.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", NARROW)
             time.sleep(1)
             width, viewport = page.execute_script(
