@@ -10,7 +10,8 @@ from __future__ import annotations
 import inspect
 import logging
 import os
-from typing import Callable
+import typing
+from typing import Callable, Optional
 
 import gradio as gr
 
@@ -73,9 +74,21 @@ def _track(args: list, own: int) -> list:
     return args
 
 
+GRADIO_FILLED = (gr.OAuthToken, Optional[gr.OAuthToken])  # a signed-in visitor's Hub token (None: signed out)
+
+
+def _filled(fn: Callable) -> dict:
+    """The handler's parameters that gradio fills by type hint (beyond the request ``_signature`` adds)."""
+    try:
+        hints = typing.get_type_hints(fn)
+    except (NameError, TypeError):  # a hint that only names a type under TYPE_CHECKING: nothing gradio fills
+        return {}
+    return {name: hint for name, hint in hints.items() if name != "return" and hint in GRADIO_FILLED}
+
+
 def _signed(call: Callable, fn: Callable, sig: inspect.Signature) -> Callable:
     call.__signature__ = sig
-    call.__annotations__ = {"request": gr.Request}  # gradio finds the request parameter by its type hint
+    call.__annotations__ = _filled(fn) | {"request": gr.Request}  # gradio finds what it fills by type hint
     call.__name__ = fn.__name__
     return call
 

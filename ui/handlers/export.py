@@ -2,6 +2,7 @@
 its recipe, push it to the Hub with a card."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -25,9 +26,57 @@ def output_root() -> Path:
     return Path(os.environ.get("SLIMLAB_OUTPUT_DIR", "outputs"))
 
 
+def on_space() -> bool:
+    """Running as a Hugging Face Space (the Space sets ``SPACE_ID``)."""
+    return bool(os.environ.get("SPACE_ID"))
+
+
 def _restricted() -> bool:
     """On a public Space, only the outputs folder may be written."""
-    return bool(os.environ.get("SPACE_ID")) or os.environ.get("SLIMLAB_RESTRICT_PATHS") == "1"
+    return on_space() or os.environ.get("SLIMLAB_RESTRICT_PATHS") == "1"
+
+
+OAUTH_PACKAGES = ("authlib", "itsdangerous")  # what gradio's OAuth routes import (the ``oauth`` extra)
+OAUTH_ENV = ("OAUTH_CLIENT_ID", "OAUTH_CLIENT_SECRET", "OAUTH_SCOPES", "OPENID_PROVIDER_URL")  # ``hf_oauth: true``
+PUSH_ABOUT = ("**Push to the Hugging Face Hub** with a generated model card: accounting, recipe, and the "
+              "perplexity, zero-shot and speed this session measured in Evaluate")
+TOKEN_NOTE = " (the token is used for this push only and never stored)."
+
+
+@dataclass
+class HubSignIn:
+    """How the Export tab gets a Hub token: gradio's "Sign in with Hugging Face" on a Space where its OAuth
+    works (``oauth``), the token field otherwise; ``note`` is the panel's text and says which, and why."""
+
+    oauth: bool
+    note: str
+
+
+def _sign_in_off() -> Optional[str]:
+    """Why gradio's OAuth cannot run here (None: it can). gradio adds its login routes when the page is built
+    and needs what it checks there: a real Space (SYSTEM=spaces; elsewhere it mocks the login with the
+    machine's own Hub login), its packages, and the OAuth app a Space gets from ``hf_oauth: true``."""
+    missing = [name for name in OAUTH_PACKAGES if importlib.util.find_spec(name) is None]
+    unset = [name for name in OAUTH_ENV if not os.environ.get(name)]
+    if os.environ.get("SYSTEM") != "spaces":
+        return "SPACE_ID is set but this is not a Hugging Face Space (SYSTEM is not `spaces`)"
+    if missing:
+        return f"this Space lacks {' and '.join(missing)} (`pip install 'slimlab[oauth]'`)"
+    if unset:
+        return f"this Space has no OAuth app ({', '.join(unset)} unset: add `hf_oauth: true` to its README metadata)"
+    return None
+
+
+def hub_sign_in() -> HubSignIn:
+    """Sign-in on a Space whose OAuth works (``_sign_in_off``); else the token field, with a note on a Space
+    saying why sign-in is off."""
+    if not on_space():
+        return HubSignIn(False, PUSH_ABOUT + TOKEN_NOTE)
+    off = _sign_in_off()
+    if off:
+        return HubSignIn(False, f"{PUSH_ABOUT}{TOKEN_NOTE} Sign-in with Hugging Face is off: {off}; paste a token.")
+    return HubSignIn(True, f"{PUSH_ABOUT}. **Sign in with Hugging Face** to push to your account: the sign-in's "
+                           "token is used for each push only and never stored.")
 
 
 def default_folder(session: Session) -> str:

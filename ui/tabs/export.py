@@ -6,7 +6,10 @@ from types import SimpleNamespace
 
 import gradio as gr
 
+from engine import ConfigError
+
 from ..handlers import export as handlers
+from ..handlers.common import Progress
 from ..state import Session
 from ..wiring import LIGHT, guarded, heavy
 from .common import job_line
@@ -40,12 +43,13 @@ def build() -> SimpleNamespace:
             recipe_file = gr.File(label="recipe.json", interactive=False)
         recipe_text = gr.Code(language="json", label="Recipe", interactive=False, max_lines=18)
     with gr.Column(variant="panel"):
-        gr.Markdown("**Push to the Hugging Face Hub** with a generated model card: accounting, recipe, and the "
-                    "perplexity, zero-shot and speed this session measured in Evaluate (the token is used for this "
-                    "push only and never stored).")
+        sign_in = handlers.hub_sign_in()
+        gr.Markdown(sign_in.note)
         with gr.Row():
+            # on a Space with OAuth, the visitor's sign-in replaces the token field (see wire)
+            login = gr.LoginButton(size="md", scale=2) if sign_in.oauth else None
             repo_id = gr.Textbox(label="Repository", placeholder="your-name/model-name", scale=3)
-            token = gr.Textbox(label="Access token (write)", type="password", scale=3)
+            token = gr.Textbox(label="Access token (write)", type="password", scale=3, visible=not sign_in.oauth)
             private = gr.Checkbox(True, label="Private", scale=1)
         with gr.Row():
             card_btn = gr.Button("Preview model card")
@@ -54,9 +58,19 @@ def build() -> SimpleNamespace:
         push_status = gr.Markdown("")
         card = gr.Code(language="markdown", label="Model card (README.md)", interactive=False, max_lines=30)
     return SimpleNamespace(format=fmt, dtype=dtype, about=about, source=source, folder=folder, overwrite=overwrite,
-                           save=save, save_job=save_job, save_status=save_status, recipe=recipe, recipe_file=recipe_file, recipe_text=recipe_text, repo_id=repo_id, token=token,
+                           save=save, save_job=save_job, save_status=save_status, recipe=recipe,
+                           recipe_file=recipe_file, recipe_text=recipe_text, repo_id=repo_id, login=login, token=token,
                            private=private, card_btn=card_btn, push=push, push_job=push_job, push_status=push_status,
                            card=card)
+
+
+def push_signed_in(session: Session, repo_id: str, private: bool, signed_in: gr.OAuthToken | None,
+                   progress: Progress = None) -> str:
+    """The push on a Space with sign-in: gradio fills ``signed_in`` from the visitor's Hugging Face login
+    (None when signed out); its token goes to this push only."""
+    if signed_in is None:
+        raise ConfigError("Sign in with Hugging Face (the button beside Repository) to push.")
+    return handlers.push(session, repo_id, signed_in.token, private, progress)
 
 
 def _format_view(view: handlers.FormatView) -> list:
@@ -75,5 +89,6 @@ def wire(ui) -> None:
     # progress and a failure's mark on the job line; the card and the last push's status stay as they were
     t.card_btn.click(guarded(handlers.card), [ui.session, t.repo_id], [t.card], api_name="model_card",
                      **heavy(t.push_job))
-    t.push.click(guarded(handlers.push), [ui.session, t.repo_id, t.token, t.private], [t.push_status],
-                 api_name="push", **heavy(t.push_job))
+    push, inputs = ((push_signed_in, [ui.session, t.repo_id, t.private]) if t.login is not None else
+                    (handlers.push, [ui.session, t.repo_id, t.token, t.private]))
+    t.push.click(guarded(push), inputs, [t.push_status], api_name="push", **heavy(t.push_job))
