@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -221,8 +222,9 @@ def test_the_export_writes_the_chosen_dtype_and_keeps_slimlab_json(saved):
     assert (folder / "model.safetensors").stat().st_size < 0.6 * (saved["qwen2-fasp"] / "model.safetensors").stat().st_size
 
 
-def test_auto_dtype_is_the_original_checkpoints_half_dtype(tmp_path):
+def test_auto_dtype_is_the_original_checkpoints_half_dtype_and_the_cli_says_so(tmp_path, capsys):
     from engine import load_model
+    from engine.cli import main
     from tiny import make_model
 
     model, tok = make_model("qwen2")
@@ -232,8 +234,14 @@ def test_auto_dtype_is_the_original_checkpoints_half_dtype(tmp_path):
     assert lm.dtype == torch.float32  # SlimLab computes in float32 on a CPU ...
     save_compressed(compress(lm, "fasp", 0.3, calibration=_calibration(model.config.vocab_size)), tmp_path / "r")
     report = export(tmp_path / "r", "hf", out=tmp_path / "hf")  # ... and exports in the original's bf16
-    assert report.details["dtype"] == "bf16"
+    assert report.dtype == report.details["dtype"] == "bf16"
     assert json.loads((tmp_path / "hf" / "config.json").read_text())["dtype"] == "bfloat16"
+    for fmt in ("hf", "decilm"):  # the folder formats default to "auto": the line names what was written
+        out = tmp_path / f"cli-{fmt}"
+        assert main(["export", str(tmp_path / "r"), "--format", fmt, "--out", str(out), "--quiet", "--json"]) == 0
+        wrote, *_, payload = capsys.readouterr().out.splitlines()
+        assert re.fullmatch(rf"wrote {re.escape(str(out))} \({fmt}, \w+, bf16, [\d.]+ MB\)", wrote), wrote
+        assert json.loads(payload)["dtype"] == "bf16"
 
 
 def test_an_hf_export_it_cannot_rebuild_is_refused_and_leaves_nothing(saved, tmp_path, monkeypatch):

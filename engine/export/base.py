@@ -56,7 +56,7 @@ class ExportReport:
 
     format: str
     path: str = ""
-    dtype: str = ""
+    dtype: str = ""  # what was written: a writer that resolves "auto" sets it, else the dtype asked for
     bytes: int = 0
     architecture: str = ""  # what the file says it is, e.g. "llama" or "deci"
     notes: list[str] = field(default_factory=list)  # what the user should know (padding cost, ...)
@@ -191,7 +191,7 @@ def export(source: "str | Path", format_name: str, dtype: Optional[str] = None, 
             report = fmt.write(ExportJob(Path(source), meta, tmp, dtype, log))
     else:
         report = _write_file(fmt, ExportJob(Path(source), meta, path, dtype, log))
-    report.format, report.path, report.dtype = fmt.name, str(path), dtype
+    report.format, report.path, report.dtype = fmt.name, str(path), report.dtype or dtype
     report.bytes = _size(path)
     if fmt.run:
         report.notes.append(f"run it with: {fmt.run.format(path=shlex.quote(str(path)))}")

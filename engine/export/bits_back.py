@@ -59,11 +59,12 @@ def write_bits_back(job: ExportJob) -> ExportReport:
              "coding would reclaim by changing the weights to an equivalent rotation; this format keeps the exact "
              "weights, so it reclaims none of that",
              "loads with SlimLab (load_model, the Model tab, every command that takes a result)"]
-    return ExportReport(format="bits-back", architecture=str(job.meta.get("config", {}).get("model_type", "")),
-                        notes=notes, details={"dtype": dtype, "safetensors_tensor_bytes": summary.tensor_bytes,
-                                              "file_bytes": summary.file_bytes, "saved_percent": round(100 * saved, 2),
-                                              "direction_saved_bytes": round(direction),
-                                              "rotation_params": rotations, "params": params})
+    return ExportReport(format="bits-back", dtype=dtype, notes=notes,
+                        architecture=str(job.meta.get("config", {}).get("model_type", "")),
+                        details={"dtype": dtype, "safetensors_tensor_bytes": summary.tensor_bytes,
+                                 "file_bytes": summary.file_bytes, "saved_percent": round(100 * saved, 2),
+                                 "direction_saved_bytes": round(direction),
+                                 "rotation_params": rotations, "params": params})
 
 
 BITS_BACK = register_format(ExportFormat(

@@ -190,7 +190,7 @@ def write(job: ExportJob) -> ExportReport:
         size = zeros * torch.finfo(TORCH_DTYPES[dtype]).bits // 8
         notes.append(f"narrowed heads are zero-padded back to the full head width (exact): {zeros:,} zeros, "
                      f"{size / 1e6:.2f} MB on disk")
-    return ExportReport(format="decilm", architecture="DeciLMForCausalLM", notes=notes,
+    return ExportReport(dtype=dtype, format="decilm", architecture="DeciLMForCausalLM", notes=notes,
                         details={"dtype": dtype, "padded_zeros": zeros, "blocks": blocks})
 
 

@@ -26,7 +26,7 @@ def write_hf(job: ExportJob) -> ExportReport:
              f"loads with {loads}"]
     architecture = "SlimLabForCausalLM" if remote else json.loads((job.target / "config.json").read_text())[
         "architectures"][0]
-    return ExportReport(format="hf", architecture=architecture, notes=notes,
+    return ExportReport(dtype=dtype, format="hf", architecture=architecture, notes=notes,
                         details={"dtype": dtype, "remote_code": remote, "model_type": config.get("model_type")})
 
 
