@@ -36,7 +36,7 @@ from .methods import PARTS as METHOD_PARTS
 from .methods import available_methods, get_method
 from .loader import load_model
 from .memory import release_freed_memory
-from .planning import PlannedSize, default_calibration, planned_size, starter_recipe
+from .planning import PlannedSize, default_calibration, planned_size, starter_recipe, within_context
 from .models import LoadedModel
 from .progress import CancelToken, CurvePoint, ProgressEvent, Reporter
 from .publish import check_repo_id, model_card, push_folder, read_meta
@@ -52,7 +52,7 @@ __all__ = [
     "check_ratio", "available_methods", "get_method", "METHOD_PARTS", "available_schedules", "get_schedule", "save_compressed",
     "load_compressed",
     # analysis and accounting, sizes before a run
-    "planned_size", "PlannedSize", "starter_recipe", "default_calibration",
+    "planned_size", "PlannedSize", "starter_recipe", "default_calibration", "within_context",
     "Accounting", "account", "ModuleParams", "ResidualAnalysis", "cut_width", "Subject", "num_layers",
     "model_summary", "params_total", "compensation_plan", "module_params", "residual_analysis", "block_influence", "has_chat_template",
     # evaluation, reports, chat, publishing

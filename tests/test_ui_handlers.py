@@ -284,6 +284,19 @@ def test_on_a_short_context_model_the_opening_recipe_runs(cache, data_dir, tmp_p
         s.result.original.params_total
 
 
+def test_the_analyze_tab_opens_on_samples_that_fit_the_models_context(session, cache, data_dir, tmp_path):
+    from ui.app import _after_model
+
+    assert ha.default_seqlen(session) == ha.SEQLEN == 256 and _after_model(session)[4] == 256  # 2,048 positions
+    s = Session()
+    hm.load(s, str(save_model_dir(tmp_path / "short", "llama", max_position_embeddings=128)), cache=cache)
+    seqlen = _after_model(s)[4]  # what the Analyze tab's Tokens per sample shows after the load
+    assert seqlen == ha.default_seqlen(s) == 128
+    with pytest.raises(ConfigError, match="128 positions"):
+        ha.analyze(s, "wikitext2:validation", 4, ha.SEQLEN, 0, 0.25)  # the tab's old fixed opening value
+    assert "4 × 128 tokens" in ha.analyze(s, "wikitext2:validation", 4, seqlen, 0, 0.25).summary
+
+
 def test_compress_applies_the_edited_plan_and_leaves_the_original(session):
     before = _state(session.lm.model)
     hc.preview_plan(session, "uniform", 0.25, None, *CALIB)

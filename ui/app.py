@@ -12,6 +12,7 @@ from types import SimpleNamespace
 import gradio as gr
 
 from . import figures, presets
+from .handlers import analyze as analyze_handlers
 from .handlers import compress as compress_handlers
 from .handlers import export as export_handlers
 from .handlers import model as model_handlers
@@ -59,10 +60,11 @@ def launch_kwargs() -> dict:
 def _after_model(session: Session) -> list:
     """Other tabs after a new base model: nothing derived from the previous one survives; Analyze's
     calibration source is the engine's default for the model (text plus chats for a chat model: what the
-    Compress tab opens on too, so Analyze's scores are reused). ``compress.start`` refills the Compress tab."""
+    Compress tab opens on too, so Analyze's scores are reused) and its samples fit the model's context.
+    ``compress.start`` refills the Compress tab."""
     source = compress_handlers.default_calibration_source(session)
     return ([compress.NO_RESULT, figures.placeholder(compress_handlers.NO_RECOVERY),
-             figures.placeholder(compress_handlers.NO_METHOD_PLOTS), source,
+             figures.placeholder(compress_handlers.NO_METHOD_PLOTS), source, analyze_handlers.default_seqlen(session),
              figures.placeholder(compress_handlers.NO_LIVE)]
             + _after_run(session))
 
@@ -107,7 +109,8 @@ def build_app(preload_demo: bool = True, start: str = "demo") -> gr.Blocks:
 
         c = ui.compress
         after_run_outputs = evaluate.outputs(ui) + [ui.evaluate.run] + chat.outputs(ui) + [ui.chat.run]
-        after_model_outputs = ([c.card, c.recovery_plot, c.method_plot, ui.analyze.source, c.live_plot]
+        after_model_outputs = ([c.card, c.recovery_plot, c.method_plot, ui.analyze.source, ui.analyze.seqlen,
+                                c.live_plot]
                                + after_run_outputs)
         loaded.success(guarded(_after_model), [session], after_model_outputs, api_visibility="private", **LIGHT)
         compress.start(ui, loaded)

@@ -8,6 +8,7 @@ import plotly.graph_objects as go
 
 from engine import (
     CalibrationSpec, ConfigError, ResidualAnalysis, context_length, cut_width, make_calibration, residual_analysis,
+    within_context,
 )
 
 from .. import figures
@@ -29,6 +30,7 @@ class AnalysisView:
 
 
 MAX_CUT = 0.9  # the Slicing ratio slider's maximum
+SEQLEN = 256  # the tab's tokens per sample: a quick look, shorter than a compression's calibration
 MAX_CALIBRATION_SAMPLES = 10_000  # the papers calibrate on 128 to 1,024: more is a typo, not a plan
 
 
@@ -42,6 +44,12 @@ def calibration_spec(source: str, nsamples, seqlen, seed, context: Optional[int]
     if not source:
         raise ConfigError("Pick a calibration source, e.g. wikitext2:validation.")
     return CalibrationSpec(source, n, length, s)
+
+
+def default_seqlen(session: Session) -> int:
+    """``SEQLEN`` cut to the loaded model's context, as the starter recipe cuts its calibration: the tab
+    opens on settings that run (a longer sample is refused for a short-context model)."""
+    return within_context(need_model(session), SEQLEN)
 
 
 def calibration_key(spec: CalibrationSpec) -> tuple:

@@ -21,7 +21,7 @@ def build() -> SimpleNamespace:
                              label="Calibration source", info="or file:/path/to/text.txt|jsonl", scale=3)
         nsamples = gr.Number(16, precision=0, minimum=1, maximum=handlers.MAX_CALIBRATION_SAMPLES, label="Samples",
                              scale=1)
-        seqlen = gr.Number(256, precision=0, minimum=8, label="Tokens per sample", scale=1)
+        seqlen = gr.Number(handlers.SEQLEN, precision=0, minimum=8, label="Tokens per sample", scale=1)
         seed = gr.Number(42, precision=0, label="Seed", scale=1)
         run = gr.Button("Run analysis", variant="primary", scale=1)
         stop_btn = stop_button()
