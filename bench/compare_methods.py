@@ -17,6 +17,7 @@ MLP+value parameters, of layers) and some methods add parameters back.
     python bench/compare_methods.py --runs "slicegpt/variant=shared=0.2,dotresize/variant=shared=0.2" --skip-dense
                                                           # OT merge vs PCA, same widths (456), about 0.79x total
     python bench/compare_methods.py --runs "disp-llm=0.254,prunenet=0.34" --skip-dense  # learned channels, 0.80x total
+    python bench/compare_methods.py --runs fasp=0.3 --zeroshot-limit 500    # also zero-shot (dense too, unless skipped)
 
 Writes ``OUT.json`` (rows, protocol), ``OUT.figure.json`` (plotly figure) and ``OUT.html``.
 Rows are saved after every run, so an interrupted run keeps what it measured.
@@ -36,6 +37,7 @@ sys.path.insert(0, str(REPO))
 
 from engine import CalibrationSpec, available_methods, compress, load_model, make_calibration, perplexity  # noqa: E402
 from engine.analysis import account  # noqa: E402
+from engine.evaluate import run_zeroshot  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
@@ -55,6 +57,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--device", default="auto")
     p.add_argument("--data-dir", default=os.environ.get("SLIMLAB_DATA_DIR", str(REPO.parent / "shared" / "data")))
     p.add_argument("--out", default=str(REPO / "bench" / "results" / "compare_methods"), help="output path stem")
+    p.add_argument("--zeroshot-limit", type=int, default=0,
+                   help="also zero-shot accuracy on N seeded items per task of --tasks (0: skip)")
+    p.add_argument("--tasks", default="piqa,arc_easy,winogrande,hellaswag", help="zero-shot tasks (offline files)")
     p.add_argument("--update", action="store_true",
                    help="keep the rows already in OUT.json (and its dense row, if the protocol is the same); "
                         "rows re-measured now replace theirs")
@@ -93,7 +98,7 @@ def planned_runs(args, registry) -> list[tuple[str, dict, str, float]]:
 
 
 def row_for(name: str, params: dict, ratio: float, acc, ppl, seconds: float | None, error: str | None = None,
-            schedule: str = "uniform") -> dict:
+            schedule: str = "uniform", zeroshot: dict | None = None) -> dict:
     return {
         "method": label(name, params, schedule), "ratio": ratio, "params": params,
         "params_total": acc.params_total if acc else None,
@@ -101,6 +106,8 @@ def row_for(name: str, params: dict, ratio: float, acc, ppl, seconds: float | No
         "params_added": acc.params_added if acc else None,
         "ppl": ppl.ppl if ppl else None, "compress_s": seconds, "ppl_s": ppl.seconds if ppl else None,
         "error": error,
+        "zeroshot": {task: r["acc"] for task, r in zeroshot["tasks"].items()} | {"mean": zeroshot["mean"]}
+        if zeroshot else None,
     }
 
 
@@ -148,7 +155,7 @@ def save(out: Path, rows: list[dict], meta: dict) -> None:
 
 def table(rows: list[dict], dense_total: int) -> str:
     lines = [f"{'method':<24}{'ratio':>6}{'params':>11}{'% dense':>9}{'non-emb':>11}{'added':>10}{'ppl':>9}"
-             f"{'compress s':>12}"]
+             f"{'compress s':>12}{'zero-shot':>11}"]
     for r in sorted(rows, key=lambda r: (r["params_total"] or 0), reverse=True):
         if r["error"]:
             lines.append(f"{r['method']:<24}{r['ratio']:>6}  FAILED: {r['error'][:80]}")
@@ -156,7 +163,8 @@ def table(rows: list[dict], dense_total: int) -> str:
         lines.append(f"{r['method']:<24}{r['ratio']:>6}{r['params_total'] / 1e6:>10.2f}M"
                      f"{100 * r['params_total'] / dense_total:>8.1f}%{r['params_non_embedding'] / 1e6:>10.2f}M"
                      f"{r['params_added'] / 1e6:>9.2f}M{r['ppl']:>9.2f}"
-                     f"{r['compress_s'] if r['compress_s'] is not None else float('nan'):>12.1f}")
+                     f"{r['compress_s'] if r['compress_s'] is not None else float('nan'):>12.1f}"
+                     f"{(r.get('zeroshot') or {}).get('mean', float('nan')):>11.4f}")
     return "\n".join(lines)
 
 
@@ -177,10 +185,17 @@ def main() -> int:
     def ppl_of(model):
         return perplexity(model, lm.tokenizer, "wikitext2", args.seqlen, args.windows, data_dir=args.data_dir)
 
+    def zeroshot_of(model) -> dict | None:
+        if not args.zeroshot_limit:
+            return None
+        return run_zeroshot(model, lm.tokenizer, args.tasks.split(","), args.zeroshot_limit, data_dir=args.data_dir,
+                            source="local")
+
     dense_acc = account(lm.model, lm.adapter, lm.path)
     rows = previous_rows(out, protocol) if args.update else []
     if not args.skip_dense and not any(r["method"] == "dense" for r in rows):
-        rows.insert(0, row_for("dense", {}, 0.0, dense_acc, ppl_of(lm.model), None) | {"method": "dense"})
+        rows.insert(0, row_for("dense", {}, 0.0, dense_acc, ppl_of(lm.model), None, zeroshot=zeroshot_of(lm.model))
+                    | {"method": "dense"})
         print(f"dense: {dense_acc.params_total:,} params, ppl {rows[0]['ppl']:.2f}", flush=True)
     save(out, rows, meta)
     for name, params, schedule, ratio in runs:
@@ -189,13 +204,15 @@ def main() -> int:
             result = compress(lm, name, ratio, calibration=calib, method_params=params, schedule=schedule,
                               schedule_params=capped or {})
             ppl = ppl_of(result.model)
-            row = row_for(name, params, ratio, result.accounting, ppl, result.seconds, schedule=schedule)
+            row = row_for(name, params, ratio, result.accounting, ppl, result.seconds, schedule=schedule,
+                          zeroshot=zeroshot_of(result.model))
             del result
         except Exception as exc:  # noqa: BLE001 - one failing method must not stop the comparison
             row = row_for(name, params, ratio, None, None, None, f"{type(exc).__name__}: {exc}", schedule)
         rows = [r for r in rows if (r["method"], r["ratio"]) != (row["method"], row["ratio"])] + [row]
         status = row["error"] or (f"{row['params_total']:,} params ({row['params_total'] / dense_acc.params_total:.4f}"
-                                  f"x), ppl {row['ppl']:.2f}, compressed in {row['compress_s']:.0f} s")
+                                  f"x), ppl {row['ppl']:.2f}, compressed in {row['compress_s']:.0f} s"
+                                  + (f", zero-shot {row['zeroshot']}" if row["zeroshot"] else ""))
         print(f"{row['method']} @ {ratio}: {status}", flush=True)
         save(out, rows, meta)
     print("\n" + protocol + "\n" + table(rows, dense_acc.params_total))
