@@ -35,6 +35,14 @@ def selected_channels(meta: dict) -> Optional[str]:
         if name else None
 
 
+def extra_structure(meta: dict) -> Optional[str]:
+    """What a result holds beyond a stock decoder's weights (side branches, per-block channel selections), in
+    words; None when it has neither. llama.cpp and DeciLM refuse both the same way."""
+    if meta.get("compensation"):
+        return "low-rank side branches (compensation)"
+    return selected_channels(meta)
+
+
 class NotExpressible(ConfigError):
     """The format has no way to write this result's shapes exactly."""
 

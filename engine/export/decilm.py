@@ -28,8 +28,8 @@ from ..models.loaded import LoadedModel
 from ..models.shrunk_attention import ShrunkAttention
 from ..transforms.value_heads import GatherLinear, ScatterLinear
 from ._folder import TORCH_DTYPES, copy_side_files, resolve_dtype, save_weights, set_config_dtype
-from .base import (DTYPES, ROTATED_RESIDUAL, ExportFormat, ExportJob, ExportReport, NotExpressible, register_format,
-                   selected_channels)
+from .base import (DTYPES, ROTATED_RESIDUAL, ExportFormat, ExportJob, ExportReport, NotExpressible, extra_structure,
+                   register_format)
 from ..compressed.remote_code import MODELING_FILE
 
 CONFIG_FILE = "configuration_decilm.py"
@@ -52,9 +52,7 @@ def not_expressible(what: str) -> NotExpressible:
 
 def check(meta: dict) -> None:
     """Refuse, before loading, what no DeciLM config can hold."""
-    if meta.get("compensation"):
-        raise not_expressible("low-rank side branches (compensation)")
-    if (what := selected_channels(meta)) is not None:
+    if (what := extra_structure(meta)) is not None:
         raise not_expressible(what)
     rotated = ROTATED_RESIDUAL.get(meta.get("method"))
     if rotated:

@@ -21,7 +21,7 @@ import torch
 
 from ..compressed import load_compressed
 from ..models.loaded import LoadedModel
-from .base import DTYPES, ROTATED_RESIDUAL, ExportFormat, ExportJob, ExportReport, register_format, selected_channels
+from .base import DTYPES, ROTATED_RESIDUAL, ExportFormat, ExportJob, ExportReport, extra_structure, register_format
 from .gguf_vocab import add_vocab
 from .llama_layout import Layout, layout, not_expressible
 
@@ -36,9 +36,7 @@ _VOCAB_MATRICES = ("token_embd.weight", "output.weight")
 
 def check(meta: dict) -> None:
     """Refuse, before loading, what no llama/deci GGUF can hold."""
-    if meta.get("compensation"):
-        raise not_expressible("low-rank side branches (compensation)")
-    if (what := selected_channels(meta)) is not None:
+    if (what := extra_structure(meta)) is not None:
         raise not_expressible(what)
     rotated = ROTATED_RESIDUAL.get(meta.get("method"))
     if rotated and meta.get("structure", {}).get("variant") != "shared":
