@@ -9,7 +9,8 @@ the fraction it really reached. Each row is measured on:
 
 - ppl: the first ``--windows`` x ``--seqlen`` windows of the raw WikiText-2 test split;
 - the chat check (assets/chat_check.json: greedy answers with the expected keyword, out of its
-  questions);
+  questions) and, with ``--chat-check-set holdout|both``, the held-out set the recipes are not
+  chosen on (assets/chat_check_holdout.json; a dense row that lacks a set asked for gets it);
 - LAMBADA accuracy (OpenAI variant, the data dir's file; ``--lambada-limit`` items) and the
   zero-shot mean over piqa, arc_easy, winogrande, hellaswag (``--zeroshot-limit`` items each):
   with ``--extras best`` (the default) on a row that has the lowest ppl of its size when it is
@@ -46,11 +47,12 @@ from typing import Optional
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.frontier_results import best_per_size, pct, read_rows, same_protocol, write_markdown, write_rows  # noqa: E402
+from bench.frontier_results import best_per_size, hits, pct, read_rows, same_protocol, write_markdown, write_rows  # noqa: E402
 from engine import (CalibrationSpec, CompensationSpec, Recipe, compensation_plan, compress, load_model,  # noqa: E402
                     params_total, perplexity, planned_size, save_compressed)
 from engine.evaluate import run_zeroshot  # noqa: E402
-from engine.evaluate.chat_check import QUESTIONS_FILE, Question, chat_check  # noqa: E402
+from engine.evaluate.chat_check import (HOLDOUT_FILE, QUESTIONS_FILE, SET_CHOICES, Question, chat_check,  # noqa: E402
+                                        check_sets, load_questions)
 from engine.evaluate.lambada import lambada  # noqa: E402
 from engine.recipes import RecoverySpec  # noqa: E402
 
@@ -98,6 +100,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--seqlen", type=int, default=2048, help="ppl window length")
     p.add_argument("--lambada-limit", type=int, default=500, help="LAMBADA items (0: skip; -1: all 5153)")
     p.add_argument("--zeroshot-limit", type=int, default=100, help="items per zero-shot task (0: skip)")
+    p.add_argument("--chat-check-set", choices=SET_CHOICES, default="main",
+                   help="the chat check's questions: main (assets/chat_check.json), holdout (the held-out "
+                        "assets/chat_check_holdout.json) or both; rows keep chat_hits and chat_holdout_hits")
     p.add_argument("--extras", choices=("best", "all", "none"), default="best",
                    help="which rows get LAMBADA and zero-shot: a row with the lowest ppl of its size so far, all, none")
     p.add_argument("--seed", type=int, default=42)
@@ -193,12 +198,29 @@ def measure_ppl(model, tokenizer, args) -> dict:
     return {"ppl": ppl, "ppl_s": time.perf_counter() - t}
 
 
+def chat_prefix(name: str) -> str:
+    """A question set's row fields: ``chat_hits``... for the main set (as before the held-out set), else
+    ``chat_NAME_hits``..."""
+    return "chat" if name == "main" else f"chat_{name}"
+
+
+def chat_fields(model, tokenizer, sets: dict[str, Path]) -> dict:
+    """Hits, total and answers of each question set."""
+    row: dict = {}
+    for name, path in sets.items():
+        t = time.perf_counter()
+        check = chat_check(model, tokenizer, *load_questions(path))
+        prefix = chat_prefix(name)
+        row |= {f"{prefix}_hits": check.hits, f"{prefix}_total": check.total,
+                f"{prefix}_answers": [a["answer"] for a in check.answers]}
+        log(f"chat check{'' if name == 'main' else f' ({name})'} {check.hits}/{check.total}", t)
+    return row
+
+
 def measure_chat(model, tokenizer, args) -> dict:
-    """The chat check (and, for a preset, the answers to the Chat tab's example prompts)."""
+    """The chat check on its sets (and, for a preset, the answers to the Chat tab's example prompts)."""
     t = time.perf_counter()
-    check = chat_check(model, tokenizer)
-    row = {"chat_hits": check.hits, "chat_total": check.total, "chat_answers": [a["answer"] for a in check.answers]}
-    log(f"chat check {check.hits}/{check.total}", t)
+    row = chat_fields(model, tokenizer, check_sets(args.chat_check_set))
     if args.save_best:
         examples = chat_check(model, tokenizer, [Question(p, ()) for p in EXAMPLE_PROMPTS], EXAMPLE_TOKENS)
         row["examples"] = [a["answer"] for a in examples.answers]
@@ -230,10 +252,10 @@ def measure_extras(model, tokenizer, args) -> dict:
 
 
 def protocol(args) -> dict:
-    questions = hashlib.sha256(QUESTIONS_FILE.read_bytes()).hexdigest()[:12]
+    questions, holdout = (hashlib.sha256(path.read_bytes()).hexdigest()[:12] for path in (QUESTIONS_FILE, HOLDOUT_FILE))
     return {"windows": args.windows, "seqlen": args.seqlen, "lambada_limit": args.lambada_limit,
             "zeroshot_limit": args.zeroshot_limit, "zeroshot_tasks": list(ZEROSHOT_TASKS), "model": args.model,
-            "chat_questions": questions}
+            "chat_questions": questions, "holdout_questions": holdout}
 
 
 def machine() -> dict:
@@ -241,11 +263,12 @@ def machine() -> dict:
 
 
 def table(rows: list[dict]) -> list[str]:
-    out = [f"{'size':>5} {'recipe':<58}{'params':>7}{'ppl':>8}{'lambada':>8}{'0-shot':>7}{'chat':>8}{'secs':>7}"]
+    out = [f"{'size':>5} {'recipe':<58}{'params':>7}{'ppl':>8}{'lambada':>8}{'0-shot':>7}{'chat':>8}{'held':>7}"
+           f"{'secs':>7}"]
     for r in rows:
-        chat = f"{r['chat_hits']}/{r['chat_total']}" if "chat_hits" in r else "-"
         out.append(f"{r.get('size', 1.0):>5} {r['label'][:57]:<58}{r['fraction']:>7.3f}{r['ppl']:>8.2f}"
-                   f"{pct(r.get('lambada')):>8}{pct(r.get('zeroshot')):>7}{chat:>8}{r.get('seconds', 0):>7.0f}")
+                   f"{pct(r.get('lambada')):>8}{pct(r.get('zeroshot')):>7}{hits(r, 'chat'):>8}"
+                   f"{hits(r, 'chat_holdout'):>7}{r.get('seconds', 0):>7.0f}")
     return out
 
 
@@ -281,11 +304,16 @@ def run(args) -> Results:
     results = Results(args)
     lm = load_model(args.model, device=args.device)
     dense_params = params_total(lm)
-    if results.find("dense") is None or args.redo:
+    dense = results.find("dense")
+    if dense is None or args.redo:
         results.put({"key": "dense", "label": "dense", "fraction": 1.0, "seconds": 0.0, "protocol": results.proto}
                     | measure_ppl(lm.model, lm.tokenizer, args) | measure_chat(lm.model, lm.tokenizer, args)
                     | measure_extras(lm.model, lm.tokenizer, args)
                     | {"machine": machine()})
+    else:  # a set asked for now that the dense row was not checked on (the rows' reference)
+        missing = {n: p for n, p in check_sets(args.chat_check_set).items() if f"{chat_prefix(n)}_hits" not in dense}
+        if missing:
+            results.put(dense | chat_fields(lm.model, lm.tokenizer, missing))
     finder = RatioFinder(lm, dense_params)
     for size in [float(s) for s in split(args.sizes)]:
         for name in split(args.methods):
@@ -368,8 +396,12 @@ def preset(row: dict, dense: dict, proto: dict) -> dict:
     model's, and the answers to the Chat tab's example prompts."""
     recipe = {k: v for k, v in row["recipe"].items() if k not in ("plan", "versions", "model")}
     measured = {"params_fraction": round(row["fraction"], 4), "ppl": round(row["ppl"], 2),
-                "dense_ppl": round(dense["ppl"], 2), "chat_hits": row["chat_hits"], "chat_total": row["chat_total"],
-                "dense_chat_hits": dense["chat_hits"], "seconds": round(row.get("seconds", 0.0))}
+                "dense_ppl": round(dense["ppl"], 2)}
+    for prefix in ("chat", "chat_holdout"):  # the held-out set's hits too, when the row was checked on it
+        if f"{prefix}_hits" in row:
+            measured |= {f"{prefix}_hits": row[f"{prefix}_hits"], f"{prefix}_total": row[f"{prefix}_total"],
+                         f"dense_{prefix}_hits": dense.get(f"{prefix}_hits")}
+    measured["seconds"] = round(row.get("seconds", 0.0))
     for key in ("lambada", "zeroshot"):
         if row.get(key) is not None:
             measured[key], measured[f"dense_{key}"] = round(row[key], 4), round(dense[key], 4)

@@ -57,19 +57,22 @@ def markdown(rows: list[dict], proto: dict) -> str:
     sized = sorted((r for r in rows if r is not dense), key=lambda r: (-r["size"], r["ppl"]))
     best = {id(r) for r in best_per_size(sized, {r["size"] for r in sized}).values()}
     limits = dense["protocol"]
+    holdout = any("chat_holdout_hits" in r for r in rows)  # a column only once some row was checked on it
     header = (f"Model `{proto['model']}`; ppl on the first {proto['windows']}x{proto['seqlen']} wikitext-2 test "
               f"windows; chat check: hits out of its questions; LAMBADA on {limits['lambada_limit']} items and the "
               f"zero-shot mean ({', '.join(limits['zeroshot_tasks'])}) on {limits['zeroshot_limit']} items per task "
               "where measured (-: not measured); * marks the best row (lowest ppl) of each size. Seconds: "
               "compression on a shared 2-core machine, so contended (load: the 5-minute load average when the "
-              "row finished).")
+              "row finished)." + (" Held-out chat: hits on assets/chat_check_holdout.json, questions no recipe "
+                                  "was chosen on." if holdout else ""))
     lines = [textwrap.fill(header, 112), "",
-             "| size | params | recipe | ppl (vs dense) | chat check | LAMBADA | 0-shot | seconds | load |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| size | params | recipe | ppl (vs dense) | chat check |" + (" held-out chat |" if holdout else "")
+             + " LAMBADA | 0-shot | seconds | load |",
+             "|---|---|---|---|---|" + ("---|" if holdout else "") + "---|---|---|---|"]
     for r in [dense] + sized:
         mark = " *" if id(r) in best else ""
         mark += f" ({r['partial']})" if r.get("partial") else " (earlier run: see below)" if r.get("source") else ""
-        chat = f"{r['chat_hits']}/{r['chat_total']}" if "chat_hits" in r else "-"
+        chat = hits(r, "chat") + (f" | {hits(r, 'chat_holdout')}" if holdout else "")
         ppl = f"{r['ppl']:.2f}" + ("" if r is dense else f" ({r['ppl'] / dense['ppl']:.2f}x)")
         size = "dense" if r is dense else f"{r['size']:.2f}x"
         lines.append(f"| {size} | {r['fraction']:.3f}x | {r['label']}{mark} | {ppl} | {chat} "
@@ -84,6 +87,11 @@ def write_markdown(path: Path, rows: list[dict], proto: dict) -> str:
     with atomic_file(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
     return text
+
+
+def hits(row: dict, prefix: str) -> str:
+    """``hits/total`` of a chat-check set (its row fields ``PREFIX_hits``, ``PREFIX_total``), ``-`` if not measured."""
+    return f"{row[f'{prefix}_hits']}/{row[f'{prefix}_total']}" if f"{prefix}_hits" in row else "-"
 
 
 def pct(value) -> str:

@@ -3,6 +3,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -53,3 +54,30 @@ def demo_lm():
     from engine import load_model
 
     return load_model("demo", device="cpu")
+
+
+@pytest.fixture
+def every_second_known(tmp_path, monkeypatch) -> Path:
+    """A tiny llama checkpoint whose (faked) greedy generation answers the chat check's even-numbered questions of
+    every set with their first keyword and the rest with a shrug: ``ceil(n / 2)`` hits per set, on any model of
+    that class (a compressed one too), so counts per set can be asserted without a real model."""
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    from engine.evaluate.chat_check import CHECK_SETS, load_questions
+
+    folder = save_model_dir(tmp_path / "knows-half", "llama")
+    tok = AutoTokenizer.from_pretrained(folder)
+    answers = {q.question: q.keywords[0] if i % 2 == 0 else "I am not sure."
+               for path in CHECK_SETS.values() for i, q in enumerate(load_questions(path)[0])}
+
+    def generate(self, input_ids, pad_token_id=None, **_):
+        replies = []
+        for prompt in tok.batch_decode(input_ids, skip_special_tokens=True):
+            question = max((q for q in answers if q in prompt), key=len, default=None)
+            replies.append(tok(answers.get(question, "?"), add_special_tokens=False)["input_ids"])
+        width = max(map(len, replies))
+        tail = torch.tensor([r + [pad_token_id] * (width - len(r)) for r in replies])
+        return torch.cat([input_ids, tail.to(input_ids.device)], dim=1)
+
+    monkeypatch.setattr(LlamaForCausalLM, "generate", generate)
+    return folder

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from tiny import save_model_dir
 
-from engine.evaluate.chat_check import chat_check, load_questions
+from engine.evaluate.chat_check import chat_check
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -21,8 +21,9 @@ def _load(name: str):
 @pytest.fixture
 def frontier(monkeypatch):
     module = _load("frontier")
-    questions = load_questions()[0][:3]  # three questions, four tokens: the check's arithmetic, not its answers
-    monkeypatch.setattr(module, "chat_check", lambda model, tokenizer: chat_check(model, tokenizer, questions, 4))
+    # three questions of a set, four tokens: the check's arithmetic, not its answers
+    monkeypatch.setattr(module, "chat_check", lambda model, tokenizer, questions, _: chat_check(model, tokenizer,
+                                                                                                 questions[:3], 4))
     return module
 
 
@@ -40,11 +41,11 @@ def test_rows_are_written_as_measured_resumed_and_tabled(frontier, data_dir, tmp
     compress, check = frontier.compress, frontier.chat_check
     monkeypatch.setattr(frontier, "compress", lambda lm, recipe, **kw: calls.append(recipe) or compress(lm, recipe, **kw))
 
-    def stop_in_the_third(model, tokenizer):
+    def stop_in_the_third(*args):
         checks.append(1)
         if len(checks) == 3:
             raise KeyboardInterrupt  # the bench is stopped in the second row's chat check
-        return check(model, tokenizer)
+        return check(*args)
 
     monkeypatch.setattr(frontier, "chat_check", stop_in_the_third)
     with pytest.raises(KeyboardInterrupt):
@@ -130,3 +131,32 @@ def test_a_row_stopped_after_its_save_is_measured_from_the_saved_model(frontier,
     assert frontier.main(_argv(model, tmp_path / "fresh", "--compensations", "none", "--extras", "none")) == 0
     fresh = json.loads((tmp_path / "fresh.jsonl").read_text().splitlines()[1])
     assert abs(fresh["ppl"] - row["ppl"]) < 1e-3 * row["ppl"]  # the same model as one compressed and measured at once
+
+
+def test_the_held_out_set_is_measured_beside_the_main_one(data_dir, tmp_path, monkeypatch, every_second_known):
+    frontier = _load("frontier")  # the real chat check, on a generator that knows every second answer
+    out, presets = tmp_path / "frontier", tmp_path / "presets"
+    argv = _argv(every_second_known, out, "--compensations", "none", "--extras", "none", "--sizes", "")
+    assert frontier.main(argv) == 0
+    dense = json.loads(out.with_suffix(".jsonl").read_text())
+    assert (dense["chat_hits"], dense["chat_total"]) == (15, 30) and "chat_holdout_hits" not in dense
+    assert "held-out" not in out.with_suffix(".md").read_text()
+
+    ppls = []
+    perplexity = frontier.perplexity
+    monkeypatch.setattr(frontier, "perplexity", lambda *a, **kw: ppls.append(1) or perplexity(*a, **kw))
+    assert frontier.main(argv + ["--chat-check-set", "both"]) == 0
+    topped = json.loads(out.with_suffix(".jsonl").read_text())
+    assert not ppls and topped["ppl"] == dense["ppl"]  # the dense row only got the set it lacked
+    assert (topped["chat_holdout_hits"], topped["chat_holdout_total"], topped["chat_hits"]) == (15, 30, 15)
+
+    assert frontier.main(argv + ["--chat-check-set", "both", "--sizes", "0.8", "--save-best", str(presets)]) == 0
+    row = [json.loads(line) for line in out.with_suffix(".jsonl").read_text().splitlines()][1]
+    assert len(ppls) == 1 and (row["chat_hits"], row["chat_holdout_hits"]) == (15, 15)
+    measured = json.loads((presets / "frontier-80.json").read_text())["measured"]
+    assert {k: measured[k] for k in ("chat_hits", "chat_total", "dense_chat_hits", "chat_holdout_hits",
+                                     "chat_holdout_total", "dense_chat_holdout_hits")} == {
+        "chat_hits": 15, "chat_total": 30, "dense_chat_hits": 15, "chat_holdout_hits": 15, "chat_holdout_total": 30,
+        "dense_chat_holdout_hits": 15}
+    md = out.with_suffix(".md").read_text()
+    assert "| chat check | held-out chat |" in md and md.count("| 15/30 | 15/30 |") == 2

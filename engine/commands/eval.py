@@ -1,5 +1,5 @@
-"""`slimlab eval MODEL [--compare OTHER] [--ppl] [--tasks ...] [--bench] [--chat-check] [--out DIR]`:
-perplexity, zero-shot accuracy, speed and memory, the chat check, as a before/after report.
+"""`slimlab eval MODEL [--compare OTHER] [--ppl] [--tasks ...] [--bench] [--chat-check] [--chat-check-set SET]
+[--out DIR]`: perplexity, zero-shot accuracy, speed and memory, the chat check, as a before/after report.
 
 With ``--compare`` and ``--ppl``, a compared model whose ppl is more than twice the base's gets
 the same warning as in the UI (``nonsense_warning``)."""
@@ -8,6 +8,7 @@ from __future__ import annotations
 import gc
 
 from ..evaluate import chat_check, nonsense_warning, perplexity
+from ..evaluate.chat_check import SET_CHOICES, check_sets, load_questions
 from ..evaluate.report import build_report, model_entry, render_text, write_report
 from ..evaluate.zeroshot import PAPER_TASKS, TASK_SOURCES, TASKS, check_tasks, run_zeroshot
 from .bench import add_bench_args, apply_threads, bench_model, check_bench_args
@@ -36,6 +37,10 @@ def register(sub) -> None:
     p.add_argument("--chat-check", action="store_true",
                    help="also the chat check: greedy answers to short factual questions (assets/chat_check.json), "
                         "the share that contains the expected keyword; needs a chat template")
+    p.add_argument("--chat-check-set", default=None, metavar="SET",
+                   help=f"which questions the chat check asks: {', '.join(SET_CHOICES)} (main: chat_check.json, "
+                        "holdout: the held-out chat_check_holdout.json) or a question file of the same schema; "
+                        "implies --chat-check (default: main)")
     add_bench_args(p)
     p.add_argument("--out", default=None, metavar="DIR", help="write report.json, report.md and plots/*.csv here")
     p.set_defaults(func=run)
@@ -62,14 +67,16 @@ def _evaluate(args, spec: str, tasks: list[str], bar) -> dict:
     entry = model_entry(spec, accounting=model_summary(lm), recipe=(lm.meta or {}).get("recipe"),
                         perplexity=ppl, zeroshot=zeroshot, speed=speed)
     if args.chat_check:
-        entry["chat_check"] = chat_check(lm.model, lm.tokenizer, progress=bar).to_dict()
+        entry["chat_check"] = {name: chat_check(lm.model, lm.tokenizer, *load_questions(path), progress=bar).to_dict()
+                               for name, path in args.chat_sets.items()}
     return entry
 
 
-def chat_check_line(entry: dict) -> str:
-    c = entry["chat_check"]
-    return (f"chat check {entry['label']}: {c['hits']}/{c['total']} answers contain the expected keyword "
-            f"({100 * c['share']:.0f}%; greedy, {c['max_new_tokens']} new tokens)")
+def chat_check_lines(entry: dict) -> list[str]:
+    """One line per question set asked (the main set's line says no set name, as before the held-out set)."""
+    return [f"chat check{'' if name == 'main' else f' ({name})'} {entry['label']}: {c['hits']}/{c['total']} answers "
+            f"contain the expected keyword ({100 * c['share']:.0f}%; greedy, {c['max_new_tokens']} new tokens)"
+            for name, c in entry["chat_check"].items()]
 
 
 def warning_lines(entries: list[dict]) -> list[str]:
@@ -81,6 +88,8 @@ def warning_lines(entries: list[dict]) -> list[str]:
 
 
 def run(args) -> int:
+    args.chat_check = args.chat_check or args.chat_check_set is not None
+    args.chat_sets = check_sets(args.chat_check_set or "main")
     tasks = _selected_tasks(args)  # every check before the first load
     require_at_least(args, 1, "limit", "batch_size", "max_windows")
     require_at_least(args, 2, "seqlen")
@@ -102,11 +111,11 @@ def run(args) -> int:
     for table in report["plots"].values():
         lines += render_text(table) + [""]
     lines += [f"{name}: {text}" for name, text in report["protocols"].items()]
-    lines += [chat_check_line(e) for e in entries if e.get("chat_check")] + warning_lines(entries)
+    lines += [line for e in entries if e.get("chat_check") for line in chat_check_lines(e)] + warning_lines(entries)
     payload = {"report": report}
     if args.chat_check:
-        payload["chat_check"] = [{"spec": e["spec"], **{k: v for k, v in e["chat_check"].items() if k != "answers"}}
-                                 for e in entries]
+        payload["chat_check"] = [{"spec": e["spec"], "set": name, **{k: v for k, v in c.items() if k != "answers"}}
+                                 for e in entries for name, c in e["chat_check"].items()]
     zs = entries[0]["zeroshot"]
     if zs:
         payload |= {"tasks": zs["tasks"], "mean": zs["mean"], "summary_metric_rule": zs["summary_metric_rule"]}

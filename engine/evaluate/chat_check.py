@@ -5,6 +5,11 @@ decent ppl and reply with gibberish. This check asks short factual questions
 (``assets/chat_check.json``: the capital of France, the Red Planet, ...) through the chat
 template, decodes greedily for a few tokens and counts the answers that contain an expected
 keyword (case-insensitive, whole words). Compare a model's share with the dense model's.
+
+A second set of the same kind (``assets/chat_check_holdout.json``, no question repeated) is
+held out: recipes and presets are chosen on the first, and the second says whether that
+choice holds on questions it was not chosen on. ``check_sets`` maps a set name (``main``,
+``holdout``, ``both``) or a question file to the files to ask.
 """
 from __future__ import annotations
 
@@ -17,10 +22,15 @@ from typing import Optional
 import torch
 
 from ..data.chat import require_template
+from ..errors import ConfigError
 from ..progress import Reporter, as_reporter
 from ..memory import EVAL_OOM_ADVICE, out_of_memory_as_error
 
-QUESTIONS_FILE = Path(__file__).resolve().parents[2] / "assets" / "chat_check.json"
+ASSETS = Path(__file__).resolve().parents[2] / "assets"
+QUESTIONS_FILE = ASSETS / "chat_check.json"
+HOLDOUT_FILE = ASSETS / "chat_check_holdout.json"
+CHECK_SETS = {"main": QUESTIONS_FILE, "holdout": HOLDOUT_FILE}
+SET_CHOICES = (*CHECK_SETS, "both")
 STAGE = "chat check"
 
 
@@ -52,6 +62,27 @@ def load_questions(path: "str | Path" = QUESTIONS_FILE) -> tuple[list[Question],
     """(questions, max_new_tokens) from a chat-check file."""
     data = json.loads(Path(path).read_text(encoding="utf-8"))
     return [Question(q["question"], tuple(q["keywords"])) for q in data["questions"]], int(data["max_new_tokens"])
+
+
+def check_sets(choice: str) -> dict[str, Path]:
+    """The question files of a set choice: ``main``, ``holdout``, ``both`` (main, then holdout) or the path of
+    a file of the same schema (named by its stem); a bad choice is a ``ConfigError``."""
+    if choice == "both":
+        return dict(CHECK_SETS)
+    if choice in CHECK_SETS:
+        return {choice: CHECK_SETS[choice]}
+    path = Path(choice)
+    if not path.is_file():
+        raise ConfigError(f"chat-check set must be one of {', '.join(SET_CHOICES)} or a question file "
+                          f"(got {choice!r}).")
+    try:
+        questions, _ = load_questions(path)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"'{path}' is not a chat-check file (JSON with max_new_tokens and questions of "
+                          f"question and keywords): {exc!r}") from None
+    if not questions:
+        raise ConfigError(f"'{path}' holds no questions.")
+    return {path.stem: path}
 
 
 @torch.inference_mode()
