@@ -30,6 +30,14 @@ bench runs in pieces: a row already there with the same request and protocol is 
 A row's ppl is saved before its chat check, and with ``--keep DIR`` its compressed model is saved
 before its ppl: a run stopped by a time limit then resumes from the model, not from scratch.
 ``--save-best DIR`` writes the best recipe of each size (lowest ppl) as a replayable JSON.
+
+``--proxy`` ranks the recipes by a cheap proxy first: every candidate is compressed (with its
+recovery) and scored by the KL of its next-token distribution to the dense model's on held-out
+calibration tokens (bench/frontier_proxy.py: the searched schedule's fitness, on windows that
+share no long token run with any calibration or recovery text); only the ``--full`` best of the
+candidates within 1% of the size's total parameters get the full protocol. Each candidate's KL
+is a row written as it comes (a resumed run scores only the candidates that lack it), and the
+table shows it.
 """
 from __future__ import annotations
 
@@ -39,7 +47,7 @@ import json
 import os
 import sys
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from itertools import product
 from pathlib import Path
 from typing import Optional
@@ -47,7 +55,9 @@ from typing import Optional
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.frontier_results import best_per_size, hits, pct, read_rows, same_protocol, write_markdown, write_rows  # noqa: E402
+from bench.frontier_proxy import ProxyScorer  # noqa: E402
+from bench.frontier_results import (best_per_size, hits, pct, proxy_kl, read_rows, same_protocol,  # noqa: E402
+                                    write_markdown, write_rows)
 from engine import (CalibrationSpec, CompensationSpec, Recipe, compensation_plan, compress, load_model,  # noqa: E402
                     params_total, perplexity, planned_size, save_compressed)
 from engine.evaluate import run_zeroshot  # noqa: E402
@@ -114,9 +124,23 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--keep", default=None, metavar="DIR",
                    help="save each compressed model here before it is measured; a run stopped after the save "
                         "measures the saved model instead of compressing again (a row in two shorter runs)")
+    p.add_argument("--proxy", action="store_true",
+                   help="rank every candidate by its KL to the dense model on held-out calibration tokens first; "
+                        "only the --full best get the full protocol")
+    p.add_argument("--full", type=int, default=3, metavar="N", help="with --proxy: how many candidates per size "
+                                                                     "get the full protocol")
+    p.add_argument("--proxy-tokens", type=int, default=8192, help="held-out tokens of the proxy KL")
+    p.add_argument("--proxy-topk", type=int, default=64,
+                   help="dense log-probabilities kept per token for the proxy KL (the rest is one bucket)")
+    p.add_argument("--proxy-source", default=None,
+                   help="text of the held-out tokens (default: the first --calibs source)")
     p.add_argument("--table", action="store_true", help="only write OUT.md from OUT.jsonl and print it")
     p.add_argument("--save-best", default=None, metavar="DIR", help="write the best recipe per size here")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    for name in ("full", "proxy_tokens", "proxy_topk"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} takes an integer >= 1 (got {getattr(args, name)})")
+    return args
 
 
 def split(text: str) -> list[str]:
@@ -263,10 +287,11 @@ def machine() -> dict:
 
 
 def table(rows: list[dict]) -> list[str]:
-    out = [f"{'size':>5} {'recipe':<58}{'params':>7}{'ppl':>8}{'lambada':>8}{'0-shot':>7}{'chat':>8}{'held':>7}"
-           f"{'secs':>7}"]
+    out = [f"{'size':>5} {'recipe':<58}{'params':>7}{'KL':>8}{'ppl':>8}{'lambada':>8}{'0-shot':>7}{'chat':>8}"
+           f"{'held':>7}{'secs':>7}"]
     for r in rows:
-        out.append(f"{r.get('size', 1.0):>5} {r['label'][:57]:<58}{r['fraction']:>7.3f}{r['ppl']:>8.2f}"
+        ppl = f"{r['ppl']:.2f}" if "ppl" in r else "-"
+        out.append(f"{r.get('size', 1.0):>5} {r['label'][:57]:<58}{r['fraction']:>7.3f}{proxy_kl(r):>8}{ppl:>8}"
                    f"{pct(r.get('lambada')):>8}{pct(r.get('zeroshot')):>7}{hits(r, 'chat'):>8}"
                    f"{hits(r, 'chat_holdout'):>7}{r.get('seconds', 0):>7.0f}")
     return out
@@ -300,6 +325,93 @@ def wants_extras(results: Results, row: dict, args) -> bool:
     return not row.get("error") and (args.extras == "all" or (args.extras == "best" and results.is_best(row)))
 
 
+@dataclass
+class Candidate:
+    """One recipe of the searched cross product at one size; its ratio is found only when it is compressed."""
+
+    key: str  # the request, as OUT.jsonl knows it
+    size: float
+    comp: str  # the --compensations name
+    base: Recipe  # method and compensation
+    explicit: Optional[float]  # a ratio given with @, else found for the size
+    schedule: str
+    calibration: CalibrationSpec
+    recovery: RecoverySpec
+
+    def recipe(self, finder: RatioFinder) -> Recipe:
+        return self.at(self.explicit if self.explicit is not None else finder.ratio(self.base, self.size))
+
+    def at(self, ratio: float) -> Recipe:
+        return replace(self.base, ratio=ratio, schedule=self.schedule, calibration=self.calibration,
+                       recovery=self.recovery)
+
+
+def candidates(lm, size: float, args):
+    """The cross product of method, compensation, schedule, calibration and recovery at ``size``."""
+    for name in split(args.methods):
+        method, explicit = method_recipe(name, lm.spec)
+        for comp in split(args.compensations):
+            base = replace(method, compensation=compensation_spec(comp))
+            for schedule, calib, kind in product(split(args.schedules), split(args.calibs), split(args.recovery)):
+                for steps in ([0] if kind == "none" else [int(s) for s in split(args.recovery_steps)]):
+                    key = json.dumps([size, name, schedule, calib, args.nsamples, args.calib_seqlen, args.seed,
+                                      comp, kind, steps, args.recovery_source, args.recovery_groups,
+                                      args.recovery_lr, args.recovery_seqlen, args.recovery_nsamples])
+                    yield Candidate(key, size, comp, base, explicit, schedule,
+                                    CalibrationSpec(calib, args.nsamples, args.calib_seqlen, args.seed),
+                                    recovery_spec(kind, steps, args))
+
+
+MATCH = 0.01  # a candidate is ranked when its total parameters are within 1% of the size's
+PROXY_ONLY = "ranked by its proxy KL only"
+PROXY_FIELDS = ("proxy_kl", "proxy", "proxy_s")
+
+
+def rank_by_proxy(lm, todo: list[Candidate], dense_params: int, results: "Results", scorer: ProxyScorer,
+                  finder: RatioFinder, args) -> list[Candidate]:
+    """Every candidate's proxy KL (a row written as each comes; one that has it under the same settings is not
+    compressed again), then the ``--full`` lowest of those within ``MATCH`` of the size."""
+    scored = []
+    for cand in todo:
+        row = results.find(cand.key)
+        if args.redo or row is None or row.get("proxy") != scorer.settings:
+            row = proxy_row(lm, cand, row, dense_params, results, scorer, finder, args)
+            results.put(row)
+        if row.get("error") or abs(row["fraction"] - cand.size) > MATCH * cand.size:
+            why = row.get("error") or f"{row['fraction']:.4f}x of the dense parameters, not within 1% of {cand.size}x"
+            print(f"not ranked: {row['label']}: {why}", flush=True)
+            continue
+        scored.append((row["proxy_kl"], cand))
+    scored.sort(key=lambda pair: pair[0])
+    print("proxy ranking: " + ", ".join(f"{kl:.4g}" for kl, _ in scored), flush=True)
+    return [cand for _, cand in scored[:args.full]]
+
+
+def proxy_row(lm, cand: Candidate, done: Optional[dict], dense_params: int, results: "Results",
+              scorer: ProxyScorer, finder: RatioFinder, args) -> dict:
+    """A candidate compressed (with its recovery) and scored by its proxy KL. A row measured before keeps its
+    measurements; a new one is ``PROXY_ONLY`` until the full protocol reaches it (with ``--keep``, its model is
+    saved, so that needs no second compression)."""
+    t = time.perf_counter()
+    recipe = cand.recipe(finder)
+    log(f"compressing {recipe.label()} (ratio {recipe.ratio}) for its proxy KL", t)
+    try:
+        result = compress(lm, recipe, data_dir=args.data_dir)
+    except Exception as exc:  # noqa: BLE001 - a failing recipe is a row, not the end of the bench
+        return failed_row(cand.key, cand.size, cand.comp, recipe, results, exc) | {"proxy": scorer.settings}
+    seconds = time.perf_counter() - t
+    kl = scorer.kl(result.model)
+    log(f"proxy KL {kl:.4g}", t)
+    proxy = {"proxy_kl": kl, "proxy": scorer.settings, "proxy_s": time.perf_counter() - t - seconds}
+    if done is not None and not done.get("error"):
+        return done | proxy
+    kept = kept_path(cand.key, args)
+    if kept is not None:
+        save_compressed(result, kept, force=True)
+    return (new_row(cand.key, cand.size, cand.comp, recipe, results) | compressed_fields(result, seconds, dense_params)
+            | proxy | {"partial": PROXY_ONLY, "machine": machine()})
+
+
 def run(args) -> Results:
     results = Results(args)
     lm = load_model(args.model, device=args.device)
@@ -315,25 +427,20 @@ def run(args) -> Results:
         if missing:
             results.put(dense | chat_fields(lm.model, lm.tokenizer, missing))
     finder = RatioFinder(lm, dense_params)
+    scorer = None
     for size in [float(s) for s in split(args.sizes)]:
-        for name in split(args.methods):
-            method, explicit = method_recipe(name, lm.spec)
-            for comp in split(args.compensations):
-                base = replace(method, compensation=compensation_spec(comp))
-                for schedule, calib, kind in product(split(args.schedules), split(args.calibs), split(args.recovery)):
-                    for steps in ([0] if kind == "none" else [int(s) for s in split(args.recovery_steps)]):
-                        key = json.dumps([size, name, schedule, calib, args.nsamples, args.calib_seqlen, args.seed,
-                                          comp, kind, steps, args.recovery_source, args.recovery_groups,
-                                          args.recovery_lr, args.recovery_seqlen, args.recovery_nsamples])
-                        done = results.find(key)
-                        if done is not None and not done.get("partial") and not args.redo:
-                            continue
-                        ratio = explicit if explicit is not None else finder.ratio(base, size)
-                        recipe = replace(base, ratio=ratio, schedule=schedule,
-                                         calibration=CalibrationSpec(calib, args.nsamples, args.calib_seqlen, args.seed),
-                                         recovery=recovery_spec(kind, steps, args))
-                        results.put(one_row(lm, recipe, key, size, comp, dense_params, results, args))
-                        print("\n".join(table(results.rows[-1:])), flush=True)
+        todo = list(candidates(lm, size, args))
+        if args.proxy:
+            scorer = scorer or ProxyScorer(lm, [c.at(size) for c in todo],  # (their texts: any ratio)
+                                           args.proxy_source or split(args.calibs)[0], args.proxy_tokens,
+                                           args.calib_seqlen, args.proxy_topk, args.seed, args.data_dir)
+            todo = rank_by_proxy(lm, todo, dense_params, results, scorer, finder, args)
+        for cand in todo:
+            done = results.find(cand.key)
+            if done is not None and not done.get("partial") and not args.redo:
+                continue
+            results.put(one_row(lm, cand.recipe(finder), cand.key, size, cand.comp, dense_params, results, args))
+            print("\n".join(table(results.rows[-1:])), flush=True)
     if args.extras == "best":
         complete_best(lm, results, [float(s) for s in split(args.sizes)], args)
     return results
@@ -355,28 +462,47 @@ def complete_best(lm, results: Results, sizes: list[float], args) -> None:
 COMPRESSED, MEASURED_PPL = "stopped before its ppl", "stopped after its ppl"
 
 
+def kept_path(key: str, args) -> Optional[Path]:
+    """Where ``--keep`` saves the model of a row's request."""
+    return Path(args.keep) / hashlib.sha256(key.encode()).hexdigest()[:16] if args.keep else None
+
+
+def new_row(key: str, size: float, comp: str, recipe: Recipe, results: Results) -> dict:
+    return {"key": key, "size": size, "compensation": comp, "recipe": recipe.to_dict(), "protocol": results.proto}
+
+
+def failed_row(key: str, size: float, comp: str, recipe: Recipe, results: Results, exc: Exception) -> dict:
+    return new_row(key, size, comp, recipe, results) | {
+        "label": recipe.label(), "fraction": 1.0, "ppl": float("inf"), "error": repr(exc)[:300], "chat_hits": 0,
+        "chat_total": 0}
+
+
+def compressed_fields(result, seconds: float, dense_params: int) -> dict:
+    """What a row says of its compression: label, replayable recipe, size, seconds, recovery."""
+    return {"label": result.recipe.label(), "recipe": result.recipe.to_dict(),
+            "fraction": result.accounting.params_total / dense_params,
+            "params_total": result.accounting.params_total, "seconds": seconds,
+            "stage_seconds": result.stage_seconds,
+            "recovery": {k: v for k, v in result.plots.get("recovery", {}).items() if k != "lora_modules"}}
+
+
 def one_row(lm, recipe: Recipe, key: str, size: float, comp: str, dense_params: int, results: Results, args) -> dict:
     t = time.perf_counter()
-    kept = Path(args.keep) / hashlib.sha256(key.encode()).hexdigest()[:16] if args.keep else None
+    kept = kept_path(key, args)
     done = results.find(key)
-    if done is not None and done.get("partial") == COMPRESSED and kept is not None and kept.exists():
+    if done is not None and done.get("partial") in (COMPRESSED, PROXY_ONLY) and kept is not None and kept.exists():
         log(f"measuring the saved {kept}", t)
         row = {k: v for k, v in done.items() if k not in ("partial", "machine")}
         saved = load_model(str(kept), device=args.device)
         model, tokenizer = saved.model, saved.tokenizer
     else:
-        row = {"key": key, "size": size, "compensation": comp, "recipe": recipe.to_dict(), "protocol": results.proto}
+        row = new_row(key, size, comp, recipe, results) | {k: done[k] for k in PROXY_FIELDS if k in (done or {})}
         log(f"compressing {recipe.label()} (ratio {recipe.ratio})", t)
         try:
             result = compress(lm, recipe, data_dir=args.data_dir)
         except Exception as exc:  # noqa: BLE001 - a failing recipe is a row, not the end of the bench
-            return row | {"label": recipe.label(), "fraction": 1.0, "ppl": float("inf"), "error": repr(exc)[:300],
-                          "chat_hits": 0, "chat_total": 0}
-        row |= {"label": result.recipe.label(), "recipe": result.recipe.to_dict(),
-                "fraction": result.accounting.params_total / dense_params,
-                "params_total": result.accounting.params_total, "seconds": time.perf_counter() - t,
-                "stage_seconds": result.stage_seconds,
-                "recovery": {k: v for k, v in result.plots.get("recovery", {}).items() if k != "lora_modules"}}
+            return failed_row(key, size, comp, recipe, results, exc)
+        row |= compressed_fields(result, time.perf_counter() - t, dense_params)
         log(f"compressed to {row['fraction']:.4f}x", t)
         model, tokenizer = result.model, result.tokenizer
         if kept is not None:
@@ -423,7 +549,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     dense = next(r for r in rows if r["key"] == "dense")
     sizes = [float(s) for s in split(args.sizes)]
     print(f"\nprotocol: {results.proto}; machine: {machine()}")
-    print("\n".join(table([dense] + [r for r in rows if r.get("size") in sizes and "ppl" in r and not r.get("error")])))
+    print("\n".join(table([dense] + [r for r in rows if r.get("size") in sizes and ("ppl" in r or "proxy_kl" in r)
+                                      and not r.get("error")])))
     best = best_per_size(rows, sizes)
     print("\nbest per size (lowest ppl at or under the size):")
     print("\n".join(table(list(best.values()))))

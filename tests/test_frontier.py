@@ -1,9 +1,11 @@
 """The frontier bench writes each row as it is measured, resumes, and makes its table from the file."""
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import pytest
+import torch
 from tiny import save_model_dir
 
 from engine.evaluate.chat_check import chat_check
@@ -14,6 +16,7 @@ REPO = Path(__file__).resolve().parents[1]
 def _load(name: str):
     spec = importlib.util.spec_from_file_location(name, REPO / "bench" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # where its dataclasses look their annotations up
     spec.loader.exec_module(module)
     return module
 
@@ -160,3 +163,80 @@ def test_the_held_out_set_is_measured_beside_the_main_one(data_dir, tmp_path, mo
         "dense_chat_holdout_hits": 15}
     md = out.with_suffix(".md").read_text()
     assert "| chat check | held-out chat |" in md and md.count("| 15/30 | 15/30 |") == 2
+
+
+def test_the_proxy_ranks_every_candidate_and_only_the_best_get_the_full_protocol(frontier, data_dir, tmp_path,
+                                                                                 monkeypatch):
+    out = tmp_path / "frontier"
+    model = save_model_dir(tmp_path / "llama", "llama")
+    proxy = ["--compensations", "none,0.05:both,0.1:both", "--extras", "none", "--proxy", "--full", "2",
+             "--proxy-tokens", "128"]
+    argv = _argv(model, out, *proxy)
+    compress, perplexity, one_row = frontier.compress, frontier.perplexity, frontier.one_row
+    calls, ppls, full = [], [], []
+    monkeypatch.setattr(frontier, "compress", lambda lm, recipe, **kw: calls.append(recipe) or compress(lm, recipe, **kw))
+    monkeypatch.setattr(frontier, "one_row", lambda lm, recipe, key, *a: full.append(key) or one_row(lm, recipe, key, *a))
+
+    def stop_in_the_third(*args, **kw):
+        ppls.append(1)
+        if len(ppls) == 3:
+            raise KeyboardInterrupt  # dense, the best candidate, then stopped in the second one's ppl
+        return perplexity(*args, **kw)
+
+    monkeypatch.setattr(frontier, "perplexity", stop_in_the_third)
+    with pytest.raises(KeyboardInterrupt):
+        frontier.main(argv)
+    rows = [json.loads(line) for line in out.with_suffix(".jsonl").read_text().splitlines()][1:]
+    assert len(calls) == 5 and len(rows) == 3 and all(r["proxy_kl"] > 0 for r in rows)  # 3 scored, 2 compressed again
+    assert all(abs(r["fraction"] - 0.8) <= 0.008 for r in rows)  # matched within 1% of the size
+    ranked = sorted(rows, key=lambda r: r["proxy_kl"])
+    assert len({r["proxy_kl"] for r in rows}) == 3 and full == [ranked[0]["key"], ranked[1]["key"]]
+    assert "ppl" in ranked[0] and not ranked[0].get("partial") and "chat_hits" in ranked[0]
+    assert ranked[0]["proxy_kl"] == min(r["proxy_kl"] for r in rows)  # the full row kept its proxy KL
+    assert all("ppl" not in r and r["partial"] == frontier.PROXY_ONLY for r in ranked[1:])
+
+    calls.clear(), ppls.clear(), full.clear()
+    monkeypatch.setattr(frontier, "perplexity", lambda *a, **kw: ppls.append(1) or perplexity(*a, **kw))
+    assert frontier.main(argv) == 0
+    assert len(calls) == 1 and len(ppls) == 1 and full == [ranked[1]["key"]]  # no KL again, no finished row again
+    rows = {r["key"]: r for r in map(json.loads, out.with_suffix(".jsonl").read_text().splitlines())}
+    assert sum("ppl" in r for r in rows.values()) == 3  # dense and the two best
+    assert rows[ranked[0]["key"]]["ppl"] == ranked[0]["ppl"] and "ppl" not in rows[ranked[2]["key"]]
+    assert rows[ranked[1]["key"]]["proxy_kl"] == ranked[1]["proxy_kl"]
+    md = out.with_suffix(".md").read_text()
+    kl = [f"| {r['proxy_kl']:.4g} |" for r in ranked]
+    assert "| proxy KL |" in md and f"{kl[2]} - |" in md and frontier.PROXY_ONLY in md
+    assert md.index(kl[0]) < md.index(kl[2]) and md.index(kl[1]) < md.index(kl[2])  # measured rows first
+
+    calls.clear()
+    assert frontier.main(_argv(model, tmp_path / "kept", *proxy, "--keep", str(tmp_path / "models"))) == 0
+    assert len(calls) == 3 and len(list((tmp_path / "models").iterdir())) == 3  # the best two measured as saved
+    rows = [json.loads(line) for line in (tmp_path / "kept.jsonl").read_text().splitlines()][1:]
+    assert sorted(r["key"] for r in rows if "ppl" in r) == sorted(r["key"] for r in ranked[:2])
+
+
+def test_the_proxy_kl_is_taken_on_held_out_windows(data_dir, tmp_path):
+    proxy = _load("frontier_proxy")
+    from engine import CalibrationSpec, Recipe, compress, load_model
+    from engine.compress import make_calibration
+    from engine.recipes import RecoverySpec
+
+    lm = load_model(str(save_model_dir(tmp_path / "llama", "llama")), device="cpu")
+    calib = CalibrationSpec("wikitext2:validation", 16, 32, 42)
+    recovery = RecoverySpec.from_fields({"kind": "full", "steps": 1, "nsamples": 64, "seqlen": 32, "seed": 7})
+    texts = [Recipe(model=lm.spec, method="fasp", calibration=calib, recovery=recovery),
+             Recipe(model=lm.spec, method="fasp", calibration=calib, schedule="searched")]
+    specs = proxy.used_specs(texts)  # the calibration once, the recovery text, the searched plan's fitness text
+    assert [(s.nsamples, s.seed) for s in specs] == [(16, 42), (64, 7), (256, 43)]
+    scorer = proxy.ProxyScorer(lm, texts, "wikitext2:validation", 256, 32, 8, 42, None)
+    windows = scorer.targets().tokens
+    assert windows.shape == (8, 32) and scorer.settings["tokens"] == 256
+    used = torch.cat([make_calibration(lm, spec).tokens for spec in proxy.used_specs(texts)])
+    hashes, n = proxy.run_hashes, proxy.overlap(32)
+    assert not torch.isin(hashes(windows, n), hashes(used, n)).any()  # no 16-token run of a used window
+    assert torch.isin(hashes(used[3:4], n), hashes(used, n)).all()  # (which this check would see)
+    mixed = proxy.held_out_windows(scorer.make_tokens, "wikitext2:validation+alpaca-chat", 4, 32, 0, [used])
+    assert mixed.shape == (4, 32) and not torch.isin(hashes(mixed, n), hashes(used, n)).any()
+    assert scorer.kl(lm.model) < 1e-7  # the dense model against itself
+    pruned = compress(lm, Recipe(model=lm.spec, method="fasp", ratio=0.3, calibration=calib)).model
+    assert scorer.kl(pruned) > 1e-6  # small: a random tiny model's next-token distribution is nearly flat

@@ -28,6 +28,8 @@ from ..workspace import shell_copy
 from .database import LevelDatabase, assemble
 from .evolution import Levels, Sample
 
+LOGITS_BYTES = 2 ** 28  # a scoring batch's logits stay under ~256 MB
+
 
 @dataclass
 class Targets:
@@ -77,27 +79,39 @@ def coarse_kl(logits: torch.Tensor, logp: torch.Tensor, index: torch.Tensor, tai
     return (p * (logp - logq)).sum(-1) + tail.exp() * (tail - _log_tail(logq))
 
 
+def scoring_batch(seqlen: int, vocab: int) -> int:
+    """Windows per forward pass of a scoring model, so that a batch's logits stay under ``LOGITS_BYTES``."""
+    return max(1, LOGITS_BYTES // (4 * seqlen * vocab))
+
+
+@torch.no_grad()
+def mean_kl(model: nn.Module, targets: Targets, windows: Sequence[int], batch_size: int,
+            device: "torch.device | str") -> float:
+    """Mean per-token KL(dense || ``model``) on ``windows`` of the targets, accumulated in float64: the fitness
+    of any model of the dense model's vocabulary (an assembled candidate, or a whole compressed model)."""
+    ids = torch.tensor(list(windows))
+    total, count = 0.0, 0
+    for start in range(0, len(ids), batch_size):
+        batch = ids[start:start + batch_size]
+        dense = [t[batch].flatten(0, 1) for t in (targets.logp, targets.index, targets.tail)]
+        for rows, logits in logit_chunks(model, targets.tokens[batch].to(device)):
+            kl = coarse_kl(logits, *(t[rows].to(logits.device) for t in dense))
+            total += float(kl.double().sum())
+            count += kl.numel()
+            del logits
+    return total / count
+
+
 @torch.no_grad()
 def score_candidates(lm: LoadedModel, db: LevelDatabase, targets: Targets, candidates: Sequence[Levels],
                      windows: Sequence[int], batch_size: int, reporter: Reporter,
                      shell: "nn.Module | None" = None) -> list[float]:
     """Mean per-token KL of each candidate on ``windows``; the cancel token is checked between candidates."""
     shell = shell if shell is not None else shell_copy(lm.model, lm.adapter).eval()
-    ids = torch.tensor(list(windows))
     out = []
     for candidate in candidates:
         reporter.check()
-        model = assemble(shell, lm, db, tuple(candidate))
-        total, count = 0.0, 0
-        for start in range(0, len(ids), batch_size):
-            batch = ids[start:start + batch_size]
-            dense = [t[batch].flatten(0, 1) for t in (targets.logp, targets.index, targets.tail)]
-            for rows, logits in logit_chunks(model, targets.tokens[batch].to(lm.device)):
-                kl = coarse_kl(logits, *(t[rows].to(logits.device) for t in dense))
-                total += float(kl.double().sum())
-                count += kl.numel()
-                del logits
-        out.append(total / count)
+        out.append(mean_kl(assemble(shell, lm, db, tuple(candidate)), targets, windows, batch_size, lm.device))
     return out
 
 

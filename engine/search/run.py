@@ -24,9 +24,8 @@ from ..schedules.searched import level_grid
 from . import cluster
 from .database import DatabaseSpec, LevelDatabase, build_level, default_root
 from .evolution import Generation, SearchSettings, Stage, evolve, level_space
-from .fitness import KLScorer, dense_targets
+from .fitness import KLScorer, dense_targets, scoring_batch
 
-LOGITS_BYTES = 2 ** 28  # a scoring batch's logits stay under ~256 MB
 DEPTH_LEVELS = (0.0, 1.0)  # a layer kept or removed
 BEST_CURVE = "best KL to the original"  # the curve the search draws in progress events
 
@@ -81,10 +80,14 @@ def open_database(run: SearchRun, params: dict) -> LevelDatabase:
     return LevelDatabase(params["database"] or default_root(spec), spec)
 
 
+def fitness_spec(calibration: CalibrationSpec, tokens: int) -> CalibrationSpec:
+    """The text of the fitness: the calibration's source, ``tokens`` tokens drawn with another seed."""
+    return replace(calibration, nsamples=max(1, math.ceil(tokens / calibration.seqlen)), seed=calibration.seed + 1)
+
+
 def fitness_tokens(run: SearchRun, tokens: int) -> torch.Tensor:
-    """Held-out windows for the fitness: the calibration's source, drawn with another seed."""
-    spec = run.calibration_spec
-    return run.tokens_of(replace(spec, nsamples=max(1, math.ceil(tokens / spec.seqlen)), seed=spec.seed + 1))
+    """Held-out windows for the fitness (``fitness_spec``)."""
+    return run.tokens_of(fitness_spec(run.calibration_spec, tokens))
 
 
 def search_plan(run: SearchRun, target: float, params: dict) -> Plan:
@@ -114,7 +117,7 @@ def search_plan(run: SearchRun, target: float, params: dict) -> Plan:
     space = level_space(costs, depth_budget(costs, target) if depth else budget_of(costs, db.spec.levels, target))
     tokens = fitness_tokens(run, params["tokens"])
     vocab = run.lm.model.config.vocab_size
-    batch = max(1, LOGITS_BYTES // (4 * tokens.shape[1] * vocab))
+    batch = scoring_batch(tokens.shape[1], vocab)
     targets = dense_targets(run.lm, tokens, params["topk"], batch, run.reporter)
     total = settings.generations or 0
 
