@@ -287,11 +287,11 @@ def machine() -> dict:
 
 
 def table(rows: list[dict]) -> list[str]:
-    out = [f"{'size':>5} {'recipe':<58}{'params':>7}{'KL':>8}{'ppl':>8}{'lambada':>8}{'0-shot':>7}{'chat':>8}"
+    out = [f"{'size':>5} {'recipe':<58}{'params':>7}{'KL':>10}{'ppl':>8}{'lambada':>8}{'0-shot':>7}{'chat':>8}"
            f"{'held':>7}{'secs':>7}"]
     for r in rows:
         ppl = f"{r['ppl']:.2f}" if "ppl" in r else "-"
-        out.append(f"{r.get('size', 1.0):>5} {r['label'][:57]:<58}{r['fraction']:>7.3f}{proxy_kl(r):>8}{ppl:>8}"
+        out.append(f"{r.get('size', 1.0):>5} {r['label'][:57]:<58}{r['fraction']:>7.3f}{proxy_kl(r):>10}{ppl:>8}"
                    f"{pct(r.get('lambada')):>8}{pct(r.get('zeroshot')):>7}{hits(r, 'chat'):>8}"
                    f"{hits(r, 'chat_holdout'):>7}{r.get('seconds', 0):>7.0f}")
     return out

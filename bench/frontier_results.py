@@ -79,7 +79,8 @@ def markdown(rows: list[dict], proto: dict) -> str:
         mark = " *" if id(r) in best else ""
         mark += f" ({r['partial']})" if r.get("partial") else " (earlier run: see below)" if r.get("source") else ""
         chat = hits(r, "chat") + (f" | {hits(r, 'chat_holdout')}" if holdout else "")
-        ppl = "-" if "ppl" not in r else f"{r['ppl']:.2f}" + ("" if r is dense else f" ({r['ppl'] / dense['ppl']:.2f}x)")
+        ppl = "-" if "ppl" not in r else f"{r['ppl']:.2f}" + (
+            "" if r is dense else f" ({r['ppl'] / dense['ppl']:.2f}x)")
         size = "dense" if r is dense else f"{r['size']:.2f}x"
         lines.append(f"| {size} | {r['fraction']:.3f}x | {r['label']}{mark} |" + (f" {proxy_kl(r)} |" if kl else "")
                      + f" {ppl} | {chat} "
@@ -104,7 +105,8 @@ def _proxy_text(rows: list[dict]) -> str:
     """The held-out tokens of the rows' proxy KL, from the first row that has one."""
     cfg = next(r["proxy"] for r in rows if "proxy" in r)
     return (f"{cfg['tokens']} held-out tokens of {cfg['source']} (windows of {cfg['seqlen']} sharing no "
-            f"{cfg['overlap']}-token run with a calibration or recovery text; top-{cfg['topk']} and one bucket)")
+            f"{cfg['overlap']}-token run with a calibration, recovery or search text; top-{cfg['topk']} and one "
+            "bucket)")
 
 
 def hits(row: dict, prefix: str) -> str:
