@@ -3,12 +3,15 @@ give the same model, the target is hit, training is seeded and cancellable, and 
 from __future__ import annotations
 
 import copy
+import json
+import shutil
 
 import pytest
 import torch
 
 from engine import CancelToken, Cancelled, Recipe, compress, load_compressed, save_compressed
 from engine.analysis import account
+from engine.errors import CorruptWeightsError
 from engine.methods.disp_llm import LOSS_CURVE, RATIO_CURVE, TRAIN_STAGE
 from engine.transforms.block_channels import MaskBox, masked, select_channels
 from engine.transforms.selection_net import KINDS, LayerCost
@@ -137,6 +140,40 @@ def test_save_and_reload_give_identical_logits(tiny, tmp_path, arch):
     entries = sum(sum(result.widths[k]) for k in ("attn_in", "attn_out", "mlp_in", "mlp_out"))
     assert result.accounting.index_entries == entries == result.summary()["index_entries"]
     assert account(back.model, back.adapter).index_entries == entries and result.original.index_entries == 0
+
+
+def test_the_index_lists_are_saved_as_tensors_and_old_json_folders_still_load(tiny, tmp_path):
+    from safetensors.torch import load_file
+
+    from engine.compressed.format import STRUCTURE_FILE
+    from engine.export import export
+
+    lm = tiny_lm(tiny, "llama")
+    result = run(lm, ratio=0.3)
+    folder = save_compressed(result, tmp_path / "out")
+    meta = json.loads((folder / "slimlab.json").read_text())
+    lists = result.structure.to_dict()
+    assert meta["format_version"] == 3 and not set(KINDS) & set(meta["structure"])  # no lists in the JSON
+    assert meta["structure"]["tensors"] == {k: len(lm.adapter.layers(lm.model)) for k in KINDS}
+    stored = load_file(str(folder / STRUCTURE_FILE))
+    assert {t.dtype for t in stored.values()} == {torch.int32}
+    assert [stored[f"mlp_mid.{i}"].tolist() for i in range(len(lists["mlp_mid"]))] == lists["mlp_mid"]
+    expected = logits(result.model, ids(lm))
+
+    old = tmp_path / "old"  # the same folder as an earlier SlimLab wrote it: the lists inline in slimlab.json
+    shutil.copytree(folder, old)
+    (old / STRUCTURE_FILE).unlink()
+    (old / "slimlab.json").write_text(json.dumps(meta | {"format_version": 1, "structure": lists}, indent=2))
+    assert (old / "slimlab.json").stat().st_size > 3 * (folder / "slimlab.json").stat().st_size
+    exported = export(folder, "hf", "f32", tmp_path / "hf").path  # the structure file travels with an export
+    for path in (folder, old, exported):
+        back = load_compressed(path, device="cpu", dtype="float32")
+        assert back.meta["structure"] == lists
+        torch.testing.assert_close(logits(back.model, ids(lm)), expected, atol=0, rtol=0)
+
+    (folder / STRUCTURE_FILE).unlink()
+    with pytest.raises(CorruptWeightsError, match="slimlab_structure.safetensors.*missing or damaged"):
+        load_compressed(folder, device="cpu")
 
 
 def test_llama_cpp_and_decilm_refuse_it_by_name_and_transformers_loads_it(tiny, tmp_path, capsys):

@@ -26,7 +26,12 @@ from ..transforms.compensation import CompensationStructure
 from .bitsback import WEIGHTS_FILE, read_bitsback
 from .remote_code import write_remote_code
 
-FORMAT_VERSION = 2  # 2: side branches (``compensation``); a folder without them is still written as 1
+# 2: side branches (``compensation``); 3: a structure's index lists in STRUCTURE_FILE. A folder with neither
+# is still written as 1 (an older SlimLab reads it); one with them, as the version an older one refuses
+BRANCHES_FORMAT, TENSORS_FORMAT = 2, 3
+FORMAT_VERSION = TENSORS_FORMAT
+STRUCTURE_FILE = "slimlab_structure.safetensors"  # the structure's TENSOR_FIELDS, one int32 tensor per layer
+STRUCTURE_TENSORS = "tensors"  # in slimlab.json's structure: {field: layers} of the lists kept in STRUCTURE_FILE
 
 
 def is_compressed(path: "str | Path") -> bool:
@@ -54,7 +59,7 @@ def result_meta(result) -> dict:
     format's check reads, so a result can be judged before it is saved)."""
     compensation = getattr(result, "compensation", None)
     meta = {
-        "format_version": FORMAT_VERSION if compensation is not None else 1,
+        "format_version": BRANCHES_FORMAT if compensation is not None else 1,
         "method": result.method,
         "recipe": result.recipe.to_dict(),
         "widths": result.widths,
@@ -71,16 +76,49 @@ def result_meta(result) -> dict:
     return meta
 
 
+def _pack_structure(structure) -> tuple[dict, dict[str, torch.Tensor]]:
+    """slimlab.json's structure, its ``TENSOR_FIELDS`` moved out as integer tensors ("field.layer") for
+    STRUCTURE_FILE (the JSON says how many layers each field has); a structure without any: as it is."""
+    data, tensors = structure.to_dict(), {}
+    counts = {}
+    for name in type(structure).TENSOR_FIELDS:
+        rows = data.pop(name)
+        counts[name] = len(rows)
+        tensors |= {f"{name}.{i}": torch.tensor(row, dtype=torch.int32) for i, row in enumerate(rows)}
+    return (data | {STRUCTURE_TENSORS: counts} if counts else data), tensors
+
+
+def _unpack_structure(path: Path, data: dict) -> dict:
+    """The structure as ``to_dict`` wrote it: lists read back from STRUCTURE_FILE (a folder from before it
+    keeps them in the JSON and is returned as it is)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    counts = data.get(STRUCTURE_TENSORS)
+    if counts is None:
+        return data
+    try:
+        tensors = load_file(str(path / STRUCTURE_FILE))
+        lists = {name: [tensors[f"{name}.{i}"].tolist() for i in range(n)] for name, n in counts.items()}
+    except (SafetensorError, OSError, KeyError) as exc:
+        raise CorruptWeightsError(f"'{path / STRUCTURE_FILE}' (the method's index lists) is missing or damaged "
+                                  f"({type(exc).__name__}: {exc}); copy it with the folder, or compress again.") from None
+    return {k: v for k, v in data.items() if k != STRUCTURE_TENSORS} | lists
+
+
 def save_compressed(result, out: "str | Path", force: bool = False, progress: "Reporter | None" = None) -> Path:
     """Write a CompressionResult to ``out`` atomically; refuses to overwrite without ``force``.
 
     A Stop (``progress``'s cancel token) takes effect at the next safe point: between the parts, and
     at the latest just before the rename that puts the folder in place. Then nothing was written and
     ``out`` is as it was; once renamed, the save is done and a Stop has nothing left to stop."""
-    from safetensors.torch import save_model
+    from safetensors.torch import save_file, save_model
 
     reporter = as_reporter(progress)
     model, meta = result.model, result_meta(result)
+    meta["structure"], structure_tensors = _pack_structure(result.structure)
+    if structure_tensors:
+        meta["format_version"] = TENSORS_FORMAT
     try:
         with atomic_dir(out, force) as tmp:
             reporter("save", 0, 3, "weights")
@@ -93,6 +131,8 @@ def save_compressed(result, out: "str | Path", force: bool = False, progress: "R
             if result.tokenizer is not None:
                 result.tokenizer.save_pretrained(tmp)
             (tmp / SLIMLAB_META).write_text(json.dumps(meta, indent=2, default=str))
+            if structure_tensors:
+                save_file(structure_tensors, str(tmp / STRUCTURE_FILE))
             write_remote_code(tmp, strict=False)  # shapes a stock config cannot say: a transformers folder anyway
             reporter("save", 2, 3, "putting the folder in place")
             reporter.check()  # the last safe point: a Stop pressed until now is honoured, then the rename
@@ -160,6 +200,8 @@ def read_meta(path: Path) -> dict:
     if meta.get("format_version", 0) > FORMAT_VERSION:
         raise ConfigError(f"'{path / SLIMLAB_META}' was written by a newer SlimLab (format {meta['format_version']}, "
                           f"this one reads up to {FORMAT_VERSION}); upgrade SlimLab to load it.")
+    if isinstance(meta.get("structure"), dict):
+        meta["structure"] = _unpack_structure(path, meta["structure"])
     return meta
 
 

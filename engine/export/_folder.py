@@ -14,7 +14,7 @@ from .base import DTYPES
 
 TORCH_DTYPES = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}
 HALF = {"bfloat16": "bf16", "float16": "f16"}
-WEIGHTS = ("*.safetensors", INDEX)
+WEIGHTS = ("model*.safetensors", INDEX)  # a result's weights (single file or shards); not its structure file
 SHARD_BYTES = 2 * 2**30  # transformers' default shard size
 # what a folder format's registration says unless it differs: any dtype, the original checkpoint's by default
 FOLDER_FORMAT = dict(writes="folder", suffix="", dtypes=("auto",) + DTYPES, default_dtype="auto")

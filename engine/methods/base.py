@@ -33,6 +33,9 @@ class Structure:
     changes, and a folder saved by a newer SlimLab is refused instead of misread."""
 
     VERSION: ClassVar[int] = 1
+    # per-layer lists of integers (e.g. DISP-LLM's kept channels) that a saved folder keeps as integer tensors
+    # in ``STRUCTURE_FILE`` beside slimlab.json instead of as JSON (``engine.compressed.format``)
+    TENSOR_FIELDS: ClassVar[tuple[str, ...]] = ()
 
     def to_dict(self) -> dict:
         return {"version": self.VERSION} | asdict(self)
