@@ -61,6 +61,34 @@ def keep_freed_memory() -> bool:
     return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
 
 
+TRAINING_MMAP_THRESHOLD = 128 * 2**10  # glibc's own starting value, here held fixed
+
+
+@contextlib.contextmanager
+def mapped_allocations(threshold: int = TRAINING_MMAP_THRESHOLD) -> Iterator[None]:
+    """While the block runs, every C allocation of at least ``threshold`` bytes gets its own mapping,
+    handed back to the OS when it is freed (glibc's ``M_MMAP_THRESHOLD``); then ``keep_freed_memory``'s
+    setting again.
+
+    Why: a training step's backward pass recomputes each layer's activations and frees them, while
+    small tensors that live on (the next layer's gradients, the layer inputs kept for the backward
+    pass) are allocated between them; from the heap, the freed blocks cannot be merged or handed back
+    and the heap grows by about one layer's activations per layer (LoRA on a random demo-shaped model
+    of 8 layers, 2 steps of 4x512 tokens: 335 MB over the start, 303 MB of it free heap; with this,
+    110 MB and the same losses). Training runs seconds per window, so the extra page faults cost
+    little there, unlike in the layer-wise passes ``keep_freed_memory`` is for."""
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError, TypeError):
+        yield
+        return
+    mallopt(M_MMAP_THRESHOLD, threshold)
+    try:
+        yield
+    finally:
+        mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+
+
 class _MallInfo2(ctypes.Structure):
     _fields_ = [(name, ctypes.c_size_t) for name in
                 ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",

@@ -11,24 +11,30 @@ with their gradients accumulated; the KL targets come from the stored teacher su
 (``teacher.TeacherTargets``), and the student's logits are made ``KL_CHUNK`` tokens at a time
 from its final hidden states (the head's backward runs per chunk into those states, then once
 through the stack), so no [tokens, vocab] tensor outlives its chunk. With ``checkpointing``
-each layer keeps only its input and recomputes the rest in the backward pass.
+each layer keeps only its input and recomputes the rest in the backward pass. Frozen weights
+mapped from the spool leave the resident set once their layer's forward, and again its backward,
+is done (``paging.FrozenPages``), and the activations get their own mappings, so that freeing
+them returns them to the OS (``memory.mapped_allocations``).
 """
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from ..memory import mapped_allocations
 from ..models.adapters import Adapter
 from ..progress import Reporter
 from ..recipes import RecoverySpec
 from .losses import head_topk_kl, hidden_loss
+from .paging import FrozenPages
 from .teacher import TeacherTargets
 
 STAGE = "recovery"
@@ -94,7 +100,8 @@ def distill(student: Student, tokens: torch.Tensor, params: list[nn.Parameter], 
     report = _progress(reporter, steps, budget_s)
     report(0, 0.0, "starting")
     step = 0
-    with checkpointed(student.adapter.layers(student.plain), spec.checkpointing):
+    layers = student.adapter.layers(student.plain)
+    with checkpointed(layers, spec.checkpointing, FrozenPages(layers).release), mapped_allocations():
         while step < steps:
             elapsed = time.perf_counter() - t0
             if elapsed >= budget_s:
@@ -159,14 +166,13 @@ def _micro_step(student: Student, batch: torch.Tensor, target, spec: RecoverySpe
 
 
 @contextlib.contextmanager
-def checkpointed(layers: nn.ModuleList, on: bool):
+def checkpointed(layers: nn.ModuleList, on: bool, done: Callable[[int], None] = lambda index: None):
     """With ``on``, each layer's forward runs under activation checkpointing (non-reentrant: the same
-    gradients, the layer's activations recomputed in the backward pass instead of kept)."""
-    if not on:
-        yield
-        return
-    for layer in layers:
-        layer.forward = _checkpointing(layer.forward)
+    gradients, the layer's activations recomputed in the backward pass instead of kept). ``done(i)`` is
+    called when layer ``i``'s forward has run and again when its backward has (the gradient of its input
+    is complete): its weights are not needed again until the next pass."""
+    for index, layer in enumerate(layers):
+        layer.forward = _wrapped(layer.forward, on, functools.partial(done, index))
     try:
         yield
     finally:
@@ -174,9 +180,14 @@ def checkpointed(layers: nn.ModuleList, on: bool):
             del layer.forward  # the class's forward again
 
 
-def _checkpointing(forward):
+def _wrapped(forward, on: bool, done: Callable[[], None]):
     def run(*args, **kwargs):
-        return checkpoint(forward, *args, use_reentrant=False, **kwargs)
+        out = checkpoint(forward, *args, use_reentrant=False, **kwargs) if on else forward(*args, **kwargs)
+        done()
+        x = args[0] if args else kwargs.get("hidden_states")
+        if torch.is_grad_enabled() and isinstance(x, torch.Tensor) and x.requires_grad:
+            x.register_hook(lambda grad: done())
+        return out
 
     return run
 
