@@ -29,7 +29,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ..memory import mapped_allocations
+from ..memory import mapped_allocations, release_freed_memory
 from ..models.adapters import Adapter
 from ..progress import Reporter
 from ..recipes import RecoverySpec
@@ -113,6 +113,7 @@ def distill(student: Student, tokens: torch.Tensor, params: list[nn.Parameter], 
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
+            release_freed_memory()  # heap blocks the step reused from earlier stages, before the next step or the merge
             log.kl.append(kl)
             log.hidden.append(hid)
             log.losses.append(kl + spec.hidden_weight * hid)
