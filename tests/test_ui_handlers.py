@@ -1160,3 +1160,13 @@ def test_preset_figures_apply_only_on_their_model_and_with_a_step_bound():
     timed = replace(recipe, recovery=replace(recipe.recovery, minutes=2.0))
     assert hc._preset_measured(replace(preset, recipe=timed), timed, "demo") is None  # a time bound: other work
     assert "(model demo, on 2-core vm)" in hc._not_quoted(preset)
+
+
+def test_a_long_placeholder_message_is_wrapped_to_fit_a_half_width_panel():
+    from ui.figures import PLACEHOLDER_CHARS, placeholder
+    from ui.handlers.compress import NO_LIVE
+
+    text = placeholder(NO_LIVE).layout.annotations[0].text
+    lines = text.split("<br>")
+    assert len(lines) > 1 and all(len(line) <= PLACEHOLDER_CHARS for line in lines)
+    assert " ".join(lines) == " ".join(NO_LIVE.split())  # nothing lost, only broken at spaces

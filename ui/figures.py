@@ -5,6 +5,7 @@ Figures take plain numbers (lists, dicts, engine dataclasses) and never touch a 
 from __future__ import annotations
 
 import math
+import textwrap
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
@@ -13,6 +14,7 @@ from plotly.subplots import make_subplots
 
 ORIGINAL, COMPRESSED = "#64748b", "#4f46e5"
 LOG_TICKS = [float(f"{m}e{e}") for e in range(-6, 1) for m in (1, 2, 5) if e < 0 or m == 1]
+PLACEHOLDER_CHARS = 60  # a half-width panel holds about this many characters of its 14 px text
 PALETTE = ("#4f46e5", "#0891b2", "#16a34a", "#d97706", "#dc2626", "#9333ea", "#db2777", "#65a30d")
 
 
@@ -34,9 +36,10 @@ def _style(fig: go.Figure, title: str, subtitle: str = "", height: int = 380) ->
 
 
 def placeholder(message: str, height: int = 300) -> go.Figure:
-    """An empty chart that says what to do to fill it."""
+    """An empty chart that says what to do to fill it; the message wrapped, since plotly annotations do not
+    wrap and a long one was cut off at both sides of a half-width panel."""
     fig = go.Figure()
-    fig.add_annotation(text=message, x=0.5, y=0.5, xref="paper", yref="paper", showarrow=False,
+    fig.add_annotation(text="<br>".join(textwrap.wrap(message, PLACEHOLDER_CHARS)), x=0.5, y=0.5, xref="paper", yref="paper", showarrow=False,
                        font=dict(size=14, color="#64748b"))
     fig.update_xaxes(visible=False)
     fig.update_yaxes(visible=False)
