@@ -394,15 +394,11 @@ def test_a_share_is_parsed_and_checked():
 
 def test_the_frontier_size_search_pays_for_the_branches(tiny_dirs, data_dir):
     """A compensated recipe found for a size lands within 1% of it in *total* parameters, branches included."""
-    import importlib.util
-    from pathlib import Path
+    from test_frontier import _load
 
     from engine import load_model, params_total
 
-    path = Path(__file__).resolve().parents[1] / "bench" / "frontier.py"
-    module_spec = importlib.util.spec_from_file_location("frontier_bench", path)
-    frontier = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(frontier)
+    frontier = _load("frontier")
     lm = load_model(str(tiny_dirs["llama"]), device="cpu")
     dense = params_total(lm)
     finder = frontier.RatioFinder(lm, dense)
