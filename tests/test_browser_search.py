@@ -78,7 +78,7 @@ def test_the_search_draws_its_curve_live_then_the_plan_beside_uniform(page, shot
     generations.send_keys(Keys.CONTROL, "a")
     generations.send_keys("100000", Keys.TAB)  # runs until stopped
     page.execute_script("arguments[0].click()", run)
-    wait(page, lambda: traces(page, "live-curve", "scatter") == 1 or toasts(page), 300, "the live curve")
+    wait(page, lambda: traces(page, "live-curve", "scatter") == 1 or toasts(page), 600, "the live curve")  # 300 s ran out at load 7
     assert not toasts(page)
     page.execute_script("document.getElementById('plan-chart').scrollIntoView()")
     page.save_screenshot(str(shots / "searched-live-running.png"))
