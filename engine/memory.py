@@ -7,7 +7,7 @@ import ctypes
 import functools
 import resource
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 
@@ -44,6 +44,14 @@ MMAP_THRESHOLD = 32 * 2**20  # glibc's largest allowed: one [4096 tokens, 2048] 
 TRIM_THRESHOLD = 2**30
 
 
+def _glibc(name: str) -> "Callable | None":
+    """glibc's function ``name``; None where the C library has none (macOS, musl, Windows, old glibc)."""
+    try:
+        return getattr(ctypes.CDLL(None), name)
+    except (OSError, AttributeError, TypeError):
+        return None
+
+
 @functools.cache
 def keep_freed_memory() -> bool:
     """Let glibc keep freed heap memory for reuse instead of handing it back to the OS at once.
@@ -54,9 +62,8 @@ def keep_freed_memory() -> bool:
     fixed 32 MB mmap threshold and a 1 GB trim threshold they are reused from the heap; the
     process may hold up to 1 GB of freed memory. Once per process; False where there is no
     glibc (macOS, musl, Windows)."""
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError, TypeError):
+    mallopt = _glibc("mallopt")
+    if mallopt is None:
         return False
     return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
 
@@ -77,9 +84,8 @@ def mapped_allocations(threshold: int = TRAINING_MMAP_THRESHOLD) -> Iterator[Non
     of 8 layers, 2 steps of 4x512 tokens: 335 MB over the start, 303 MB of it free heap; with this,
     110 MB and the same losses). Training runs seconds per window, so the extra page faults cost
     little there, unlike in the layer-wise passes ``keep_freed_memory`` is for."""
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError, TypeError):
+    mallopt = _glibc("mallopt")
+    if mallopt is None:
         yield
         return
     mallopt(M_MMAP_THRESHOLD, threshold)
@@ -97,9 +103,8 @@ class _MallInfo2(ctypes.Structure):
 
 def free_heap_bytes() -> "int | None":
     """Bytes the C heap holds free (glibc's ``mallinfo2().fordblks``); None without glibc 2.33+."""
-    try:
-        mallinfo2 = ctypes.CDLL(None).mallinfo2
-    except (OSError, AttributeError, TypeError):
+    mallinfo2 = _glibc("mallinfo2")
+    if mallinfo2 is None:
         return None
     mallinfo2.restype = _MallInfo2
     return int(mallinfo2().fordblks)
@@ -118,10 +123,8 @@ def release_freed_memory(keep_bytes: int = 0) -> bool:
     free = free_heap_bytes()
     if free is not None and free <= keep_bytes:
         return False
-    try:
-        return bool(ctypes.CDLL(None).malloc_trim(0))
-    except (OSError, AttributeError, TypeError):
-        return False
+    trim = _glibc("malloc_trim")
+    return trim is not None and bool(trim(0))
 
 EVAL_OOM_ADVICE = "Use a shorter --seqlen, fewer windows or items, or the CPU; the model is unchanged."
 CALIBRATION_OOM_ADVICE = ("Use fewer or shorter calibration samples (Samples, Tokens per sample; --nsamples, "
