@@ -54,6 +54,8 @@ def main() -> None:
     ap.add_argument("--windows", type=int, default=40)
     ap.add_argument("--database", default=str(REPO / "bench" / "results" / "evopress-db"))
     ap.add_argument("--final", action="store_true")
+    ap.add_argument("--skip-uniform", action="store_true",
+                    help="do not measure the uniform plan again (its ROW is already in the log)")
     ap.add_argument("--model", default="demo")
     args = ap.parse_args()
 
@@ -89,8 +91,9 @@ def main() -> None:
         log(f"ROW {name}: params {kept / dense:.4f}x, ppl {res.ppl:.3f} ({res.windows}x2048 wikitext-2 test), "
             f"ratios {[db.spec.levels[k] for k in levels]}")
 
-    uniform = db.spec.levels.index(round(args.target, 6))
-    measure("uniform", (uniform,) * len(costs))
+    if not args.skip_uniform:
+        uniform = db.spec.levels.index(round(args.target, 6))
+        measure("uniform", (uniform,) * len(costs))
 
     run.on_generation = lambda g: log(f"search: generation {g.index} KL {g.fitness:.5f} at {g.seconds:.0f} s "
                                       f"({g.evaluations} candidates scored)")
