@@ -5,9 +5,11 @@ parameters, with the level database build and the search timed apart.
         --generations 20 --offspring 8 --tokens 4096 --first-tokens 1024 --windows 40
 
 Rows go to ``bench/results/evopress.log`` as they come (a stopped run keeps its rows). Both plans
-are measured on models assembled from the database's layers (the uniform one is exactly what
-``compress --schedule uniform`` makes, see tests/test_searched.py); ``--final`` also runs the
-ordinary ``compress`` with the found plan (the method re-run along the plan) and measures it.
+are measured on models assembled from the database's layers (with ``--inputs sequential`` the
+uniform one is exactly what ``compress --schedule uniform`` makes, see tests/test_searched.py;
+with ``dense``, the default, each stored layer was fitted to the original's inputs, so an
+assembled model is not what a run makes); ``--final`` also runs the ordinary ``compress`` with
+the found plan (the method re-run along the plan, as a user gets it) and measures it.
 The database stays in ``--database`` so a second run resumes it.
 """
 from __future__ import annotations
@@ -52,7 +54,9 @@ def main() -> None:
     ap.add_argument("--nsamples", type=int, default=64)
     ap.add_argument("--seqlen", type=int, default=512)
     ap.add_argument("--windows", type=int, default=40)
-    ap.add_argument("--database", default=str(REPO / "bench" / "results" / "evopress-db"))
+    ap.add_argument("--inputs", choices=("dense", "sequential"), default="dense",
+                    help="what the stored layers are compressed on (the searched schedule's `inputs`)")
+    ap.add_argument("--database", help="default: bench/results/evopress-db-INPUTS")
     ap.add_argument("--final", action="store_true")
     ap.add_argument("--skip-uniform", action="store_true",
                     help="do not measure the uniform plan again (its ROW is already in the log)")
@@ -68,7 +72,8 @@ def main() -> None:
     params = get_schedule("searched").resolve_params({
         "level_step": args.step, "max_level": args.max_level, "generations": args.generations,
         "offspring": args.offspring, "tokens": args.tokens, "first_tokens": args.first_tokens, "seed": args.seed,
-        "database": args.database})
+        "inputs": args.inputs,
+        "database": args.database or str(REPO / "bench" / "results" / f"evopress-db-{args.inputs}")})
     log(f"start: fasp levels {args.step}..{args.max_level}, target {args.target}, calibration "
         f"{args.nsamples}x{args.seqlen} wikitext2:validation, {params}")
 

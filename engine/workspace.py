@@ -101,7 +101,7 @@ class Workspace:
     """The shell of the compressed model and the layer source a compressing pass runs on."""
 
     def __init__(self, lm: LoadedModel, device: Optional[torch.device] = None,
-                 compensation: Optional[CompensationRequest] = None):
+                 compensation: Optional[CompensationRequest] = None, dense_inputs: bool = False):
         self.lm = lm
         self.adapter = lm.adapter
         self.device = device or lm.compute_device
@@ -117,6 +117,8 @@ class Workspace:
         self._homes: list[torch.device] = []  # where each kept layer goes once the pass ends (``assemble``)
         self.compensation = compensation if compensation is not None and compensation.enabled else None
         self.compensated: Optional[CompensatedPass] = None  # the wrapped pass, once the driver ran it
+        # the driver then feeds every layer the original's outputs, not the compressed layers' (a level database)
+        self.dense_inputs: Optional[OriginalLayers] = OriginalLayers(lm, self.device) if dense_inputs else None
 
     def wrap_pass(self, hooks: LayerHooks) -> LayerHooks:
         """The pass the driver runs over this workspace: ``hooks``, compensated if the recipe says so."""

@@ -10,7 +10,7 @@ from engine.models import LoadedModel
 from engine.models.adapters import adapter_for
 from engine.progress import Reporter
 from engine.recipes import CalibrationSpec
-from engine.schedules import build_plan, get_schedule
+from engine.schedules import Plan, build_plan, get_schedule
 from engine.search.database import DatabaseSpec, LevelDatabase, assemble
 from engine.search.fitness import coarse_kl, _log_tail
 from engine.search.run import SearchRun, open_database, search_plan
@@ -61,9 +61,9 @@ def test_coarse_kl_is_the_full_kl_when_k_is_the_vocabulary():
     assert coarse_kl(dense, top3.values, top3.indices, _log_tail(top3.values)).abs().max() < 1e-5
 
 
-def test_database_layers_are_the_uniform_runs_layers(lm, data_dir, db_dir):
+def test_sequential_database_layers_are_the_uniform_runs_layers(lm, data_dir, db_dir):
     run = _run(lm, data_dir)
-    params = _params(db_dir)
+    params = _params(db_dir, inputs="sequential")
     plan = search_plan(run, 0.25, params)
     db = open_database(run, params)
     assert db.missing() == [] and plan.options["levels_built"] == 2
@@ -84,6 +84,30 @@ def test_database_layers_are_the_uniform_runs_layers(lm, data_dir, db_dir):
         LevelDatabase(db_dir, DatabaseSpec("other", 4, "fasp", {}, (0.0, 0.5), {}))
 
 
+def test_dense_database_layers_are_each_fitted_to_the_originals_inputs(lm, data_dir, tmp_path):
+    """With ``inputs="dense"`` (the default) layer i at a level is what the method makes of layer i alone, the
+    layers before it left whole: it does not depend on how the others are compressed, so no plan is favoured."""
+    from engine.search.database import build_level
+
+    run = _run(lm, data_dir)
+    params = _params(tmp_path / "dense")
+    assert params["inputs"] == "dense"
+    db = open_database(run, params)
+    build_level(lm, db, 1, run.calibration, Reporter())
+    uniform = compress(lm, "fasp", 0.25, calibration=run.calibration, method_params=run.method_params)
+    for i in range(4):
+        ratios = [0.25 if j == i else 0.0 for j in range(4)]
+        alone = compress(lm, "fasp", 0.25, plan=Plan("manual", 0.25, ratios), calibration=run.calibration,
+                         method_params=run.method_params)
+        stored = db.layer(lm, i, 1).state_dict()
+        assert stored.keys() == lm.adapter.layers(alone.model)[i].state_dict().keys()
+        for name, tensor in lm.adapter.layers(alone.model)[i].state_dict().items():
+            assert torch.allclose(stored[name], tensor, atol=1e-5), (i, name)
+        in_sequence = lm.adapter.layers(uniform.model)[i].state_dict()
+        differs = any(not torch.allclose(stored[k], in_sequence[k], atol=1e-5) for k in stored)
+        assert differs == (i > 0)  # layer 0 reads the embeddings either way
+
+
 def test_a_database_folder_that_cannot_be_made_is_named(tmp_path):
     (tmp_path / "a-file").write_text("")
     spec = DatabaseSpec("m", 4, "fasp", {}, (0.0, 0.5), {})
@@ -93,7 +117,7 @@ def test_a_database_folder_that_cannot_be_made_is_named(tmp_path):
 
 
 def test_searched_plan_through_compress_keeps_the_budget(lm, data_dir, db_dir):
-    params = _params(db_dir, generations=4, seed=3)
+    params = _params(db_dir, generations=4, seed=3, inputs="sequential")  # the database the test above built
     result = compress(lm, "fasp", 0.25, schedule="searched", schedule_params=dict(params), calibration=CALIB,
                       data_dir=str(data_dir))
     plan = result.plan

@@ -47,6 +47,10 @@ class Searched(Schedule):
         Param("topk", "int", 64, "dense log-probabilities kept per token for the KL (the rest is one bucket)",
               minimum=1, maximum=100000),
         Param("seed", "int", 0, "seed of the search (mutations and the stages' token samples)", minimum=0),
+        Param("inputs", "choice", "dense", "what each stored layer is compressed on: the original's outputs of the "
+              "layers before it (dense: the stored layers fit any plan alike, as in EvoPress) or the level's own "
+              "compressed layers (sequential: the uniform plan is then favoured). A method that rotates the "
+              "residual stream (SliceGPT) always builds sequentially", choices=("dense", "sequential")),
         Param("database", "str", None, "folder of the level database (blank: the cache, keyed by model, method, "
               "levels and calibration); an interrupted build resumes there"),
     )

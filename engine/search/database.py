@@ -2,8 +2,12 @@
 plan's candidates are assembled from stored layers instead of compressed again.
 
 A level is one ratio of a method. Building it is one job (``build_level``): the method runs
-with a uniform plan at that ratio, sequentially as it always does (layer i is compressed on
-the output of layers 0..i-1 at the same level), and each finished layer is written as
+with a uniform plan at that ratio, layer i compressed on the original's output of layers
+0..i-1 (``inputs="dense"``, the default: as EvoPress builds its database, every stored layer
+was fitted to the same inputs, so no plan is favoured) or, for a method that rotates the
+residual stream or with ``inputs="sequential"``, on the output of layers 0..i-1 compressed at
+the same level (then the uniform plan's layers fit each other and a mixed plan's do not, which
+favours the uniform plan). Each finished layer is written as
 ``level-KK/layer-III.safetensors`` beside ``level.json`` (the method's structure, the model
 config it left, each layer's parameter count). A level's folder appears by an atomic rename
 when all of it is written, so an interrupted build resumes at the first missing level, and
@@ -49,6 +53,7 @@ class DatabaseSpec:
     method_params: dict
     levels: tuple[float, ...]
     calibration: dict
+    inputs: str = "dense"  # "dense": each layer compressed on the original's outputs; "sequential": on its level's
 
     def to_dict(self) -> dict:
         return asdict(self) | {"levels": list(self.levels)}
@@ -73,7 +78,7 @@ class LevelDatabase:
                               f"{exc.strerror or exc}.") from None
         manifest = self.root / MANIFEST
         if manifest.exists():
-            found = json.loads(manifest.read_text())
+            found = {"inputs": "sequential"} | json.loads(manifest.read_text())  # built before the choice existed
             if found != json.loads(json.dumps(spec.to_dict(), default=str)):
                 raise ConfigError(f"The level database at {self.root} was built for another run ({found['method']} "
                                   f"levels {found['levels']} on {found['model']}); pick another database folder.")
@@ -145,7 +150,7 @@ def build_level(lm: LoadedModel, db: LevelDatabase, level: int, calibration: Opt
     ratio = db.spec.levels[level]
     method = get_method(db.spec.method)
     n = db.spec.num_layers
-    work = Workspace(lm)
+    work = Workspace(lm, dense_inputs=db.spec.inputs == "dense")
     out = method.compress(work, calibration, Plan("uniform", ratio, [ratio] * n), dict(db.spec.method_params),
                           reporter)
     work.check_original(method.name)

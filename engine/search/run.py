@@ -72,11 +72,13 @@ def depth_budget(costs: list[list[int]], target: float) -> float:
 
 def open_database(run: SearchRun, params: dict) -> LevelDatabase:
     """Levels of the grid; keep (0) and remove (1) for a method that removes whole layers."""
-    depth = get_method(run.method).removes_layers
+    method = get_method(run.method)
+    depth = method.removes_layers
     levels = DEPTH_LEVELS if depth else level_grid(params["level_step"], params["max_level"])
     calib = run.calibration.to_dict() if run.calibration is not None else {}
+    inputs = "sequential" if depth or method.rotates_residual else params["inputs"]
     spec = DatabaseSpec(run.lm.spec, len(run.lm.adapter.layers(run.lm.model)), run.method, dict(run.method_params),
-                        levels, calib)
+                        levels, calib, inputs)
     return LevelDatabase(params["database"] or default_root(spec), spec)
 
 

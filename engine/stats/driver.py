@@ -297,6 +297,10 @@ def run_sequential(inputs: LayerInputs, adapter: Adapter, source: LayerSource, h
     wrap = getattr(source, "wrap_pass", None)
     if wrap is not None:
         hooks = wrap(hooks)
+    # a source with ``dense_inputs`` (the original's layers) feeds each layer what the original's layers
+    # before it output, instead of what the compressed ones do: every layer is compressed on the same inputs
+    # whatever happens to the others (a level database's layers then fit any plan alike)
+    dense: Optional[LayerSource] = getattr(source, "dense_inputs", None)
     x = hooks.start(inputs.hidden)
     n = source.num_layers
     pool = 0
@@ -304,16 +308,28 @@ def run_sequential(inputs: LayerInputs, adapter: Adapter, source: LayerSource, h
         reporter(stage, i, n, f"layer {i}")
         layer = source.open(i)
         pool = pool or _activation_pool(adapter.parts_of(layer), inputs)
-        layer_in = x if hooks.observes_layers else None
+        layer_in = x if hooks.observes_layers or dense is not None else None
+        last_layer = i + 1 == n and not hooks.needs_last_output
         for half in HALVES:
-            last = i + 1 == n and half == "mlp" and not hooks.needs_last_output
-            x = _run_half(adapter, i, half, layer, x, inputs.of_layer(i), hooks, last)
+            x = _run_half(adapter, i, half, layer, x, inputs.of_layer(i), hooks, last_layer and half == "mlp")
         hooks.end_layer(i, layer, layer_in, x)
+        if dense is not None and not last_layer:
+            x = run_layer(adapter, i, dense.open(i), layer_in, inputs.of_layer(i), hooks.exact)
         del layer_in
         source.close(i, layer)
         release_freed_memory(keep_bytes=pool)
         reporter.check()
     reporter(stage, n, n, "done")
+    return x
+
+
+def run_layer(adapter: Adapter, index: int, layer: nn.Module, x: list[torch.Tensor], kwargs: list[dict],
+              exact: bool = True) -> list[torch.Tensor]:
+    """``layer``'s output on ``x`` (per batch), as a read-only pass sees it (``exact``: see ``LayerHooks``)."""
+    plain = LayerHooks()
+    plain.exact = exact
+    for half in HALVES:
+        x = _run_half(adapter, index, half, layer, x, kwargs, plain, last=False)
     return x
 
 
