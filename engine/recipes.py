@@ -329,6 +329,10 @@ class Recipe:
                                   f"(got {d[key]!r}).")
         if slicing_base is not None:
             d["schedule_params"] = {"slicing_base": slicing_base} | d.get("schedule_params", {})
+        searched = d.get("schedule_params") if d.get("schedule") == "searched" else None
+        if isinstance(searched, dict) and "topk" in searched and "inputs" not in searched:
+            # a searched recipe saved (resolved) before its level database had a choice of inputs: it was sequential
+            d["schedule_params"] = searched | {"inputs": "sequential"}
         if "calibration" in d:
             d["calibration"] = CalibrationSpec.from_dict(d["calibration"])
         if "recovery" in d:

@@ -214,3 +214,16 @@ def test_depth_search_removes_the_layers_whose_loss_hurts_least(lm, data_dir, tm
     result = compress(lm, "shortgpt", 0.25, schedule="searched", schedule_params=dict(params), calibration=CALIB,
                       data_dir=str(data_dir))
     assert result.structure.removed == [plan.scores.index(0.0)]
+
+
+def test_a_searched_recipe_saved_before_the_inputs_choice_replays_its_sequential_database():
+    from engine.recipes import Recipe
+
+    old = {"model": "demo", "method": "fasp", "ratio": 0.3, "schedule": "searched",
+           "schedule_params": {"level_step": 0.15, "topk": 64, "seed": 0}}
+    assert Recipe.from_dict(old).schedule_params["inputs"] == "sequential"
+    new = old | {"schedule_params": old["schedule_params"] | {"inputs": "dense"}}
+    assert Recipe.from_dict(new).schedule_params["inputs"] == "dense"
+    given = old | {"schedule_params": {"seed": 2}}  # not resolved: the defaults (dense) apply
+    assert "inputs" not in Recipe.from_dict(given).schedule_params
+    assert Recipe.from_dict(given).validate().schedule_params["inputs"] == "dense"
