@@ -11,6 +11,7 @@ MLP+value parameters, of layers) and some methods add parameters back.
     python bench/compare_methods.py --update --ratios 0.2,0.3 --methods fasp   # re-measure some rows
     python bench/compare_methods.py --runs modegpt=0.25,fasp=0.285 --skip-dense  # chosen points (equal totals)
     python bench/compare_methods.py --runs modegpt@block-influence=0.25        # with a schedule (max_ratio 0.8)
+    python bench/compare_methods.py --runs fasp@layer-redundancy/slicing_base=0.2=0.3   # and its params
     python bench/compare_methods.py --runs "modegpt/parts=mlp=0.25"            # with method params (/NAME=VALUE)
     python bench/compare_methods.py --runs olica=0.25,modegpt=0.265 --skip-dense  # Olica beside MoDeGPT
     python bench/compare_methods.py --runs "prunenet=0.34,wanda-sp/parts=mlp=0.34" --skip-dense  # no data vs data
@@ -46,7 +47,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--methods", default=None, help="comma-separated (default: every registered method)")
     p.add_argument("--ratios", default="0.1,0.2,0.3", help="comma-separated nominal ratios, run in this order")
     p.add_argument("--runs", default=None,
-                   help="comma-separated NAME[/PARAM=VALUE...][@SCHEDULE]=RATIO points, run in this order, instead of --methods x "
+                   help="comma-separated NAME[/PARAM=VALUE...][@SCHEDULE[/PARAM=VALUE...]]=RATIO points, run in this order, instead of --methods x "
                         "--ratios (e.g. ratios that give two methods the same total; block-influence is capped at 0.8)")
     p.add_argument("--skip-dense", action="store_true", help="do not measure the dense model (saves one ppl run)")
     p.add_argument("--windows", type=int, default=40, help="evaluation windows (first N of the raw test split)")
@@ -77,6 +78,14 @@ def variants(method) -> list[dict]:
 def label(name: str, params: dict, schedule: str = "uniform") -> str:
     shown = ", ".join(f"{k}={v}" if k != "variant" else str(v) for k, v in params.items())
     return name + (f" ({shown})" if shown else "") + ("" if schedule == "uniform" else f" [{schedule}]")
+
+
+def schedule_of(schedule: str) -> tuple[str, dict]:
+    """``NAME[/PARAM=VALUE...]`` as the schedule's name and params; block-influence gets MoDeGPT's cap (0.8)
+    unless given."""
+    name, *given = schedule.split("/")
+    params = dict(g.split("=", 1) for g in given)
+    return name, ({"max_ratio": "0.8"} if name == "block-influence" else {}) | params
 
 
 def planned_runs(args, registry) -> list[tuple[str, dict, str, float]]:
@@ -199,10 +208,10 @@ def main() -> int:
         print(f"dense: {dense_acc.params_total:,} params, ppl {rows[0]['ppl']:.2f}", flush=True)
     save(out, rows, meta)
     for name, params, schedule, ratio in runs:
-        capped = {"max_ratio": 0.8} if schedule == "block-influence" else None  # MoDeGPT's cap
+        schedule_name, schedule_params = schedule_of(schedule)
         try:
-            result = compress(lm, name, ratio, calibration=calib, method_params=params, schedule=schedule,
-                              schedule_params=capped or {})
+            result = compress(lm, name, ratio, calibration=calib, method_params=params, schedule=schedule_name,
+                              schedule_params=schedule_params)
             ppl = ppl_of(result.model)
             row = row_for(name, params, ratio, result.accounting, ppl, result.seconds, schedule=schedule,
                           zeroshot=zeroshot_of(result.model))
