@@ -44,7 +44,7 @@ def test_the_schema_gives_every_budget_control_and_the_defaults_run():
     assert schema["generations"]["kind"] == "int" and schema["minutes"]["default"] is None
     from ui.tabs.compress import control
 
-    assert control(schema["generations"]).value == 30
+    assert control(schema["generations"]).value == 20
     minutes = control(schema["minutes"])  # optional: a text box, since a number box sends 0 when left blank
     assert minutes.value == "" and minutes.placeholder == "blank: unset"
     from engine import get_schedule
