@@ -220,6 +220,7 @@ def test_the_proxy_kl_is_taken_on_held_out_windows(data_dir, tmp_path):
     from engine import CalibrationSpec, Recipe, compress, load_model
     from engine.compress import make_calibration
     from engine.recipes import RecoverySpec
+    from engine.schedules import get_schedule
 
     lm = load_model(str(save_model_dir(tmp_path / "llama", "llama")), device="cpu")
     calib = CalibrationSpec("wikitext2:validation", 16, 32, 42)
@@ -227,7 +228,8 @@ def test_the_proxy_kl_is_taken_on_held_out_windows(data_dir, tmp_path):
     texts = [Recipe(model=lm.spec, method="fasp", calibration=calib, recovery=recovery),
              Recipe(model=lm.spec, method="fasp", calibration=calib, schedule="searched")]
     specs = proxy.used_specs(texts)  # the calibration once, the recovery text, the searched plan's fitness text
-    assert [(s.nsamples, s.seed) for s in specs] == [(16, 42), (64, 7), (256, 43)]
+    fitness_windows = get_schedule("searched").resolve_params({})["tokens"] // 32
+    assert [(s.nsamples, s.seed) for s in specs] == [(16, 42), (64, 7), (fitness_windows, 43)]
     scorer = proxy.ProxyScorer(lm, texts, "wikitext2:validation", 256, 32, 8, 42, None)
     windows = scorer.targets().tokens
     assert windows.shape == (8, 32) and scorer.settings["tokens"] == 256
