@@ -84,19 +84,25 @@ def test_sequential_database_layers_are_the_uniform_runs_layers(lm, data_dir, db
         LevelDatabase(db_dir, DatabaseSpec("other", 4, "fasp", {}, (0.0, 0.5), {}))
 
 
-def test_dense_database_layers_are_each_fitted_to_the_originals_inputs(lm, data_dir, tmp_path):
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "opt", "gemma3"])
+def test_dense_database_layers_are_each_fitted_to_the_originals_inputs(arch, data_dir, tmp_path):
     """With ``inputs="dense"`` (the default) layer i at a level is what the method makes of layer i alone, the
-    layers before it left whole: it does not depend on how the others are compressed, so no plan is favoured."""
+    layers before it left whole: it does not depend on how the others are compressed, so no plan is favoured.
+    On every family the adapters claim (OPT's learned positions, Qwen2's biases, Gemma 3's sliding windows)."""
     from engine.search.database import build_level
+    from tiny import make_model
 
+    model, tok = make_model(arch)  # 3 layers (Gemma 3's: two sliding-window, one global)
+    lm = LoadedModel(model=model, tokenizer=tok, spec=f"tiny-{arch}", adapter=adapter_for(model))
     run = _run(lm, data_dir)
     params = _params(tmp_path / "dense")
     assert params["inputs"] == "dense"
     db = open_database(run, params)
     build_level(lm, db, 1, run.calibration, Reporter())
     uniform = compress(lm, "fasp", 0.25, calibration=run.calibration, method_params=run.method_params)
-    for i in range(4):
-        ratios = [0.25 if j == i else 0.0 for j in range(4)]
+    n = len(lm.adapter.layers(lm.model))
+    for i in range(n):
+        ratios = [0.25 if j == i else 0.0 for j in range(n)]
         alone = compress(lm, "fasp", 0.25, plan=Plan("manual", 0.25, ratios), calibration=run.calibration,
                          method_params=run.method_params)
         stored = db.layer(lm, i, 1).state_dict()
