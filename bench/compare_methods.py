@@ -39,6 +39,7 @@ sys.path.insert(0, str(REPO))
 from engine import CalibrationSpec, available_methods, compress, load_model, make_calibration, perplexity  # noqa: E402
 from engine.analysis import account  # noqa: E402
 from engine.evaluate import run_zeroshot  # noqa: E402
+from engine.schedules import get_schedule  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
@@ -81,11 +82,12 @@ def label(name: str, params: dict, schedule: str = "uniform") -> str:
 
 
 def schedule_of(schedule: str) -> tuple[str, dict]:
-    """``NAME[/PARAM=VALUE...]`` as the schedule's name and params; block-influence gets MoDeGPT's cap (0.8)
-    unless given."""
+    """``NAME[/PARAM=VALUE...]`` as the schedule's name and its given params, typed (a recipe saved from a row
+    reads ``0.2``, not ``"0.2"``); block-influence gets MoDeGPT's cap (0.8) unless given."""
     name, *given = schedule.split("/")
-    params = dict(g.split("=", 1) for g in given)
-    return name, ({"max_ratio": "0.8"} if name == "block-influence" else {}) | params
+    params = ({"max_ratio": "0.8"} if name == "block-influence" else {}) | dict(g.split("=", 1) for g in given)
+    resolved = get_schedule(name).resolve_params(params)
+    return name, {k: resolved[k] for k in params}
 
 
 def planned_runs(args, registry) -> list[tuple[str, dict, str, float]]:

@@ -55,6 +55,7 @@ from typing import Optional
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.compare_methods import schedule_of  # noqa: E402
 from bench.frontier_proxy import ProxyScorer  # noqa: E402
 from bench.frontier_results import (best_per_size, hits, pct, proxy_kl, read_rows, same_protocol,  # noqa: E402
                                     write_markdown, write_rows)
@@ -92,7 +93,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--methods", default="fasp",
                    help="comma-separated method[:variant][/param=value...][@ratio] (variant sets the method's "
                         "'variant' parameter; an explicit ratio skips the search for the size's ratio)")
-    p.add_argument("--schedules", default="uniform", help="comma-separated schedule names")
+    p.add_argument("--schedules", default="uniform", help="comma-separated NAME[/PARAM=VALUE...] (e.g. "
+                   "layer-redundancy/slicing_base=0.2; block-influence is capped at 0.8)")
     p.add_argument("--calibs", default="wikitext2:validation+alpaca-chat", help="comma-separated calibration sources")
     p.add_argument("--nsamples", type=int, default=64)
     p.add_argument("--calib-seqlen", type=int, default=512)
@@ -334,7 +336,7 @@ class Candidate:
     comp: str  # the --compensations name
     base: Recipe  # method and compensation
     explicit: Optional[float]  # a ratio given with @, else found for the size
-    schedule: str
+    schedule: str  # NAME[/PARAM=VALUE...], as given
     calibration: CalibrationSpec
     recovery: RecoverySpec
 
@@ -342,7 +344,8 @@ class Candidate:
         return self.at(self.explicit if self.explicit is not None else finder.ratio(self.base, self.size))
 
     def at(self, ratio: float) -> Recipe:
-        return replace(self.base, ratio=ratio, schedule=self.schedule, calibration=self.calibration,
+        name, params = schedule_of(self.schedule)
+        return replace(self.base, ratio=ratio, schedule=name, schedule_params=params, calibration=self.calibration,
                        recovery=self.recovery)
 
 

@@ -18,9 +18,9 @@ def test_runs_carry_method_and_schedule_params():
                                           "shortgpt=0.2,modegpt@block-influence=0.25"), available_methods())
     assert runs == [("fasp", {"damping": "fixed"}, "layer-redundancy/slicing_base=0.2", 0.3),
                     ("shortgpt", {}, "uniform", 0.2), ("modegpt", {}, "block-influence", 0.25)]
-    assert cm.schedule_of("layer-redundancy/slicing_base=0.2") == ("layer-redundancy", {"slicing_base": "0.2"})
-    assert cm.schedule_of("block-influence") == ("block-influence", {"max_ratio": "0.8"})
-    assert cm.schedule_of("block-influence/max_ratio=0.6") == ("block-influence", {"max_ratio": "0.6"})
+    assert cm.schedule_of("layer-redundancy/slicing_base=0.2") == ("layer-redundancy", {"slicing_base": 0.2})
+    assert cm.schedule_of("block-influence") == ("block-influence", {"max_ratio": 0.8})
+    assert cm.schedule_of("block-influence/max_ratio=0.6") == ("block-influence", {"max_ratio": 0.6})
     assert cm.schedule_of("uniform") == ("uniform", {})
 
 

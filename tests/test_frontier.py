@@ -87,6 +87,17 @@ def test_rows_are_written_as_measured_resumed_and_tabled(frontier, data_dir, tmp
     assert "No dense row" not in out.with_suffix(".md").read_text() and "0.80x" not in out.with_suffix(".md").read_text()
 
 
+def test_a_schedule_is_given_with_its_params(frontier, tmp_path):
+    args = frontier.parse_args(_argv(tmp_path / "m", tmp_path / "out", "--compensations", "none", "--schedules",
+                                     "uniform,layer-redundancy/slicing_base=0.2,block-influence"))
+    lm = type("Loaded", (), {"spec": "tiny"})()
+    recipes = [c.at(0.3) for c in frontier.candidates(lm, 0.8, args)]
+    assert [(r.schedule, r.schedule_params) for r in recipes] == [
+        ("uniform", {}), ("layer-redundancy", {"slicing_base": 0.2}), ("block-influence", {"max_ratio": 0.8})]
+    assert "slicing_base=0.2" in recipes[1].label()
+    assert len({c.key for c in frontier.candidates(lm, 0.8, args)}) == 3  # each its own row
+
+
 def test_the_best_row_measured_without_extras_gets_them_later(frontier, data_dir, tmp_path, monkeypatch):
     out = tmp_path / "frontier"
     model = save_model_dir(tmp_path / "llama", "llama", max_position_embeddings=4096)
