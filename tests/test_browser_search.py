@@ -64,6 +64,11 @@ def test_the_search_draws_its_curve_live_then_the_plan_beside_uniform(page, shot
     wait(page, lambda: "Planned size" in text(page, "planned-size"), 60, "the tab's starting recipe")
     page.find_element(By.XPATH, "//label[.//span[normalize-space()='Searched (EvoPress)']]").click()
     wait(page, lambda: shown(page, "generations"), 30, "the searched controls")
+    dense, sequential = (page.find_element(By.CSS_SELECTOR, f"#tab-compress input[type=radio][value='{v}']")
+                         for v in ("dense", "sequential"))
+    assert dense.is_selected() and not sequential.is_selected()  # the inputs choice, dense by default
+    page.execute_script("arguments[0].scrollIntoView({block: 'center'})", dense)
+    page.save_screenshot(str(shots / "searched-controls.png"))
     page.find_element(By.XPATH, "//button[.//span[normalize-space()='Calibration data']]").click()
     wait(page, lambda: shown(page, "Tokens per sample"), 30, "the calibration controls")
     for name, value in (CALIBRATION | SEARCH).items():
@@ -96,6 +101,7 @@ def test_the_search_draws_its_curve_live_then_the_plan_beside_uniform(page, shot
     wait(page, lambda: traces(page, "plan-chart", "bar") == 2, 30, "the plan beside the uniform plan")
     assert "Searched over levels [0.0, 0.2, 0.4] in 6 generations" in page.page_source
     assert "0 levels built, 2 reused from" in page.page_source  # the stopped run's level database
+    assert "each layer compressed on the original" in page.page_source  # the default inputs, said
     page.execute_script("document.getElementById('plan-chart').scrollIntoView()")
     page.save_screenshot(str(shots / "searched-live-and-plan.png"))
     assert console_errors(page) == []

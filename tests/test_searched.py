@@ -135,7 +135,9 @@ def test_searched_plan_through_compress_keeps_the_budget(lm, data_dir, db_dir):
     assert plan.options["params_kept"] == plan.options["params_budget"] and plan.options["levels_built"] == 0
     from ui.handlers.compress import plan_view
 
-    assert f"in 4 generations (seed 3): KL to the original {history[0][1]:.4f}" in plan_view(plan).note
+    note = plan_view(plan).note
+    assert f"in 4 generations (seed 3): KL to the original {history[0][1]:.4f}" in note
+    assert plan.options["inputs"] == "sequential" and "compressed in sequence, on its own compressed layers" in note
     uniform = compress(lm, "fasp", 0.25, calibration=CALIB, data_dir=str(data_dir))
     assert result.accounting.params_total == uniform.accounting.params_total
     assert result.recipe.schedule_params["seed"] == 3 and result.recipe.plan.options["levels"] == [0.0, 0.25, 0.5]

@@ -91,7 +91,8 @@ def test_stop_during_the_search_keeps_the_previous_run_and_the_rerun_reuses_leve
     view = hc.run(session, "fasp", {}, 0.25, "searched", controls(tmp_path / "db", generations=1), *CALIB, [],
                   events.append)
     assert any(e.stage == "level database" and "2 of 2 levels reused" in e.message for e in events)
-    assert f"0 levels built, 2 reused from {tmp_path / 'db'}" in view.plan.note
+    assert f"0 levels built, 2 reused from {tmp_path / 'db'}; each layer compressed on the original's inputs" \
+        in view.plan.note  # the default: a database built on the dense model's inputs
     assert session.run.run_id == run_id + 1 and session.result.recipe.plan.options["levels_reused"] == 2
 
 

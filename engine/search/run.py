@@ -137,7 +137,7 @@ def search_plan(run: SearchRun, target: float, params: dict) -> Plan:
         "generations_run": result.generations, "stopped_by": result.stopped_by, "fitness": result.fitness,
         "fitness_tokens": int(tokens.numel()), "params_budget": space.budget, "params_kept": space.total(result.levels),
         "history": [[g.index, g.fitness, round(g.seconds, 3)] for g in result.history],
-        "database": str(db.root), "levels_built": len(missing), "levels_reused": reused, "build_seconds": round(build_seconds, 3),
+        "database": str(db.root), "inputs": db.spec.inputs, "levels_built": len(missing), "levels_reused": reused, "build_seconds": round(build_seconds, 3),
         "search_seconds": round(time.perf_counter() - t1, 3),
     }
     if depth:  # the method follows the plan's ranking: the layers scored 0 go

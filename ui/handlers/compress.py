@@ -190,8 +190,18 @@ def _search_note(options: dict) -> str:
         return ""
     return (f" Searched over levels {options['levels']} in {options['generations_run']} generations (seed "
             f"{options['seed']}): KL to the original {history[0][1]:.4f} at the start, {history[-1][1]:.4f} at the "
-            f"end; level database {options['build_seconds']:.0f} s ({_levels_note(options)}), search "
-            f"{options['search_seconds']:.0f} s.")
+            f"end; level database {options['build_seconds']:.0f} s ({_levels_note(options)}{_inputs_note(options)}), "
+            f"search {options['search_seconds']:.0f} s.")
+
+
+INPUTS_NOTES = {"dense": "each layer compressed on the original's inputs",
+                "sequential": "each level compressed in sequence, on its own compressed layers"}
+
+
+def _inputs_note(options: dict) -> str:
+    """What the stored layers were fitted on (a plan searched before the choice existed says nothing)."""
+    inputs = options.get("inputs")
+    return f"; {INPUTS_NOTES[inputs]}" if inputs in INPUTS_NOTES else ""
 
 
 def _levels_note(options: dict) -> str:
