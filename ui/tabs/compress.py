@@ -123,11 +123,12 @@ def build() -> SimpleNamespace:
             live_plot = plot(handlers.NO_LIVE, "Live curve of the run (a search's best KL by generation)", "live",
                              "live-curve")
         with gr.Column():
-            recovery_plot = plot(handlers.NO_RECOVERY, "Recovery loss or the method's training curve", "recovery")
+            recovery_plot = plot(handlers.NO_RECOVERY, "Recovery loss or the method's training curve", "recovery",
+                                 "training-curve")
     card = gr.Markdown(NO_RESULT, elem_id="result-card")
     accounting = plot("The parameter comparison appears after a run.", "Parameters: original vs compressed",
                       "accounting")
-    method_plot = plot(handlers.NO_METHOD_PLOTS, "The method's own charts", "method")
+    method_plot = plot(handlers.NO_METHOD_PLOTS, "The method's own charts", "method", "method-charts")
     return SimpleNamespace(job=job, preset=preset, preset_card=preset_card, recipe_file=recipe_file, method=method,
                            method_info=method_info, methods=method_controls, ratio=ratio, schedule=schedule,
                            schedule_info=schedule_info, schedules=schedule_controls, source=source, nsamples=nsamples,
