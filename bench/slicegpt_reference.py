@@ -32,11 +32,15 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # the reference's venv has no SlimLab installed: its width rule comes from here
 
 
 def _nll(model, windows: torch.Tensor) -> float:
