@@ -74,6 +74,14 @@ def _track(args: list, own: int) -> list:
     return args
 
 
+def _handler_args(args: tuple, own: int, has_progress: bool) -> list:
+    """The handler's own arguments (see ``_track``), its progress argument turned into our callback."""
+    args = _track(list(args), own)
+    if has_progress:
+        args[-1] = progress_callback(args[-1])
+    return args
+
+
 GRADIO_FILLED = (gr.OAuthToken, Optional[gr.OAuthToken])  # a signed-in visitor's Hub token (None: signed out)
 
 
@@ -98,9 +106,7 @@ def guarded(fn: Callable, adapt: Callable = lambda out: out) -> Callable:
     sig, has_progress, own = _signature(fn)
 
     def call(*args):
-        args = _track(list(args), own)
-        if has_progress:
-            args[-1] = progress_callback(args[-1])
+        args = _handler_args(args, own, has_progress)
         try:
             return adapt(fn(*args))
         except Cancelled as exc:
@@ -118,9 +124,7 @@ def guarded_stream(fn: Callable, adapt: Callable = lambda out: out) -> Callable:
     sig, has_progress, own = _signature(fn)
 
     def call(*args):
-        args = _track(list(args), own)
-        if has_progress:
-            args[-1] = progress_callback(args[-1])
+        args = _handler_args(args, own, has_progress)
         try:
             for out in fn(*args):
                 yield adapt(out)
