@@ -248,9 +248,14 @@ def measure_chat(model, tokenizer, args) -> dict:
     t = time.perf_counter()
     row = chat_fields(model, tokenizer, check_sets(args.chat_check_set))
     if args.save_best:
-        examples = chat_check(model, tokenizer, [Question(p, ()) for p in EXAMPLE_PROMPTS], EXAMPLE_TOKENS)
-        row["examples"] = [a["answer"] for a in examples.answers]
+        row |= example_answers(model, tokenizer)
     return row | {"chat_s": time.perf_counter() - t}
+
+
+def example_answers(model, tokenizer) -> dict:
+    """A preset's stored answers to the Chat tab's example prompts."""
+    examples = chat_check(model, tokenizer, [Question(p, ()) for p in EXAMPLE_PROMPTS], EXAMPLE_TOKENS)
+    return {"examples": [a["answer"] for a in examples.answers]}
 
 
 def log(what: str, since: float) -> None:
@@ -425,10 +430,13 @@ def run(args) -> Results:
                     | measure_ppl(lm.model, lm.tokenizer, args) | measure_chat(lm.model, lm.tokenizer, args)
                     | measure_extras(lm.model, lm.tokenizer, args)
                     | {"machine": machine()})
-    else:  # a set asked for now that the dense row was not checked on (the rows' reference)
+    else:  # a set asked for now that the dense row was not checked on (the rows' reference), or its examples
         missing = {n: p for n, p in check_sets(args.chat_check_set).items() if f"{chat_prefix(n)}_hits" not in dense}
         if missing:
-            results.put(dense | chat_fields(lm.model, lm.tokenizer, missing))
+            dense |= chat_fields(lm.model, lm.tokenizer, missing)
+            results.put(dense)
+        if args.save_best and "examples" not in dense:  # a preset shows the dense answers beside its own
+            results.put(dense | example_answers(lm.model, lm.tokenizer))
     finder = RatioFinder(lm, dense_params)
     scorer = None
     for size in [float(s) for s in split(args.sizes)]:

@@ -167,7 +167,12 @@ def test_the_held_out_set_is_measured_beside_the_main_one(data_dir, tmp_path, mo
     assert frontier.main(argv + ["--chat-check-set", "both", "--sizes", "0.8", "--save-best", str(presets)]) == 0
     row = [json.loads(line) for line in out.with_suffix(".jsonl").read_text().splitlines()][1]
     assert len(ppls) == 1 and (row["chat_hits"], row["chat_holdout_hits"]) == (15, 15)
-    measured = json.loads((presets / "frontier-80.json").read_text())["measured"]
+    preset = json.loads((presets / "frontier-80.json").read_text())
+    # the dense row, measured before presets were asked for, got its answers to the example prompts now
+    assert [e["prompt"] for e in preset["chat_examples"]] == frontier.EXAMPLE_PROMPTS
+    assert all(isinstance(e["dense"], str) and isinstance(e["compressed"], str) for e in preset["chat_examples"])
+    assert len(ppls) == 1  # and nothing of it was measured again
+    measured = preset["measured"]
     assert {k: measured[k] for k in ("chat_hits", "chat_total", "dense_chat_hits", "chat_holdout_hits",
                                      "chat_holdout_total", "dense_chat_holdout_hits")} == {
         "chat_hits": 15, "chat_total": 30, "dense_chat_hits": 15, "chat_holdout_hits": 15, "chat_holdout_total": 30,
