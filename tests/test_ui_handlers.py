@@ -336,7 +336,8 @@ def test_presets_and_recipes_fill_the_controls(tmp_path):
         assert {k: c.method_params[k] for k in recipe.method_params} == recipe.method_params
         assert c.calibration["source"] == recipe.calibration.source
         assert c.calibration["nsamples"] == recipe.calibration.nsamples
-    lr = hc.recipe_controls(next(r for r in presets.recipe_presets().values() if r.schedule == "layer-redundancy"))
+    lr = hc.recipe_controls(next(r for r in presets.recipe_presets().values()  # the v1 file, slicegpt-25-layer-...
+                                 if r.schedule == "layer-redundancy" and r.method == "slicegpt"))
     assert lr.schedule_params["slicing_base"] == 0.15  # the v1 preset layout, read through Recipe
     replay = {"method": "slicegpt", "ratio": 0.3, "schedule": "uniform",
               "plan": {"schedule": "uniform", "target": 0.3, "ratios": [0.3, 0.2, 0.4]}}
