@@ -25,6 +25,7 @@ from typing import Optional
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.frontier import ZEROSHOT_TASKS  # noqa: E402
 from bench.frontier_results import read_rows, write_rows  # noqa: E402
 from engine import load_model  # noqa: E402
 from engine.api import params_total  # noqa: E402
@@ -32,15 +33,12 @@ from engine.atomic import atomic_file  # noqa: E402
 from engine.evaluate import run_zeroshot  # noqa: E402
 from engine.evaluate.zeroshot import SUMMARY_METRIC_RULE, check_tasks  # noqa: E402
 
-DEFAULT_TASKS = "piqa,arc_easy,winogrande,hellaswag"
-
-
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", action="append", required=True, metavar="LABEL=SPEC",
                    help="a row: its label and the model to load (repeatable; the first is the reference the "
                         "'of first' column divides by)")
-    p.add_argument("--tasks", default=DEFAULT_TASKS)
+    p.add_argument("--tasks", default=",".join(ZEROSHOT_TASKS))
     p.add_argument("--limit", type=int, default=500, help="seeded random items per task")
     p.add_argument("--seed", type=int, default=1234, help="seed of the item subset (the same items for every row)")
     p.add_argument("--batch-size", type=int, default=8)
@@ -107,12 +105,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     rows = read_rows(jsonl)
     proto = protocol(args)
     for label, spec in args.models:
-        done = [r for r in rows if r["label"] == label and r["protocol"] == proto]
+        done = next((r for r in rows if r["label"] == label and r["protocol"] == proto), None)
         if done and not args.redo:
-            print(f"{label}: already measured ({100 * done[0]['mean']:.1f}), skipped", flush=True)
+            print(f"{label}: already measured ({100 * done['mean']:.1f}), skipped", flush=True)
             continue
         row = measure(label, spec, args)
-        rows = [r for r in rows if not (r["label"] == label and r["protocol"] == proto)] + [row]
+        rows = [r for r in rows if r is not done] + [row]
         write_rows(jsonl, rows)
         print(f"{label}: mean {100 * row['mean']:.1f} ({row['seconds']:.0f} s)", flush=True)
     table = markdown([r for r in rows if r["protocol"] == proto], [label for label, _ in args.models])
