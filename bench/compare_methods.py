@@ -41,6 +41,8 @@ from engine.analysis import account  # noqa: E402
 from engine.evaluate import run_zeroshot  # noqa: E402
 from engine.schedules import get_schedule  # noqa: E402
 
+ZEROSHOT_TASKS = ("piqa", "arc_easy", "winogrande", "hellaswag")  # the benches' zero-shot tasks (offline files)
+
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -61,7 +63,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--out", default=str(REPO / "bench" / "results" / "compare_methods"), help="output path stem")
     p.add_argument("--zeroshot-limit", type=int, default=0,
                    help="also zero-shot accuracy on N seeded items per task of --tasks (0: skip)")
-    p.add_argument("--tasks", default="piqa,arc_easy,winogrande,hellaswag", help="zero-shot tasks (offline files)")
+    p.add_argument("--tasks", default=",".join(ZEROSHOT_TASKS), help="zero-shot tasks (offline files)")
     p.add_argument("--update", action="store_true",
                    help="keep the rows already in OUT.json (and its dense row, if the protocol is the same); "
                         "rows re-measured now replace theirs")

@@ -55,7 +55,7 @@ from typing import Optional
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.compare_methods import schedule_of  # noqa: E402
+from bench.compare_methods import ZEROSHOT_TASKS, schedule_of  # noqa: E402
 from bench.frontier_proxy import ProxyScorer  # noqa: E402
 from bench.frontier_results import (best_per_size, hits, pct, proxy_kl, read_rows, same_protocol,  # noqa: E402
                                     write_markdown, write_rows)
@@ -67,7 +67,6 @@ from engine.evaluate.chat_check import (HOLDOUT_FILE, QUESTIONS_FILE, SET_CHOICE
 from engine.evaluate.lambada import lambada  # noqa: E402
 from engine.recipes import RecoverySpec  # noqa: E402
 
-ZEROSHOT_TASKS = ("piqa", "arc_easy", "winogrande", "hellaswag")
 EXAMPLE_PROMPTS = json.loads((REPO / "assets" / "prompts.json").read_text())  # the Chat tab's examples
 EXAMPLE_TOKENS = 64
 PROBE_SEQLEN = 64  # tokens per window of a size probe
