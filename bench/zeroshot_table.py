@@ -93,7 +93,7 @@ def markdown(rows: list[dict], order: list[str]) -> str:
         for t in tasks:
             s = r["tasks"][t]
             value, err = (s["acc_norm"], s["acc_norm_stderr"]) if s["metric"] == "acc_norm" else (s["acc"], s["acc_stderr"])
-            cells.append(f" {100 * value:.1f} ± {100 * err:.1f} |")
+            cells.append(f" {100 * value:.1f}" + ("" if err is None else f" ± {100 * err:.1f}") + " |")
         lines.append(f"| {r['label']} | {r['params_total']:,} | {r['params_total'] / reference:.3f}x |"
                      + "".join(cells) + f" {100 * r['mean']:.1f} |")
     return "\n".join(lines) + "\n"

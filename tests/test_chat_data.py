@@ -119,6 +119,36 @@ def test_chat_check_counts_keyword_hits(tiny_lm):
     assert {"question", "answer", "keywords", "hit"} <= set(result.answers[0])
 
 
+def test_a_base_model_is_asked_in_plain_text_and_only_its_first_line_counts(tiny_lm, monkeypatch):
+    """Without a chat template the check asks ``Question: ...`` / ``Answer:`` and
+    scores the first line of the continuation: a keyword in the model's own next question does not count."""
+    from engine.evaluate.chat_check import CHAT_TEMPLATE, PLAIN, Question, chat_check
+
+    tok = make_tokenizer()
+    tok.chat_template = None
+    replies = {"France": " Paris\nQuestion: What is the capital of Italy?\nAnswer: Rome",
+               "Italy": " I do not know.\nQuestion: And Italy?\nAnswer: Rome"}
+    prompts = []
+
+    def generate(input_ids, pad_token_id=None, **_):
+        texts = tok.batch_decode(input_ids, skip_special_tokens=False)
+        prompts.extend(texts)
+        ids = [tok(next(r for k, r in replies.items() if k in t), add_special_tokens=False)["input_ids"]
+               for t in texts]
+        width = max(map(len, ids))
+        return torch.cat([input_ids, torch.tensor([i + [pad_token_id] * (width - len(i)) for i in ids])], dim=1)
+
+    monkeypatch.setattr(tiny_lm.model, "generate", generate)
+    questions = [Question("What is the capital of France?", ("Paris",)),
+                 Question("What is the capital of Italy?", ("Rome",))]
+    result = chat_check(tiny_lm.model, tok, questions, max_new_tokens=16)
+    assert result.prompt_format == PLAIN and result.hits == 1
+    assert [a["answer"] for a in result.answers] == ["Paris", "I do not know."]
+    assert all(p.endswith(f"Question: {q.question}\nAnswer:") for p, q in zip(prompts, questions))
+    templated = chat_check(tiny_lm.model, tiny_lm.tokenizer, questions, max_new_tokens=16)
+    assert templated.prompt_format == CHAT_TEMPLATE and templated.hits == 2  # the whole answer counts there
+
+
 def test_lambada_scores_a_seeded_subset(tiny_lm, data_dir):
     from engine.evaluate.lambada import _encode, lambada, load_lambada
 

@@ -176,6 +176,15 @@ def test_run_zeroshot_matches_hand_scoring(tiny, data_dir):
     assert piqa["acc"] == pytest.approx(acc / 6) and piqa["acc_norm"] == pytest.approx(acc_norm / 6)
 
 
+def test_a_single_item_scores_without_a_standard_error(tiny, data_dir):
+    """lm-eval reports the standard error of one item as "N/A"; the run still scores it (stderr None)."""
+    model, tok = tiny("llama", max_position_embeddings=4096)
+    out = run_zeroshot(model, tok, ["piqa", "winogrande"], limit=1, data_dir=str(data_dir), source="local")
+    piqa, wino = out["tasks"]["piqa"], out["tasks"]["winogrande"]
+    assert piqa["n"] == wino["n"] == 1 and piqa["acc"] in (0.0, 1.0) and wino["acc"] in (0.0, 1.0)
+    assert piqa["acc_stderr"] is None and piqa["acc_norm_stderr"] is None and wino["acc_stderr"] is None
+
+
 def test_cancel_stops_the_run_and_leaves_the_model_alone(tiny, data_dir):
     model, tok = tiny("llama", max_position_embeddings=4096)
     before = {k: v.clone() for k, v in model.state_dict().items()}

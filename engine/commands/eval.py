@@ -8,7 +8,7 @@ from __future__ import annotations
 import gc
 
 from ..evaluate import chat_check, nonsense_warning, perplexity
-from ..evaluate.chat_check import SET_CHOICES, check_sets, load_questions
+from ..evaluate.chat_check import CHAT_TEMPLATE, SET_CHOICES, check_sets, load_questions
 from ..evaluate.report import build_report, model_entry, render_text, write_report
 from ..evaluate.zeroshot import PAPER_TASKS, TASK_SOURCES, TASKS, check_tasks, run_zeroshot
 from .bench import add_bench_args, apply_threads, bench_model, check_bench_args
@@ -75,7 +75,8 @@ def _evaluate(args, spec: str, tasks: list[str], bar) -> dict:
 def chat_check_lines(entry: dict) -> list[str]:
     """One line per question set asked (the main set's line says no set name, as before the held-out set)."""
     return [f"chat check{'' if name == 'main' else f' ({name})'} {entry['label']}: {c['hits']}/{c['total']} answers "
-            f"contain the expected keyword ({100 * c['share']:.0f}%; greedy, {c['max_new_tokens']} new tokens)"
+            f"contain the expected keyword ({100 * c['share']:.0f}%; greedy, {c['max_new_tokens']} new tokens"
+            f"{'' if c['prompt_format'] == CHAT_TEMPLATE else '; ' + c['prompt_format']})"
             for name, c in entry["chat_check"].items()]
 
 

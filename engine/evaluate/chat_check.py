@@ -6,6 +6,11 @@ decent ppl and reply with gibberish. This check asks short factual questions
 template, decodes greedily for a few tokens and counts the answers that contain an expected
 keyword (case-insensitive, whole words). Compare a model's share with the dense model's.
 
+A base model (its tokenizer has no chat template, e.g. the Gemma 3 270M GGUF) is asked the same
+questions as plain text, ``Question: ...`` then ``Answer:``, and only the first line of its
+continuation counts: a base model goes on to write further questions and answers of its own,
+which must not score. The result names the prompt format, so the two are never mixed up.
+
 A second set of the same kind (``assets/chat_check_holdout.json``, no question repeated) is
 held out: recipes and presets are chosen on the first, and the second says whether that
 choice holds on questions it was not chosen on. ``check_sets`` maps a set name (``main``,
@@ -21,7 +26,6 @@ from typing import Optional
 
 import torch
 
-from ..data.chat import require_template
 from ..errors import ConfigError
 from ..progress import Reporter, as_reporter
 from ..memory import EVAL_OOM_ADVICE, out_of_memory_as_error
@@ -32,6 +36,8 @@ HOLDOUT_FILE = ASSETS / "chat_check_holdout.json"
 CHECK_SETS = {"main": QUESTIONS_FILE, "holdout": HOLDOUT_FILE}
 SET_CHOICES = (*CHECK_SETS, "both")
 STAGE = "chat check"
+CHAT_TEMPLATE = "chat template"
+PLAIN = "plain Question/Answer prompt without a chat template, first line counted"
 
 
 @dataclass(frozen=True)
@@ -49,6 +55,7 @@ class ChatCheckResult:
     total: int
     max_new_tokens: int
     answers: list[dict] = field(default_factory=list)  # {question, answer, keywords, hit}
+    prompt_format: str = CHAT_TEMPLATE  # or PLAIN
 
     @property
     def share(self) -> float:
@@ -93,7 +100,7 @@ def chat_check(model, tokenizer, questions: Optional[list[Question]] = None, max
     default_q, default_n = load_questions()
     questions = questions or default_q
     max_new_tokens = max_new_tokens or default_n
-    require_template(tokenizer, "chat check")
+    templated = bool(getattr(tokenizer, "chat_template", None))
     reporter: Reporter = as_reporter(progress)
     device = next(model.parameters()).device
     answers: list[dict] = []
@@ -102,16 +109,31 @@ def chat_check(model, tokenizer, questions: Optional[list[Question]] = None, max
     try:
         for start in range(0, len(questions), batch_size):
             batch = questions[start:start + batch_size]
-            texts = [tokenizer.apply_chat_template([{"role": "user", "content": q.question}], tokenize=False,
-                                                   add_generation_prompt=True) for q in batch]
-            enc = tokenizer(texts, add_special_tokens=False, padding=True, return_tensors="pt").to(device)
+            texts = [question_prompt(tokenizer, q.question, templated) for q in batch]
+            # the template writes its special tokens as text; a plain prompt gets the tokenizer's own (BOS)
+            enc = tokenizer(texts, add_special_tokens=not templated, padding=True, return_tensors="pt").to(device)
             out = model.generate(**enc, do_sample=False, max_new_tokens=max_new_tokens,
                                  pad_token_id=tokenizer.pad_token_id, temperature=None, top_p=None, top_k=None)
             for q, text in zip(batch, tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:],
                                                             skip_special_tokens=True)):
-                answers.append({"question": q.question, "answer": text.strip(), "keywords": list(q.keywords),
+                text = text.strip() if templated else first_line(text)
+                answers.append({"question": q.question, "answer": text, "keywords": list(q.keywords),
                                 "hit": q.hit(text)})
             reporter(STAGE, len(answers), len(questions), f"{sum(a['hit'] for a in answers)} hits")
     finally:
         tokenizer.padding_side = side
-    return ChatCheckResult(sum(a["hit"] for a in answers), len(answers), max_new_tokens, answers)
+    return ChatCheckResult(sum(a["hit"] for a in answers), len(answers), max_new_tokens, answers,
+                           CHAT_TEMPLATE if templated else PLAIN)
+
+
+def question_prompt(tokenizer, question: str, templated: bool) -> str:
+    """The prompt of one question: a user turn through the chat template, or plain ``Question:``/``Answer:``."""
+    if templated:
+        return tokenizer.apply_chat_template([{"role": "user", "content": question}], tokenize=False,
+                                             add_generation_prompt=True)
+    return f"Question: {question}\nAnswer:"
+
+
+def first_line(text: str) -> str:
+    """A base model's answer: its continuation up to the first line break after some text."""
+    return text.strip().split("\n", 1)[0].strip()

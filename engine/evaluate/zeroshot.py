@@ -36,7 +36,7 @@ STAGE = "zero-shot"
 class TaskScore:
     acc: float
     acc_norm: Optional[float]
-    acc_stderr: float
+    acc_stderr: Optional[float]  # None when there is none (lm-eval's "N/A" for a single item)
     acc_norm_stderr: Optional[float]
     metric: str  # the one the summary uses
     n: int
@@ -158,11 +158,18 @@ def _load_tasks(names: list[str], offline: bool, data_dir) -> dict:
 
 def _score(metrics: dict, n: int) -> TaskScore:
     acc_norm = metrics.get("acc_norm,none")
-    stderr = metrics.get("acc_norm_stderr,none")
     return TaskScore(acc=float(metrics["acc,none"]), acc_norm=None if acc_norm is None else float(acc_norm),
-                     acc_stderr=float(metrics["acc_stderr,none"]),
-                     acc_norm_stderr=None if acc_norm is None else float(stderr),
+                     acc_stderr=_stderr(metrics.get("acc_stderr,none")),
+                     acc_norm_stderr=None if acc_norm is None else _stderr(metrics.get("acc_norm_stderr,none")),
                      metric="acc" if acc_norm is None else "acc_norm", n=n)
+
+
+def _stderr(value) -> Optional[float]:
+    """lm-eval's standard error, or None where it has none: "N/A" for a single item (``--limit 1``)."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
 
 
 def check_tasks(tasks: "list[str] | str") -> list[str]:
