@@ -48,6 +48,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.frontier_results import read_rows, write_rows  # noqa: E402
+from bench.zeroshot_table import parse_model  # noqa: E402
 from engine import CalibrationSpec, load_model, make_calibration, params_total, perplexity  # noqa: E402
 from engine.atomic import atomic_file  # noqa: E402
 from engine.data import eval_windows, load_text  # noqa: E402
@@ -103,13 +104,6 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     except SlimLabError as exc:
         p.error(str(exc))
     return args
-
-
-def parse_model(item: str, p: argparse.ArgumentParser) -> tuple[str, str]:
-    label, sep, spec = item.rpartition("=")
-    if not sep or not label.strip() or not spec.strip():
-        p.error(f"--model wants LABEL=SPEC (e.g. dense=demo), got '{item}'")
-    return label.strip(), spec.strip()
 
 
 def protocol(args) -> dict:
