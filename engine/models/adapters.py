@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import UnsupportedArchitectureError
+from ..errors import ConfigError, UnsupportedArchitectureError
 
 
 IN_PLACE_ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
@@ -206,6 +206,23 @@ class Adapter:
     @staticmethod
     def set_tied(config, tied: bool) -> None:
         config.tie_word_embeddings = tied
+
+    @staticmethod
+    def set_vocabulary(config, old_to_new: dict[int, int]) -> None:
+        """Say a trimmed vocabulary in the config: its size, and the bos/eos/pad ids (an eos list too)
+        renumbered (``old_to_new``: old id -> new id). Works on a generation config too (no size there)."""
+        if hasattr(config, "vocab_size"):
+            config.vocab_size = len(old_to_new)
+        for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
+            value = getattr(config, key, None)
+            if value is None:
+                continue
+            ids = list(value) if isinstance(value, (list, tuple)) else [value]
+            lost = [i for i in ids if i not in old_to_new]
+            if lost:
+                raise ConfigError(f"The {key} {lost[0]} is not among the kept tokens.")
+            new = [old_to_new[i] for i in ids]
+            setattr(config, key, new if isinstance(value, (list, tuple)) else new[0])
 
     @staticmethod
     def heads(config) -> tuple[int, int, int]:

@@ -25,9 +25,6 @@ from torch import nn
 
 from ..errors import ConfigError
 
-_SPECIAL_ID_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id")
-
-
 # --- the tokenizer's BPE model ------------------------------------------------
 def _tokenizer_json(tokenizer) -> dict:
     """The backend tokenizer's full JSON, after checking that it is a BPE fast tokenizer: trimming
@@ -182,18 +179,6 @@ def _keep_rows(param: nn.Parameter, kept: torch.Tensor) -> nn.Parameter:
                         requires_grad=param.requires_grad)
 
 
-def _remap_special_ids(cfg, old_to_new: dict[int, int], where: str) -> None:
-    """Renumber bos/eos/pad ids (an eos list too) in a config or generation config."""
-    for key in _SPECIAL_ID_KEYS:
-        value = getattr(cfg, key, None)
-        if value is None:
-            continue
-        if isinstance(value, (list, tuple)):
-            setattr(cfg, key, [_new_id(v, old_to_new, f"{where}'s {key}") for v in value])
-        else:
-            setattr(cfg, key, _new_id(value, old_to_new, f"{where}'s {key}"))
-
-
 def trim_model(model: nn.Module, adapter, kept: list[int]) -> nn.Module:
     """A deep copy of ``model`` whose token embedding and head keep only the rows ``kept`` (old id
     ``kept[i]`` -> new id ``i``); the original is not touched.
@@ -229,8 +214,7 @@ def trim_model(model: nn.Module, adapter, kept: list[int]) -> nn.Module:
     if adapter.is_tied(out) != tied:
         raise ConfigError("Trimming the vocabulary changed whether the head is tied to the embedding.")
 
-    out.config.vocab_size = len(kept)
-    _remap_special_ids(out.config, old_to_new, "config")
+    adapter.set_vocabulary(out.config, old_to_new)
     if getattr(out, "generation_config", None) is not None:
-        _remap_special_ids(out.generation_config, old_to_new, "generation config")
+        adapter.set_vocabulary(out.generation_config, old_to_new)
     return out
