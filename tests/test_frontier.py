@@ -1,7 +1,5 @@
 """The frontier bench writes each row as it is measured, resumes, and makes its table from the file."""
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -9,16 +7,12 @@ import torch
 from tiny import save_model_dir
 
 from engine.evaluate.chat_check import chat_check
+from benches import load_bench
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 def _load(name: str):
-    spec = importlib.util.spec_from_file_location(name, REPO / "bench" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # where its dataclasses look their annotations up
-    spec.loader.exec_module(module)
-    return module
+    return load_bench(name)
 
 
 @pytest.fixture

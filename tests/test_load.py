@@ -3,23 +3,17 @@ through gradio_client against the app in this process, on tiny random models."""
 from __future__ import annotations
 
 import gc
-import importlib.util
-import sys
 import time
 import weakref
 
 import pytest
-from conftest import REPO
+from benches import load_bench
 
 pytest.importorskip("gradio_client")
 
 
 def _load_test():
-    spec = importlib.util.spec_from_file_location("load_test", REPO / "bench" / "load_test.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["load_test"] = module  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("load_test")
 
 
 def _wait(condition, timeout_s: float = 60.0) -> bool:

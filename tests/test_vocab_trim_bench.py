@@ -1,10 +1,8 @@
 """The vocabulary-trimming bench: the untrimmed row is engine.perplexity, a trim that keeps every token the
 text uses renormalises the same logits, the parameters drop by the rows removed, rows resume, bad input is
 refused."""
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,18 +11,14 @@ from tiny import save_model_dir
 
 from engine import load_model, perplexity
 from engine.data import eval_windows, load_text
+from benches import load_bench
 
-REPO = Path(__file__).resolve().parents[1]
 WINDOWS, SEQLEN = 3, 64
 
 
 @pytest.fixture
 def bench():
-    spec = importlib.util.spec_from_file_location("vocab_trim", REPO / "bench" / "vocab_trim.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["vocab_trim"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("vocab_trim")
 
 
 @pytest.fixture

@@ -1,6 +1,4 @@
 """The zero-shot table bench: one row per model on the same items, written as measured, resumed, tabled."""
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
@@ -8,17 +6,13 @@ from tiny import save_model_dir
 
 from engine import load_model
 from engine.evaluate import run_zeroshot
+from benches import load_bench
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
 def bench():
-    spec = importlib.util.spec_from_file_location("zeroshot_table", REPO / "bench" / "zeroshot_table.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["zeroshot_table"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("zeroshot_table")
 
 
 def _argv(data_dir, out, models, *extra):
