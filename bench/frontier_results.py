@@ -33,6 +33,19 @@ def write_rows(path: Path, rows: Iterable[dict]) -> None:
         tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows), encoding="utf-8")
 
 
+def row_files(out: str) -> tuple[Path, Path, list[dict]]:
+    """A bench's ``OUT.jsonl`` (its rows) and ``OUT.md`` (their table), and the rows already there."""
+    jsonl = Path(out + ".jsonl")
+    return jsonl, Path(out + ".md"), read_rows(jsonl)
+
+
+def publish_table(md: Path, table: str) -> None:
+    """Write the table atomically and print it."""
+    with atomic_file(md) as tmp:
+        tmp.write_text(table, encoding="utf-8")
+    print(table)
+
+
 def same_protocol(row: dict, proto: dict) -> bool:
     return all(row.get("protocol", {}).get(k) == proto[k] for k in PPL_PROTOCOL)
 

@@ -47,10 +47,9 @@ import torch.nn.functional as F
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.frontier_results import read_rows, write_rows  # noqa: E402
+from bench.frontier_results import publish_table, row_files, write_rows  # noqa: E402
 from bench.zeroshot_table import parse_model  # noqa: E402
 from engine import CalibrationSpec, load_model, make_calibration, params_total, perplexity  # noqa: E402
-from engine.atomic import atomic_file  # noqa: E402
 from engine.data import eval_windows, load_text  # noqa: E402
 from engine.data.sources import mixture_parts, parse_source  # noqa: E402
 from engine.errors import ConfigError, SlimLabError  # noqa: E402
@@ -263,8 +262,7 @@ def markdown(rows: list[dict], order: list[str], args) -> str:
 
 def main(argv: Optional[list[str]] = None) -> int:
     args = parse_args(argv)
-    jsonl, md = Path(args.out + ".jsonl"), Path(args.out + ".md")
-    rows = read_rows(jsonl)
+    jsonl, md, rows = row_files(args.out)
     proto = protocol(args)
 
     def find(label: str, spec: str, keep) -> Optional[dict]:
@@ -304,9 +302,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     for r in mine:  # the fraction of this run's first model (a row may have been measured beside another)
         r["fraction"] = r["params_total"] / first["params_total"]
     table = markdown(mine, [label for label, _ in args.models], args)
-    with atomic_file(md) as tmp:
-        tmp.write_text(table, encoding="utf-8")
-    print(table)
+    publish_table(md, table)
     return 0
 
 

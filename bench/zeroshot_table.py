@@ -26,10 +26,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.frontier import ZEROSHOT_TASKS  # noqa: E402
-from bench.frontier_results import read_rows, write_rows  # noqa: E402
+from bench.frontier_results import publish_table, row_files, write_rows  # noqa: E402
 from engine import load_model  # noqa: E402
 from engine.api import params_total  # noqa: E402
-from engine.atomic import atomic_file  # noqa: E402
 from engine.evaluate import run_zeroshot  # noqa: E402
 from engine.evaluate.zeroshot import SUMMARY_METRIC_RULE, check_tasks  # noqa: E402
 
@@ -101,8 +100,7 @@ def markdown(rows: list[dict], order: list[str]) -> str:
 
 def main(argv: Optional[list[str]] = None) -> int:
     args = parse_args(argv)
-    jsonl, md = Path(args.out + ".jsonl"), Path(args.out + ".md")
-    rows = read_rows(jsonl)
+    jsonl, md, rows = row_files(args.out)
     proto = protocol(args)
     for label, spec in args.models:
         done = next((r for r in rows if r["label"] == label and r["protocol"] == proto), None)
@@ -114,9 +112,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         write_rows(jsonl, rows)
         print(f"{label}: mean {100 * row['mean']:.1f} ({row['seconds']:.0f} s)", flush=True)
     table = markdown([r for r in rows if r["protocol"] == proto], [label for label, _ in args.models])
-    with atomic_file(md) as tmp:
-        tmp.write_text(table, encoding="utf-8")
-    print(table)
+    publish_table(md, table)
     return 0
 
 

@@ -63,7 +63,7 @@ def test_rows_untrimmed_is_engine_ppl_trim_renormalises_params_drop_and_resume(b
     s = setup
     vocab = len(s["lm"].tokenizer)
     assert bench.main(_argv(s, data_dir, [f"tied={s['a']}", f"untied={s['b']}"], f"{vocab + 5},300,270")) == 0
-    rows = bench.read_rows(Path(f"{s['out']}.jsonl"))
+    rows = bench.row_files(str(s["out"]))[2]
     assert [(r["label"], r["keep"]) for r in rows] == [("tied", "full"), ("tied", 300), ("tied", 270),
                                                       ("untied", "full"), ("untied", 300), ("untied", 270)]
     by = {(r["label"], r["keep"]): r for r in rows}
@@ -112,7 +112,7 @@ def test_rows_untrimmed_is_engine_ppl_trim_renormalises_params_drop_and_resume(b
     assert measured == [] and loads == []
     assert bench.main(_argv(s, data_dir, [f"tied={s['a']}"], "300,290")) == 0
     assert measured == [("tied", 290)] and len(loads) == 1
-    assert len(bench.read_rows(Path(f"{s['out']}.jsonl"))) == 7
+    assert len(bench.row_files(str(s["out"]))[2]) == 7
 
 
 def test_bad_arguments_are_clear_errors(bench, data_dir, setup, capsys):

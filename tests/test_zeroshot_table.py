@@ -26,7 +26,7 @@ def test_rows_match_a_direct_run_resume_and_table(bench, data_dir, tmp_path, mon
     out = tmp_path / "zs"
     assert bench.main(_argv(data_dir, out, [f"first={a}", f"second one={b}"])) == 0
 
-    rows = bench.read_rows(Path(f"{out}.jsonl"))
+    rows = bench.row_files(str(out))[2]
     assert [r["label"] for r in rows] == ["first", "second one"]
     lm = load_model(str(b), device="cpu")
     direct = run_zeroshot(lm.model, lm.tokenizer, ["piqa", "winogrande"], 4, data_dir=str(data_dir), seed=1234,
@@ -48,7 +48,7 @@ def test_rows_match_a_direct_run_resume_and_table(bench, data_dir, tmp_path, mon
     assert measured == ["third"]
     bench.main(_argv(data_dir, out, [f"first={a}"], "--limit", "3"))
     assert measured == ["third", "first"]
-    assert len(bench.read_rows(Path(f"{out}.jsonl"))) == 4
+    assert len(bench.row_files(str(out))[2]) == 4
 
 
 def test_bad_model_argument_is_refused(bench, data_dir, tmp_path):
