@@ -39,10 +39,15 @@ def row_files(out: str) -> tuple[Path, Path, list[dict]]:
     return jsonl, Path(out + ".md"), read_rows(jsonl)
 
 
-def publish_table(md: Path, table: str) -> None:
-    """Write the table atomically and print it."""
+def write_table(md: Path, table: str) -> None:
+    """Write a bench's markdown table atomically."""
     with atomic_file(md) as tmp:
         tmp.write_text(table, encoding="utf-8")
+
+
+def publish_table(md: Path, table: str) -> None:
+    """Write the table and print it."""
+    write_table(md, table)
     print(table)
 
 
@@ -105,8 +110,7 @@ def markdown(rows: list[dict], proto: dict) -> str:
 
 def write_markdown(path: Path, rows: list[dict], proto: dict) -> str:
     text = markdown(rows, proto)
-    with atomic_file(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
+    write_table(path, text)
     return text
 
 
