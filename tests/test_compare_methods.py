@@ -6,12 +6,12 @@ import subprocess
 import sys
 from argparse import Namespace
 
-from test_frontier import REPO, _load
+from benches import REPO, load_bench
 from tiny import save_model_dir
 
 
 def test_runs_carry_method_and_schedule_params():
-    cm = _load("compare_methods")
+    cm = load_bench("compare_methods")
     from engine.methods import available_methods
 
     runs = cm.planned_runs(Namespace(runs="fasp/damping=fixed@layer-redundancy/slicing_base=0.2=0.3,"

@@ -394,11 +394,11 @@ def test_a_share_is_parsed_and_checked():
 
 def test_the_frontier_size_search_pays_for_the_branches(tiny_dirs, data_dir):
     """A compensated recipe found for a size lands within 1% of it in *total* parameters, branches included."""
-    from test_frontier import _load
+    from benches import load_bench
 
     from engine import load_model, params_total
 
-    frontier = _load("frontier")
+    frontier = load_bench("frontier")
     lm = load_model(str(tiny_dirs["llama"]), device="cpu")
     dense = params_total(lm)
     finder = frontier.RatioFinder(lm, dense)

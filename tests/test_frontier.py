@@ -10,14 +10,9 @@ from engine.evaluate.chat_check import chat_check
 from benches import load_bench
 
 
-
-def _load(name: str):
-    return load_bench(name)
-
-
 @pytest.fixture
 def frontier(monkeypatch):
-    module = _load("frontier")
+    module = load_bench("frontier")
     # three questions of a set, four tokens: the check's arithmetic, not its answers
     monkeypatch.setattr(module, "chat_check", lambda model, tokenizer, questions, _: chat_check(model, tokenizer,
                                                                                                  questions[:3], 4))
@@ -142,7 +137,7 @@ def test_a_row_stopped_after_its_save_is_measured_from_the_saved_model(frontier,
 
 
 def test_the_held_out_set_is_measured_beside_the_main_one(data_dir, tmp_path, monkeypatch, every_second_known):
-    frontier = _load("frontier")  # the real chat check, on a generator that knows every second answer
+    frontier = load_bench("frontier")  # the real chat check, on a generator that knows every second answer
     out, presets = tmp_path / "frontier", tmp_path / "presets"
     argv = _argv(every_second_known, out, "--compensations", "none", "--extras", "none", "--sizes", "")
     assert frontier.main(argv) == 0
@@ -226,7 +221,7 @@ def test_the_proxy_ranks_every_candidate_and_only_the_best_get_the_full_protocol
 
 
 def test_the_proxy_kl_is_taken_on_held_out_windows(data_dir, tmp_path):
-    proxy = _load("frontier_proxy")
+    proxy = load_bench("frontier_proxy")
     from engine import CalibrationSpec, Recipe, compress, load_model
     from engine.compress import make_calibration
     from engine.recipes import RecoverySpec
