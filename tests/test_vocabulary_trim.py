@@ -267,3 +267,21 @@ def test_real_tokenizers_trim_and_round_trip(data_dir, path, keep):
                                UNSEEN + ["Supercalifragilistic antidisestablishmentarianism: €3½ ≠ ∞ — ok?"])
     new_id = {old: new for new, old in enumerate(kept)}
     assert trimmed.encode(covered[0]) == [new_id[i] for i in tok.encode(covered[0])]  # with its specials (Gemma's bos)
+
+
+def test_fill_adds_never_counted_tokens_in_merge_order_after_the_counted_ones():
+    tok = make_tokenizer()
+    counts = token_counts(tok, [SEEN])
+    counted_only = kept_token_ids(tok, counts, keep=1000)
+    assert len(counted_only) < len(tok)  # without fill, unseen tokens stay out
+    filled = kept_token_ids(tok, counts, keep=len(counted_only) + 5, fill=True)
+    assert set(counted_only) < set(filled) and len(filled) >= len(counted_only) + 5
+    _assert_closed(tok, filled)
+    state = json.loads(tok.backend_tokenizer.to_str())
+    merges = [m.split(" ", 1) if isinstance(m, str) else m for m in state["model"]["merges"]]
+    vocab = state["model"]["vocab"]
+    unseen_in_merge_order = [vocab[a + b] for a, b in merges if vocab[a + b] not in counted_only]
+    assert unseen_in_merge_order[0] in filled  # the earliest merge the counts missed is the first filled
+    assert unseen_in_merge_order[-1] not in filled
+    assert kept_token_ids(tok, counts, keep=len(tok), fill=True) == list(range(len(tok)))  # fills everything
+    assert kept_token_ids(tok, {}, keep=len(_forced(tok)) + 3, fill=True)  # no counts at all: merge order alone

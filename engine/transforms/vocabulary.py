@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import collections
 import copy
+import itertools
 import json
 from typing import Iterable
 
@@ -84,27 +85,47 @@ def _derivation(token: str, ranks: dict[tuple[str, str], int]) -> set[str]:
 
 
 # --- which tokens to keep ---------------------------------------------------------
-def kept_token_ids(tokenizer, counts: dict[int, int] | collections.Counter, keep: int) -> list[int]:
+def kept_token_ids(tokenizer, counts: dict[int, int] | collections.Counter, keep: int,
+                   fill: bool = False) -> list[int]:
     """The old ids to keep, ascending: special and added tokens, BPE base tokens, then the most frequent
-    tokens of ``counts`` (ties: lower id first) until ``keep`` ids are reached.
+    tokens of ``counts`` (ties: lower id first) until ``keep`` ids are reached; with ``fill``, tokens never
+    counted follow in the order of the merges that make them.
+
+    Why ``fill``: a few hundred thousand counted tokens touch only ~20K of a 49K vocabulary, and the rest
+    of a deployment's text then falls apart into short pieces. BPE learns its merges most frequent pair
+    first, so a token's merge rank is its frequency in the tokenizer's (large) training text: on the demo,
+    a 32,768-token set filled this way leaves 3.0% of wikitext-2 test tokens out, against 6.4% for the
+    23,829 counted tokens alone and 3.6% for merge order alone.
 
     The set is always closed under merge ancestry (a kept token's merge parents are kept, recursively),
     so the result can exceed ``keep``: by the closure of the last token added, and by the forced tokens
-    when they alone exceed ``keep`` (Gemma 3: 19,481 base + 6,384 added tokens). Tokens never counted
-    are not added, so the result can also be smaller than ``keep``."""
+    when they alone exceed ``keep`` (Gemma 3: 19,481 base + 6,384 added tokens). Without ``fill``, tokens
+    never counted are not added, so the result can also be smaller than ``keep``."""
     state = _tokenizer_json(tokenizer)
     vocab: dict[str, int] = state["model"]["vocab"]
     by_id = {i: t for t, i in vocab.items()}
     ranks = {_merge_pair(m): r for r, m in enumerate(state["model"]["merges"])}
     kept = set(tokenizer.all_special_ids) | _added_ids(state) | _base_ids(state)
-    for old, count in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])):
+    counted = [old for old, count in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+               if count > 0 and old in by_id]
+    for old in itertools.chain(counted, _by_merge_rank(vocab, ranks) if fill else ()):
         if len(kept) >= keep:
             break
-        if count <= 0 or old in kept or old not in by_id:
+        if old in kept:
             continue
         kept.add(old)
         kept.update(vocab[s] for s in _derivation(by_id[old], ranks) if s in vocab)
     return sorted(kept)
+
+
+def _by_merge_rank(vocab: dict[str, int], ranks: dict[tuple[str, str], int]) -> list[int]:
+    """The merged tokens' ids, earliest-learnt merge first (a token several merges make: its first)."""
+    first: dict[int, int] = {}
+    for (left, right), rank in ranks.items():
+        old = vocab.get(left + right)
+        if old is not None and rank < first.get(old, 1 << 62):
+            first[old] = rank
+    return sorted(first, key=lambda old: (first[old], old))
 
 
 def token_counts(tokenizer, texts: Iterable[str]) -> collections.Counter:
