@@ -92,6 +92,11 @@ def make_calibration(lm: LoadedModel, spec: CalibrationSpec, data_dir: Optional[
     return replace(spec, tokens=tokens)
 
 
+def token_drawer(lm: LoadedModel, data_dir: Optional[str]) -> Callable[[CalibrationSpec], torch.Tensor]:
+    """What stages that draw their own text (recovery, vocabulary counts, searched plans) call."""
+    return lambda spec: make_calibration(lm, spec, data_dir).tokens
+
+
 def _windows(lm: LoadedModel, source: str, nsamples: int, seqlen: int, seed: int,
              data_dir: Optional[str]) -> torch.Tensor:
     from .data.chat import chat_windows, is_chat_source
@@ -190,7 +195,13 @@ def _run(lm: LoadedModel, recipe: Recipe, impl, calibration: Optional[Calibratio
     if ran.recovery.enabled:  # distillation from the original ("heal"); a cancel there discards the run
         from .recovery import recover_result
 
-        recover_result(lm, result, lambda spec: make_calibration(lm, spec, data_dir).tokens, reporter)
+        recover_result(lm, result, token_drawer(lm, data_dir), reporter)
+    if ran.vocabulary.enabled:  # last: distillation compares logits over the whole vocabulary
+        from .vocabulary import kept_tokens, trim_result
+
+        reporter.check()
+        kept = kept_tokens(lm, ran.vocabulary, ran.calibration, token_drawer(lm, data_dir), data_dir)
+        trim_result(lm, result, kept, reporter)
     reporter.check()  # a Stop during the last step still discards the run
     return result
 
@@ -201,7 +212,7 @@ def _search_run(lm: LoadedModel, recipe: Recipe, calib: Optional[CalibrationSpec
     from .search.run import SearchRun  # lazy: only searched plans need it
 
     return SearchRun(lm, recipe.method, recipe.method_params, calib, recipe.calibration,
-                     lambda spec: make_calibration(lm, spec, data_dir).tokens, reporter)
+                     token_drawer(lm, data_dir), reporter)
 
 
 def _with_compensation(out, compensation: Optional[CompensationStructure], applied) -> tuple[Structure, dict, dict]:

@@ -58,14 +58,15 @@ def meta_copy(model: nn.Module) -> nn.Module:
     return copy.deepcopy(model, memo)
 
 
-def planned_size(lm: LoadedModel, recipe: Recipe,
-                 scores: Optional[Callable[[], list[float]]] = None) -> Optional[PlannedSize]:
+def planned_size(lm: LoadedModel, recipe: Recipe, scores: Optional[Callable[[], list[float]]] = None,
+                 data_dir: Optional[str] = None) -> Optional[PlannedSize]:
     """What ``compress(lm, recipe)`` will weigh, from shapes alone; None when the method cannot tell.
 
     A score-driven schedule (block influence) is built from ``scores`` when given, else sized as the
     uniform plan at the same target (``exact`` False), as is a plan searched on the run itself. Compensation
-    branches count at their planned ranks (a half the method leaves untouched would get none). Bad recipes
-    raise the error ``compress`` would raise."""
+    branches count at their planned ranks (a half the method leaves untouched would get none). A trimmed
+    vocabulary counts at the tokens it keeps: counting them reads its text once (seconds; ``data_dir``),
+    then they are cached. Bad recipes raise the error ``compress`` would raise."""
     recipe = recipe.validate()
     method = get_method(recipe.method)
     check_architecture(method, lm.adapter)
@@ -82,6 +83,13 @@ def planned_size(lm: LoadedModel, recipe: Recipe,
     model = meta_copy(lm.model)
     if not method.plan_shapes(model, lm.adapter, plan, recipe.method_params):
         return None
+    if recipe.vocabulary.enabled:
+        from .compress import token_drawer
+        from .transforms.vocabulary import trim_model
+        from .vocabulary import kept_tokens
+
+        kept = kept_tokens(lm, recipe.vocabulary, recipe.calibration, token_drawer(lm, data_dir), data_dir)
+        trim_model(model, lm.adapter, kept, in_place=True)
     original = account(lm.model, lm.adapter, lm.path, lm.meta.get("params_added_detail"))
     planned = account(model, lm.adapter)
     branches = compensation_plan(lm, recipe.compensation)[1]

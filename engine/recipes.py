@@ -238,12 +238,61 @@ class CompensationSpec:
         return f"EoRA {size} {self.halves}" + ("" if self.damping == DEFAULT_DAMPING else f" ({self.damping} damping)")
 
 
+@dataclass
+class VocabularySpec:
+    """Vocabulary trimming, the run's last stage (``engine.vocabulary``): the model keeps ``keep`` tokens
+    of its vocabulary (0: all; the embedding and head rows of the others go), the ones used most in
+    ``tokens`` tokens of ``source`` text (None: the calibration's), drawn as calibration windows of
+    ``seqlen`` seeded by ``seed``, then the tokenizer's earliest merges (``kept_token_ids(fill=True)``).
+    The trimmed tokenizer still encodes any text, in more tokens where the text uses dropped ones.
+
+    Why last: distillation compares the student's logits with the original's over the whole
+    vocabulary, and trimming keeps the kept tokens' logits exactly, so it commutes with nothing
+    before it and costs nothing after it."""
+
+    keep: int = 0
+    source: Optional[str] = None
+    tokens: int = 600_000
+    seqlen: int = 512
+    seed: int = 42
+
+    @property
+    def enabled(self) -> bool:
+        return self.keep > 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Any) -> "VocabularySpec":
+        return _spec_of(cls, d, "vocabulary")
+
+    def check(self) -> None:
+        _int_at_least(self.keep, "vocabulary keep", 0)
+        _int_at_least(self.tokens, "vocabulary tokens", 1)
+        _int_at_least(self.seqlen, "vocabulary seqlen", 2)
+        _int_at_least(self.seed, "vocabulary seed", 0)
+        if self.source is not None:
+            try:
+                check_source(self.source)
+            except ConfigError as exc:
+                raise ConfigError(f"vocabulary source: {exc}") from None
+
+    def text(self, calibration: CalibrationSpec) -> CalibrationSpec:
+        """The counted text as calibration windows (``make_calibration`` draws them)."""
+        return CalibrationSpec(self.source or calibration.source, -(-self.tokens // self.seqlen), self.seqlen,
+                               self.seed, calibration.batch_size)
+
+    def label(self) -> str:
+        return f"vocabulary {self.keep:,}"
+
+
 # what a preset file carries beside the recipe: its title, the quality measured when it was made
 # ({"ppl", "dense_ppl", "chat_hits", ...}) and the answers to the example prompts ({"prompt", "dense", "compressed"})
 PRESET_KEYS = ("name", "measured", "chat_examples")
 
 _FIELD_TYPES = {"method_params": dict, "schedule_params": dict, "calibration": dict, "versions": dict, "recovery": dict,
-                "compensation": dict, "model": str, "method": str, "schedule": str}
+                "compensation": dict, "vocabulary": dict, "model": str, "method": str, "schedule": str}
 
 
 @dataclass
@@ -261,6 +310,7 @@ class Recipe:
     calibration: CalibrationSpec = field(default_factory=CalibrationSpec)
     recovery: RecoverySpec = field(default_factory=RecoverySpec)  # distillation after compressing (off by default)
     compensation: CompensationSpec = field(default_factory=CompensationSpec)  # low-rank error correction (off)
+    vocabulary: VocabularySpec = field(default_factory=VocabularySpec)  # trimmed tokens, the last stage (off)
     versions: dict = field(default_factory=current_versions)
     format_version: int = RECIPE_VERSION
 
@@ -277,6 +327,7 @@ class Recipe:
         self.calibration.check()
         self.recovery.check()
         self.compensation.check()
+        self.vocabulary.check()
         if self.plan is None:
             schedule, schedule_params = resolve_schedule(self.schedule, ratio, self.schedule_params)
         else:  # the plan is what runs; the schedule is its provenance, so only its names are checked
@@ -305,6 +356,7 @@ class Recipe:
                 "plan": self.plan.to_dict() if self.plan is not None else None,
                 "calibration": self.calibration.to_dict(), "recovery": self.recovery.to_dict(),
                 "compensation": self.compensation.to_dict(),
+                **({"vocabulary": self.vocabulary.to_dict()} if self.vocabulary.enabled else {}),
                 "versions": dict(self.versions)}
 
     @classmethod
@@ -339,6 +391,8 @@ class Recipe:
             d["recovery"] = RecoverySpec.from_dict(d["recovery"])
         if "compensation" in d:
             d["compensation"] = CompensationSpec.from_dict(d["compensation"])
+        if "vocabulary" in d:
+            d["vocabulary"] = VocabularySpec.from_dict(d["vocabulary"])
         if d.get("plan") is not None:
             d["plan"] = _plan(d["plan"])
         d.setdefault("versions", {})  # parsed, not produced here: no versions claimed
@@ -361,7 +415,9 @@ class Recipe:
         ratio = self.plan.target if self.plan is not None else self.ratio
         heal = f" + {self.recovery.label()}" if self.recovery.enabled else ""
         comp = f" + {self.compensation.label()}" if self.compensation.enabled else ""
-        return f"{self.method} {ratio:.0%} {name}" + (f" ({', '.join(extras)})" if extras else "") + comp + heal
+        vocab = f" + {self.vocabulary.label()}" if self.vocabulary.enabled else ""
+        return (f"{self.method} {ratio:.0%} {name}" + (f" ({', '.join(extras)})" if extras else "") + comp + heal
+                + vocab)
 
 
 def _method(name: Any):

@@ -200,9 +200,11 @@ def _keep_rows(param: nn.Parameter, kept: torch.Tensor) -> nn.Parameter:
                         requires_grad=param.requires_grad)
 
 
-def trim_model(model: nn.Module, adapter, kept: list[int]) -> nn.Module:
+def trim_model(model: nn.Module, adapter, kept: list[int], in_place: bool = False) -> nn.Module:
     """A deep copy of ``model`` whose token embedding and head keep only the rows ``kept`` (old id
-    ``kept[i]`` -> new id ``i``); the original is not touched.
+    ``kept[i]`` -> new id ``i``); the original is not touched. ``in_place`` trims ``model`` itself,
+    giving it new ``Parameter``s (never writing the old ones), so a compression's result, whose outside
+    parts the original shares copy-on-write, can be trimmed without a copy.
 
     The copied modules keep their classes and get narrower weights (Gemma 3's embedding is a
     scaled subclass of ``nn.Embedding``: a plain one would drop the scale). A tied head stays tied
@@ -214,7 +216,7 @@ def trim_model(model: nn.Module, adapter, kept: list[int]) -> nn.Module:
     if kept[0] < 0 or kept[-1] >= vocab:
         raise ConfigError(f"kept ids must lie in 0..{vocab - 1}.")
     tied = adapter.is_tied(model)
-    out = copy.deepcopy(model)
+    out = model if in_place else copy.deepcopy(model)
     rows = torch.tensor(kept, dtype=torch.long)
     old_to_new = {old: new for new, old in enumerate(kept)}
 
