@@ -94,3 +94,18 @@ def test_a_tokenizer_it_cannot_trim_is_refused_and_the_original_kept(tiny_dirs, 
     with pytest.raises(ConfigError, match="BPE"):
         compress(lm, _recipe(lm), data_dir=str(data_dir))
     assert lm.model.get_input_embeddings().num_embeddings == 320
+
+
+def test_the_cli_trims_saves_and_says_so(tiny_dirs, data_dir, tmp_path, capsys):
+    from engine.cli import main
+
+    out = tmp_path / "trimmed"
+    argv = ["compress", str(tiny_dirs["qwen2"]), "--method", "fasp", "--ratio", "0.3", "--calib", "wikitext2:validation",
+            "--nsamples", "8", "--seqlen", "64", "--vocabulary", "285", "--vocabulary-tokens", "4000",
+            "--data-dir", str(data_dir), "--out", str(out)]
+    assert main(argv) == 0
+    kept = json.loads((out / "config.json").read_text())["vocab_size"]
+    assert f"vocabulary: {kept:,} of 320 tokens kept" in capsys.readouterr().out
+    recipe = Recipe.from_dict(json.loads((out / "slimlab.json").read_text()))
+    assert recipe.vocabulary == VocabularySpec(keep=285, tokens=4000)
+    assert len(load_compressed(out, device="cpu").tokenizer) == kept

@@ -23,7 +23,7 @@ from ..compressed import save_compressed
 from ..errors import ConfigError
 from ..methods import available_methods
 from ..recipes import (COMPENSATION_HALVES, RECOVERY_GROUPS, RECOVERY_KINDS, CalibrationSpec, CompensationSpec,
-                       Recipe, RecoverySpec)
+                       Recipe, RecoverySpec, VocabularySpec)
 from ..schedules import available_schedules, get_schedule
 from .common import MODEL_HELP, add_runtime_args, check_out_dir, emit, load, progress
 
@@ -70,9 +70,34 @@ def register(sub) -> None:
                         "of SHARE of each layer's parameters (e.g. 0.05; the engine picks the rank that fits), on "
                         "the MLP halves (default), attention or both; 0: off. Counted as added parameters")
     add_recovery_args(p)
+    add_vocabulary_args(p)
     p.add_argument("--out", default=None, help="save the compressed model to this folder")
     p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     p.set_defaults(func=run)
+
+
+VOCABULARY_FLAGS = {"vocabulary": "keep", "vocabulary_source": "source", "vocabulary_tokens": "tokens"}
+
+
+def add_vocabulary_args(p) -> None:
+    spec = VocabularySpec()
+    g = p.add_argument_group("vocabulary", "trim the vocabulary last: keep the tokens the counted text uses most, "
+                             "then the tokenizer's earliest merges; the embedding and head rows of the others go, and "
+                             "the trimmed tokenizer still encodes any text (in more tokens where it used dropped ones)")
+    g.add_argument("--vocabulary", type=int, default=None, metavar="KEEP", help="tokens to keep (default 0: all)")
+    g.add_argument("--vocabulary-source", default=None, metavar="SOURCE",
+                   help="text whose token use is counted (default: the calibration's)")
+    g.add_argument("--vocabulary-tokens", type=int, default=None, metavar="N",
+                   help=f"tokens of it counted (default {spec.tokens:,})")
+
+
+def vocabulary_from_args(args, base: VocabularySpec) -> VocabularySpec:
+    """``base`` (the recipe file's vocabulary, or the default) with the ``--vocabulary*`` flags given applied."""
+    given = {field: getattr(args, flag) for flag, field in VOCABULARY_FLAGS.items() if getattr(args, flag) is not None}
+    spec = replace(base, **given)
+    if not spec.enabled and set(given) - {"keep"}:
+        raise ConfigError("--vocabulary-source and --vocabulary-tokens set a trimming that is off; add --vocabulary KEEP.")
+    return spec
 
 
 def add_recovery_args(p) -> None:
@@ -150,6 +175,7 @@ def recipe_from_args(args) -> Recipe:
         calibration=replace(recipe.calibration, **calibration),
         recovery=recovery_from_args(args, recipe.recovery),
         compensation=recipe.compensation if args.compensation is None else CompensationSpec.parse(args.compensation),
+        vocabulary=vocabulary_from_args(args, recipe.vocabulary),
     )
 
 
@@ -179,11 +205,18 @@ def run(args) -> int:
         f"non-embedding {a.params_non_embedding:,}; added {a.params_added:,} {a.added_detail or ''}"
         + (f"; index entries {a.index_entries:,} (integer buffers beside the parameters)" if a.index_entries else ""),
         f"FLOPs/token {a.flops_per_token:,} vs {result.original.flops_per_token:,}",
-    ] + recovery_lines(result.plots.get("recovery")) + (
+    ] + recovery_lines(result.plots.get("recovery")) + vocabulary_lines(result.plots.get("vocabulary")) + (
         [f"saved to {args.out} ({summary['bytes_on_disk']:,} bytes)"] if args.out else [])
     if "recovery" in result.plots:
         summary["recovery"] = {k: v for k, v in result.plots["recovery"].items() if k != "lora_modules"}
+    if "vocabulary" in result.plots:
+        summary["vocabulary"] = result.plots["vocabulary"]
     return emit(args, lines, summary)
+
+
+def vocabulary_lines(report: "dict | None") -> list[str]:
+    """One line on the trimmed vocabulary (the result's ``vocabulary`` plot), or none."""
+    return [f"vocabulary: {report['kept']:,} of {report['original']:,} tokens kept"] if report else []
 
 
 def recovery_lines(report: "dict | None") -> list[str]:
