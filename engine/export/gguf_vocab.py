@@ -6,6 +6,11 @@ merges, special-token ids, add-BOS/EOS flags and the chat template come from ggu
 regex that splits text before BPE) per model family and picks it by the ``tokenizer.ggml.pre``
 name, so the name is chosen from the tokenizer.json's pre-tokenizer; one it does not know
 falls back to ``default`` with a note, and the llama.cpp test compares tokenizations.
+
+The vocabulary's size is the embedding's row count, so a vocabulary-trimmed model (``transforms.vocabulary``)
+exports as it is once its trimmed tokenizer is saved beside it. A tokenizer with more tokens than the
+embedding has rows is refused: written, it would be cut to the first rows' tokens, and text would map to
+the wrong rows without any error.
 """
 from __future__ import annotations
 
@@ -15,6 +20,7 @@ from typing import Optional
 
 import gguf
 
+from ..errors import ConfigError
 from .base import NotExpressible
 
 BYTE_LEVEL = {"type": "ByteLevel", "use_regex": True}  # GPT-2's split, then bytes -> unicode
@@ -41,6 +47,10 @@ def pre_tokenizer_name(tokenizer_json: dict) -> Optional[str]:
 
 def add_vocab(writer: gguf.GGUFWriter, folder: Path, tokenizer, n_vocab: int) -> list[str]:
     """Write the tokenizer fields; returns notes for the user."""
+    if len(tokenizer) > n_vocab:
+        raise ConfigError(f"The tokenizer in '{folder}' has {len(tokenizer):,} tokens but the model's embedding only "
+                          f"{n_vocab:,} rows: a vocabulary-trimmed model saved with its original tokenizer? Save the "
+                          "trimmed tokenizer (transforms.vocabulary.trim_tokenizer) beside the model and export again.")
     path = folder / "tokenizer.json"
     if not path.is_file():
         raise NotExpressible(f"'{folder}' has no tokenizer.json; the GGUF exporter writes fast BPE tokenizers.")
