@@ -41,13 +41,13 @@ from .models import LoadedModel
 from .progress import CancelToken, CurvePoint, ProgressEvent, Reporter
 from .publish import check_repo_id, model_card, push_folder, read_meta
 from .recipes import (COMPENSATION_HALVES, PRESET_KEYS, RECOVERY_GROUPS, RECOVERY_KINDS, CalibrationSpec,
-                      CompensationSpec, Recipe, RecoverySpec)
+                      CompensationSpec, Recipe, RecoverySpec, VocabularySpec)
 from .schedules import Plan, available_schedules, build_plan, check_ratio, get_schedule
 
 __all__ = [
     # models, compression, saved format
     "LoadedModel", "load_model", "compress", "CompressionResult", "Recipe", "CalibrationSpec",
-    "RecoverySpec", "CompensationSpec", "COMPENSATION_HALVES", "RECOVERY_KINDS", "RECOVERY_GROUPS", "PRESET_KEYS",
+    "RecoverySpec", "CompensationSpec", "VocabularySpec", "COMPENSATION_HALVES", "RECOVERY_KINDS", "RECOVERY_GROUPS", "PRESET_KEYS",
     "make_calibration", "Plan", "build_plan",
     "check_ratio", "available_methods", "get_method", "METHOD_PARTS", "available_schedules", "get_schedule", "save_compressed",
     "load_compressed",

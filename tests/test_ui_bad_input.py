@@ -105,13 +105,13 @@ def _owners() -> dict[str, tuple[str, str]]:
     owners = {f"{name.replace('-', '_')}_": ("method", name) for name in available_methods()}
     owners |= {f"{name.replace('-', '_')}_": ("schedule", name) for name in available_schedules()}
     return owners | {"plan": ("schedule", TABLE_SCHEDULE), "recovery_": ("recovery_kind", "lora"),
-                     "compensation_halves": ("compensation_share", 0.1)}
+                     "compensation_halves": ("compensation_share", 0.1), "vocabulary_source": ("vocabulary_keep", 300)}
 
 
 def _reading(param: str, names: list[str], args: list) -> list:
     """``args`` with the bad value's control made one that is read: its method or schedule selected,
-    recovery on for a recovery setting, a compensation budget for its halves, the manual schedule for the
-    plan table."""
+    recovery on for a recovery setting, a compensation budget for its halves, tokens to keep for the counted
+    text, the manual schedule for the plan table."""
     args = list(args)
     for prefix, (selector, value) in sorted(_owners().items(), key=lambda item: -len(item[0])):
         if param.startswith(prefix) and param != selector and selector in names:

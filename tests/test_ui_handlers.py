@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from engine import (
-    CalibrationSpec, RecoverySpec, SlimLabError, account, block_influence, cut_width, export_formats, load_compressed,
+    CalibrationSpec, RecoverySpec, SlimLabError, VocabularySpec, account, block_influence, cut_width, export_formats, load_compressed,
     load_model, residual_analysis,
 )
 from engine.analysis.modules import module_params
@@ -990,6 +990,62 @@ def test_the_compensation_controls_set_a_budget_in_parameters(session):
     assert added > 0 and session.result.accounting.params_total == plain_total + added
     assert session.run.recipe["compensation"] == {"rank": 0, "halves": "both", "share": 0.05, "damping": "gcv"}
     assert view.card != plain.card and hc.recipe_controls(session.result.recipe).compensation == [0.05, "both"]
+
+
+SMALL_COUNT = VocabularySpec(tokens=4000, seqlen=64)  # what the controls leave to the preset: a quick count
+
+
+@pytest.mark.parametrize("keep", [-1, 2.5, None, "lots", float("nan")])
+def test_a_bad_count_of_tokens_to_keep_is_refused_naming_the_control(keep):
+    with pytest.raises(ConfigError, match="Tokens to keep must be a whole number of at least 0"):
+        hc.vocabulary_spec(keep, hc.SAME_TEXT)
+
+
+def test_the_vocabulary_controls_build_the_recipes_vocabulary(session):
+    spec = hc.vocabulary_spec(285, hc.SAME_TEXT, base=SMALL_COUNT)
+    assert spec == VocabularySpec(keep=285, source=None, tokens=4000, seqlen=64)
+    assert hc.vocabulary_spec("300", "alpaca-chat").source == "alpaca-chat"
+    assert hc.vocabulary_spec(0, "no-such-text") == VocabularySpec()  # off: the text is not read
+    assert hc.vocabulary_spec(*hc.vocabulary_values(spec), base=SMALL_COUNT) == spec  # shown back as it is
+    recipe = hc.make_recipe(session, "fasp", {}, 0.3, "uniform", None, CalibrationSpec(*CALIB), [], vocabulary=spec)
+    assert recipe.vocabulary == spec and recipe.label().endswith("+ vocabulary 285")
+    too_many = hc.vocabulary_spec(321, hc.SAME_TEXT, base=SMALL_COUNT)
+    refused = hc.size_from_controls(session, "fasp", {}, 0.3, "uniform", None, *CALIB, [], vocabulary=too_many)
+    assert "Cannot run as set" in refused and "Tokens to keep must be a whole number from 0 to 320 (got 321)" in refused
+    assert "the tokenizer has 320 tokens" in refused
+    with pytest.raises(ConfigError, match="Tokens to keep .* from 0 to 320"):
+        hc.run(session, "fasp", {}, 0.3, "uniform", None, *CALIB, [], vocabulary=too_many)
+    with pytest.raises(ConfigError, match="vocabulary source"):
+        hc.run(session, "fasp", {}, 0.3, "uniform", None, *CALIB, [], vocabulary=hc.vocabulary_spec(285, "nosuch:x"))
+    assert session.run is None  # nothing ran
+
+
+def test_a_trimmed_vocabulary_is_sized_before_the_run_said_after_it_and_replayed(session, tmp_path):
+    from engine import Recipe
+    from ui import presets
+
+    spec = hc.vocabulary_spec(285, hc.SAME_TEXT, base=SMALL_COUNT)
+    plain = hc.size_from_controls(session, "fasp", {}, 0.3, "uniform", None, *CALIB, [])
+    size = hc.size_from_controls(session, "fasp", {}, 0.3, "uniform", None, *CALIB, [], vocabulary=spec)
+    assert "Vocabulary" not in plain and size != plain
+    view = hc.run(session, "fasp", {}, 0.3, "uniform", None, *CALIB, [], vocabulary=spec)
+    result = session.result
+    kept = result.plots["vocabulary"]["kept"]
+    assert result.plots["vocabulary"] == {"kept": kept, "original": 320} and 285 <= kept < 320
+    assert text.m(result.accounting.params_total) in size  # the planned size was the run's, trimming counted
+    assert f"**Vocabulary:** keeps {kept:,} of 320 tokens" in size and f"keeps {kept:,} of 320 tokens (" in view.card
+    assert f"the most used in {CALIB[0]}" in view.card  # the calibration's text: the counted text's default
+    assert figures.method_panels({"vocabulary": result.plots["vocabulary"]}) == []  # not a per-layer chart
+    assert view.method is not None  # the method's charts are drawn beside it
+    assert session.run.recipe["vocabulary"]["keep"] == 285
+
+    (tmp_path / "slimlab.json").write_text(json.dumps({"recipe": session.run.recipe}))
+    replayed = presets.Preset.read(tmp_path / "slimlab.json")  # a saved run's recipe, uploaded to replay
+    shown = hc.use_preset(session, replayed)
+    assert shown.controls.vocabulary == [285, hc.SAME_TEXT] and "vocabulary 285" in shown.card
+    assert f"keeps {kept:,} of 320 tokens" in shown.size
+    preset = presets.Preset("trimmed", Recipe(method="fasp", vocabulary=VocabularySpec(keep=300, source="alpaca-chat")))
+    assert hc.recipe_controls(preset.recipe).vocabulary == [300, "alpaca-chat"]  # a preset shows its trimming
 
 
 def test_stop_during_recovery_keeps_the_previous_result(session):

@@ -59,15 +59,25 @@ def verdict(summary: dict) -> str:
             + (f" Added by the method: {', '.join(f'{k} {m(v)}' for k, v in added.items())}." if added else ""))
 
 
-def planned_size(planned: int, original: int, exact: bool = True) -> str:
-    """Beside Run: the size a run will have, flagged plainly when it is bigger than the original."""
+def planned_size(planned: int, original: int, exact: bool = True, tokens: Optional[tuple[int, int]] = None) -> str:
+    """Beside Run: the size a run will have, flagged plainly when it is bigger than the original; with a
+    trimmed vocabulary, ``tokens`` (kept, original) says how much of the size is that."""
     about = "" if exact else "about "
+    vocab = f" {vocabulary_line(*tokens)}" if tokens else ""
     if planned > original:
         return (f"**⚠ This run makes the model BIGGER:** {about}{m(planned)} parameters vs {m(original)} original "
                 f"({pct_change(planned, original)}). Pick a larger ratio or a method that adds less "
-                "(FASP, or SliceGPT with variant = shared).")
+                f"(FASP, or SliceGPT with variant = shared).{vocab}")
     return (f"**Planned size:** {about}{m(planned)} parameters, {planned / original:.2f}× the original's "
-            f"{m(original)} ({pct_change(planned, original)}).")
+            f"{m(original)} ({pct_change(planned, original)}).{vocab}")
+
+
+def vocabulary_line(kept: int, original: int, counted: Optional[str] = None) -> str:
+    """A trimmed vocabulary in one sentence, with the text whose tokens were counted; ``kept`` can exceed the
+    asked-for count (a kept token's merge parents are kept too), so it is the count the run keeps, not the
+    control's."""
+    where = f", the most used in {counted}" if counted else ""
+    return f"**Vocabulary:** keeps {kept:,} of {original:,} tokens ({kept / original:.0%}){where}."
 
 
 def not_sized(reason: str) -> str:
@@ -75,8 +85,9 @@ def not_sized(reason: str) -> str:
 
 
 def result_card(summary: dict, original: dict, compressed: dict, recovery: Optional[dict] = None,
-                notes: Sequence[str] = ()) -> str:
-    """Verdict, an original-vs-compressed table, how the run went (its recovery too), then ``notes``
+                notes: Sequence[str] = (), vocabulary: Optional[dict] = None) -> str:
+    """Verdict, an original-vs-compressed table, how the run went (its recovery and trimmed vocabulary too:
+    the ``plots`` entries of those stages, the vocabulary's with its counted ``text``), then ``notes``
     (warnings, a preset's measured quality)."""
     rows = [
         ("parameters, total", original["params_total"], compressed["params_total"], m),
@@ -98,7 +109,9 @@ def result_card(summary: dict, original: dict, compressed: dict, recovery: Optio
     run = (f"**Run:** {summary['method']} · ratio {summary['ratio']:.3f} ({summary['schedule']}; {plan}) · "
            f"calibration {calib_text} · {summary['seconds']:.1f} s · peak memory {summary['peak_rss_mb']:.0f} MB")
     heal = ["", recovery_line(recovery)] if recovery else []
-    return "\n".join([verdict(summary), "", *table, "", run, *heal, *(line for n in notes for line in ("", n))])
+    trim = ["", vocabulary_line(vocabulary["kept"], vocabulary["original"], vocabulary.get("text"))] \
+        if vocabulary else []
+    return "\n".join([verdict(summary), "", *table, "", run, *heal, *trim, *(line for n in notes for line in ("", n))])
 
 
 def recovery_line(report: dict) -> str:

@@ -12,10 +12,10 @@ from typing import Any, Iterator, Optional, Sequence, Union
 import plotly.graph_objects as go
 
 from engine import (
-    COMPENSATION_HALVES, RECOVERY_GROUPS, CalibrationSpec, CompensationSpec, ConfigError, Plan, Recipe, RecoverySpec,
-    Reporter, SlimLabError, available_methods, available_schedules, block_influence, build_plan, check_ratio, compress,
-    context_length, default_calibration, get_method, get_schedule, make_calibration, nonsense_warning, num_layers,
-    planned_size, starter_recipe,
+    COMPENSATION_HALVES, RECOVERY_GROUPS, CalibrationSpec, CompensationSpec, ConfigError, LoadedModel, Plan, Recipe,
+    RecoverySpec, Reporter, SlimLabError, VocabularySpec, available_methods, available_schedules, block_influence,
+    build_plan, check_ratio, compress, context_length, default_calibration, get_method, get_schedule, make_calibration,
+    nonsense_warning, num_layers, planned_size, starter_recipe,
 )
 
 from .. import figures, presets, text
@@ -31,7 +31,8 @@ TABLE_LABEL = "Manual (edit the plan table)"
 NO_RESULT = "No compressed model yet. Choose a method and a ratio, then press **Run**."
 RECOVERY_CHOICES = [("none", "none"), ("LoRA (merged at the end: same size)", "lora"), ("full fine-tuning", "full")]
 RECOVERY_FIELDS = ("kind", "steps", "minutes", "lr", "rank", "groups", "source", "nsamples", "seqlen")  # controls
-SAME_TEXT = "same as calibration"  # the recovery text control's value for source=None
+SAME_TEXT = "same as calibration"  # the recovery and vocabulary text controls' value for source=None
+KEEP_LABEL = "Tokens to keep"  # the vocabulary control, named in its refusals
 MAX_RATIO = 0.9  # the most a layer (and the Target ratio slider) may remove in the UI
 
 Keys = Sequence[tuple[str, str]]  # (owner, param) for each control, owners being methods or schedules
@@ -154,6 +155,29 @@ def compensation_spec(share, halves, base: Optional[CompensationSpec] = None) ->
     if base is not None and base.rank and not share and halves == base.halves:
         return base
     return CompensationSpec(share=share, halves=halves)
+
+
+def vocabulary_values(spec: VocabularySpec) -> list:
+    """The vocabulary controls' values (tokens to keep, counted text) for a spec."""
+    return [spec.keep, spec.source or SAME_TEXT]
+
+
+def vocabulary_spec(keep, source, base: Optional[VocabularySpec] = None) -> VocabularySpec:
+    """The vocabulary trimming the controls describe, over ``base`` (a preset's: how much text is counted,
+    in which windows and seed, has no control): ``keep`` tokens (0: off, and the text is not read) counted in
+    ``source`` (blank or ``same as calibration``: the calibration's). A blank, negative or fractional count
+    is refused here; a count above the model's vocabulary once the model is known (``check_vocabulary_size``)."""
+    base, keep = base or VocabularySpec(), whole(keep, KEEP_LABEL, 0)
+    if not keep:
+        return replace(base, keep=0)
+    source = None if source is None or str(source).strip() in ("", SAME_TEXT) else str(source).strip()
+    return replace(base, keep=keep, source=source)
+
+
+def check_vocabulary_size(spec: VocabularySpec, lm: LoadedModel) -> None:
+    """Keeping more tokens than the tokenizer has is a typo, not "keep them all" (that is 0): refused."""
+    vocab = len(lm.tokenizer)
+    whole(spec.keep, KEEP_LABEL, 0, vocab, f"the tokenizer has {vocab:,} tokens; 0 keeps them all")
 
 
 @dataclass
@@ -317,7 +341,7 @@ NO_LIVE = ("This run drew no live curve. A schedule that searches (Searched) dra
 
 def make_recipe(session: Session, method: str, params: dict, ratio, schedule: str, schedule_params: Optional[dict],
                 calib: CalibrationSpec, rows: Sequence[Sequence], recovery: Optional[RecoverySpec] = None,
-                compensation: Optional[CompensationSpec] = None) -> Recipe:
+                compensation: Optional[CompensationSpec] = None, vocabulary: Optional[VocabularySpec] = None) -> Recipe:
     """The run as a validated recipe; the plan comes from the table, or from the preview if nothing changed.
     What has no control (the calibration batch size, any recipe field the UI does not show) comes from the
     preset that filled the controls."""
@@ -336,21 +360,25 @@ def make_recipe(session: Session, method: str, params: dict, ratio, schedule: st
     recipe = replace(base, model=lm.spec, method=method, method_params=dict(params),
                      ratio=check_ratio(ratio, "target ratio"), schedule=schedule, schedule_params=schedule_params,
                      plan=plan, calibration=calib, recovery=recovery or RecoverySpec(),
-                     compensation=compensation or base.compensation).validate()
+                     compensation=compensation or base.compensation,
+                     vocabulary=vocabulary or base.vocabulary).validate()
     recipe.check_layers(num_layers(lm))
     check_recovery_sizes(recipe.recovery, context_length(lm))
+    check_vocabulary_size(recipe.vocabulary, lm)
     return recipe
 
 
 def run(session: Session, method: str, params: dict, ratio, schedule: str, schedule_params: Optional[dict],
         source: str, nsamples, seqlen, seed, rows: Sequence[Sequence], progress: Progress = None,
-        recovery: Optional[RecoverySpec] = None, compensation: Optional[CompensationSpec] = None) -> CompressView:
+        recovery: Optional[RecoverySpec] = None, compensation: Optional[CompensationSpec] = None,
+        vocabulary: Optional[VocabularySpec] = None) -> CompressView:
     """Compress the session's model (the original stays untouched), heal it if ``recovery`` says so, and
     keep the result as a new run. A Stop (or an error), in the recovery too, leaves the session's
     previous run as it was: nothing of this one is kept."""
     lm = need_model(session)
     calib = calibration_spec(source, nsamples, seqlen, seed, context_length(lm))
-    recipe = make_recipe(session, method, params, ratio, schedule, schedule_params, calib, rows, recovery, compensation)
+    recipe = make_recipe(session, method, params, ratio, schedule, schedule_params, calib, rows, recovery, compensation,
+                         vocabulary)
     reporter = job(session, progress)
     cached = session.scores.get(calibration_key(calib))  # block influence from Analyze or an earlier preview
     result = compress(lm, recipe, scores=None if cached is None else lambda: cached, data_dir=data_dir(),
@@ -365,14 +393,15 @@ def run(session: Session, method: str, params: dict, ratio, schedule: str, sched
 
 def run_live(session: Session, method: str, params: dict, ratio, schedule: str, schedule_params: Optional[dict],
              source: str, nsamples, seqlen, seed, rows: Sequence[Sequence], progress: Progress = None,
-             recovery: Optional[RecoverySpec] = None,
-             compensation: Optional[CompensationSpec] = None) -> Iterator[Union[Curves, CompressView]]:
+             recovery: Optional[RecoverySpec] = None, compensation: Optional[CompensationSpec] = None,
+             vocabulary: Optional[VocabularySpec] = None) -> Iterator[Union[Curves, CompressView]]:
     """``run`` on a worker thread: yields the curves the engine draws while it runs (a searched plan's best
     KL by generation), then the view, whose ``live`` chart holds the finished curves. A Stop or an error
     is raised after the curves drawn so far, so the previous run stays as with ``run``."""
     drawn = Curves()
     for out in live(lambda report: run(session, method, params, ratio, schedule, schedule_params, source, nsamples,
-                                       seqlen, seed, rows, report, recovery, compensation), progress, session.stop):
+                                       seqlen, seed, rows, report, recovery, compensation, vocabulary), progress,
+                      session.stop):
         if isinstance(out, Curves):
             drawn = out
             yield out
@@ -471,8 +500,11 @@ def card(session: Session) -> str:
         notes += [f"This run is the preset **{preset.name}**, unchanged."] + measured_notes(preset)
     elif session.preset is not None and session.preset.measured:
         notes.append(_not_quoted(session.preset))
+    trimmed = result.plots.get("vocabulary")
+    counted = result.recipe.vocabulary.text(result.recipe.calibration).source  # the text its tokens were counted in
     return text.result_card(result.summary(), result.original.to_dict(), result.accounting.to_dict(),
-                            result.plots.get("recovery"), [n for n in notes if n])
+                            result.plots.get("recovery"), [n for n in notes if n],
+                            trimmed and {**trimmed, "text": counted})
 
 
 @dataclass
@@ -488,6 +520,7 @@ class RecipeControls:
     plan: Optional[PlanView]  # a recipe with an explicit plan fills the table (the manual schedule)
     recovery: list  # one value per recovery control (RECOVERY_FIELDS)
     compensation: list  # the compensation controls' values (share, halves)
+    vocabulary: list  # the vocabulary controls' values (tokens to keep, counted text)
 
 
 def recipe_controls(recipe: Union[Recipe, dict]) -> RecipeControls:
@@ -497,7 +530,8 @@ def recipe_controls(recipe: Union[Recipe, dict]) -> RecipeControls:
     if r.plan is not None and r.plan.ratios:
         schedule, params, view = TABLE_SCHEDULE, {}, plan_view(r.plan)
     return RecipeControls(r.method, dict(r.method_params), r.ratio, schedule, dict(params), r.calibration.to_dict(),
-                          view, recovery_values(r.recovery), compensation_values(r.compensation))
+                          view, recovery_values(r.recovery), compensation_values(r.compensation),
+                          vocabulary_values(r.vocabulary))
 
 
 @dataclass
@@ -538,31 +572,34 @@ def starting_point(session: Session) -> PresetView:
 
 
 def size_note(session: Session, recipe: Recipe) -> str:
-    """The size the run will have, from shapes alone (milliseconds, nothing computed), flagged when it
-    would make the model bigger; a recipe that cannot run says why instead."""
+    """The size the run will have, from shapes alone (milliseconds, nothing computed; a trimmed vocabulary
+    counts its text once, then it is cached), flagged when it would make the model bigger; a recipe that
+    cannot run says why instead."""
     lm = session.lm
     if lm is None:
         return ""
     cached = session.scores.get(calibration_key(recipe.calibration))
     try:
-        size = planned_size(lm, recipe, scores=None if cached is None else lambda: cached)
+        size = planned_size(lm, recipe, scores=None if cached is None else lambda: cached, data_dir=data_dir())
     except SlimLabError as exc:  # a bad setting, or a method this architecture cannot carry
         return text.not_sized(str(exc))
     if size is None:
         return ""
-    return text.planned_size(size.planned.params_total, size.original.params_total, size.exact)
+    tokens = (size.planned.vocab_size, size.original.vocab_size) if recipe.vocabulary.enabled else None
+    return text.planned_size(size.planned.params_total, size.original.params_total, size.exact, tokens)
 
 
 def size_from_controls(session: Session, method: str, params: dict, ratio, schedule: str,
                        schedule_params: Optional[dict], source: str, nsamples, seqlen, seed,
-                       rows: Sequence[Sequence], compensation: Optional[CompensationSpec] = None) -> str:
+                       rows: Sequence[Sequence], compensation: Optional[CompensationSpec] = None,
+                       vocabulary: Optional[VocabularySpec] = None) -> str:
     """``size_note`` for what the controls hold now (refreshed as the user changes them)."""
     if session.lm is None:
         return ""
     try:
         recipe = make_recipe(session, method, params, ratio, schedule, schedule_params,
                              calibration_spec(source, nsamples, seqlen, seed, context_length(session.lm)), rows,
-                             compensation=compensation)
+                             compensation=compensation, vocabulary=vocabulary)
     except ConfigError as exc:
         return text.not_sized(str(exc))
     return size_note(session, recipe)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import inspect
+import itertools
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Callable, Sequence
@@ -20,6 +21,7 @@ DEMO = "demo"  # the model the app preloads
 NO_RESULT = handlers.NO_RESULT
 CALIBRATION_FIELDS = ("source", "nsamples", "seqlen", "seed")  # the order of the calibration inputs
 COMPENSATION_INPUTS = ("compensation_share", "compensation_halves")
+VOCABULARY_INPUTS = ("vocabulary_keep", "vocabulary_source")
 RECOVERY_INFO = ("After compressing, train the compressed model to match the original's next-token distribution "
                  "(logit distillation) on the text below, for at most the steps or the minutes given (whichever "
                  "comes first; blank turns a bound off; only steps do the same work on every machine). **LoRA** trains small adapters and merges them into the "
@@ -29,6 +31,12 @@ COMPENSATION_INFO = ("A low-rank correction beside each compressed half, fitted 
                      "calibration data (EoRA-style, no training). Its size is a budget in parameters: a share of "
                      "each layer's parameters, turned into a rank from the layer's shapes. The branches count as "
                      "added parameters. Applies to methods that prune inside each layer (FASP, Wanda-SP).")
+VOCABULARY_INFO = ("The last stage: keep only the tokens your text uses. A small model spends 20-60% of its "
+                   "parameters on embedding (and head) rows, one per token of its vocabulary, and a deployment's "
+                   "text never uses most of them. The run counts the tokens of the text below and keeps the most "
+                   "used ones, then the tokenizer's earliest merges; the others' rows go. The trimmed tokenizer "
+                   "still encodes any text, in more (shorter) tokens where the text uses dropped ones. The kept "
+                   "tokens' logits are unchanged.")
 
 
 def control(param: dict, value=None) -> gr.components.Component:
@@ -103,6 +111,7 @@ def build() -> SimpleNamespace:
                     seed = gr.Number(calib["seed"], precision=0, label="Seed")
             compensation = compensation_controls(c.compensation)
             recovery = recovery_controls(c.recovery)
+            vocabulary = vocabulary_controls(c.vocabulary)
             size = gr.Markdown("", elem_id="planned-size")
             job = job_line()
             with gr.Row():
@@ -132,7 +141,8 @@ def build() -> SimpleNamespace:
     return SimpleNamespace(job=job, preset=preset, preset_card=preset_card, recipe_file=recipe_file, method=method,
                            method_info=method_info, methods=method_controls, ratio=ratio, schedule=schedule,
                            schedule_info=schedule_info, schedules=schedule_controls, source=source, nsamples=nsamples,
-                           seqlen=seqlen, seed=seed, compensation=compensation, recovery=recovery, size=size,
+                           seqlen=seqlen, seed=seed, compensation=compensation, recovery=recovery,
+                           vocabulary=vocabulary, size=size,
                            preview=preview, run=run,
                            stop=stop_btn,
                            plan_note=plan_note, plan_plot=plan_plot, plan_table=plan_table, card=card,
@@ -149,6 +159,18 @@ def compensation_controls(values: Sequence) -> list[gr.components.Component]:
             return [gr.Number(share, minimum=0, maximum=0.99, label="Budget (share of each layer's parameters)",
                               info="0: off; 0.05 adds at most 5% to every layer"),
                     gr.Radio(handlers.compensation_choices(), value=halves, label="Compensated halves")]
+
+
+def vocabulary_controls(values: Sequence) -> list[gr.components.Component]:
+    """The vocabulary inputs (tokens to keep, counted text), showing ``values``."""
+    keep, source = values
+    with gr.Accordion("Vocabulary trimming", open=False):
+        gr.Markdown(VOCABULARY_INFO, elem_classes="explain")
+        with gr.Row():
+            return [gr.Number(keep, precision=0, minimum=0, label=handlers.KEEP_LABEL,
+                              info="0: off, every token kept; at most the model's vocabulary (the Model tab's vocab)"),
+                    gr.Dropdown([handlers.SAME_TEXT] + CALIBRATION_SOURCES, value=source, allow_custom_value=True,
+                                label="Counted text", info="whose tokens count: your deployment's text")]
 
 
 def recovery_controls(values: Sequence) -> list[gr.components.Component]:
@@ -204,36 +226,47 @@ def _preview_from_controls(schedules: ControlGroups) -> Callable:
     return _signed(preview, fixed, schedules.keys, "preview_plan")
 
 
+def _pieces(values: Sequence, *sizes: int) -> list[Sequence]:
+    """``values`` cut into consecutive pieces of ``sizes`` (the Run inputs, group by group)."""
+    ends = list(itertools.accumulate(sizes))
+    return [values[end - size:end] for size, end in zip(sizes, ends)]
+
+
 def _from_run_controls(methods: ControlGroups, schedules: ControlGroups, name: str, body: Callable) -> Callable:
     """A function of the Run inputs (the fixed controls, recovery's last, every method's controls, then
-    every schedule's) that hands ``body`` the selected owners' params and the compensation the controls say:
-    ``body(session, method, method_params, ratio, schedule, schedule_params, calib, plan, compensation, recovery,
-    progress)``."""
+    every schedule's) that hands ``body`` the selected owners' params and the compensation and vocabulary
+    the controls say: ``body(session, method, method_params, ratio, schedule, schedule_params, calib, plan,
+    compensation, vocabulary, recovery, progress)``."""
     recovery = tuple(f"recovery_{name}" for name in handlers.RECOVERY_FIELDS)
-    fixed = ("session", "method", "ratio", "schedule") + CALIBRATION_FIELDS + ("plan",) + COMPENSATION_INPUTS + recovery
+    fixed = (("session", "method", "ratio", "schedule") + CALIBRATION_FIELDS + ("plan",) + COMPENSATION_INPUTS
+             + VOCABULARY_INPUTS + recovery)
 
     def call(*args):
         (session, method, ratio, schedule, *rest), (mv, sv), progress = _split(args, len(fixed),
                                                                              [methods, schedules])
-        calib, (plan, *comp), heal = (rest[:len(CALIBRATION_FIELDS)], rest[len(CALIBRATION_FIELDS):-len(recovery)],
-                                      rest[-len(recovery):])
-        base = session.preset.recipe.compensation if session.preset is not None else None
+        calib, (plan,), comp, vocab, heal = _pieces(rest, len(CALIBRATION_FIELDS), 1, len(COMPENSATION_INPUTS),
+                                                    len(VOCABULARY_INPUTS), len(recovery))
+        base = session.preset.recipe if session.preset is not None else Recipe()
         return body(session, method, handlers.params_from_controls(method, methods.keys, mv), ratio, schedule,
                     handlers.params_from_controls(schedule, schedules.keys, sv), calib, plan,
-                    handlers.compensation_spec(*comp, base=base), heal, progress)
+                    handlers.compensation_spec(*comp, base=base.compensation),
+                    handlers.vocabulary_spec(*vocab, base=base.vocabulary), heal, progress)
 
     return _signed(call, fixed, methods.keys + schedules.keys, name)
 
 
-def _run(session, method, params, ratio, schedule, schedule_params, calib, plan, compensation, heal, progress):
+def _run(session, method, params, ratio, schedule, schedule_params, calib, plan, compensation, vocabulary, heal,
+         progress):
     base = session.preset.recipe.recovery if session.preset is not None else None
     yield from handlers.run_live(session, method, params, ratio, schedule, schedule_params, *calib, plan, progress,
-                                 recovery=handlers.recovery_spec(*heal, base=base), compensation=compensation)
+                                 recovery=handlers.recovery_spec(*heal, base=base), compensation=compensation,
+                                 vocabulary=vocabulary)
 
 
-def _size(session, method, params, ratio, schedule, schedule_params, calib, plan, compensation, heal, progress):
+def _size(session, method, params, ratio, schedule, schedule_params, calib, plan, compensation, vocabulary, heal,
+          progress):
     return handlers.size_from_controls(session, method, params, ratio, schedule, schedule_params, *calib, plan,
-                                       compensation)
+                                       compensation, vocabulary)
 
 
 def plan_outputs(t) -> list:
@@ -273,7 +306,7 @@ def recipe_outputs(ui) -> list:
     """What a preset, an uploaded recipe or the starting point fills (``apply``'s outputs)."""
     t = ui.compress
     return ([t.preset, t.method, t.ratio, t.schedule, t.source, t.nsamples, t.seqlen, t.seed] + t.compensation
-            + t.recovery
+            + t.vocabulary + t.recovery
             + t.methods.controls + t.schedules.controls + plan_outputs(t)
             + [t.preset_card, ui.chat.preset_answers, t.size])
 
@@ -282,10 +315,11 @@ def apply(t, view: handlers.PresetView) -> list:
     """``recipe_outputs`` from a preset view; a cleared preset keeps the controls."""
     c, keep = view.controls, gr.update()
     if c is None:
-        outputs = len(t.compensation) + len(t.recovery) + len(t.methods.controls) + len(t.schedules.controls) + 3 + 8
+        outputs = (len(t.compensation) + len(t.vocabulary) + len(t.recovery) + len(t.methods.controls)
+                   + len(t.schedules.controls) + 3 + 8)
         return [keep] * outputs + [view.card, view.chat_examples, keep]
     return ([view.name, c.method, c.ratio, c.schedule] + [c.calibration[k] for k in CALIBRATION_FIELDS]
-            + c.compensation + c.recovery
+            + c.compensation + c.vocabulary + c.recovery
             + handlers.control_values(c.method, c.method_params, t.methods.keys, keep)
             + handlers.control_values(c.schedule, c.schedule_params, t.schedules.keys, keep)
             + (adapt_plan(c.plan) if c.plan else [keep] * 3) + [view.card, view.chat_examples, view.size])
@@ -303,8 +337,8 @@ def wire(ui) -> gr.events.Dependency:
     _switch(t.method, t.method_info, t.methods, handlers.method_markdown)
     _switch(t.schedule, t.schedule_info, t.schedules, handlers.schedule_markdown)
     calib = [t.source, t.nsamples, t.seqlen, t.seed]
-    run_inputs = ([ui.session, t.method, t.ratio, t.schedule] + calib + [t.plan_table] + t.compensation + t.recovery
-                  + t.methods.controls + t.schedules.controls)
+    run_inputs = ([ui.session, t.method, t.ratio, t.schedule] + calib + [t.plan_table] + t.compensation
+                  + t.vocabulary + t.recovery + t.methods.controls + t.schedules.controls)
     outputs = recipe_outputs(ui)
 
     def pick(session, name):
@@ -321,7 +355,8 @@ def wire(ui) -> gr.events.Dependency:
     # the size beside Run follows every choice that changes it, before anything is computed; a number box once
     # it is typed (left or Enter): on every keystroke, "2" on the way to "256" would fail its box's minimum
     size = guarded(_from_run_controls(t.methods, t.schedules, "planned_size", _size))
-    for control in [t.method, t.ratio, t.schedule] + t.compensation + t.methods.controls + t.schedules.controls:
+    for control in ([t.method, t.ratio, t.schedule] + t.compensation + t.vocabulary + t.methods.controls
+                    + t.schedules.controls):
         for event in typed_events(control):
             event(size, run_inputs, [t.size], api_visibility="private", trigger_mode="always_last", **LIGHT)
 
