@@ -19,9 +19,11 @@ most used tokens closed under their BPE merges (``kept_token_ids``), so ``kept``
   (the windows ``engine.perplexity`` reads); each window is decoded to text, the text encoded with the
   row's (trimmed) tokenizer and run through the row's model, and the NLL of every predicted token (all
   but the window's first) summed in float64: ``ppl = exp(total NLL / original predicted tokens)``.
-  A trimmed tokenizer may need more tokens for the same text (its ratio to the original is reported);
-  a window that then exceeds the model's context is refused. The untrimmed row is also measured by
-  ``engine.perplexity`` (``engine_ppl``): the two agree when every window round-trips through
+  This is ``engine.evaluate.perplexity.text_nll``, what ``engine.perplexity`` does given a trimmed
+  model's ``reference_tokenizer``. A trimmed tokenizer may need more tokens for the same text (its ratio
+  to the original is reported); a window that then exceeds the model's context is refused. With
+  ``--check-engine`` the untrimmed row is also measured by ``engine.perplexity`` on its own windows
+  (``engine_ppl``, a whole extra pass): the two agree when every window round-trips through
   decode/encode (``roundtrip_mismatch`` counts the windows that do not).
 - chat check: hits of each ``--chat-check-set`` set.
 
@@ -42,7 +44,6 @@ from pathlib import Path
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -54,11 +55,10 @@ from engine.data import eval_windows, load_text  # noqa: E402
 from engine.data.sources import mixture_parts, parse_source  # noqa: E402
 from engine.errors import ConfigError, SlimLabError  # noqa: E402
 from engine.evaluate.chat_check import SET_CHOICES, chat_check, check_sets, load_questions  # noqa: E402
-from engine.evaluate.logits import logit_chunks  # noqa: E402
+from engine.evaluate.perplexity import text_nll  # noqa: E402
 from engine.transforms.vocabulary import kept_token_ids, trim_model, trim_tokenizer  # noqa: E402
 
 EVAL_TEXT = "wikitext2"  # its test split: what engine.perplexity reads by default
-IGNORED = -100
 FULL = "full"  # the keep of the untrimmed reference row
 
 
@@ -82,6 +82,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--out", default=str(REPO / "bench" / "results" / "vocab_trim"),
                    help="output path stem: OUT.jsonl (the rows) and OUT.md (their table)")
     p.add_argument("--redo", action="store_true", help="measure rows again even when OUT.jsonl has them")
+    p.add_argument("--check-engine", action="store_true",
+                   help="also measure each untrimmed row by engine.perplexity's own windows (a whole extra pass)")
     args = p.parse_args(argv)
     args.models = [parse_model(item, p) for item in args.model]
     if len({label for label, _ in args.models}) != len(args.models):
@@ -165,38 +167,6 @@ def usage_counts(lm, args) -> collections.Counter:
 
 
 # --- one row -------------------------------------------------------------------------------------------
-def _encode(tokenizer, text: str) -> list[int]:
-    old = tokenizer.model_max_length
-    try:
-        tokenizer.model_max_length = int(1e30)  # silence the 'sequence too long' warning: checked below
-        return tokenizer(text, add_special_tokens=False, return_attention_mask=False)["input_ids"]
-    finally:
-        tokenizer.model_max_length = old
-
-
-@torch.inference_mode()
-def text_nll(model, tokenizer, original_tokenizer, windows: torch.Tensor, context: Optional[int]) -> dict:
-    """Summed NLL (float64) of ``model`` on each window's text encoded by ``tokenizer``, with the token
-    counts of both tokenizations and how many windows re-encode to other ids than the original's."""
-    device = next(model.parameters()).device
-    total, tokens, mismatch = 0.0, 0, 0
-    for w, window in enumerate(windows.tolist()):
-        text = original_tokenizer.decode(window, skip_special_tokens=False, clean_up_tokenization_spaces=False)
-        ids = _encode(tokenizer, text)
-        mismatch += ids != window
-        if context is not None and len(ids) > context:
-            raise ConfigError(f"Window {w} of {len(window)} original tokens is {len(ids)} tokens under the trimmed "
-                              f"tokenizer, more than the model's context ({context} positions): use a smaller "
-                              "--seqlen or a larger --keep.")
-        batch = torch.tensor([ids], dtype=torch.long, device=device)
-        targets = torch.cat([batch[:, 1:], batch.new_full((1, 1), IGNORED)], 1).flatten()
-        for rows, logits in logit_chunks(model, batch):
-            total += F.cross_entropy(logits.double(), targets[rows], ignore_index=IGNORED, reduction="sum").item()
-        tokens += len(ids)
-    return {"nll": total, "tokens": tokens, "original_tokens": windows.numel(),
-            "predicted": windows.shape[0] * (windows.shape[1] - 1), "roundtrip_mismatch": mismatch}
-
-
 def chat_fields(model, tokenizer, sets: dict) -> dict:
     row: dict = {}
     for name, path in sets.items():
@@ -217,18 +187,19 @@ def measure_row(subject: Subject, label: str, keep, args, first_params: Optional
         kept = kept_token_ids(lm.tokenizer, subject.counts, keep)
         trimmed = replace(lm, model=trim_model(lm.model, lm.adapter, kept), tokenizer=trim_tokenizer(lm.tokenizer, kept))
         kept_n = len(kept)
-    nll = text_nll(trimmed.model, trimmed.tokenizer, lm.tokenizer, windows, subject.context)
+    nll = text_nll(trimmed.model, trimmed.tokenizer, lm.tokenizer, windows)
     total = params_total(trimmed)
     row = {"label": label, "spec": subject.spec, "keep": keep, "kept": kept_n, "vocab": subject.vocab,
            "params_total": total, "fraction": total / (first_params or total),
-           "ppl": math.exp(nll["nll"] / nll["predicted"]), "token_ratio": nll["tokens"] / nll["original_tokens"],
+           "ppl": math.exp(nll.nll / nll.predicted), "token_ratio": nll.model_tokens / windows.numel(),
            "windows_measured": int(windows.shape[0]),
            "counted_tokens": sum(subject.counts.values()) if keep != FULL else None}
     if keep == FULL:
-        engine = perplexity(lm.model, lm.tokenizer, EVAL_TEXT, args.seqlen, max_windows=args.windows,
-                            data_dir=args.data_dir).ppl
-        row |= {"engine_ppl": engine, "engine_rel_diff": abs(row["ppl"] - engine) / engine,
-                "roundtrip_mismatch": nll["roundtrip_mismatch"]}
+        row["roundtrip_mismatch"] = nll.mismatched
+        if args.check_engine:
+            engine = perplexity(lm.model, lm.tokenizer, EVAL_TEXT, args.seqlen, max_windows=args.windows,
+                                data_dir=args.data_dir).ppl
+            row |= {"engine_ppl": engine, "engine_rel_diff": abs(row["ppl"] - engine) / engine}
     row |= chat_fields(trimmed.model, trimmed.tokenizer, args_sets)
     return row | {"seconds": time.perf_counter() - t, "machine": machine(), "protocol": protocol(args)}
 

@@ -25,7 +25,7 @@ from .compressed import load_compressed, save_compressed
 from .errors import Cancelled, ConfigError, SlimLabError
 from .evaluate import (
     NONSENSE_WARNING, ChatCheckResult, LambadaResult, PerplexityResult, build_report, chat_check, lambada, model_entry,
-    nonsense_warning, perplexity, write_report,
+    nonsense_warning, perplexity, ppl_units, write_report,
 )
 from .export import ExportFormat, ExportReport, NotExpressible
 from .export import available_formats as export_formats
@@ -56,7 +56,7 @@ __all__ = [
     "Accounting", "account", "ModuleParams", "ResidualAnalysis", "cut_width", "Subject", "num_layers",
     "model_summary", "params_total", "compensation_plan", "module_params", "residual_analysis", "block_influence", "has_chat_template",
     # evaluation, reports, chat, publishing
-    "perplexity", "PerplexityResult", "evaluate_perplexity", "evaluate_zeroshot", "evaluate_speed", "zeroshot_tasks",
+    "perplexity", "PerplexityResult", "ppl_units", "evaluate_perplexity", "evaluate_zeroshot", "evaluate_speed", "zeroshot_tasks",
     "zeroshot_item_counts", "context_length", "perplexity_windows",
     "chat_check", "ChatCheckResult", "evaluate_chat_check", "lambada", "LambadaResult", "evaluate_lambada",
     "nonsense_warning", "NONSENSE_WARNING", "build_report", "model_entry", "write_report", "chat", "Generation",

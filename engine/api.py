@@ -16,6 +16,7 @@ from .analysis.modules import module_params as _module_params
 from .analysis.spectra import ResidualAnalysis
 from .analysis.spectra import residual_analysis as _residual_analysis
 from .calibration import CalibrationSpec
+from .compressed import vocabulary_trimmed
 from .errors import ConfigError
 from .evaluate import ChatCheckResult, LambadaResult, PerplexityResult, chat_check, lambada, measure_speed, perplexity, \
     run_zeroshot
@@ -27,10 +28,25 @@ from .transforms.compensation import CompensationRequest, planned_params, planne
 
 
 class Subject(Protocol):
-    """Anything with a model and its tokenizer: a ``LoadedModel`` or a ``CompressionResult``."""
+    """Anything with a model and its tokenizer: a ``LoadedModel`` or a ``CompressionResult`` (either may carry
+    a ``reference_tokenizer``: a trimmed vocabulary's original, which perplexity counts tokens in)."""
 
     model: Any
     tokenizer: Any
+
+
+NO_REFERENCE_NOTE = ("note: this model's vocabulary was trimmed and its original tokenizer (reference_tokenizer/) "
+                     "is not with it, so this ppl is per its own tokens, which split rare words into more pieces: "
+                     "not comparable with the original model's ppl")
+
+
+def _ppl_reference(subject: Subject) -> tuple[Any, str]:
+    """The tokenizer a subject's ppl counts tokens in (None: its own) and the note a report must show: a
+    trimmed vocabulary without its original is measured per its own tokens, and says so."""
+    reference = getattr(subject, "reference_tokenizer", None)
+    if reference is None and vocabulary_trimmed(getattr(subject, "meta", None) or {}):
+        return None, NO_REFERENCE_NOTE
+    return reference, ""
 
 
 def num_layers(lm: LoadedModel) -> int:
@@ -96,10 +112,15 @@ def chat(subjects: Sequence[Subject], conversations: Sequence[list[dict]],
 
 def evaluate_perplexity(subject: Subject, dataset: str = "wikitext2", seqlen: int = 2048,
                         max_windows: Optional[int] = None, data_dir: Optional[str] = None,
-                        progress: "Reporter | ProgressCallback | None" = None) -> PerplexityResult:
-    """Perplexity by the paper protocol (see ``engine.evaluate.perplexity``)."""
-    return perplexity(subject.model, subject.tokenizer, dataset, seqlen, max_windows, data_dir=data_dir,
-                      progress=progress)
+                        progress: "Reporter | ProgressCallback | None" = None, batch_size: int = 1
+                        ) -> PerplexityResult:
+    """Perplexity by the paper protocol (see ``engine.evaluate.perplexity``); a trimmed vocabulary's per
+    original token (the same text as the original model's), or with a note when its original is missing."""
+    reference, note = _ppl_reference(subject)
+    result = perplexity(subject.model, subject.tokenizer, dataset, seqlen, max_windows, batch_size, data_dir,
+                        progress, reference_tokenizer=reference)
+    result.note = note
+    return result
 
 
 def evaluate_zeroshot(subject: Subject, tasks: Sequence[str], limit: Optional[int] = None,
@@ -158,4 +179,6 @@ def perplexity_windows(subject: Subject, dataset: str = "wikitext2", seqlen: int
     context = context_length(subject)
     if context is not None and seqlen > context:
         raise ConfigError(f"seqlen {seqlen:,} is longer than the model's context ({context:,} positions).")
-    return eval_windows(subject.tokenizer, load_text(dataset, data_dir), seqlen).shape[0]
+    reference = _ppl_reference(subject)[0]  # a trimmed vocabulary's windows are its original tokenizer's
+    tokenizer = subject.tokenizer if reference is None else reference
+    return eval_windows(tokenizer, load_text(dataset, data_dir), seqlen).shape[0]

@@ -47,6 +47,8 @@ class CompressionResult:
     spooled: list[Path] = field(default_factory=list)  # streamed: the layers' files, in order
     workspace: Optional[Workspace] = field(default=None, repr=False)  # keeps the spool alive
     compensation: Optional[CompensationStructure] = None  # the side branches' ranks (None: no compensation)
+    # the original tokenizer of a trimmed vocabulary (``vocabulary.trim_result``): ppl counts its tokens
+    reference_tokenizer: object = field(default=None, repr=False)
 
     @property
     def method(self) -> str:
@@ -191,6 +193,7 @@ def _run(lm: LoadedModel, recipe: Recipe, impl, calibration: Optional[Calibratio
         seconds=time.perf_counter() - t0, stage_seconds=stages, peak_memory_mb=peak_mb(lm.compute_device),
         plots=plots, calibrated=calib is not None, spooled=work.spooled_files(),
         workspace=work if work.spool is not None else None, compensation=compensation,
+        reference_tokenizer=getattr(lm, "reference_tokenizer", None),  # a trimmed model compressed again
     )
     if ran.recovery.enabled:  # distillation from the original ("heal"); a cancel there discards the run
         from .recovery import recover_result

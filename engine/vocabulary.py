@@ -45,6 +45,7 @@ def trim_result(lm, result, kept: list[int], reporter: Reporter) -> None:
     original = lm.adapter.token_embedding(lm.model).num_embeddings
     result.model = trim_model(result.model, lm.adapter, kept, in_place=True)
     result.tokenizer = trim_tokenizer(lm.tokenizer, kept)
+    result.reference_tokenizer = result.reference_tokenizer or lm.tokenizer  # trimmed again: the first original
     result.accounting = account(result.model, lm.adapter, added=result.accounting.added_detail)
     seconds = time.perf_counter() - t0
     result.stage_seconds["vocabulary"] = seconds

@@ -62,13 +62,14 @@ def _renormalised_ppl(lm, windows, kept) -> float:
 def test_rows_untrimmed_is_engine_ppl_trim_renormalises_params_drop_and_resume(bench, data_dir, setup, monkeypatch):
     s = setup
     vocab = len(s["lm"].tokenizer)
-    assert bench.main(_argv(s, data_dir, [f"tied={s['a']}", f"untied={s['b']}"], f"{vocab + 5},300,270")) == 0
+    assert bench.main(_argv(s, data_dir, [f"tied={s['a']}", f"untied={s['b']}"], f"{vocab + 5},300,270",
+                            "--check-engine")) == 0
     rows = bench.row_files(str(s["out"]))[2]
     assert [(r["label"], r["keep"]) for r in rows] == [("tied", "full"), ("tied", 300), ("tied", 270),
                                                       ("untied", "full"), ("untied", 300), ("untied", 270)]
     by = {(r["label"], r["keep"]): r for r in rows}
 
-    # the untrimmed row is engine.perplexity on the same windows
+    # the untrimmed row is engine.perplexity on the same windows (--check-engine measured that too)
     ref = by["tied", "full"]
     engine = perplexity(s["lm"].model, s["lm"].tokenizer, "wikitext2", SEQLEN, max_windows=WINDOWS,
                         data_dir=str(data_dir)).ppl

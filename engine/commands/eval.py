@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import gc
 
-from ..evaluate import chat_check, nonsense_warning, perplexity
+from ..api import evaluate_perplexity
+from ..evaluate import chat_check, nonsense_warning
 from ..evaluate.chat_check import CHAT_TEMPLATE, SET_CHOICES, check_sets, load_questions
 from ..evaluate.report import build_report, model_entry, render_text, write_report
 from ..evaluate.zeroshot import PAPER_TASKS, TASK_SOURCES, TASKS, check_tasks, run_zeroshot
@@ -58,8 +59,7 @@ def _evaluate(args, spec: str, tasks: list[str], bar) -> dict:
     speed = bench_model(args, lm, bar) if args.bench else None
     ppl = None
     if args.ppl:
-        ppl = perplexity(lm.model, lm.tokenizer, args.ppl_dataset, args.seqlen, args.max_windows,
-                         data_dir=args.data_dir, progress=bar).to_dict()
+        ppl = evaluate_perplexity(lm, args.ppl_dataset, args.seqlen, args.max_windows, args.data_dir, bar).to_dict()
     zeroshot = None
     if tasks:
         zeroshot = run_zeroshot(lm.model, lm.tokenizer, tasks, args.limit, args.batch_size, args.data_dir,

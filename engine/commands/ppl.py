@@ -1,7 +1,8 @@
 """`slimlab ppl MODEL`: perplexity with the paper protocol."""
 from __future__ import annotations
 
-from ..evaluate import perplexity
+from ..api import evaluate_perplexity
+from ..evaluate import ppl_units
 from .common import add_model_args, check_dataset, emit, load, progress, require_at_least
 
 
@@ -21,10 +22,12 @@ def run(args) -> int:
     check_dataset(args.dataset, "--dataset")
     lm = load(args)
     bar = progress(args)
-    result = perplexity(lm.model, lm.tokenizer, args.dataset, args.seqlen, args.max_windows,
-                        args.batch_size, args.data_dir, progress=bar)
+    result = evaluate_perplexity(lm, args.dataset, args.seqlen, args.max_windows, args.data_dir, bar,
+                                 batch_size=args.batch_size)
     bar.close()
     r = result.to_dict()
     lines = [f"ppl {r['ppl']:.3f} on {r['dataset']} ({r['windows']} windows x {r['seqlen']} tokens, "
              f"{r['tokens']} predicted tokens, {r['tokens_per_s']:.0f} tokens/s)"]
+    if ppl_units(r):  # a trimmed vocabulary: per original token, or a note that it is not
+        lines.append(ppl_units(r))
     return emit(args, lines, r)

@@ -32,6 +32,8 @@ BRANCHES_FORMAT, TENSORS_FORMAT = 2, 3
 FORMAT_VERSION = TENSORS_FORMAT
 STRUCTURE_FILE = "slimlab_structure.safetensors"  # the structure's TENSOR_FIELDS, one int32 tensor per layer
 STRUCTURE_TENSORS = "tensors"  # in slimlab.json's structure: {field: layers} of the lists kept in STRUCTURE_FILE
+# a trimmed vocabulary's original tokenizer, a subfolder: its perplexity is measured per original token
+REFERENCE_TOKENIZER = "reference_tokenizer"
 
 
 def is_compressed(path: "str | Path") -> bool:
@@ -73,7 +75,14 @@ def result_meta(result) -> dict:
     }
     if compensation is not None:  # an older SlimLab refuses the folder (format 2) instead of dropping them
         meta["compensation"] = compensation.to_dict()
+    if getattr(result, "reference_tokenizer", None) is not None:  # so a folder that lost it can say so
+        meta[REFERENCE_TOKENIZER] = REFERENCE_TOKENIZER
     return meta
+
+
+def vocabulary_trimmed(meta: dict) -> bool:
+    """Whether a saved folder's model has a trimmed vocabulary (its ppl per own token is not the original's)."""
+    return REFERENCE_TOKENIZER in meta or bool(((meta.get("recipe") or {}).get("vocabulary") or {}).get("keep"))
 
 
 def _pack_structure(structure) -> tuple[dict, dict[str, torch.Tensor]]:
@@ -130,6 +139,8 @@ def save_compressed(result, out: "str | Path", force: bool = False, progress: "R
             reporter("save", 1, 3, "tokenizer and slimlab.json")
             if result.tokenizer is not None:
                 result.tokenizer.save_pretrained(tmp)
+            if getattr(result, "reference_tokenizer", None) is not None:
+                result.reference_tokenizer.save_pretrained(tmp / REFERENCE_TOKENIZER)
             (tmp / SLIMLAB_META).write_text(json.dumps(meta, indent=2, default=str))
             if structure_tensors:
                 save_file(structure_tensors, str(tmp / STRUCTURE_FILE))
@@ -235,7 +246,7 @@ def build_empty(path: "str | Path", config=None, dtype: torch.dtype = torch.floa
 
 def load_compressed(path: "str | Path", device: str = "auto", dtype="auto", spec: Optional[str] = None) -> LoadedModel:
     """Reload a saved compressed model into one that ``generate()`` and lm-eval accept."""
-    from transformers import AutoConfig, AutoTokenizer
+    from transformers import AutoConfig
 
     path = Path(path)
     read_meta(path)  # a newer or unreadable slimlab.json is refused before the weights are read
@@ -255,15 +266,26 @@ def load_compressed(path: "str | Path", device: str = "auto", dtype="auto", spec
     if meta.get("tied_embeddings"):
         model.get_output_embeddings().weight = model.get_input_embeddings().weight
     model.to(dev).eval()
+    tokenizer = _tokenizer(path, "Copy them from the original model's folder.")
+    reference = path / REFERENCE_TOKENIZER
+    reference = _tokenizer(reference, "Copy the original model's tokenizer files there, or delete the folder (its "
+                                      "perplexity is then per its own tokens).") if reference.is_dir() else None
+    return LoadedModel(model=model, tokenizer=tokenizer, spec=spec or str(path), adapter=adapter, path=path, meta=meta,
+                       reference_tokenizer=reference)
+
+
+def _tokenizer(folder: Path, advice: str):
+    """The tokenizer saved in ``folder`` (a pad token set), or a clear error with ``advice``."""
+    from transformers import AutoTokenizer
+
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
+        tokenizer = AutoTokenizer.from_pretrained(folder)
     except (OSError, ValueError) as exc:
-        raise CorruptWeightsError(f"The tokenizer files in '{path}' (tokenizer.json, tokenizer_config.json) are "
-                                  f"missing or damaged ({str(exc).splitlines()[0][:160]}). Copy them from the "
-                                  "original model's folder.") from None
+        raise CorruptWeightsError(f"The tokenizer files in '{folder}' (tokenizer.json, tokenizer_config.json) are "
+                                  f"missing or damaged ({str(exc).splitlines()[0][:160]}). {advice}") from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    return LoadedModel(model=model, tokenizer=tokenizer, spec=spec or str(path), adapter=adapter, path=path, meta=meta)
+    return tokenizer
 
 
 def _fill_tied(state: dict, model) -> None:

@@ -17,6 +17,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Optional
 
+from .perplexity import ppl_units
+
 SCHEMA = "slimlab-report/1"
 SPEED_FIGURES = (("prefill_tokens_per_s", "tokens/s"), ("ttft_ms", "ms"))
 MEMORY_FIGURES = (("model_memory_mb", "MB"), ("weights_mb", "MB"), ("peak_memory_mb", "MB"))
@@ -127,7 +129,8 @@ def _protocols(models: list[dict]) -> dict:
         first = found[0]
         if section == "perplexity":
             out[section] = (f"{first['protocol']}; {first['dataset']}, seqlen {first['seqlen']}, "
-                            f"{first['windows']} windows")
+                            f"{first['windows']} windows") + "".join(
+                f"; {m['label']}: {ppl_units(m[section])}" for m in models if m.get(section) and ppl_units(m[section]))
         elif section == "zeroshot":
             subset = ("all items" if first["limit"] is None
                       else f"seeded subset of {first['limit']} items per task (seed {first['seed']})")

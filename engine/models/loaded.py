@@ -26,6 +26,8 @@ class LoadedModel:
     meta: dict = field(default_factory=dict)  # slimlab.json of a compressed model
     layer_reader: Any = None  # streamed: the layers stay on disk (meta here) and are read one at a time
     compute: Optional[torch.device] = None  # where layer-by-layer work runs (default: the model's device)
+    # a trimmed vocabulary's original tokenizer: ppl is measured per its tokens, comparable with the original's
+    reference_tokenizer: Any = None
 
     @property
     def device(self) -> torch.device:

@@ -10,8 +10,8 @@ import plotly.graph_objects as go
 
 from engine import (
     ConfigError, ProgressEvent, Reporter, Subject, build_report, context_length, evaluate_perplexity, evaluate_speed,
-    evaluate_zeroshot, model_entry, model_summary, nonsense_warning, params_total, perplexity_windows, write_report,
-    zeroshot_item_counts,
+    evaluate_zeroshot, model_entry, model_summary, nonsense_warning, params_total, perplexity_windows, ppl_units,
+    write_report, zeroshot_item_counts,
 )
 
 from .. import figures, text
@@ -158,7 +158,9 @@ def comparison_rows(original: dict, compressed: dict) -> list[list]:
     if po or pc:
         ref = po or pc
         same = po and pc and ppl_protocol(po) == ppl_protocol(pc)
-        rows.append([f"perplexity ({ppl_protocol(ref)})", _fmt(po and po["ppl"]), _fmt(pc and pc["ppl"]),
+        units = "".join(f"; {name}: {ppl_units(p)}" for name, p in (("original", po), ("compressed", pc))
+                        if p and ppl_units(p))  # a trimmed vocabulary: per original token, or a note
+        rows.append([f"perplexity ({ppl_protocol(ref)}{units})", _fmt(po and po["ppl"]), _fmt(pc and pc["ppl"]),
                      _change(pc["ppl"], po["ppl"], lower_is_better=True) if same else "different protocols"])
     zo, zc = original.get("zeroshot") or {}, compressed.get("zeroshot") or {}
     for task in dict.fromkeys(list(zo.get("tasks", {})) + list(zc.get("tasks", {}))):
