@@ -65,7 +65,7 @@ from engine.evaluate import run_zeroshot  # noqa: E402
 from engine.evaluate.chat_check import (HOLDOUT_FILE, QUESTIONS_FILE, SET_CHOICES, Question, chat_check,  # noqa: E402
                                         check_sets, load_questions)
 from engine.evaluate.lambada import lambada  # noqa: E402
-from engine.recipes import RecoverySpec  # noqa: E402
+from engine.recipes import RecoverySpec, VocabularySpec  # noqa: E402
 
 EXAMPLE_PROMPTS = json.loads((REPO / "assets" / "prompts.json").read_text())  # the Chat tab's examples
 EXAMPLE_TOKENS = 64
@@ -107,6 +107,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--recovery-lr", default=None)
     p.add_argument("--recovery-seqlen", default="512")
     p.add_argument("--recovery-nsamples", default="256")
+    p.add_argument("--vocabularies", default="0", help="comma-separated tokens the vocabulary keeps, trimmed last "
+                   "(0: all; counted in the calibration text, as slimlab compress --vocabulary)")
     p.add_argument("--windows", type=int, default=40, help="ppl windows (first N of the raw test split)")
     p.add_argument("--seqlen", type=int, default=2048, help="ppl window length")
     p.add_argument("--lambada-limit", type=int, default=500, help="LAMBADA items (0: skip; -1: all 5153)")
@@ -141,6 +143,14 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     for name in ("full", "proxy_tokens", "proxy_topk"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} takes an integer >= 1 (got {getattr(args, name)})")
+    try:
+        args.vocabularies = [int(k) for k in split(args.vocabularies)] or [0]
+    except ValueError:
+        p.error(f"--vocabularies takes whole numbers (got {args.vocabularies!r})")
+    if min(args.vocabularies) < 0:
+        p.error("--vocabularies takes whole numbers >= 0")
+    if args.proxy and any(args.vocabularies):
+        p.error("--proxy compares logits over the dense vocabulary: rank trimmed recipes without it")
     return args
 
 
@@ -177,14 +187,15 @@ class RatioFinder:
     data for a uniform plan), its compensation run on enough tokens that the data caps no branch's
     rank. Either way a compensated row pays for its branches with width and lands at the same total."""
 
-    def __init__(self, lm, dense: int):
-        self.lm, self.dense = lm, dense
+    def __init__(self, lm, dense: int, data_dir: Optional[str] = None):
+        self.lm, self.dense, self.data_dir = lm, dense, data_dir
         self.seen: dict[tuple[str, float], float] = {}
 
     def fraction(self, base: Recipe, ratio: float) -> float:
-        key = (json.dumps([base.method, base.method_params, base.compensation.to_dict()], sort_keys=True), ratio)
+        key = (json.dumps([base.method, base.method_params, base.compensation.to_dict(), base.vocabulary.to_dict(),
+                           base.calibration.to_dict()], sort_keys=True), ratio)
         if key not in self.seen:
-            planned = planned_size(self.lm, replace(base, ratio=ratio))
+            planned = planned_size(self.lm, replace(base, ratio=ratio), data_dir=self.data_dir)
             if planned is not None:
                 self.seen[key] = planned.planned.params_total / self.dense
             else:
@@ -200,7 +211,7 @@ class RatioFinder:
         return 2 + -(-(max(ranks) + 2) // PROBE_SEQLEN)
 
     def ratio(self, base: Recipe, target: float) -> float:
-        points = [(0.0, 1.0), (0.3, self.fraction(base, 0.3))]
+        points = [(0.0, self.fraction(base, 0.0) if base.vocabulary.enabled else 1.0), (0.3, self.fraction(base, 0.3))]
         best = None
         for _ in range(5):
             (r0, f0), (r1, f1) = points[-2:]
@@ -215,10 +226,12 @@ class RatioFinder:
         return best[0] if best is not None else points[-1][0]
 
 
-def measure_ppl(model, tokenizer, args) -> dict:
-    """ppl on the protocol's windows."""
+def measure_ppl(model, tokenizer, args, reference=None) -> dict:
+    """ppl on the protocol's windows; a trimmed vocabulary's per token of the ``reference`` (the dense
+    tokenizer) on the same text, so rows compare."""
     t = time.perf_counter()
-    ppl = perplexity(model, tokenizer, "wikitext2", args.seqlen, max_windows=args.windows, data_dir=args.data_dir).ppl
+    ppl = perplexity(model, tokenizer, "wikitext2", args.seqlen, max_windows=args.windows, data_dir=args.data_dir,
+                     reference_tokenizer=reference).ppl
     log(f"ppl {ppl:.2f}", t)
     return {"ppl": ppl, "ppl_s": time.perf_counter() - t}
 
@@ -357,16 +370,19 @@ def candidates(lm, size: float, args):
     """The cross product of method, compensation, schedule, calibration and recovery at ``size``."""
     for name in split(args.methods):
         method, explicit = method_recipe(name, lm.spec)
-        for comp in split(args.compensations):
-            base = replace(method, compensation=compensation_spec(comp))
-            for schedule, calib, kind in product(split(args.schedules), split(args.calibs), split(args.recovery)):
-                for steps in ([0] if kind == "none" else [int(s) for s in split(args.recovery_steps)]):
-                    key = json.dumps([size, name, schedule, calib, args.nsamples, args.calib_seqlen, args.seed,
-                                      comp, kind, steps, args.recovery_source, args.recovery_groups,
-                                      args.recovery_lr, args.recovery_seqlen, args.recovery_nsamples])
-                    yield Candidate(key, size, comp, base, explicit, schedule,
-                                    CalibrationSpec(calib, args.nsamples, args.calib_seqlen, args.seed),
-                                    recovery_spec(kind, steps, args))
+        for comp, keep, schedule, calib, kind in product(split(args.compensations), args.vocabularies,
+                                                         split(args.schedules), split(args.calibs),
+                                                         split(args.recovery)):
+            calibration = CalibrationSpec(calib, args.nsamples, args.calib_seqlen, args.seed)
+            base = replace(method, compensation=compensation_spec(comp), vocabulary=VocabularySpec(keep=keep),
+                           calibration=calibration)  # the counted text is the calibration's: it sizes the run
+            for steps in ([0] if kind == "none" else [int(s) for s in split(args.recovery_steps)]):
+                key = json.dumps([size, name, schedule, calib, args.nsamples, args.calib_seqlen, args.seed,
+                                  comp, kind, steps, args.recovery_source, args.recovery_groups,
+                                  args.recovery_lr, args.recovery_seqlen, args.recovery_nsamples]
+                                 + ([f"vocabulary={keep}"] if keep else []))  # earlier rows keep their keys
+                yield Candidate(key, size, comp, base, explicit, schedule, calibration,
+                                recovery_spec(kind, steps, args))
 
 
 MATCH = 0.01  # a candidate is ranked when its total parameters are within 1% of the size's
@@ -436,7 +452,7 @@ def run(args) -> Results:
             results.put(dense)
         if args.save_best and "examples" not in dense:  # a preset shows the dense answers beside its own
             results.put(dense | example_answers(lm.model, lm.tokenizer))
-    finder = RatioFinder(lm, dense_params)
+    finder = RatioFinder(lm, dense_params, args.data_dir)
     scorer = None
     for size in [float(s) for s in split(args.sizes)]:
         todo = list(candidates(lm, size, args))
@@ -518,7 +534,7 @@ def one_row(lm, recipe: Recipe, key: str, size: float, comp: str, dense_params: 
         if kept is not None:
             save_compressed(result, kept, force=True)
             results.put(row | {"partial": COMPRESSED, "machine": machine()})
-    row |= measure_ppl(model, tokenizer, args)
+    row |= measure_ppl(model, tokenizer, args, lm.tokenizer if recipe.vocabulary.enabled else None)
     results.put(row | {"partial": MEASURED_PPL, "machine": machine()})  # kept if the run stops here
     row |= measure_chat(model, tokenizer, args)
     if wants_extras(results, row, args):

@@ -247,3 +247,26 @@ def test_the_proxy_kl_is_taken_on_held_out_windows(data_dir, tmp_path):
     assert scorer.kl(lm.model) < 1e-7  # the dense model against itself
     pruned = compress(lm, Recipe(model=lm.spec, method="fasp", ratio=0.3, calibration=calib)).model
     assert scorer.kl(pruned) > 1e-6  # small: a random tiny model's next-token distribution is nearly flat
+
+
+def test_a_trimmed_vocabulary_is_a_candidate_at_the_same_total_and_its_ppl_is_per_dense_token(frontier, data_dir,
+                                                                                            tmp_path, monkeypatch):
+    out = tmp_path / "frontier"
+    model = save_model_dir(tmp_path / "llama", "llama")
+    references = []
+    ppl = frontier.perplexity
+    monkeypatch.setattr(frontier, "perplexity", lambda *a, **kw: references.append(kw["reference_tokenizer"])
+                        or ppl(*a, **kw))
+    argv = _argv(model, out, "--compensations", "none", "--vocabularies", "0,285", "--lambada-limit", "0",
+                 "--extras", "none")
+    assert frontier.main(argv) == 0
+    dense, plain, trimmed = [json.loads(line) for line in out.with_suffix(".jsonl").read_text().splitlines()]
+    assert "vocabulary" not in plain["recipe"] and trimmed["recipe"]["vocabulary"]["keep"] == 285
+    for row in (plain, trimmed):  # equal total parameters: the trimmed rows pay with fewer pruned channels
+        assert abs(row["fraction"] - 0.8) < 0.01 and row["fraction"] <= 0.8 + 1e-3
+    assert trimmed["recipe"]["ratio"] < plain["recipe"]["ratio"]
+    assert references[:2] == [None, None] and references[2] is not None and len(references[2]) == 320
+    with pytest.raises(SystemExit):
+        frontier.parse_args(_argv(model, out, "--vocabularies", "0,-3"))
+    with pytest.raises(SystemExit):
+        frontier.parse_args(_argv(model, out, "--vocabularies", "285", "--proxy"))
