@@ -14,6 +14,7 @@ from typing import Callable, Optional
 
 import torch
 
+from .errors import ConfigError
 from .progress import Reporter
 from .recipes import CalibrationSpec, VocabularySpec
 from .transforms.vocabulary import kept_token_ids, trim_model, trim_tokenizer
@@ -25,6 +26,9 @@ def kept_tokens(lm, spec: VocabularySpec, calibration: CalibrationSpec,
                 draw: Callable[[CalibrationSpec], torch.Tensor], data_dir: Optional[str] = None) -> list[int]:
     """The old token ids ``spec`` keeps for ``lm``, ascending: counted in ``spec``'s text (``draw`` turns
     its spec into token windows; None source: ``calibration``'s), filled in merge order up to ``keep``."""
+    if spec.keep > len(lm.tokenizer):  # a typo, not "keep them all" (that is 0)
+        raise ConfigError(f"vocabulary keep is {spec.keep:,} but the tokenizer has {len(lm.tokenizer):,} tokens; "
+                          "0 keeps them all.")
     text = spec.text(calibration)
     key = (tuple(sorted(text.to_dict().items())), spec.keep, data_dir)
     cache = _KEPT.setdefault(lm.tokenizer, {})

@@ -89,10 +89,11 @@ def test_a_tokenizer_it_cannot_trim_is_refused_and_the_original_kept(tiny_dirs, 
     wordpiece = Tokenizer(models.WordPiece({"[UNK]": 0, "the": 1}, unk_token="[UNK]"))
     wordpiece.pre_tokenizer = pre_tokenizers.Whitespace()
     lm.tokenizer = PreTrainedTokenizerFast(tokenizer_object=wordpiece, unk_token="[UNK]", pad_token="[UNK]")
+    recipe = _recipe(lm, VocabularySpec(keep=1, tokens=4000, seqlen=64))
     with pytest.raises(ConfigError, match="BPE"):
-        planned_size(lm, _recipe(lm), data_dir=str(data_dir))
+        planned_size(lm, recipe, data_dir=str(data_dir))
     with pytest.raises(ConfigError, match="BPE"):
-        compress(lm, _recipe(lm), data_dir=str(data_dir))
+        compress(lm, recipe, data_dir=str(data_dir))
     assert lm.model.get_input_embeddings().num_embeddings == 320
 
 
@@ -109,3 +110,10 @@ def test_the_cli_trims_saves_and_says_so(tiny_dirs, data_dir, tmp_path, capsys):
     recipe = Recipe.from_dict(json.loads((out / "slimlab.json").read_text()))
     assert recipe.vocabulary == VocabularySpec(keep=285, tokens=4000)
     assert len(load_compressed(out, device="cpu").tokenizer) == kept
+
+
+def test_keeping_more_tokens_than_the_tokenizer_has_is_refused(tiny_dirs, data_dir):
+    lm = load_model(str(tiny_dirs["llama"]), device="cpu")
+    for call in (planned_size, compress):
+        with pytest.raises(ConfigError, match="the tokenizer has 320 tokens; 0 keeps them all"):
+            call(lm, _recipe(lm, VocabularySpec(keep=321)), data_dir=str(data_dir))
