@@ -35,12 +35,16 @@ def app_url(data_dir, tmp_path_factory):
     tiny = str(save_model_dir(tmp_path_factory.mktemp("tiny") / "llama", "llama", num_hidden_layers=4))
     real, env = MODELS.loader, os.environ.get("SLIMLAB_CACHE")
     MODELS.loader = lambda spec, **kw: real(tiny if spec == "demo" else spec, **kw)
+    demo = MODELS._models.pop("demo", None)  # a real demo an earlier module loaded would be served instead
     os.environ["SLIMLAB_CACHE"] = str(tmp_path_factory.mktemp("cache"))  # the level database goes there
     app = build_app(preload_demo=False)
     app.queue().launch(prevent_thread_lock=True, quiet=True, server_name="127.0.0.1", **launch_kwargs())
     yield app.local_url
     app.close()
     MODELS.loader = real
+    MODELS._models.pop("demo", None)
+    if demo is not None:
+        MODELS._models["demo"] = demo
     if env is None:
         os.environ.pop("SLIMLAB_CACHE")
     else:
