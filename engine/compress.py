@@ -203,7 +203,7 @@ def _run(lm: LoadedModel, recipe: Recipe, impl, calibration: Optional[Calibratio
         from .vocabulary import kept_tokens, trim_result
 
         reporter.check()
-        kept = kept_tokens(lm, ran.vocabulary, ran.calibration, data_dir)
+        kept = kept_tokens(lm, ran.vocabulary, ran.calibration, token_drawer(lm, data_dir), data_dir)
         trim_result(lm, result, kept, reporter)
     reporter.check()  # a Stop during the last step still discards the run
     return result

@@ -10,7 +10,9 @@ from __future__ import annotations
 import collections
 import time
 import weakref
-from typing import Optional
+from typing import Callable, Optional
+
+import torch
 
 from .errors import ConfigError
 from .progress import Reporter
@@ -20,10 +22,10 @@ from .transforms.vocabulary import kept_token_ids, trim_model, trim_tokenizer
 _KEPT: "weakref.WeakKeyDictionary[object, dict[tuple, list[int]]]" = weakref.WeakKeyDictionary()
 
 
-def kept_tokens(lm, spec: VocabularySpec, calibration: CalibrationSpec, data_dir: Optional[str] = None) -> list[int]:
-    """The old token ids ``spec`` keeps for ``lm``, ascending: counted in ``spec``'s text (drawn as calibration
-    windows; None source: ``calibration``'s), filled in merge order up to ``keep``."""
-    from .compress import token_drawer  # lazy: compress runs this stage
+def kept_tokens(lm, spec: VocabularySpec, calibration: CalibrationSpec,
+                draw: Callable[[CalibrationSpec], torch.Tensor], data_dir: Optional[str] = None) -> list[int]:
+    """The old token ids ``spec`` keeps for ``lm``, ascending: counted in ``spec``'s text (``draw`` turns
+    its spec into token windows; None source: ``calibration``'s), filled in merge order up to ``keep``."""
     if spec.keep > len(lm.tokenizer):  # a typo, not "keep them all" (that is 0)
         raise ConfigError(f"vocabulary keep is {spec.keep:,} but the tokenizer has {len(lm.tokenizer):,} tokens; "
                           "0 keeps them all.")
@@ -31,7 +33,7 @@ def kept_tokens(lm, spec: VocabularySpec, calibration: CalibrationSpec, data_dir
     key = (tuple(sorted(text.to_dict().items())), spec.keep, data_dir)
     cache = _KEPT.setdefault(lm.tokenizer, {})
     if key not in cache:
-        counts = collections.Counter(token_drawer(lm, data_dir)(text).flatten().tolist())
+        counts = collections.Counter(draw(text).flatten().tolist())
         cache[key] = kept_token_ids(lm.tokenizer, counts, spec.keep, fill=True)
     return cache[key]
 
