@@ -20,7 +20,8 @@ from .api import (
     evaluate_zeroshot, has_chat_template, model_summary, module_params, num_layers, params_total, residual_analysis,
     zeroshot_tasks, zeroshot_item_counts, context_length, perplexity_windows,
 )
-from .compress import CompressionResult, compress, make_calibration
+from .calibration_tokens import make_calibration
+from .compress import CompressionResult, compress
 from .compressed import load_compressed, save_compressed
 from .errors import Cancelled, ConfigError, SlimLabError
 from .evaluate import (

@@ -1,7 +1,7 @@
 """``CalibrationSpec``: which text calibrates a run, the one type recipes, methods and analyses share.
 
 A recipe holds the description (source, sample count, length, seed, batch size);
-``engine.compress.make_calibration`` returns the same type with the drawn token windows in
+``engine.calibration_tokens.make_calibration`` returns the same type with the drawn token windows in
 ``tokens``. It sits below both ``engine.recipes`` and ``engine.methods`` (the recipe validates
 methods, the methods read calibrations), and like the recipe it imports neither torch nor the
 data stack at import time.

@@ -17,10 +17,9 @@ import torch
 
 from .analysis import Accounting, account
 from .analysis.layer_scores import block_influence
-from .data import calibration_windows, load_text
-from .data.sources import mixture_counts, mixture_parts
+from .calibration_tokens import make_calibration, token_drawer
 from .errors import ConfigError
-from .memory import CALIBRATION_OOM_ADVICE, keep_freed_memory, out_of_memory_as_error, peak_mb, reset_peak
+from .memory import keep_freed_memory, out_of_memory_as_error, peak_mb, reset_peak
 from .methods import Plan, Structure, check_architecture, get_method
 from .models import LoadedModel
 from .progress import CancelToken, Reporter
@@ -82,32 +81,6 @@ class CompressionResult:
             "bigger_than_original": self.bigger_than_original, "calibration": self.calibration,
             "recipe": self.recipe.to_dict(),
         }
-
-
-@out_of_memory_as_error("drawing the calibration text", CALIBRATION_OOM_ADVICE)  # `generated` runs the model
-def make_calibration(lm: LoadedModel, spec: CalibrationSpec, data_dir: Optional[str] = None) -> CalibrationSpec:
-    """``spec`` with its token windows drawn (``tokens``); a mixture ``A+B`` takes its windows evenly from each
-    source."""
-    parts = mixture_parts(spec.source)
-    tokens = torch.cat([_windows(lm, source, n, spec.seqlen, spec.seed, data_dir)
-                        for source, n in zip(parts, mixture_counts(spec.nsamples, len(parts))) if n])
-    return replace(spec, tokens=tokens)
-
-
-def token_drawer(lm: LoadedModel, data_dir: Optional[str]) -> Callable[[CalibrationSpec], torch.Tensor]:
-    """What stages that draw their own text (recovery, vocabulary counts, searched plans) call."""
-    return lambda spec: make_calibration(lm, spec, data_dir).tokens
-
-
-def _windows(lm: LoadedModel, source: str, nsamples: int, seqlen: int, seed: int,
-             data_dir: Optional[str]) -> torch.Tensor:
-    from .data.chat import chat_windows, is_chat_source
-    from .data.generated import sample_text
-
-    if is_chat_source(source):  # rendered through the chat template, packed from whole chats
-        return chat_windows(lm, source, nsamples, seqlen, seed, data_dir)
-    text = load_text(source, data_dir, generate=lambda: sample_text(lm, nsamples, seqlen, seed))
-    return calibration_windows(lm.tokenizer, text, nsamples, seqlen, seed)
 
 
 def compress(
@@ -203,7 +176,7 @@ def _run(lm: LoadedModel, recipe: Recipe, impl, calibration: Optional[Calibratio
         from .vocabulary import kept_tokens, trim_result
 
         reporter.check()
-        kept = kept_tokens(lm, ran.vocabulary, ran.calibration, token_drawer(lm, data_dir), data_dir)
+        kept = kept_tokens(lm, ran.vocabulary, ran.calibration, data_dir)
         trim_result(lm, result, kept, reporter)
     reporter.check()  # a Stop during the last step still discards the run
     return result

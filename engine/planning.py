@@ -84,11 +84,10 @@ def planned_size(lm: LoadedModel, recipe: Recipe, scores: Optional[Callable[[], 
     if not method.plan_shapes(model, lm.adapter, plan, recipe.method_params):
         return None
     if recipe.vocabulary.enabled:
-        from .compress import token_drawer
         from .transforms.vocabulary import trim_model
         from .vocabulary import kept_tokens
 
-        kept = kept_tokens(lm, recipe.vocabulary, recipe.calibration, token_drawer(lm, data_dir), data_dir)
+        kept = kept_tokens(lm, recipe.vocabulary, recipe.calibration, data_dir)
         trim_model(model, lm.adapter, kept, in_place=True)
     original = account(lm.model, lm.adapter, lm.path, lm.meta.get("params_added_detail"))
     planned = account(model, lm.adapter)

@@ -10,10 +10,9 @@ from __future__ import annotations
 import collections
 import time
 import weakref
-from typing import Callable, Optional
+from typing import Optional
 
-import torch
-
+from .calibration_tokens import make_calibration
 from .errors import ConfigError
 from .progress import Reporter
 from .recipes import CalibrationSpec, VocabularySpec
@@ -22,10 +21,9 @@ from .transforms.vocabulary import kept_token_ids, trim_model, trim_tokenizer
 _KEPT: "weakref.WeakKeyDictionary[object, dict[tuple, list[int]]]" = weakref.WeakKeyDictionary()
 
 
-def kept_tokens(lm, spec: VocabularySpec, calibration: CalibrationSpec,
-                draw: Callable[[CalibrationSpec], torch.Tensor], data_dir: Optional[str] = None) -> list[int]:
-    """The old token ids ``spec`` keeps for ``lm``, ascending: counted in ``spec``'s text (``draw`` turns
-    its spec into token windows; None source: ``calibration``'s), filled in merge order up to ``keep``."""
+def kept_tokens(lm, spec: VocabularySpec, calibration: CalibrationSpec, data_dir: Optional[str] = None) -> list[int]:
+    """The old token ids ``spec`` keeps for ``lm``, ascending: counted in ``spec``'s text (drawn as calibration
+    windows from ``data_dir``; None source: ``calibration``'s), filled in merge order up to ``keep``."""
     if spec.keep > len(lm.tokenizer):  # a typo, not "keep them all" (that is 0)
         raise ConfigError(f"vocabulary keep is {spec.keep:,} but the tokenizer has {len(lm.tokenizer):,} tokens; "
                           "0 keeps them all.")
@@ -33,7 +31,7 @@ def kept_tokens(lm, spec: VocabularySpec, calibration: CalibrationSpec,
     key = (tuple(sorted(text.to_dict().items())), spec.keep, data_dir)
     cache = _KEPT.setdefault(lm.tokenizer, {})
     if key not in cache:
-        counts = collections.Counter(draw(text).flatten().tolist())
+        counts = collections.Counter(make_calibration(lm, text, data_dir).tokens.flatten().tolist())
         cache[key] = kept_token_ids(lm.tokenizer, counts, spec.keep, fill=True)
     return cache[key]
 

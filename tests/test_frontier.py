@@ -223,7 +223,7 @@ def test_the_proxy_ranks_every_candidate_and_only_the_best_get_the_full_protocol
 def test_the_proxy_kl_is_taken_on_held_out_windows(data_dir, tmp_path):
     proxy = load_bench("frontier_proxy")
     from engine import CalibrationSpec, Recipe, compress, load_model
-    from engine.compress import make_calibration
+    from engine.calibration_tokens import make_calibration
     from engine.recipes import RecoverySpec
     from engine.schedules import get_schedule
 

@@ -40,12 +40,12 @@ def _params(db_dir, **over):
 
 
 def _run(lm, data_dir):
-    from engine.compress import make_calibration
+    from engine.calibration_tokens import make_calibration, token_drawer
     from engine.methods import get_method
 
     method_params = get_method("fasp").resolve_params({})
     return SearchRun(lm, "fasp", method_params, make_calibration(lm, CALIB, str(data_dir)), CALIB,
-                     lambda spec: make_calibration(lm, spec, str(data_dir)).tokens, Reporter())
+                     token_drawer(lm, str(data_dir)), Reporter())
 
 
 def test_coarse_kl_is_the_full_kl_when_k_is_the_vocabulary():
