@@ -44,12 +44,13 @@ from .publish import check_repo_id, model_card, push_folder, read_meta
 from .recipes import (COMPENSATION_HALVES, PRESET_KEYS, RECOVERY_GROUPS, RECOVERY_KINDS, CalibrationSpec,
                       CompensationSpec, Recipe, RecoverySpec, VocabularySpec)
 from .schedules import Plan, available_schedules, build_plan, check_ratio, get_schedule
+from .vocabulary import check_keep
 
 __all__ = [
     # models, compression, saved format
     "LoadedModel", "load_model", "compress", "CompressionResult", "Recipe", "CalibrationSpec",
     "RecoverySpec", "CompensationSpec", "VocabularySpec", "COMPENSATION_HALVES", "RECOVERY_KINDS", "RECOVERY_GROUPS", "PRESET_KEYS",
-    "make_calibration", "Plan", "build_plan",
+    "make_calibration", "check_keep", "Plan", "build_plan",
     "check_ratio", "available_methods", "get_method", "METHOD_PARTS", "available_schedules", "get_schedule", "save_compressed",
     "load_compressed",
     # analysis and accounting, sizes before a run

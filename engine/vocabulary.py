@@ -21,12 +21,19 @@ from .transforms.vocabulary import kept_token_ids, trim_model, trim_tokenizer
 _KEPT: "weakref.WeakKeyDictionary[object, dict[tuple, list[int]]]" = weakref.WeakKeyDictionary()
 
 
+def check_keep(spec: VocabularySpec, tokenizer, what: str = "vocabulary keep") -> None:
+    """Keeping more tokens than ``tokenizer`` has is a typo, not "keep them all" (that is 0): refused, naming
+    the count ``what`` (the UI names its control)."""
+    vocab = len(tokenizer)
+    if spec.keep > vocab:
+        raise ConfigError(f"{what} must be a whole number from 0 to {vocab:,} (got {spec.keep}); "
+                          f"the tokenizer has {vocab:,} tokens; 0 keeps them all.")
+
+
 def kept_tokens(lm, spec: VocabularySpec, calibration: CalibrationSpec, data_dir: Optional[str] = None) -> list[int]:
     """The old token ids ``spec`` keeps for ``lm``, ascending: counted in ``spec``'s text (drawn as calibration
     windows from ``data_dir``; None source: ``calibration``'s), filled in merge order up to ``keep``."""
-    if spec.keep > len(lm.tokenizer):  # a typo, not "keep them all" (that is 0)
-        raise ConfigError(f"vocabulary keep is {spec.keep:,} but the tokenizer has {len(lm.tokenizer):,} tokens; "
-                          "0 keeps them all.")
+    check_keep(spec, lm.tokenizer)
     text = spec.text(calibration)
     key = (tuple(sorted(text.to_dict().items())), spec.keep, data_dir)
     cache = _KEPT.setdefault(lm.tokenizer, {})

@@ -12,9 +12,9 @@ from typing import Any, Iterator, Optional, Sequence, Union
 import plotly.graph_objects as go
 
 from engine import (
-    COMPENSATION_HALVES, RECOVERY_GROUPS, CalibrationSpec, CompensationSpec, ConfigError, LoadedModel, Plan, Recipe,
-    RecoverySpec, Reporter, SlimLabError, VocabularySpec, available_methods, available_schedules, block_influence,
-    build_plan, check_ratio, compress, context_length, default_calibration, get_method, get_schedule, make_calibration,
+    COMPENSATION_HALVES, RECOVERY_GROUPS, CalibrationSpec, CompensationSpec, ConfigError, Plan, Recipe, RecoverySpec,
+    Reporter, SlimLabError, VocabularySpec, available_methods, available_schedules, block_influence, build_plan,
+    check_keep, check_ratio, compress, context_length, default_calibration, get_method, get_schedule, make_calibration,
     nonsense_warning, num_layers, planned_size, starter_recipe,
 )
 
@@ -166,18 +166,12 @@ def vocabulary_spec(keep, source, base: Optional[VocabularySpec] = None) -> Voca
     """The vocabulary trimming the controls describe, over ``base`` (a preset's: how much text is counted,
     in which windows and seed, has no control): ``keep`` tokens (0: off, and the text is not read) counted in
     ``source`` (blank or ``same as calibration``: the calibration's). A blank, negative or fractional count
-    is refused here; a count above the model's vocabulary once the model is known (``check_vocabulary_size``)."""
+    is refused here; a count above the model's vocabulary once the model is known (the engine's ``check_keep``)."""
     base, keep = base or VocabularySpec(), whole(keep, KEEP_LABEL, 0)
     if not keep:
         return replace(base, keep=0)
     source = None if source is None or str(source).strip() in ("", SAME_TEXT) else str(source).strip()
     return replace(base, keep=keep, source=source)
-
-
-def check_vocabulary_size(spec: VocabularySpec, lm: LoadedModel) -> None:
-    """Keeping more tokens than the tokenizer has is a typo, not "keep them all" (that is 0): refused."""
-    vocab = len(lm.tokenizer)
-    whole(spec.keep, KEEP_LABEL, 0, vocab, f"the tokenizer has {vocab:,} tokens; 0 keeps them all")
 
 
 @dataclass
@@ -364,7 +358,7 @@ def make_recipe(session: Session, method: str, params: dict, ratio, schedule: st
                      vocabulary=vocabulary or base.vocabulary).validate()
     recipe.check_layers(num_layers(lm))
     check_recovery_sizes(recipe.recovery, context_length(lm))
-    check_vocabulary_size(recipe.vocabulary, lm)
+    check_keep(recipe.vocabulary, lm.tokenizer, KEEP_LABEL)  # the engine's refusal, naming the control
     return recipe
 
 
