@@ -1138,6 +1138,18 @@ def test_demo_presets_come_first_the_larger_first(preset_dir):
     assert presets.all_presets()["Alpha"].measured == {} and presets.all_presets()["Alpha"].chat_examples == []
 
 
+def test_a_preset_measured_on_held_out_questions_and_zero_shot_says_so():
+    """Shipped presets carry the held-out chat set's hits and the zero-shot mean beside the dense model's:
+    the card shows both, so a reader sees whether the chat hits were tuned to their questions."""
+    from ui import text
+
+    line = text.measured_line(MEASURED | {"chat_holdout_hits": 9, "chat_holdout_total": 30,
+                                          "dense_chat_holdout_hits": 14, "zeroshot": 0.44, "dense_zeroshot": 0.518})
+    assert ("chat 15/24 vs 17/24, held-out chat 9/30 vs 14/30, LAMBADA 31.0% vs 35.2%, zero-shot 44.0% vs 51.8%, "
+            "0.80× params") in line
+    assert "held-out" not in text.measured_line(MEASURED) and "zero-shot" not in text.measured_line(MEASURED)
+
+
 def test_a_picked_preset_shows_its_measured_quality_and_its_stored_answers(preset_dir):
     from ui import presets
 

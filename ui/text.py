@@ -131,19 +131,22 @@ def warning(message: Optional[str]) -> str:
 
 def measured_line(measured: dict) -> str:
     """A preset's measured quality, only the keys it has, e.g. ``measured: ppl 25.1 vs dense 20.4 (1.23×),
-    chat 15/24 vs 17/24, LAMBADA 31.0% vs 35.2%, 0.80× params, 412 s on <machine>``."""
+    chat 15/24 vs 17/24, held-out chat 9/30 vs 14/30, LAMBADA 31.0% vs 35.2%, zero-shot 44.0% vs 51.7%,
+    0.80× params, 412 s on <machine>`` (the held-out questions say whether the chat hits were tuned to)."""
     parts = []
     ppl, dense = measured.get("ppl"), measured.get("dense_ppl")
     if ppl is not None:
         parts.append(f"ppl {ppl:.1f}" + (f" vs dense {dense:.1f} ({ppl / dense:.2f}×)" if dense else ""))
-    total = measured.get("chat_total")
-    if measured.get("chat_hits") is not None and total:
-        dense_hits = measured.get("dense_chat_hits")
-        parts.append(f"chat {measured['chat_hits']}/{total}" + (f" vs {dense_hits}/{total}" if dense_hits is not None
-                                                                  else ""))
-    lam, dense_lam = measured.get("lambada"), measured.get("dense_lambada")
-    if lam is not None:
-        parts.append(f"LAMBADA {100 * lam:.1f}%" + (f" vs {100 * dense_lam:.1f}%" if dense_lam is not None else ""))
+    for prefix, label in (("chat", "chat"), ("chat_holdout", "held-out chat")):
+        hits, total, dense_hits = (measured.get(f"{prefix}_hits"), measured.get(f"{prefix}_total"),
+                                   measured.get(f"dense_{prefix}_hits"))
+        if hits is not None and total:
+            parts.append(f"{label} {hits}/{total}" + (f" vs {dense_hits}/{total}" if dense_hits is not None else ""))
+    for key, label in (("lambada", "LAMBADA"), ("zeroshot", "zero-shot")):
+        score, dense_score = measured.get(key), measured.get(f"dense_{key}")
+        if score is not None:
+            parts.append(f"{label} {100 * score:.1f}%" + (f" vs {100 * dense_score:.1f}%" if dense_score is not None
+                                                          else ""))
     if measured.get("params_fraction") is not None:
         parts.append(f"{measured['params_fraction']:.2f}× params")
     if measured.get("seconds") is not None:
