@@ -167,3 +167,23 @@ def test_a_preset_with_measured_quality_and_chat_examples_parses(tmp_path):
     assert recipe.recovery.kind == "lora" and recipe.calibration.source == "alpaca-chat"
     with pytest.raises(ConfigError, match="unknown field.*measurd"):
         Recipe.from_dict(plain | {"measurd": {}})
+
+
+DEMO_PRESETS = [p for p in PRESETS if p.stem.startswith("demo-")]
+
+
+@pytest.mark.demo
+@pytest.mark.parametrize("path", DEMO_PRESETS, ids=lambda p: p.stem)
+def test_a_demo_preset_plans_the_size_its_measured_figures_claim(path, demo_lm, data_dir):
+    """The size a shipped preset quotes is the size it replays to: ``planned_size`` (exact for its schedule,
+    trimmed vocabulary counted in its text) agrees with ``measured.params_fraction`` to 0.1% of the dense
+    parameters, and stays under the size its name promises."""
+    from engine import block_influence, make_calibration
+    from engine.planning import planned_size
+
+    raw, recipe = json.loads(path.read_text()), Recipe.read(path)
+    scores = lambda: block_influence(demo_lm, make_calibration(demo_lm, recipe.calibration, str(data_dir)))  # noqa: E731
+    size = planned_size(demo_lm, recipe, scores, data_dir=str(data_dir))
+    assert size is not None and size.exact
+    assert size.fraction == pytest.approx(raw["measured"]["params_fraction"], abs=1e-3)
+    assert size.fraction <= int(path.stem.split("-")[1]) / 100 + 1e-3
