@@ -13,8 +13,8 @@ import pytest
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
-from test_browser import console_errors, field, page, shots, text, toasts, wait  # noqa: E402,F401  (skips without a browser)
-from test_browser_search import app_url, shown, traces  # noqa: E402,F401  (the app on a tiny checkpoint)
+from test_browser import console_errors, field, page, set_box, shots, shown, text, toasts, wait  # noqa: E402,F401  (skips without a browser)
+from test_browser_search import app_url, traces  # noqa: E402,F401  (the app on a tiny checkpoint)
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
 
@@ -25,14 +25,6 @@ METHODS = [
     ("DISP-LLM (learned per-block channels)", {"steps": "3", "seqlen": "32"}, "training-curve", "disp"),
     ("DOTResize (merge neurons by optimal transport)", {}, "method-charts", "dotresize"),
 ]
-
-
-def set_box(driver, label: str, value: str) -> None:
-    """Type ``value`` into the visible Compress-tab input named ``label`` (another owner may have one hidden)."""
-    box = next(b for b in driver.find_elements(By.CSS_SELECTOR, f"#tab-compress input[aria-label='{label}']")
-               if b.is_displayed())
-    box.send_keys(Keys.CONTROL, "a")
-    box.send_keys(value, Keys.TAB)
 
 
 def runs_so_far(driver) -> int:

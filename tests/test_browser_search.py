@@ -14,9 +14,8 @@ import pytest
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
-from test_browser import console_errors, field, page, shots, text, toasts, wait  # noqa: E402,F401  (skips without a browser)
+from test_browser import console_errors, field, page, shots, shown, text, toasts, wait  # noqa: E402,F401  (skips without a browser)
 from test_browser import test_no_sideways_scroll_at_412_px  # noqa: E402,F401  (the same check, on the tiny page with the live chart)
-from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
 
@@ -49,14 +48,6 @@ def app_url(data_dir, tmp_path_factory):
         os.environ.pop("SLIMLAB_CACHE")
     else:
         os.environ["SLIMLAB_CACHE"] = env
-
-
-def shown(driver, label: str) -> bool:
-    """Whether the Compress tab's input ``label`` is on screen (False while gradio re-renders it)."""
-    try:
-        return field(driver, "compress", label).is_displayed()
-    except (NoSuchElementException, StaleElementReferenceException):
-        return False
 
 
 def traces(driver, elem_id: str, kind: str) -> int:

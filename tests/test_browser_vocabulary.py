@@ -13,20 +13,14 @@ import pytest
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
-from test_browser import choose, console_errors, field, page, shots, text, toasts, wait  # noqa: E402,F401  (skips without a browser)
-from test_browser_methods import runs_so_far, set_box  # noqa: E402
-from test_browser_search import app_url, shown  # noqa: E402,F401  (the app on a tiny checkpoint)
+from test_browser import (  # noqa: E402,F401  (skips without a browser)
+    choose, console_errors, field, open_accordion, page, set_box, shots, text, toasts, wait)
+from test_browser_methods import runs_so_far  # noqa: E402
+from test_browser_search import app_url  # noqa: E402,F401  (the app on a tiny checkpoint)
 from selenium.webdriver.common.by import By  # noqa: E402
 
 CALIBRATION = {"Samples": "8", "Tokens per sample": "32"}
 VOCABULARY = 320  # the tiny tokenizer's
-
-
-def open_accordion(driver, title: str, inside: str) -> None:
-    """Open the Compress tab's accordion ``title`` unless its control ``inside`` already shows."""
-    if not shown(driver, inside):
-        driver.find_element(By.XPATH, f"//button[.//span[normalize-space()='{title}']]").click()
-        wait(driver, lambda: shown(driver, inside), 30, f"the {title} controls")
 
 
 def test_tokens_to_keep_size_the_run_and_the_card_says_how_many_were_kept(page, shots):
