@@ -112,7 +112,7 @@ def run_session(client, plan: SessionPlan, report: SessionReport) -> None:
     status, *_ = _submit(client, report, "load_model", plan.model)
     _check(plan.model in status, f"load: the status names another model: {status!r}")
     *_, status = _submit(client, report, "compress", method="fasp", ratio=plan.ratio, nsamples=plan.nsamples,
-                         seqlen=plan.seqlen, vocabulary_keep=0)  # the controls open on demo-90, which trims
+                         seqlen=plan.seqlen)
     _check(plan.model in status and "run 1" in status and "run 2" not in status and plan.percent in status,
            f"compress: the status is not this session's run 1 of {plan.model} at {plan.percent}: {status!r}")
     recipe = json.loads(client.predict(api_name="/recipe")[1])

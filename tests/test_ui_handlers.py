@@ -268,7 +268,11 @@ def test_the_compress_tab_opens_on_a_recipe_that_shrinks_the_model(session, monk
     opened = hc.starting_point(session)  # the demo opens on its measured preset
     assert opened.name == demo.name and session.preset is demo
     assert opened.controls.method == demo.recipe.method and opened.controls.ratio == demo.recipe.ratio
-    assert "measured:" in opened.card and "Planned size" in opened.size
+    assert "measured:" in opened.card
+    if demo.recipe.vocabulary.keep > len(session.lm.tokenizer):  # a tiny model stands in for the demo here
+        assert "Cannot run as set" in opened.size and f"the tokenizer has {len(session.lm.tokenizer)} tokens" in opened.size
+    else:
+        assert "Planned size" in opened.size
 
 
 def test_on_a_short_context_model_the_opening_recipe_runs(cache, data_dir, tmp_path):

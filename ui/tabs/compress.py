@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import inspect
 import itertools
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import SimpleNamespace
 from typing import Callable, Sequence
 
 import gradio as gr
 
-from engine import Recipe
+from engine import Recipe, VocabularySpec
 
 from .. import figures, presets
 from ..handlers import compress as handlers
@@ -83,6 +83,9 @@ def build() -> SimpleNamespace:
     whatever model loads."""
     first = presets.for_model(DEMO)
     c = handlers.recipe_controls(first.recipe if first else Recipe())
+    # A token count fits one tokenizer only: the page gets the preset's from ``start`` once the demo has loaded,
+    # and an API call that names no vocabulary_keep (these opening values are its defaults) keeps every token.
+    c = replace(c, vocabulary=handlers.vocabulary_values(VocabularySpec()))
     with gr.Row():
         preset = gr.Dropdown(list(presets.all_presets()), value=first.name if first else None, label="Preset",
                              scale=3, info="fills the controls below; you can change anything afterwards")
